@@ -1,0 +1,7 @@
+"""vaelab: train, evaluate and compare Variational Autoencoders on image data."""
+
+__version__ = "0.1.0"
+
+
+class VaelabError(Exception):
+    """A user-facing error: the CLI prints its message on one line and exits with code 2."""

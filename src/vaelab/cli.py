@@ -1,0 +1,215 @@
+"""The `vaelab` command line: train, evaluate, sample, reconstruct, datasets (and the study and report tools)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from . import VaelabError, __version__
+from .config import PRESETS, TrainConfig, from_dict, preset
+from .store import CONFIG, check_run_dir, ensure_writable_dir, read_json
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage on one line (exit 2), not a usage block."""
+
+    def error(self, message):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _fmt(d: dict) -> str:
+    keys = ["neg_elbo", "recon", "kl", "bpd_elbo", "iwae_nll", "bpd_iwae", "active_units", "psnr", "ssim"]
+    return "  ".join(f"{k}={d[k]:.4g}" if isinstance(d[k], float) else f"{k}={d[k]}" for k in keys if k in d)
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("config fields (override the preset)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            g.add_argument(flag, dest=f.name, type=type(f.default), default=None, metavar=type(f.default).__name__.upper(),
+                           help=f"default {f.default}")
+
+
+def _config_overrides(args) -> dict:
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+
+
+def cmd_train(args) -> int:
+    from .evaluate import evaluate
+    from .train import train
+
+    out = Path(args.out)
+    overrides = _config_overrides(args)
+    if args.resume and (out / CONFIG).is_file():
+        cfg = from_dict({**read_json(out / CONFIG), **overrides})
+    else:
+        base = preset(args.preset).to_dict()
+        if args.config:
+            base.update(read_json(Path(args.config)))
+        cfg = from_dict({**base, **overrides})
+    ensure_writable_dir(out)
+    last = train(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=None)
+    print(f"trained {out}: epoch {last['epoch']}  val_neg_elbo={last.get('val_neg_elbo', float('nan')):.4g}  "
+          f"images/s={last['images_per_s']:.0f}")
+    if not args.no_eval:
+        result = evaluate(out, data_dir=args.data_dir)
+        print(f"test: {_fmt(result)}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(args.run, data_dir=args.data_dir, test_size=args.test_size, iwae_samples=args.iwae_samples,
+                      device=args.device)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("kl_per_dim", "au_variance")}, indent=2)
+          if args.json else f"{args.run}: {_fmt(result)}")
+    return 0
+
+
+def _out_png(args, run: Path, default: str) -> Path:
+    path = Path(args.png) if args.png else run / default
+    ensure_writable_dir(path.parent)
+    return path
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from .plots import image_grid, save_image
+    from .train import load_model, resolve_device
+
+    run = check_run_dir(Path(args.run))
+    cfg, model, ckpt = load_model(run, resolve_device(args.device or "auto"))
+    if args.n < 1:
+        raise VaelabError(f"--n must be >= 1, got {args.n}")
+    g = torch.Generator(device=model.to_mu.weight.device).manual_seed(args.seed)
+    y = None
+    if model.num_classes:
+        y = torch.arange(args.n, device=g.device) % model.num_classes
+    x = model.sample(args.n, y=y, mean=not args.stochastic, generator=g)
+    path = save_image(image_grid(x, args.nrow), _out_png(args, run, "samples.png"))
+    print(path)
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+
+    from . import data as vdata
+    from .plots import image_grid, save_image
+    from .train import load_model, resolve_device
+
+    run = check_run_dir(Path(args.run))
+    dev = resolve_device(args.device or "auto")
+    cfg, model, _ = load_model(run, dev)
+    ds = vdata.load(cfg.dataset, args.data_dir)
+    idx = vdata.test_indices(len(ds.x_test), args.n)
+    x = torch.from_numpy(ds.x_test[idx]).to(dev)
+    y = torch.from_numpy(ds.y_test[idx]).to(dev) if model.num_classes else None
+    x_hat = model.reconstruct(x, y)
+    both = torch.cat([vdata.to_float(x), x_hat])  # originals on the top row(s), reconstructions below
+    path = save_image(image_grid(both, args.n), _out_png(args, run, "reconstructions.png"))
+    print(path)
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import status
+
+    rows = status(args.data_dir)
+    w = max(len(r["dataset"]) for r in rows)
+    for r in rows:
+        print(f"{r['dataset']:<{w}}  {r['shape']:<8}  {r['status']:<7}  {r['where']}")
+    return 0
+
+
+EXAMPLES = {
+    "train": "examples:\n  vaelab train --dataset fashion-mnist --latent-dim 16 --beta 1 --epochs 20 --train-size 2000 --out runs/fm16\n"
+             "  vaelab train --preset cifar10 --epochs 30 --out runs/c128\n  vaelab train --resume --out runs/fm16",
+    "evaluate": "examples:\n  vaelab evaluate runs/fm16\n  vaelab evaluate runs/fm16 --test-size 1000 --iwae-samples 10 --json",
+    "sample": "examples:\n  vaelab sample runs/fm16 --n 64 --png samples.png",
+    "reconstruct": "examples:\n  vaelab reconstruct runs/fm16 --n 16",
+    "datasets": "examples:\n  vaelab datasets\n  vaelab datasets --data-dir ../shared/data",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="vaelab", description="Train, evaluate and compare Variational Autoencoders on image data.",
+               epilog="Run 'vaelab COMMAND --help' for each command's options and examples.")
+    p.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def add(name, help_):
+        return sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES.get(name),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    data_arg = dict(default=None, help="folder holding the datasets (default: $VAELAB_DATA, the user cache, /usr/share/datasets)")
+
+    t = add("train", "Train a VAE into a run directory (then evaluate it on the test set).")
+    t.add_argument("--out", required=True, help="run directory to create (or continue, with --resume)")
+    t.add_argument("--preset", default="fashion-mnist", choices=sorted(PRESETS), help="base config (default fashion-mnist)")
+    t.add_argument("--config", help="JSON file of config fields, applied over the preset")
+    t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    t.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
+    t.add_argument("--data-dir", **data_arg)
+    _add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    e = add("evaluate", "Evaluate a trained run on the test set; writes RUN/eval.json.")
+    e.add_argument("run")
+    e.add_argument("--test-size", type=int, default=None, help="subsample N test images (default: the run's config, 0 = all)")
+    e.add_argument("--iwae-samples", type=int, default=None, help="importance samples K for the IWAE bound (default: config)")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--data-dir", **data_arg)
+    e.set_defaults(func=cmd_evaluate)
+
+    s = add("sample", "Decode samples from the prior into a PNG grid (RUN/samples.png by default).")
+    s.add_argument("run")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--nrow", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--stochastic", action="store_true", help="draw pixels from p(x|z) instead of showing its mean")
+    s.add_argument("--png", help="output PNG path")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    s.set_defaults(func=cmd_sample)
+
+    r = add("reconstruct", "Save test originals (top) and their reconstructions (bottom) as a PNG.")
+    r.add_argument("run")
+    r.add_argument("--n", type=int, default=16, help="number of test images")
+    r.add_argument("--png", help="output PNG path")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    r.add_argument("--data-dir", **data_arg)
+    r.set_defaults(func=cmd_reconstruct)
+
+    d = add("datasets", "Show each dataset's status and where it was found.")
+    d.add_argument("--data-dir", **data_arg)
+    d.set_defaults(func=cmd_datasets)
+
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except VaelabError as e:
+        print(f"vaelab: error: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:
+        print(f"vaelab: error: {e.filename}: permission denied", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vaelab: interrupted; re-run with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Frozen training/evaluation config, its validation, and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, fields
+from typing import Any
+
+from . import VaelabError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    dataset: str = "fashion-mnist"
+    train_size: int = 0  # 0 = the whole training split (after the validation split is carved off)
+    val_size: int = 5000  # carved deterministically from train; the test set stays for final evaluation
+    # model
+    arch: str = "conv"
+    latent_dim: int = 16
+    likelihood: str = "discretized_logistic"
+    gaussian_sigma: float = 0.0  # gaussian likelihood only: 0 = learn one shared sigma (Rybkin et al. 2021)
+    conditional: bool = False  # CVAE (Sohn et al. 2015): the label's one-hot enters encoder and decoder
+    # objective: loss = recon + beta_t * KL, beta_t rising linearly over warmup_epochs (Bowman et al. 2016)
+    beta: float = 1.0
+    warmup_epochs: float = 0.0
+    # optimisation
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    cosine: bool = False
+    grad_clip: float = 200.0  # max grad norm; 0 = off
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    seed: int = 0
+    # evaluation
+    test_size: int = 0  # 0 = the whole test set
+    iwae_samples: int = 100
+    # hardware
+    device: str = "auto"
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    def replace(self, **overrides: Any) -> "TrainConfig":
+        return from_dict({**self.to_dict(), **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+_TYPES = {f.name: type(f.default) for f in fields(TrainConfig)}
+
+OPTIMIZERS = ("adam", "adamw")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def unknown_key_message(key: str, known: list[str] | dict) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown field '{key}'{hint}"
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Check one field's type (ints are accepted where floats are expected); raise on anything else."""
+    if key not in FIELDS:
+        raise VaelabError(unknown_key_message(key, FIELDS))
+    want = _TYPES[key]
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+    elif want is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif want is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif want is str:
+        if isinstance(value, str):
+            return value
+    raise VaelabError(f"field '{key}' must be {want.__name__}, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Reject impossible values before anything trains."""
+    from .data import DATASETS
+    from .losses import LIKELIHOODS
+    from .models import ARCHS
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise VaelabError(msg)
+
+    need(cfg.dataset in DATASETS, f"unknown dataset '{cfg.dataset}' (known: {', '.join(DATASETS)})")
+    need(cfg.arch in ARCHS, f"unknown arch '{cfg.arch}' (known: {', '.join(ARCHS)})")
+    need(cfg.likelihood in LIKELIHOODS, f"unknown likelihood '{cfg.likelihood}' (known: {', '.join(LIKELIHOODS)})")
+    need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}' (known: {', '.join(OPTIMIZERS)})")
+    need(cfg.device in DEVICES, f"unknown device '{cfg.device}' (known: {', '.join(DEVICES)})")
+    need(cfg.latent_dim >= 1, f"latent_dim must be >= 1, got {cfg.latent_dim}")
+    need(cfg.beta >= 0, f"beta must be >= 0, got {cfg.beta}")
+    need(cfg.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
+    need(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
+    need(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    need(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
+    need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    need(cfg.grad_clip >= 0, f"grad_clip must be >= 0, got {cfg.grad_clip}")
+    need(cfg.max_bad_steps >= 1, f"max_bad_steps must be >= 1, got {cfg.max_bad_steps}")
+    need(cfg.gaussian_sigma >= 0, f"gaussian_sigma must be >= 0, got {cfg.gaussian_sigma}")
+    need(cfg.train_size >= 0, f"train_size must be >= 0, got {cfg.train_size}")
+    need(cfg.val_size >= 0, f"val_size must be >= 0, got {cfg.val_size}")
+    need(cfg.test_size >= 0, f"test_size must be >= 0, got {cfg.test_size}")
+    need(cfg.iwae_samples >= 1, f"iwae_samples must be >= 1, got {cfg.iwae_samples}")
+    need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+    return cfg
+
+
+def from_dict(d: dict[str, Any]) -> TrainConfig:
+    """Build a validated config; unknown keys and wrong types raise VaelabError."""
+    kwargs = {k: coerce(k, v) for k, v in d.items()}
+    return validate(TrainConfig(**kwargs))
+
+
+# Presets: the study's reference settings per dataset (the seed study used latent 2..128 conv VAEs).
+PRESETS: dict[str, TrainConfig] = {
+    "fashion-mnist": TrainConfig(dataset="fashion-mnist", latent_dim=16),
+    "cifar10": TrainConfig(dataset="cifar10", latent_dim=128),
+    "cifar10-lossless": TrainConfig(dataset="cifar10-lossless", latent_dim=128, val_size=500),
+    "demo": TrainConfig(dataset="fashion-mnist", latent_dim=16, epochs=5, train_size=20000, iwae_samples=100),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise VaelabError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
+    return PRESETS[name]

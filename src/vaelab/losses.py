@@ -1,0 +1,152 @@
+"""Decoder likelihoods p(x|z) over 8-bit images, the Gaussian KL, and the beta-weighted objective."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class Likelihood(nn.Module):
+    """p(x|z) from the decoder's output `params` of shape (B, n_params*C, H, W); x is uint8 (B, C, H, W)."""
+
+    n_params = 1
+    discrete = False  # True when log_prob is a probability mass over 8-bit pixels, so bits/dim are meaningful
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # (B,)
+        raise NotImplementedError
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [0, 1]
+        raise NotImplementedError
+
+    def sample(self, params: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [0, 1]
+        raise NotImplementedError
+
+
+class Bernoulli(Likelihood):
+    """The seed study's (and Keras') convention: binary cross-entropy against intensities in [0, 1].
+
+    With non-binary targets this is not a normalised likelihood of 8-bit images, so no bits/dim.
+    """
+
+    def log_prob(self, params, x):
+        target = x.float() / 255.0
+        return -F.binary_cross_entropy_with_logits(params, target, reduction="none").flatten(1).sum(1)
+
+    def mean(self, params):
+        return torch.sigmoid(params)
+
+    def sample(self, params):
+        return torch.bernoulli(torch.sigmoid(params))
+
+
+class Gaussian(Likelihood):
+    """N(x; mu, sigma^2) on intensities in [0, 1]; sigma fixed, or one shared learned sigma (sigma-VAE)."""
+
+    def __init__(self, sigma: float = 0.0):
+        super().__init__()
+        self.fixed = sigma > 0
+        init = math.log(sigma) if self.fixed else 0.0
+        if self.fixed:
+            self.register_buffer("log_sigma", torch.tensor(init))
+        else:
+            self.log_sigma = nn.Parameter(torch.tensor(init))
+
+    def _log_sigma(self):
+        return self.log_sigma.clamp(min=-7.0)
+
+    def log_prob(self, params, x):
+        target = x.float() / 255.0
+        log_sigma = self._log_sigma()
+        lp = -0.5 * ((target - params) * torch.exp(-log_sigma)) ** 2 - log_sigma - 0.5 * LOG_2PI
+        return lp.flatten(1).sum(1)
+
+    def mean(self, params):
+        return params.clamp(0, 1)
+
+    def sample(self, params):
+        return (params + torch.exp(self._log_sigma()) * torch.randn_like(params)).clamp(0, 1)
+
+
+class DiscretizedLogistic(Likelihood):
+    """One logistic per sub-pixel, integrated over each of the 256 bins (Salimans et al. 2017, PixelCNN++ eq. 2).
+
+    A proper probability mass over 8-bit pixels: bits/dim compare with the literature.
+    """
+
+    n_params = 2
+    discrete = True
+
+    @staticmethod
+    def split(params):
+        mu, log_s = params.chunk(2, dim=1)
+        return mu, log_s.clamp(min=-7.0)
+
+    def log_prob(self, params, x):
+        mu, log_s = self.split(params)
+        xs = x.float() * (2.0 / 255.0) - 1.0  # pixel centres in [-1, 1]; bins are 2/255 wide
+        centred = xs - mu
+        inv_s = torch.exp(-log_s)
+        plus_in = inv_s * (centred + 1.0 / 255.0)
+        min_in = inv_s * (centred - 1.0 / 255.0)
+        log_cdf_plus = plus_in - F.softplus(plus_in)  # log sigmoid: the whole mass below 0.5 for x = 0
+        log_one_minus_cdf_min = -F.softplus(min_in)  # the whole mass above 254.5 for x = 255
+        cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
+        mid_in = inv_s * centred
+        log_pdf_mid = mid_in - log_s - 2.0 * F.softplus(mid_in)  # density at the centre, when the bin mass underflows
+        log_mid = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid - math.log(127.5))
+        lp = torch.where(x == 0, log_cdf_plus, torch.where(x == 255, log_one_minus_cdf_min, log_mid))
+        return lp.flatten(1).sum(1)
+
+    def mean(self, params):
+        mu, _ = self.split(params)
+        return ((mu + 1.0) / 2.0).clamp(0, 1)
+
+    def sample(self, params):
+        mu, log_s = self.split(params)
+        u = torch.rand_like(mu).clamp(1e-5, 1 - 1e-5)
+        xs = mu + torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))
+        return torch.round(((xs + 1.0) / 2.0).clamp(0, 1) * 255.0) / 255.0
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    "bernoulli": Bernoulli,
+    "gaussian": Gaussian,
+    "discretized_logistic": DiscretizedLogistic,
+}
+
+
+def make_likelihood(name: str, gaussian_sigma: float = 0.0) -> Likelihood:
+    return Gaussian(gaussian_sigma) if name == "gaussian" else LIKELIHOODS[name]()
+
+
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) per latent dimension (Kingma & Welling 2014, appendix B)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def log_normal(z: torch.Tensor, mu: torch.Tensor | None = None, logvar: torch.Tensor | None = None) -> torch.Tensor:
+    """log N(z; mu, diag exp(logvar)) summed over the last dimension; standard normal when mu is None."""
+    if mu is None:
+        return (-0.5 * (z.pow(2) + LOG_2PI)).sum(-1)
+    return (-0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI)).sum(-1)
+
+
+def kl_weight(beta: float, step: int, warmup_steps: int) -> float:
+    """beta, ramped linearly from 0 over the first warmup_steps optimiser steps (KL annealing)."""
+    if warmup_steps <= 0:
+        return beta
+    return beta * min(1.0, step / warmup_steps)
+
+
+def objective(terms: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
+    """The beta-VAE loss (Higgins et al. 2017): mean over the batch of recon + beta * KL, in nats."""
+    return (terms["recon"] + beta * terms["kl"]).mean()
+
+
+def bits_per_dim(nats: torch.Tensor | float, n_dims: int) -> torch.Tensor | float:
+    return nats / (n_dims * math.log(2))

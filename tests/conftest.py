@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny synthetic datasets written in the official formats, and an isolated cache."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_idx(path: Path, arr: np.ndarray, compress: bool = True) -> None:
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    raw = header + arr.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+def make_images(rng, n, shape, labels):
+    """Images whose brightness pattern depends on the class, so a model has something to learn."""
+    x = rng.integers(0, 40, (n, *shape), dtype=np.int64)
+    c, h, w = shape
+    for i, y in enumerate(labels):
+        x[i, :, (y * h) // 10:(y * h) // 10 + h // 3, :] += 200
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def write_fashion(folder: Path, n_train=240, n_test=60, seed=0) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.integers(0, 10, n)
+        x = make_images(rng, n, (1, 28, 28), y)[:, 0]
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", x)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", y)
+
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def cifar_members(n_per_batch=24, n_test=40, seed=0) -> dict[str, bytes]:
+    rng = np.random.default_rng(seed)
+    out = {"batches.meta": pickle.dumps({b"label_names": [n.encode() for n in CIFAR_NAMES]})}
+    for name, n in [(f"data_batch_{i}", n_per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        y = rng.integers(0, 10, n)
+        x = make_images(rng, n, (3, 32, 32), y).reshape(n, -1)
+        out[name] = pickle.dumps({b"data": x, b"labels": y.tolist(), b"batch_label": name.encode()})
+    return out
+
+
+def write_cifar_tar(path: Path, members: dict[str, bytes], mode="w:gz") -> None:
+    with tarfile.open(path, mode) as tar:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own decoded-data cache and never downloads."""
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("VAELAB_NO_DOWNLOAD", "1")
+    monkeypatch.delenv("VAELAB_DATA", raising=False)  # tests name their data folder; real_data_dir reads it first
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A data root with tiny Fashion-MNIST (IDX .gz) and CIFAR-10 (tar.gz of the pickle batches)."""
+    root = tmp_path_factory.mktemp("data")
+    write_fashion(root / "fashion-mnist")
+    write_cifar_tar(root / "cifar-10-python.tar.gz", cifar_members())
+    return root
+
+
+REAL_DATA = os.environ.get("VAELAB_DATA")  # read at import, before the autouse fixture hides it
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path | None:
+    """The real datasets' folder when $VAELAB_DATA points at one (CI sets it to ../shared/data)."""
+    return Path(REAL_DATA) if REAL_DATA and Path(REAL_DATA).is_dir() else None
+
+
+def tiny_config(**kw):
+    from vaelab.config import TrainConfig
+
+    base = dict(dataset="fashion-mnist", latent_dim=4, epochs=1, batch_size=32, val_size=40, test_size=0,
+                iwae_samples=5, device="cpu")
+    return TrainConfig(**{**base, **kw})

@@ -1,0 +1,91 @@
+"""Known values for each likelihood and the KL; the warm-up schedule and the objective."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from vaelab.losses import (Bernoulli, DiscretizedLogistic, Gaussian, bits_per_dim, kl_per_dim, kl_weight,
+                           log_normal, make_likelihood, objective)
+
+
+def test_discretized_logistic_is_a_distribution_over_256_values():
+    lik = DiscretizedLogistic()
+    x = torch.arange(256, dtype=torch.uint8).view(256, 1, 1, 1)
+    for mu, log_s in [(0.0, -3.0), (-0.9, -5.0), (0.99, -1.0), (0.2, -7.0), (-1.0, 1.0)]:
+        params = torch.tensor([mu, log_s]).view(1, 2, 1, 1).expand(256, 2, 1, 1)
+        p = lik.log_prob(params, x).exp()
+        assert p.sum().item() == pytest.approx(1.0, abs=1e-4)
+        assert p.argmax().item() == pytest.approx(round((mu + 1) / 2 * 255), abs=1)
+
+
+def test_discretized_logistic_known_value():
+    # mu = 0 (pixel 127.5), s = 0.1: P(x = 128) = sigmoid((1/255 + 1/255)/0.1) - sigmoid(0)
+    lik = DiscretizedLogistic()
+    params = torch.tensor([0.0, math.log(0.1)]).view(1, 2, 1, 1)
+    got = lik.log_prob(params, torch.tensor([[[[128]]]], dtype=torch.uint8)).item()
+    xs = 128 * 2 / 255 - 1
+    want = math.log(torch.sigmoid(torch.tensor((xs + 1 / 255) / 0.1)) - torch.sigmoid(torch.tensor((xs - 1 / 255) / 0.1)))
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_bernoulli_known_value():
+    logits = torch.tensor([[[[0.3, -1.2]]]])
+    x = torch.tensor([[[[255, 51]]]], dtype=torch.uint8)
+    t = x.float() / 255
+    p = torch.sigmoid(logits)
+    want = (t * p.log() + (1 - t) * (1 - p).log()).sum()
+    assert Bernoulli().log_prob(logits, x).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.2])
+def test_gaussian_matches_torch_normal(sigma):
+    lik = Gaussian(sigma)
+    mean = torch.rand(3, 1, 4, 4)
+    x = torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
+    scale = sigma if sigma else 1.0  # a learned sigma starts at 1
+    want = Normal(mean, scale).log_prob(x.float() / 255).flatten(1).sum(1)
+    assert torch.allclose(lik.log_prob(mean, x), want, atol=1e-4)
+    assert any(p.requires_grad for p in lik.parameters()) == (sigma == 0)
+
+
+def test_kl_matches_torch_distributions():
+    mu, logvar = torch.randn(5, 7), torch.randn(5, 7)
+    want = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0))
+    assert torch.allclose(kl_per_dim(mu, logvar), want, atol=1e-5)
+    assert torch.all(kl_per_dim(torch.zeros(2, 3), torch.zeros(2, 3)) == 0)
+
+
+def test_log_normal_matches_torch():
+    z, mu, logvar = torch.randn(4, 6), torch.randn(4, 6), torch.randn(4, 6)
+    assert torch.allclose(log_normal(z), Normal(0.0, 1.0).log_prob(z).sum(-1), atol=1e-5)
+    assert torch.allclose(log_normal(z, mu, logvar), Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1), atol=1e-5)
+
+
+def test_kl_warmup_is_linear_then_flat():
+    assert kl_weight(2.0, 0, 10) == 0.0
+    assert kl_weight(2.0, 5, 10) == pytest.approx(1.0)
+    assert kl_weight(2.0, 50, 10) == 2.0
+    assert kl_weight(2.0, 0, 0) == 2.0
+
+
+def test_objective_weights_kl_by_beta():
+    terms = {"recon": torch.tensor([10.0, 20.0]), "kl": torch.tensor([1.0, 3.0])}
+    assert objective(terms, 1.0).item() == pytest.approx(17.0)
+    assert objective(terms, 4.0).item() == pytest.approx(15.0 + 8.0)
+    assert objective(terms, 0.0).item() == pytest.approx(15.0)
+
+
+def test_bits_per_dim():
+    assert bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "gaussian", "discretized_logistic"])
+def test_mean_and_sample_are_images(name):
+    lik = make_likelihood(name)
+    params = torch.randn(2, lik.n_params * 3, 5, 5)
+    for img in (lik.mean(params), lik.sample(params)):
+        assert img.shape == (2, 3, 5, 5) and img.min() >= 0 and img.max() <= 1

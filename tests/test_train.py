@@ -1,0 +1,135 @@
+"""The trainer: it learns, is reproducible, resumes to the same result, guards against NaN, writes atomically."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from vaelab import VaelabError
+from vaelab import data as vdata
+from vaelab.models import VAE
+from vaelab.train import TrainingDiverged, load_checkpoint, load_model, train
+
+
+@pytest.fixture
+def ds(tiny_root):
+    return vdata.load("fashion-mnist", tiny_root)
+
+
+def test_one_step_changes_the_weights(ds, tmp_path):
+    cfg = tiny_config(batch_size=200)  # 200 training images: exactly one step
+    torch.manual_seed(cfg.seed)
+    before = VAE.from_config(cfg, ds.shape).state_dict()
+    train(cfg, tmp_path / "r", dataset=ds)
+    _, model, ckpt = load_model(tmp_path / "r")
+    assert ckpt["step"] == 1
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert "encoder.conv.0.weight" in changed and "decoder.deconv.2.bias" in changed
+
+
+def test_run_directory_contents(ds, tmp_path):
+    cfg = tiny_config(epochs=2)
+    train(cfg, tmp_path / "r", dataset=ds)
+    files = {p.name for p in (tmp_path / "r").iterdir()}
+    assert files == {"config.json", "metrics.jsonl", "checkpoint.pt"}  # no temp files left behind
+    assert json.loads((tmp_path / "r" / "config.json").read_text()) == cfg.to_dict()
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "train_recon", "train_kl", "val_neg_elbo", "val_recon", "val_kl", "seconds", "images_per_s"):
+        assert key in rows[0]
+
+
+def test_training_improves_the_validation_elbo(ds, tmp_path):
+    last = train(tiny_config(epochs=6, lr=3e-3), tmp_path / "r", dataset=ds)
+    rows = load_checkpoint(tmp_path / "r")["history"]
+    assert last["val_neg_elbo"] < rows[0]["val_neg_elbo"]
+
+
+def test_same_seed_same_numbers_other_seed_differs(ds, tmp_path):
+    a = train(tiny_config(epochs=2), tmp_path / "a", dataset=ds)
+    b = train(tiny_config(epochs=2), tmp_path / "b", dataset=ds)
+    c = train(tiny_config(epochs=2, seed=1), tmp_path / "c", dataset=ds)
+    assert a["train_loss"] == b["train_loss"] and a["val_neg_elbo"] == b["val_neg_elbo"]
+    assert a["train_loss"] != c["train_loss"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _stop_after(n):
+    def hook(epoch, row):
+        if epoch == n:
+            raise Interrupt
+    return hook
+
+
+@pytest.mark.parametrize("extra", [{}, {"cosine": True, "warmup_epochs": 2.0}])
+def test_resume_reaches_the_same_result(ds, tmp_path, extra):
+    cfg = tiny_config(epochs=3, **extra)
+    full = train(cfg, tmp_path / "full", dataset=ds)
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "cut", dataset=ds, on_epoch_end=_stop_after(1))
+    assert load_checkpoint(tmp_path / "cut")["epoch"] == 1
+    resumed = train(cfg, tmp_path / "cut", dataset=ds, resume=True)
+    assert resumed == {**full, "seconds": resumed["seconds"], "images_per_s": resumed["images_per_s"]}
+    a, b = load_checkpoint(tmp_path / "full")["model"], load_checkpoint(tmp_path / "cut")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_existing_run_needs_resume_and_same_config(ds, tmp_path):
+    cfg = tiny_config()
+    train(cfg, tmp_path / "r", dataset=ds)
+    with pytest.raises(VaelabError, match="--resume"):
+        train(cfg, tmp_path / "r", dataset=ds)
+    with pytest.raises(VaelabError, match="different config"):
+        train(cfg.replace(beta=2.0), tmp_path / "r", dataset=ds, resume=True)
+    assert train(cfg, tmp_path / "r", dataset=ds, resume=True)["epoch"] == 1  # finished: nothing retrained
+
+
+def test_nan_guard_skips_and_then_stops_keeping_the_checkpoint(ds, tmp_path, monkeypatch):
+    cfg = tiny_config(epochs=3, max_bad_steps=3)
+    real_forward = VAE.forward
+    state = {"epoch_done": 0}
+
+    def poisoned(self, x, y=None):
+        out = real_forward(self, x, y)
+        if state["epoch_done"] >= 1 and self.training:  # every step after the first epoch is non-finite
+            out["recon"] = out["recon"] * float("nan")
+        return out
+
+    monkeypatch.setattr(VAE, "forward", poisoned)
+    hook = lambda epoch, row: state.update(epoch_done=epoch)  # noqa: E731
+    with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row in epoch 2") as e:
+        train(cfg, tmp_path / "r", dataset=ds, on_epoch_end=hook)
+    assert "checkpoint kept" in str(e.value)
+    ckpt = load_checkpoint(tmp_path / "r")
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_isolated_nan_steps_are_skipped_and_counted(ds, tmp_path, monkeypatch):
+    real_forward = VAE.forward
+    calls = {"n": 0}
+
+    def sometimes(self, x, y=None):
+        out = real_forward(self, x, y)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] % 3 == 0:
+                out["kl"] = out["kl"] + float("inf")
+        return out
+
+    monkeypatch.setattr(VAE, "forward", sometimes)
+    last = train(tiny_config(epochs=1), tmp_path / "r", dataset=ds)
+    assert last["skipped_steps"] == 2  # 7 steps of 32 over 200 images: steps 3 and 6 skipped
+    assert last["step"] == 5
+
+
+def test_conditional_run_trains(ds, tmp_path):
+    last = train(tiny_config(conditional=True), tmp_path / "r", dataset=ds)
+    _, model, _ = load_model(tmp_path / "r")
+    assert model.num_classes == 10 and last["epoch"] == 1
