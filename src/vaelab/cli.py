@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 import json
 import sys
 from dataclasses import fields
@@ -130,12 +131,43 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from . import study
+
+    if args.target[:1] == ["status"]:
+        if len(args.target) != 2:
+            raise VaelabError("usage: vaelab study status STUDY_DIR")
+        out = Path(args.target[1])
+        if not (out / "study.json").is_file():
+            raise VaelabError(f"{out}: not a study directory (no study.json)")
+        text, counts = study.status_text(out)
+        print(text)
+        return 1 if counts.get("failed") else 0
+    if bool(args.target) == bool(args.preset):
+        raise VaelabError("give a spec file or --preset NAME (not both)")
+    if len(args.target) > 1:
+        raise VaelabError(f"one spec file at a time, got {len(args.target)}")
+    if not args.out:
+        raise VaelabError("--out STUDY_DIR is required")
+    spec = study.load_spec(args.target[0]) if args.target else study.preset_spec(args.preset)
+    t0 = time.perf_counter()
+    counts = study.run(spec, args.out, jobs=args.jobs, executor=args.executor, address=args.address,
+                       data_dir=args.data_dir)
+    wall = time.perf_counter() - t0
+    print(f"study {spec.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f" of {len(spec.cells)} runs in {wall:.0f}s; results in {Path(args.out) / 'results.csv'}")
+    return 1 if counts.get("failed") else 0
+
+
 EXAMPLES = {
     "train": "examples:\n  vaelab train --dataset fashion-mnist --latent-dim 16 --beta 1 --epochs 20 --train-size 2000 --out runs/fm16\n"
              "  vaelab train --preset cifar10 --epochs 30 --out runs/c128\n  vaelab train --resume --out runs/fm16",
     "evaluate": "examples:\n  vaelab evaluate runs/fm16\n  vaelab evaluate runs/fm16 --test-size 1000 --iwae-samples 10 --json",
     "sample": "examples:\n  vaelab sample runs/fm16 --n 64 --png samples.png",
     "reconstruct": "examples:\n  vaelab reconstruct runs/fm16 --n 16",
+    "study": "examples:\n  vaelab study --preset quick --out studies/quick --jobs 2\n  vaelab study tiny.toml --out studies/tiny\n"
+             "  vaelab study --preset seed --out studies/seed --executor ray --address auto\n"
+             "  vaelab study status studies/quick\n\nexit code 1 when some runs failed (see status), 2 on bad input.",
     "datasets": "examples:\n  vaelab datasets\n  vaelab datasets --data-dir ../shared/data",
 }
 
@@ -188,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     r.add_argument("--data-dir", **data_arg)
     r.set_defaults(func=cmd_reconstruct)
+
+    st = add("study", "Run or resume a comparative study (a grid of runs), or show its status.")
+    st.add_argument("target", nargs="*", metavar="SPEC | status STUDY",
+                    help="a .toml/.yaml/.json study spec, or 'status' and a study directory")
+    st.add_argument("--preset", help="a built-in study: quick (minutes on a laptop) or seed (the full study)")
+    st.add_argument("--out", help="study directory (runs/, study.json, results.csv)")
+    st.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (processes)")
+    st.add_argument("--executor", choices=["local", "ray"], default="local")
+    st.add_argument("--address", help="Ray cluster address for --executor ray (default auto; 'local' starts one)")
+    st.add_argument("--data-dir", **data_arg)
+    st.set_defaults(func=cmd_study)
 
     d = add("datasets", "Show each dataset's status and where it was found.")
     d.add_argument("--data-dir", **data_arg)

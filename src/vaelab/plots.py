@@ -40,3 +40,185 @@ def save_image(img: Image.Image, path: str | Path) -> Path:
     img.save(buf, format="PNG")
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)
+
+
+# ---------------------------------------------------------------- matplotlib figures
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+DATASET_COLORS = {"fashion-mnist": "#1f77b4", "cifar10": "#d62728", "cifar10-lossless": "#9467bd"}
+plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,
+                     "axes.grid": True, "grid.alpha": 0.3, "font.size": 9, "axes.titlesize": 10,
+                     "savefig.bbox": "tight"})
+
+
+def save_fig(fig, path: str | Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def _show(ax, img: np.ndarray) -> None:
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+              vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+def image_rows(rows: list, row_labels: list[str], title: str = "", col_labels: list[str] | None = None,
+               cell: float = 0.75):
+    """A figure of image rows (each (N, C, H, W)) with a label left of each row."""
+    rows = [to_uint8_images(r) for r in rows]
+    ncol = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(cell * ncol + 1.2, cell * len(rows) + (0.5 if title else 0.1)),
+                             squeeze=False, gridspec_kw=dict(wspace=0.05, hspace=0.08))
+    for i, r in enumerate(rows):
+        for j in range(ncol):
+            ax = axes[i, j]
+            if j < len(r):
+                _show(ax, r[j])
+            else:
+                ax.axis("off")
+            if i == 0 and col_labels and j < len(col_labels):
+                ax.set_title(col_labels[j], fontsize=7)
+        axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.0)
+    return fig
+
+
+def curves(history: list[dict], title: str = ""):
+    """Loss, reconstruction and KL per epoch, train and validation."""
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 2.8))
+    for ax, (name, tr, va) in zip(axes, [("negative ELBO / loss (nats)", "train_loss", "val_neg_elbo"),
+                                         ("reconstruction (nats)", "train_recon", "val_recon"),
+                                         ("KL (nats)", "train_kl", "val_kl")]):
+        ax.plot(ep, [h[tr] for h in history], "o-", ms=3, label="train")
+        if va in history[0]:
+            ax.plot(ep, [h[va] for h in history], "s--", ms=3, label="validation")
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+    axes[0].legend()
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def kl_per_dim_bars(kl_per_dim: list[float], au_variance: list[float], threshold: float = 0.01, title: str = ""):
+    """KL of each latent dimension, sorted, coloured by whether the unit is active (Burda et al. 2016)."""
+    kl = np.asarray(kl_per_dim)
+    active = np.asarray(au_variance) > threshold
+    order = np.argsort(-kl)
+    fig, ax = plt.subplots(figsize=(min(10, 2 + 0.12 * len(kl)), 2.8))
+    ax.bar(range(len(kl)), kl[order], color=np.where(active[order], "#2ca02c", "#bbbbbb"))
+    ax.set_xlabel("latent dimension (sorted by KL)")
+    ax.set_ylabel("KL (nats)")
+    ax.set_title(title or f"KL per dimension: {int(active.sum())} of {len(kl)} units active (green)")
+    return fig
+
+
+def latent_scatter(points: np.ndarray, labels: np.ndarray, classes: list[str], title: str, ax=None):
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    cmap = plt.get_cmap("tab10")
+    for k, name in enumerate(classes):
+        m = labels == k
+        ax.scatter(points[m, 0], points[m, 1], s=4, color=cmap(k % 10), label=name, alpha=0.7, linewidths=0)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return (fig if own else ax.figure)
+
+
+def latent_maps(mu: np.ndarray, labels: np.ndarray, classes: list[str], seed: int = 0):
+    """The test set's posterior means in 2-D: PCA, t-SNE, and UMAP when it is installed."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    maps = {}
+    if mu.shape[1] == 2:
+        maps["latent plane (z1, z2)"] = mu
+    else:
+        maps["PCA"] = PCA(2, random_state=seed).fit_transform(mu)
+    n = len(mu)
+    maps["t-SNE"] = TSNE(2, perplexity=min(30.0, max(2.0, (n - 1) / 3)), init="pca",
+                         random_state=seed).fit_transform(mu)
+    try:
+        import umap  # type: ignore
+
+        maps["UMAP"] = umap.UMAP(random_state=seed).fit_transform(mu)
+    except ImportError:
+        pass
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps) + 1.8, 3.9), squeeze=False)
+    for ax, (name, pts) in zip(axes[0], maps.items()):
+        latent_scatter(pts, labels, classes, name, ax)
+    axes[0, -1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), markerscale=3, frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _errorbar(ax, x, y, yerr, label, color, marker="o"):
+    ax.errorbar(x, y, yerr=np.nan_to_num(yerr), fmt=f"{marker}-", ms=4, capsize=3, label=label, color=color)
+
+
+def metric_vs_latent(table, metrics: list[tuple[str, str]]):
+    """One panel per metric, one line per dataset, error bars = std over seeds."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.1 * len(metrics), 2.9), squeeze=False)
+    for ax, (m, label) in zip(axes[0], metrics):
+        for ds, sub in table.groupby("dataset"):
+            if m in sub and sub[m].notna().any():
+                _errorbar(ax, sub["latent_dim"], sub[m], sub.get(f"{m}_std"), ds, DATASET_COLORS.get(ds))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("latent_dim")
+        ax.set_title(label)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def rate_distortion(table):
+    """The beta trade-off: rate (KL) vs distortion (reconstruction), one point per beta, per dataset."""
+    groups = list(table.groupby("dataset"))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.3 * len(groups), 3.4), squeeze=False)
+    for ax, (ds, sub) in zip(axes[0], groups):
+        sub = sub.sort_values("beta")
+        ax.errorbar(sub["kl"], sub["recon"], xerr=np.nan_to_num(sub.get("kl_std")),
+                    yerr=np.nan_to_num(sub.get("recon_std")), fmt="o-", color=DATASET_COLORS.get(ds), capsize=3)
+        for _, r in sub.iterrows():
+            ax.annotate(f"β={r['beta']:g}", (r["kl"], r["recon"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel("rate: KL (nats)")
+        ax.set_ylabel("distortion: reconstruction (nats)")
+        ax.set_title(f"{ds} (latent_dim {int(sub['latent_dim'].iloc[0])})")
+    fig.tight_layout()
+    return fig
+
+
+def dataset_comparison(table, metric: str = "bpd_elbo"):
+    """The same model on both datasets side by side, in bits/dim so they compare."""
+    pivot = table.pivot(index="latent_dim", columns="dataset", values=metric)
+    err = table.pivot(index="latent_dim", columns="dataset", values=f"{metric}_std") if f"{metric}_std" in table else None
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(pivot), 3.0))
+    width = 0.8 / max(1, len(pivot.columns))
+    x = np.arange(len(pivot))
+    for i, ds in enumerate(pivot.columns):
+        ax.bar(x + i * width - 0.4 + width / 2, pivot[ds], width,
+               yerr=None if err is None else np.nan_to_num(err[ds]), label=ds, color=DATASET_COLORS.get(ds), capsize=2)
+    ax.set_xticks(x, [str(k) for k in pivot.index])
+    ax.set_xlabel("latent_dim")
+    ax.set_ylabel("negative ELBO (bits/dim)")
+    ax.set_title("Dataset complexity: the same VAE on both datasets")
+    ax.legend(fontsize=8)
+    return fig

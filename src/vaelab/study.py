@@ -1,0 +1,477 @@
+"""The comparative study: grids of config overrides, resumable parallel execution, aggregated results."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import VaelabError
+from .config import TrainConfig, coerce, from_dict, unknown_key_message
+from .store import CONFIG, ERROR, EVAL, atomic_write_json, atomic_write_text, read_json, read_jsonl, METRICS
+
+RUNNING = "RUNNING"
+METRIC_COLUMNS = ["neg_elbo", "recon", "kl", "bpd_elbo", "iwae_nll", "bpd_iwae", "active_units", "psnr", "ssim"]
+_FIELD_ORDER = [f.name for f in fields(TrainConfig)]
+
+
+# ---------------------------------------------------------------- grid helpers (cf. disentanglement_lib hyperparams)
+
+def sweep(name: str, values: Iterable[Any]) -> list[dict]:
+    return [{name: v} for v in values]
+
+
+def product(*sweeps: list[dict]) -> list[dict]:
+    return [{k: v for d in combo for k, v in d.items()} for combo in itertools.product(*sweeps)]
+
+
+def zipit(*sweeps: list[dict]) -> list[dict]:
+    lengths = {len(s) for s in sweeps}
+    if len(lengths) > 1:
+        raise VaelabError(f"zip needs lists of equal length, got lengths {sorted(lengths)}")
+    return [{k: v for d in combo for k, v in d.items()} for combo in zip(*sweeps)]
+
+
+def chain(*sweeps: list[dict]) -> list[dict]:
+    out: list[dict] = []
+    for s in sweeps:
+        out += [d for d in s if d not in out]
+    return out
+
+
+# ---------------------------------------------------------------- spec
+
+@dataclass(frozen=True)
+class Cell:
+    run_id: str
+    config: TrainConfig
+    overrides: dict
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    base: dict
+    sweeps: tuple[dict, ...]  # each {"grid": {k: [...]}, "zip": {k: [...]}, "base": {k: v}}
+    cells: tuple[Cell, ...] = field(default=(), compare=False)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "base": self.base, "sweep": list(self.sweeps)}
+
+
+_TOP_KEYS = ("name", "base", "grid", "zip", "sweep")
+_SWEEP_KEYS = ("grid", "zip", "base")
+
+
+def _line_of(text: str | None, key: str) -> int | None:
+    if not text:
+        return None
+    for i, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"^\s*-?\s*\[*\s*['\"]?{re.escape(key)}['\"]?\s*(\]|=|:)", line):
+            return i
+    return None
+
+
+def _fail(where: str, text: str | None, key: str | None, msg: str) -> VaelabError:
+    line = _line_of(text, key) if key else None
+    return VaelabError(f"{where}:{line}: {msg}" if line else f"{where}: {msg}")
+
+
+def _key_in(msg: str, keys: Iterable[str]) -> str | None:
+    for k in keys:
+        if re.search(rf"\b{re.escape(k)}\b", msg):
+            return k
+    return None
+
+
+def _format_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def run_id(cfg: TrainConfig, keys: list[str]) -> str:
+    """A readable, stable directory name from the values of the keys the study varies."""
+    return "__".join(f"{k}-{_format_value(getattr(cfg, k))}" for k in keys).replace("/", "_") or "run"
+
+
+def parse_spec(d: dict, where: str = "<spec>", text: str | None = None) -> StudySpec:
+    """Validate a spec mapping and expand it into cells; errors name the file and the line that is wrong."""
+    if not isinstance(d, dict):
+        raise VaelabError(f"{where}: a study spec must be a table/mapping")
+    for k in d:
+        if k not in _TOP_KEYS:
+            raise _fail(where, text, k, unknown_key_message(k, _TOP_KEYS).replace("field", "key"))
+    base = dict(d.get("base") or {})
+    sweeps = list(d.get("sweep") or [])
+    if "grid" in d or "zip" in d or not sweeps:
+        sweeps.insert(0, {"grid": d.get("grid") or {}, "zip": d.get("zip") or {}})
+    for k, v in base.items():
+        try:
+            coerce(k, v)
+        except VaelabError as e:
+            raise _fail(where, text, k, f"[base] {e}") from None
+    named: list[str] = []
+    raw_cells: list[dict] = []
+    for s in sweeps:
+        if not isinstance(s, dict):
+            raise VaelabError(f"{where}: each [[sweep]] must be a table")
+        for k in s:
+            if k not in _SWEEP_KEYS:
+                raise _fail(where, text, k, unknown_key_message(k, _SWEEP_KEYS).replace("field", "key"))
+        parts = []
+        for kind in ("grid", "zip"):
+            table = s.get(kind) or {}
+            sweeps_of_kind = []
+            for k, values in table.items():
+                if not isinstance(values, list) or not values:
+                    raise _fail(where, text, k, f"[{kind}] {k} must be a non-empty list")
+                for v in values:
+                    try:
+                        coerce(k, v)
+                    except VaelabError as e:
+                        raise _fail(where, text, k, f"[{kind}] {e}") from None
+                sweeps_of_kind.append(sweep(k, values))
+                named.append(k)
+            if sweeps_of_kind:
+                parts.append(product(*sweeps_of_kind) if kind == "grid" else zipit(*sweeps_of_kind))
+        sbase = s.get("base") or {}
+        named += list(sbase)
+        raw_cells += [{**sbase, **c} for c in (product(*parts) if parts else [{}])]
+    keys = [k for k in _FIELD_ORDER if k in named]
+    cells, seen = [], set()
+    for overrides in raw_cells:
+        try:
+            cfg = from_dict({**base, **overrides})
+        except VaelabError as e:
+            key = _key_in(str(e), list(overrides) + list(base))
+            raise _fail(where, text, key, f"{e} (in run {overrides})") from None
+        rid = run_id(cfg, keys)
+        if rid not in seen:
+            seen.add(rid)
+            cells.append(Cell(rid, cfg, {k: getattr(cfg, k) for k in keys}))
+    name = d.get("name") or Path(where).stem
+    return StudySpec(str(name), base, tuple(sweeps), tuple(cells))
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise VaelabError(f"{path}: cannot read study spec ({e.strerror})") from None
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            d = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise VaelabError(f"{path}: invalid TOML ({e})") from None
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise VaelabError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    elif path.suffix == ".json":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise VaelabError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    else:
+        raise VaelabError(f"{path}: study specs are .toml, .yaml/.yml or .json")
+    return parse_spec(d, str(path), text)
+
+
+# The study's reference latent size for each dataset's beta sweep.
+BETA_LATENT = {"fashion-mnist": 16, "cifar10": 128}
+PRESETS: dict[str, dict] = {
+    "seed": {  # the full comparative study
+        "name": "seed",
+        "base": {"epochs": 40, "iwae_samples": 100},
+        "sweep": [
+            {"grid": {"dataset": ["fashion-mnist", "cifar10"], "latent_dim": [2, 4, 8, 16, 32, 64, 128],
+                      "seed": [0, 1, 2]}},
+            {"zip": {"dataset": list(BETA_LATENT), "latent_dim": list(BETA_LATENT.values())},
+             "grid": {"beta": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0], "seed": [0, 1, 2]}},
+        ],
+    },
+    "quick": {  # the same shape, reduced to finish in minutes on 2 CPU cores
+        "name": "quick",
+        "base": {"epochs": 4, "train_size": 6000, "val_size": 1000, "test_size": 1000, "iwae_samples": 20},
+        "sweep": [
+            {"grid": {"dataset": ["fashion-mnist", "cifar10"], "latent_dim": [2, 8, 32], "seed": [0, 1]}},
+            {"zip": {"dataset": ["fashion-mnist", "cifar10"], "latent_dim": [8, 32]},
+             "grid": {"beta": [0.5, 1.0, 4.0], "seed": [0, 1]}},
+        ],
+    },
+}
+
+
+def preset_spec(name: str) -> StudySpec:
+    if name not in PRESETS:
+        raise VaelabError(f"unknown study preset '{name}' (known: {', '.join(PRESETS)})")
+    return parse_spec(PRESETS[name], f"preset:{name}")
+
+
+# ---------------------------------------------------------------- running cells
+
+def run_cell(run_dir: str | Path, config: dict, data_dir: str | None = None, threads: int | None = None,
+             gpu: int | None = None) -> str:
+    """Train and evaluate one cell; 'done' if it already was. Failures are recorded in error.json, not raised."""
+    import torch
+
+    from .evaluate import evaluate
+    from .train import train
+
+    run_dir = Path(run_dir)
+    if (run_dir / EVAL).is_file():
+        return "done"
+    if threads:
+        torch.set_num_threads(threads)
+    if gpu is not None and torch.cuda.is_available():
+        torch.cuda.set_device(gpu % torch.cuda.device_count())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / RUNNING, {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+    try:
+        cfg = from_dict(config)
+        train(cfg, run_dir, data_dir=data_dir, resume=True, progress=False)
+        evaluate(run_dir, data_dir=data_dir)
+        (run_dir / ERROR).unlink(missing_ok=True)
+        return "done"
+    except Exception as e:  # one failing cell must not stop the others: record it and move on
+        atomic_write_json(run_dir / ERROR, {"error": str(e).splitlines()[0] if str(e) else type(e).__name__,
+                                            "type": type(e).__name__, "traceback": traceback.format_exc()})
+        return "failed"
+    finally:
+        (run_dir / RUNNING).unlink(missing_ok=True)
+
+
+def _pid_alive(info: dict) -> bool:
+    if info.get("host") != socket.gethostname():
+        return True  # another machine's process: trust the marker
+    try:
+        os.kill(int(info["pid"]), 0)
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def cell_status(run_dir: Path) -> str:
+    if (run_dir / EVAL).is_file():
+        return "done"
+    if (run_dir / RUNNING).is_file():
+        try:
+            return "running" if _pid_alive(read_json(run_dir / RUNNING)) else "interrupted"
+        except VaelabError:
+            return "interrupted"
+    if (run_dir / ERROR).is_file():
+        return "failed"
+    if (run_dir / METRICS).is_file():
+        return "interrupted"
+    return "pending"
+
+
+def _write_study_json(out: Path, spec: StudySpec) -> None:
+    atomic_write_json(out / "study.json", {**spec.to_dict(),
+                                           "cells": [{"run_id": c.run_id, "overrides": c.overrides,
+                                                      "config": c.config.to_dict()} for c in spec.cells]})
+
+
+def run(spec: StudySpec | str | Path, out: str | Path, jobs: int = 1, executor: str = "local",
+        address: str | None = None, data_dir: str | None = None) -> dict[str, int]:
+    """Run (or resume) every cell of a study into out/runs/<run-id>/; returns counts by final status."""
+    from .store import ensure_writable_dir
+
+    if not isinstance(spec, StudySpec):
+        spec = load_spec(spec) if Path(spec).suffix else preset_spec(str(spec))
+    if jobs < 1:
+        raise VaelabError(f"--jobs must be >= 1, got {jobs}")
+    out = ensure_writable_dir(Path(out))
+    if (out / "study.json").is_file():
+        old = read_json(out / "study.json")
+        if old.get("name") != spec.name:
+            raise VaelabError(f"{out}: holds study '{old.get('name')}', not '{spec.name}'; choose another --out")
+    _write_study_json(out, spec)
+    todo = [c for c in spec.cells if cell_status(out / "runs" / c.run_id) != "done"]
+    args = [(str(out / "runs" / c.run_id), c.config.to_dict()) for c in todo]
+    if executor == "ray":
+        _run_ray(args, address, data_dir)
+    elif executor != "local":
+        raise VaelabError(f"unknown executor '{executor}' (known: local, ray)")
+    elif jobs == 1 or len(args) <= 1:
+        from tqdm.auto import tqdm
+
+        for run_dir, cfg in tqdm(args, desc=spec.name, unit="run", disable=None):
+            run_cell(run_dir, cfg, data_dir)
+    else:
+        _run_pool(args, jobs, data_dir)
+    write_results(out)
+    counts: dict[str, int] = {}
+    for c in spec.cells:
+        s = cell_status(out / "runs" / c.run_id)
+        counts[s] = counts.get(s, 0) + 1
+    return counts
+
+
+def _run_pool(args: list[tuple[str, dict]], jobs: int, data_dir: str | None) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+    from tqdm.auto import tqdm
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools or CUDA state
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        gpus = torch.cuda.device_count()
+        futures = [pool.submit(run_cell, run_dir, cfg, data_dir, threads, i if gpus else None)
+                   for i, (run_dir, cfg) in enumerate(args)]
+        for f in tqdm(as_completed(futures), total=len(futures), unit="run", disable=None):
+            f.result()
+
+
+def _check_reachable(address: str | None) -> None:
+    """Ray retries an unreachable host:port for minutes; fail in seconds with one line instead."""
+    m = re.fullmatch(r"(?:ray://)?([^:/]+):(\d+)", address or "")
+    if not m:
+        return  # 'auto', 'local' or a form Ray resolves itself
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=5).close()
+    except OSError as e:
+        raise VaelabError(f"cannot reach a Ray cluster at {address} ({e.strerror or e})") from None
+
+
+def _run_ray(args: list[tuple[str, dict]], address: str | None, data_dir: str | None) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from offline machines
+    try:
+        import ray
+    except ImportError:
+        raise VaelabError("the ray executor needs Ray: pip install 'vaelab[ray]'") from None
+    if not ray.is_initialized():
+        _check_reachable(address)
+        try:
+            ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise VaelabError(f"cannot connect to a Ray cluster at {address or 'auto'} ({str(e).splitlines()[0]})") from None
+    remote = ray.remote(num_cpus=1)(run_cell)
+    ray.get([remote.remote(run_dir, cfg, data_dir, 1) for run_dir, cfg in args])
+
+
+# ---------------------------------------------------------------- results
+
+def collect(out: str | Path):
+    """One row per cell from the run directories (never cached, so never stale)."""
+    import pandas as pd
+
+    out = Path(out)
+    study = read_json(out / "study.json")
+    rows = []
+    for c in study["cells"]:
+        d = out / "runs" / c["run_id"]
+        cfg = c["config"]
+        row: dict[str, Any] = {"run_id": c["run_id"], "status": cell_status(d), **c["overrides"],
+                               **{k: cfg[k] for k in ("dataset", "latent_dim", "beta", "seed") if k not in c["overrides"]}}
+        hist = read_jsonl(d / METRICS)
+        row["epochs_done"] = len(hist)
+        row["train_seconds"] = sum(h["seconds"] for h in hist) if hist else None
+        row["images_per_s"] = sum(h["images_per_s"] for h in hist) / len(hist) if hist else None
+        if (d / EVAL).is_file():
+            ev = read_json(d / EVAL)
+            row.update({k: ev.get(k) for k in METRIC_COLUMNS})
+        if row["status"] == "failed":
+            row["error"] = read_json(d / ERROR).get("error")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_results(out: str | Path):
+    out = Path(out)
+    df = collect(out)
+    atomic_write_text(out / "results.csv", df.to_csv(index=False))
+    try:
+        import io
+
+        import pyarrow  # noqa: F401
+
+        from .store import atomic_write_bytes
+
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write_bytes(out / "results.parquet", buf.getvalue())
+    except ImportError:
+        pass
+    return df
+
+
+def summarize(df, by: list[str], metrics: list[str] | None = None):
+    """mean and std over seeds of each metric, grouped by `by` (done cells only)."""
+    metrics = [m for m in (metrics or METRIC_COLUMNS) if m in df and df[m].notna().any()]
+    done = df[df["status"] == "done"]
+    if done.empty:
+        return done
+    g = done.groupby(by, sort=True)[metrics]
+    res = g.mean().join(g.std().add_suffix("_std")).join(g.size().rename("n"))
+    return res.reset_index()
+
+
+def latent_table(df):
+    """Per dataset x latent_dim at beta = 1."""
+    return summarize(df[df["beta"] == 1.0], ["dataset", "latent_dim"])
+
+
+def beta_table(df):
+    """Per dataset x beta, at each dataset's beta-sweep latent size (the one with the most distinct betas)."""
+    import pandas as pd
+
+    parts = []
+    for ds, sub in df.groupby("dataset"):
+        counts = sub.groupby("latent_dim")["beta"].nunique()
+        if counts.empty or counts.max() < 2:
+            continue
+        parts.append(sub[sub["latent_dim"] == counts.idxmax()])
+    return summarize(pd.concat(parts), ["dataset", "latent_dim", "beta"]) if parts else pd.DataFrame()
+
+
+def format_table(t, metrics: list[str] | None = None) -> str:
+    """Render a summary as fixed-width text with mean ± std."""
+    if t is None or len(t) == 0:
+        return "(no finished runs yet)"
+    keys = [c for c in ("dataset", "latent_dim", "beta") if c in t]
+    metrics = [m for m in (metrics or METRIC_COLUMNS) if m in t]
+    header = keys + metrics + ["n"]
+    rows = []
+    for _, r in t.iterrows():
+        cells = [_format_value(r[k]) for k in keys]
+        for m in metrics:
+            std = r.get(f"{m}_std")
+            cells.append(f"{r[m]:.4g}" + (f" ± {std:.2g}" if std == std and std is not None else ""))
+        cells.append(str(int(r["n"])))
+        rows.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(header)]
+    line = lambda cs: "  ".join(c.ljust(w) for c, w in zip(cs, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def status_text(out: str | Path) -> tuple[str, dict[str, int]]:
+    df = write_results(out)
+    counts = df["status"].value_counts().to_dict()
+    cols = [c for c in df.columns if c not in ("error",) and c in
+            ["run_id", "status", "epochs_done", "neg_elbo", "bpd_elbo", "active_units"]]
+    lines = [f"study {read_json(Path(out) / 'study.json')['name']}: "
+             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" of {len(df)}", "",
+             df[cols].to_string(index=False)]
+    if "error" in df and df["error"].notna().any():
+        lines += ["", "failures:"] + [f"  {r.run_id}: {r.error}" for r in df[df["error"].notna()].itertuples()]
+    short = ["neg_elbo", "recon", "kl", "bpd_elbo", "active_units"]
+    lines += ["", "by latent_dim (beta = 1), mean ± std over seeds:", format_table(latent_table(df), short)]
+    bt = beta_table(df)
+    if len(bt):
+        lines += ["", "by beta, mean ± std over seeds:", format_table(bt, short)]
+    return "\n".join(lines), counts

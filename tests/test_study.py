@@ -1,0 +1,220 @@
+"""Studies: grid expansion, spec validation with line numbers, resume after kill, failures, parallel and Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from vaelab import VaelabError
+from vaelab import study
+from vaelab.cli import main
+from vaelab.train import load_checkpoint
+
+TINY_TOML = """\
+name = "tiny"
+[base]            # fields every run shares
+dataset = "fashion-mnist"
+epochs = 1
+train_size = 100
+val_size = 40
+test_size = 20
+iwae_samples = 2
+batch_size = 50
+[grid]            # the product of these lists; one run per combination
+latent_dim = [2, 8]
+seed = [0]
+"""
+
+
+def write(tmp_path, text, name="tiny.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_grid_helpers():
+    a, b = study.sweep("x", [1, 2]), study.sweep("y", ["u", "v"])
+    assert study.product(a, b) == [{"x": 1, "y": "u"}, {"x": 1, "y": "v"}, {"x": 2, "y": "u"}, {"x": 2, "y": "v"}]
+    assert study.zipit(a, b) == [{"x": 1, "y": "u"}, {"x": 2, "y": "v"}]
+    assert study.chain(a, a, b) == [{"x": 1}, {"x": 2}, {"y": "u"}, {"y": "v"}]
+    with pytest.raises(VaelabError, match="equal length"):
+        study.zipit(a, study.sweep("y", [1, 2, 3]))
+
+
+def test_spec_from_the_issue_expands_to_two_runs(tmp_path):
+    spec = study.load_spec(write(tmp_path, TINY_TOML))
+    assert spec.name == "tiny"
+    assert [c.run_id for c in spec.cells] == ["latent_dim-2__seed-0", "latent_dim-8__seed-0"]
+    assert spec.cells[1].config.latent_dim == 8 and spec.cells[1].config.train_size == 100
+    again = study.load_spec(write(tmp_path, TINY_TOML, "again.toml"))
+    assert [c.run_id for c in again.cells] == [c.run_id for c in spec.cells]  # stable names
+
+
+def test_yaml_and_sweeps_union_without_duplicates(tmp_path):
+    yaml_text = """\
+name: both
+base: {epochs: 1}
+sweep:
+  - grid: {dataset: [fashion-mnist, cifar10], latent_dim: [2, 16]}
+  - zip: {dataset: [fashion-mnist, cifar10], latent_dim: [16, 128]}
+    grid: {beta: [1.0, 4.0]}
+"""
+    spec = study.load_spec(write(tmp_path, yaml_text, "s.yaml"))
+    ids = [c.run_id for c in spec.cells]
+    assert len(ids) == len(set(ids)) == 4 + 4 - 1  # fashion-mnist z16 beta 1 appears in both sweeps once
+    assert "dataset-cifar10__latent_dim-128__beta-4" in ids
+
+
+def test_presets_have_the_study_shape():
+    seed = study.preset_spec("seed")
+    cfgs = [c.config for c in seed.cells]
+    assert {c.dataset for c in cfgs} == {"fashion-mnist", "cifar10"}
+    assert {c.latent_dim for c in cfgs if c.beta == 1.0} == {2, 4, 8, 16, 32, 64, 128}
+    assert {c.beta for c in cfgs} == {0.5, 1.0, 2.0, 4.0, 8.0, 16.0}
+    assert {c.seed for c in cfgs} == {0, 1, 2}
+    assert len(study.preset_spec("quick").cells) < len(seed.cells)
+
+
+@pytest.mark.parametrize("edit,line,msg", [
+    (("latent_dim = [2, 8]", "latnt_dim = [2, 8]"), 11, "unknown field 'latnt_dim' (did you mean 'latent_dim'?)"),
+    (("latent_dim = [2, 8]", "latent_dim = [2, 0]"), 11, "latent_dim must be >= 1"),
+    (("epochs = 1", "epochs = -3"), 4, "epochs must be >= 1"),
+    (("dataset = \"fashion-mnist\"", "dataset = \"mnist\""), 3, "unknown dataset 'mnist'"),
+    (("[grid]", "[gird]"), 10, "unknown key 'gird' (did you mean 'grid'?)"),
+    (("seed = [0]", "seed = 0"), 12, "[grid] seed must be a non-empty list"),
+    (("seed = [0]", "seed = [0.5]"), 12, "[grid] field 'seed' must be int"),
+])
+def test_bad_specs_name_the_line(tmp_path, edit, line, msg):
+    path = write(tmp_path, TINY_TOML.replace(*edit))
+    with pytest.raises(VaelabError) as e:
+        study.load_spec(path)
+    assert str(e.value).startswith(f"{path}:{line}: ") and msg in str(e.value)
+
+
+def test_run_resume_and_results(tiny_root, tmp_path, monkeypatch):
+    spec = study.load_spec(write(tmp_path, TINY_TOML))
+    out = tmp_path / "S"
+    assert study.run(spec, out, data_dir=str(tiny_root)) == {"done": 2}
+    df = pd.read_csv(out / "results.csv")
+    assert list(df["run_id"]) == ["latent_dim-2__seed-0", "latent_dim-8__seed-0"]
+    for col in ("latent_dim", "seed", "dataset", "beta", "neg_elbo", "recon", "kl", "bpd_elbo", "iwae_nll",
+                "active_units", "psnr", "ssim", "train_seconds", "images_per_s"):
+        assert df[col].notna().all(), col
+    assert json.loads((out / "study.json").read_text())["name"] == "tiny"
+    # a finished run is never retrained
+    monkeypatch.setattr("vaelab.train.train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    assert study.run(spec, out, data_dir=str(tiny_root)) == {"done": 2}
+
+
+def test_interrupted_run_resumes_and_finished_is_kept(tiny_root, tmp_path):
+    spec = study.load_spec(write(tmp_path, TINY_TOML.replace("epochs = 1", "epochs = 3")))
+    out = tmp_path / "S"
+    study.run(study.StudySpec(spec.name, spec.base, spec.sweeps, spec.cells[:1]), out, data_dir=str(tiny_root))
+    done_ckpt = (out / "runs" / spec.cells[0].run_id / "checkpoint.pt").stat().st_mtime_ns
+    # simulate a kill after epoch 1 of the second cell: its checkpoint and a stale RUNNING marker remain
+    from vaelab.train import train
+
+    cut = out / "runs" / spec.cells[1].run_id
+
+    def stop(epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec.cells[1].config, cut, data_dir=tiny_root, on_epoch_end=stop)
+    (cut / "RUNNING").write_text(json.dumps({"pid": 2**22 + 12345, "host": os.uname().nodename}))
+    assert study.cell_status(cut) == "interrupted"
+    first_epoch = load_checkpoint(cut)["history"][0]
+    assert study.run(spec, out, data_dir=str(tiny_root)) == {"done": 2}
+    hist = load_checkpoint(cut)["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3] and hist[0] == first_epoch
+    assert (out / "runs" / spec.cells[0].run_id / "checkpoint.pt").stat().st_mtime_ns == done_ckpt
+
+
+def test_a_failing_cell_is_recorded_and_others_finish(tiny_root, tmp_path, capsys):
+    text = TINY_TOML.replace("latent_dim = [2, 8]", "latent_dim = [2, 8]\nval_size = [40, 400]")
+    spec_path = write(tmp_path, text)
+    out = tmp_path / "S"
+    code = main(["study", str(spec_path), "--out", str(out), "--data-dir", str(tiny_root)])
+    assert code == 1
+    df = pd.read_csv(out / "results.csv")
+    assert sorted(df["status"]) == ["done", "done", "failed", "failed"]
+    assert df.loc[df["status"] == "failed", "error"].str.contains("val_size 400").all()
+    assert main(["study", "status", str(out)]) == 1
+    assert "failures:" in capsys.readouterr().out
+
+
+def test_jobs_2_matches_jobs_1(tiny_root, tmp_path):
+    spec = study.load_spec(write(tmp_path, TINY_TOML))
+    study.run(spec, tmp_path / "one", jobs=1, data_dir=str(tiny_root))
+    assert study.run(spec, tmp_path / "two", jobs=2, data_dir=str(tiny_root)) == {"done": 2}
+    a, b = study.collect(tmp_path / "one"), study.collect(tmp_path / "two")
+    assert list(a["neg_elbo"]) == pytest.approx(list(b["neg_elbo"]), rel=1e-4)  # same seeds, other processes
+
+
+def test_sigkill_mid_study_then_rerun_completes(tiny_root, tmp_path):
+    spec_path = write(tmp_path, TINY_TOML.replace("epochs = 1", "epochs = 40").replace("train_size = 100", "train_size = 200"))
+    out = tmp_path / "S"
+    cmd = [sys.executable, "-m", "vaelab.cli", "study", str(spec_path), "--out", str(out), "--data-dir", str(tiny_root)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "runs" / "latent_dim-2__seed-0" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epochs_before = load_checkpoint(ckpt.parent)["epoch"]
+    assert epochs_before < 40 or (ckpt.parent / "eval.json").exists()
+    assert study.cell_status(ckpt.parent) in ("interrupted", "done")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    df = study.collect(out)
+    assert list(df["status"]) == ["done", "done"] and list(df["epochs_done"]) == [40, 40]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_ray_executor_on_a_local_ray(tiny_root, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'vaelab[ray]'")
+    spec = study.load_spec(write(tmp_path, TINY_TOML))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert study.run(spec, tmp_path / "S", executor="ray", data_dir=str(tiny_root)) == {"done": 2}
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "S" / "runs" / "latent_dim-8__seed-0" / "eval.json").is_file()
+
+
+def test_ray_unreachable_cluster_is_one_line(tiny_root, tmp_path, capsys):
+    pytest.importorskip("ray")
+    code = main(["study", str(write(tmp_path, TINY_TOML)), "--out", str(tmp_path / "S"), "--executor", "ray",
+                 "--address", "127.0.0.1:1", "--data-dir", str(tiny_root)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Ray" in err and err.count("\n") == 1
+
+
+def test_status_summaries(tiny_root, tmp_path, capsys):
+    text = TINY_TOML.replace("seed = [0]", "seed = [0, 1]\nbeta = [1.0, 2.0]")
+    out = tmp_path / "S"
+    main(["study", str(write(tmp_path, text)), "--out", str(out), "--data-dir", str(tiny_root)])
+    capsys.readouterr()
+    assert main(["study", "status", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "8 done of 8" in printed and "by latent_dim (beta = 1)" in printed and "by beta" in printed
+    lt = study.latent_table(study.collect(out))
+    assert list(lt["n"]) == [2, 2] and lt["neg_elbo_std"].notna().all()
+
+
+def test_cli_study_errors(tmp_path, capsys):
+    assert main(["study", "--out", str(tmp_path / "x")]) == 2
+    assert main(["study", "--preset", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert main(["study", "status", str(tmp_path)]) == 2
+    assert main(["study", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 4 and "Traceback" not in err
