@@ -159,6 +159,14 @@ def cmd_study(args) -> int:
     return 1 if counts.get("failed") else 0
 
 
+def cmd_report(args) -> int:
+    from .report import report
+
+    path = report(args.target, data_dir=args.data_dir)
+    print(f"report written: {path}  (and {path.parent / 'summary.md'})")
+    return 0
+
+
 EXAMPLES = {
     "train": "examples:\n  vaelab train --dataset fashion-mnist --latent-dim 16 --beta 1 --epochs 20 --train-size 2000 --out runs/fm16\n"
              "  vaelab train --preset cifar10 --epochs 30 --out runs/c128\n  vaelab train --resume --out runs/fm16",
@@ -168,6 +176,7 @@ EXAMPLES = {
     "study": "examples:\n  vaelab study --preset quick --out studies/quick --jobs 2\n  vaelab study tiny.toml --out studies/tiny\n"
              "  vaelab study --preset seed --out studies/seed --executor ray --address auto\n"
              "  vaelab study status studies/quick\n\nexit code 1 when some runs failed (see status), 2 on bad input.",
+    "report": "examples:\n  vaelab report studies/quick\n  vaelab report runs/fm16",
     "datasets": "examples:\n  vaelab datasets\n  vaelab datasets --data-dir ../shared/data",
 }
 
@@ -231,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--address", help="Ray cluster address for --executor ray (default auto; 'local' starts one)")
     st.add_argument("--data-dir", **data_arg)
     st.set_defaults(func=cmd_study)
+
+    rp = add("report", "Write figures and an HTML report (report/index.html, summary.md) for a study or a run.")
+    rp.add_argument("target", metavar="STUDY_OR_RUN")
+    rp.add_argument("--data-dir", **data_arg)
+    rp.set_defaults(func=cmd_report)
 
     d = add("datasets", "Show each dataset's status and where it was found.")
     d.add_argument("--data-dir", **data_arg)

@@ -1,0 +1,360 @@
+"""`vaelab report`: figures and a self-contained HTML page (plus summary.md) for a study or a single run."""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import VaelabError
+from . import data as vdata
+from . import findings as vfindings
+from . import latent, plots, study
+from .store import CONFIG, EVAL, atomic_write_text, read_json, read_jsonl, METRICS
+from .train import load_model
+
+N_MAP = 2000  # test images in latent maps (t-SNE cost grows quickly)
+
+
+class Page:
+    """Collects sections of figures, tables and text; renders HTML and Markdown."""
+
+    def __init__(self, title: str):
+        self.title, self.sections = title, []
+
+    def section(self, title: str):
+        self.sections.append((title, []))
+
+    def add(self, kind: str, *payload):
+        self.sections[-1][1].append((kind, payload))
+
+    def html(self) -> str:
+        nav = "".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, (t, _) in enumerate(self.sections))
+        body = []
+        for i, (title, items) in enumerate(self.sections):
+            body.append(f'<section id="s{i}"><h2>{html.escape(title)}</h2>')
+            for kind, p in items:
+                if kind == "text":
+                    body.append(f"<p>{html.escape(p[0])}</p>")
+                elif kind == "fig":
+                    body.append(f'<figure><img src="{p[0]}" alt="{html.escape(p[1])}" loading="eager">'
+                                f"<figcaption>{html.escape(p[1])}</figcaption></figure>")
+                elif kind == "table":
+                    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in p[0])
+                    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in p[1])
+                    body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+                elif kind == "finding":
+                    f = p[0]
+                    cls = {"holds": "ok", "does not hold": "bad"}.get(f.verdict, "mid")
+                    body.append(f'<div class="finding {cls}"><b>{html.escape(f.claim)}</b> '
+                                f'<span class="verdict">{html.escape(f.verdict)}</span><br>{html.escape(f.evidence)}</div>')
+            body.append("</section>")
+        return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+                f"<style>{CSS}</style></head><body><header><h1>{html.escape(self.title)}</h1><nav>{nav}</nav></header>"
+                f"<main>{''.join(body)}</main><footer>made by vaelab on {time.strftime('%Y-%m-%d %H:%M')}</footer>"
+                f"</body></html>\n")
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}\n"]
+        for title, items in self.sections:
+            out.append(f"\n## {title}\n")
+            for kind, p in items:
+                if kind == "text":
+                    out.append(p[0] + "\n")
+                elif kind == "fig":
+                    out.append(f"![{p[1]}]({p[0]})\n")
+                elif kind == "table":
+                    out.append("| " + " | ".join(map(str, p[0])) + " |\n|" + "---|" * len(p[0]) + "\n"
+                               + "".join("| " + " | ".join(map(str, r)) + " |\n" for r in p[1]))
+                elif kind == "finding":
+                    out.append(f"- **{p[0].claim}** — *{p[0].verdict}*: {p[0].evidence}\n")
+        return "".join(out)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#1f2937;color:#fff;padding:14px 28px}header h1{margin:0 0 6px;font-size:22px}
+nav a{color:#cbd5e1;margin-right:14px;font-size:13px;text-decoration:none}nav a:hover{color:#fff}
+main{max-width:1150px;margin:0 auto;padding:8px 28px 40px}section{margin-top:26px}
+h2{border-bottom:2px solid #e5e7eb;padding-bottom:4px;font-size:18px}
+figure{margin:14px 0;background:#fff;border:1px solid #e5e7eb;border-radius:6px;padding:10px;display:inline-block;max-width:100%}
+figure img{max-width:100%;height:auto;display:block}figcaption{font-size:12px;color:#555;margin-top:6px}
+table{border-collapse:collapse;font-size:12.5px;margin:10px 0;background:#fff}
+th,td{border:1px solid #e5e7eb;padding:4px 8px;text-align:right}th{background:#f3f4f6}td:first-child,th:first-child{text-align:left}
+.finding{border-left:4px solid #9ca3af;background:#fff;padding:8px 12px;margin:8px 0;font-size:14px}
+.finding.ok{border-color:#16a34a}.finding.bad{border-color:#dc2626}.finding.mid{border-color:#d97706}
+.verdict{font-size:12px;text-transform:uppercase;letter-spacing:.04em;margin-left:6px;color:#555}
+footer{color:#888;font-size:12px;text-align:center;padding:20px}
+"""
+
+
+def _table_rows(t, keys: list[str], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
+    head = keys + metrics + ["seeds"]
+    rows = []
+    for _, r in t.iterrows():
+        cells = [f"{r[k]:g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+        for m in metrics:
+            v, s = r.get(m), r.get(f"{m}_std")
+            cells.append("–" if v is None or v != v else f"{v:.4g}" + (f" ± {s:.2g}" if s is not None and s == s else ""))
+        cells.append(str(int(r["n"])))
+        rows.append(cells)
+    return head, rows
+
+
+# ---------------------------------------------------------------- single-run figures
+
+def _test_split(cfg, data_dir, n: int, device="cpu"):
+    ds = vdata.load(cfg.dataset, data_dir)
+    idx = vdata.test_indices(len(ds.x_test), min(n, len(ds.x_test)))
+    return ds, vdata.to_split(ds.x_test[idx], ds.y_test[idx], device)
+
+
+def _pick_pairs(y: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """Pairs of test images from different classes, deterministic."""
+    pairs, used = [], set()
+    for i in range(len(y)):
+        for j in range(i + 1, len(y)):
+            if y[i] != y[j] and i not in used and j not in used:
+                pairs.append((i, j))
+                used |= {i, j}
+                break
+        if len(pairs) == n:
+            break
+    return pairs
+
+
+@torch.no_grad()
+def run_figures(run_dir: Path, fig_dir: Path, data_dir=None, prefix: str = "",
+                only: set[str] | None = None) -> list[tuple[str, str, str]]:
+    """The figures of one run (all, or those named in `only`); returns (section, file, caption) triples."""
+    cfg, model, ckpt = load_model(run_dir)
+    ds, split = _test_split(cfg, data_dir, N_MAP)
+    y_np = split.y.numpy()
+    yc = split.y if model.num_classes else None
+    name = f"{cfg.dataset}, latent_dim {cfg.latent_dim}, β {cfg.beta:g}"
+    out: list[tuple[str, str, str]] = []
+
+    def want(fname):
+        return only is None or fname in only
+
+    def save(fig, fname, section, caption):
+        plots.save_fig(fig, fig_dir / f"{prefix}{fname}")
+        out.append((section, f"{prefix}{fname}", caption))
+
+    x = split.x[:12]
+    if want("reconstructions.png"):
+        save(plots.image_rows([vdata.to_float(x), model.reconstruct(x, None if yc is None else yc[:12])],
+                              ["original", "reconstruction"]), "reconstructions.png", "Reconstructions",
+             f"Test images (top) and their reconstructions from the posterior mean (bottom) — {name}.")
+    if want("samples.png"):
+        ys = (torch.arange(40) % 10) if model.num_classes else None
+        samples = model.sample(40, y=ys, generator=torch.Generator().manual_seed(0))
+        save(plots.image_rows([samples[i * 10:(i + 1) * 10] for i in range(4)], ["", "", "", ""]),
+             "samples.png", "Samples", f"Decoded samples z ~ N(0, I) (likelihood mean) — {name}.")
+    hist = read_jsonl(run_dir / METRICS)
+    if hist and want("curves.png"):
+        save(plots.curves(hist, name), "curves.png", "Training", "Loss, reconstruction and KL per epoch.")
+    if (run_dir / EVAL).is_file() and want("kl_per_dim.png"):
+        ev = read_json(run_dir / EVAL)
+        save(plots.kl_per_dim_bars(ev["kl_per_dim"], ev["au_variance"]), "kl_per_dim.png", "Latent space",
+             "KL per latent dimension, sorted; green units are active (Cov_x E_q[z_i] > 0.01).")
+    mu, _ = latent.encode_split(model, split)
+    if want("latent_map.png"):
+        save(plots.latent_maps(mu.numpy(), y_np, list(ds.classes)), "latent_map.png", "Latent space",
+         f"Posterior means of {len(split)} test images, coloured by class.")
+    if cfg.latent_dim == 2 and not model.num_classes and want("manifold.png"):
+        grid = latent.decode_mean(model, latent.manifold_grid(12))
+        save(plots.image_rows([grid[i * 12:(i + 1) * 12] for i in range(12)], [""] * 12, cell=0.55),
+             "manifold.png", "Latent space", "The decoded manifold over the latent plane (Gaussian quantiles 5%…95%).")
+    pairs = _pick_pairs(y_np, 3) if want("interpolations.png") else []
+    rows, labels = [], []
+    for i, j in pairs:
+        for kind, fn in (("linear", latent.lerp), ("spherical", latent.slerp)):
+            z = fn(mu[i], mu[j], 10)
+            yy = None if yc is None else torch.full((10,), int(y_np[i]))
+            rows.append(latent.decode_mean(model, z, yy))
+            labels.append(f"{ds.classes[y_np[i]][:10]}→{ds.classes[y_np[j]][:10]}\n{kind}")
+    if rows:
+        save(plots.image_rows(rows, labels), "interpolations.png", "Latent space",
+             "Interpolations between test images' posterior means: linear and spherical, each pair.")
+    if (run_dir / EVAL).is_file() and want("traversals.png"):
+        top = list(np.argsort(-np.asarray(read_json(run_dir / EVAL)["kl_per_dim"]))[: min(6, cfg.latent_dim)])
+        vals = torch.linspace(-3, 3, 9)
+        z = latent.traverse(mu[0], [int(d) for d in top], vals)
+        yy = None if yc is None else torch.full((len(z),), int(y_np[0]))
+        imgs = latent.decode_mean(model, z, yy)
+        save(plots.image_rows([imgs[k * 9:(k + 1) * 9] for k in range(len(top))], [f"z{d}" for d in top],
+                              col_labels=[f"{v:g}" for v in vals.tolist()]),
+             "traversals.png", "Latent space", "Traversals of the highest-KL dimensions from −3 to 3, others fixed.")
+    return out
+
+
+def run_report(run_dir: Path, data_dir=None) -> Path:
+    cfg = read_json(run_dir / CONFIG)
+    rep = run_dir / "report"
+    page = Page(f"vaelab run: {run_dir.name}")
+    page.section("Setup")
+    page.add("table", ["field", "value"], [[k, v] for k, v in cfg.items()])
+    if (run_dir / EVAL).is_file():
+        ev = read_json(run_dir / EVAL)
+        keys = [k for k in study.METRIC_COLUMNS + ["iwae_samples", "test_size"] if k in ev]
+        page.section("Test metrics")
+        page.add("table", keys, [[f"{ev[k]:.4g}" if isinstance(ev[k], float) else ev[k] for k in keys]])
+    current = None
+    for section, fname, caption in run_figures(run_dir, rep / "fig", data_dir):
+        if section != current:
+            page.section(section)
+            current = section
+        page.add("fig", f"fig/{fname}", caption)
+    return _write(rep, page)
+
+
+def _write(rep: Path, page: Page) -> Path:
+    atomic_write_text(rep / "index.html", page.html())
+    atomic_write_text(rep / "summary.md", page.markdown())
+    return rep / "index.html"
+
+
+# ---------------------------------------------------------------- study report
+
+def _representative(df, dataset: str, **match):
+    """The first finished run of a dataset matching the given values (seed 0 preferred)."""
+    sub = df[(df["dataset"] == dataset) & (df["status"] == "done")]
+    for k, v in match.items():
+        sub = sub[sub[k] == v]
+    return None if sub.empty else sub.sort_values("seed").iloc[0]["run_id"]
+
+
+@torch.no_grad()
+def _grid_across(out: Path, df, dataset: str, key: str, values: list, fixed: dict, data_dir, kind: str):
+    rows, labels = [], []
+    x = None
+    for v in values:
+        rid = _representative(df, dataset, **{key: v, **fixed})
+        if rid is None:
+            continue
+        cfg, model, _ = load_model(out / "runs" / rid)
+        if kind == "samples":
+            rows.append(model.sample(10, y=(torch.arange(10) if model.num_classes else None),
+                                     generator=torch.Generator().manual_seed(0)))
+        else:
+            if x is None:
+                _, split = _test_split(cfg, data_dir, 10)
+                x, y = split.x, split.y
+                rows.append(vdata.to_float(x))
+                labels.append("original")
+            rows.append(model.reconstruct(x, y if model.num_classes else None))
+        labels.append(f"{key} {v:g}" if isinstance(v, float) else f"{key} {v}")
+    return plots.image_rows(rows, labels) if rows else None
+
+
+def study_report(out: Path, data_dir=None) -> Path:
+    spec = read_json(out / "study.json")
+    df = study.write_results(out)
+    done = df[df["status"] == "done"]
+    rep = out / "report"
+    fig_dir = rep / "fig"
+    lt, bt = study.latent_table(df), study.beta_table(df)
+    page = Page(f"vaelab study: {spec['name']}")
+    counts = df["status"].value_counts().to_dict()
+
+    page.section("Findings")
+    page.add("text", "Each claim of the original study (CIFAR-10 vs Fashion-MNIST VAEs), checked against this study's "
+                     "measurements on the test set. Numbers are means over seeds.")
+    for f in vfindings.compute(lt, bt):
+        page.add("finding", f)
+
+    page.section("Datasets")
+    for ds_name in sorted(df["dataset"].unique()):
+        spec_ds = vdata.DATASETS[ds_name]
+        try:
+            ds = vdata.load(ds_name, data_dir)
+            page.add("text", f"{ds_name}: {len(ds.x_train):,} training and {len(ds.x_test):,} test images of "
+                             f"{'×'.join(map(str, spec_ds.shape))} (C×H×W), classes: {', '.join(ds.classes)}.")
+            idx = [int(np.flatnonzero(ds.y_test == k)[0]) for k in range(len(ds.classes)) if (ds.y_test == k).any()]
+            fig = plots.image_rows([ds.x_test[idx]], [ds_name], col_labels=[c[:11] for c in ds.classes])
+            page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / f'data_{ds_name}.png').name}",
+                     f"One test image of each class of {ds_name}.")
+        except VaelabError as e:
+            page.add("text", f"{ds_name}: data not available here ({e}); figures needing images are skipped.")
+
+    page.section("Setup")
+    page.add("text", f"{len(df)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+             + ". Each run is an ordinary vaelab run directory under runs/.")
+    page.add("table", ["field", "value"], [[k, v] for k, v in spec["base"].items()])
+    sweeps = [f"{', '.join(f'{k} ∈ {v}' for k, v in {**s.get('zip', {}), **s.get('grid', {})}.items())}"
+              + (" (zipped: " + ", ".join(s["zip"]) + ")" if s.get("zip") else "") for s in spec["sweep"]]
+    for s in sweeps:
+        page.add("text", "sweep: " + s)
+    not_done = df[df["status"] != "done"]
+    if len(not_done):
+        page.add("table", ["run", "status", "error"],
+                 [[r.run_id, r.status, getattr(r, "error", "") if isinstance(getattr(r, "error", ""), str) else ""]
+                  for r in not_done.itertuples()])
+
+    short = ["neg_elbo", "recon", "kl", "bpd_elbo", "bpd_iwae", "active_units", "psnr", "ssim"]
+    if len(lt):
+        page.section("Latent dimensionality")
+        lt2 = lt.copy()
+        for col in ("neg_elbo", "recon"):  # per-dimension units, so both datasets share one axis
+            dims = lt2["dataset"].map(lambda d: int(np.prod(vdata.DATASETS[d].shape)))
+            lt2[f"{col}_bpd"] = lt2[col] / (dims * np.log(2))
+            lt2[f"{col}_bpd_std"] = lt2.get(f"{col}_std") / (dims * np.log(2))
+        fig = plots.metric_vs_latent(lt2, [("neg_elbo_bpd", "negative ELBO (bits/dim)"),
+                                           ("recon_bpd", "reconstruction (bits/dim)"), ("kl", "KL (nats)"),
+                                           ("active_units", "active units"), ("psnr", "PSNR (dB)")])
+        page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / 'latent_sweep.png').name}",
+                 "Metrics vs latent size at β = 1 (error bars: std over seeds). Per-dimension units let the datasets share an axis.")
+        if lt["dataset"].nunique() > 1:
+            fig = plots.dataset_comparison(lt2, "neg_elbo_bpd")
+            page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / 'dataset_comparison.png').name}",
+                     "The same model on both datasets, negative ELBO in bits/dim.")
+        page.add("table", *_table_rows(lt, ["dataset", "latent_dim"], short))
+    if len(bt):
+        page.section("β-VAE")
+        fig = plots.rate_distortion(bt)
+        page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / 'rate_distortion.png').name}",
+                 "Rate–distortion: one point per β (mean ± std over seeds). Larger β moves left (less KL) and up.")
+        page.add("table", *_table_rows(bt, ["dataset", "latent_dim", "beta"], short))
+
+    page.section("Samples and reconstructions")
+    for ds_name in sorted(done["dataset"].unique()):
+        dims = sorted(done[(done["dataset"] == ds_name) & (done["beta"] == 1.0)]["latent_dim"].unique())
+        for kind in ("samples", "reconstructions"):
+            fig = _grid_across(out, df, ds_name, "latent_dim", dims, {"beta": 1.0}, data_dir, kind)
+            if fig is not None:
+                page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / f'{kind}_latent_{ds_name}.png').name}",
+                         f"{ds_name}: {kind} across latent sizes (β = 1, seed 0).")
+        if len(bt) and ds_name in set(bt["dataset"]):
+            z = int(bt[bt["dataset"] == ds_name]["latent_dim"].iloc[0])
+            betas = sorted(bt[bt["dataset"] == ds_name]["beta"].unique())
+            for kind in ("samples", "reconstructions"):
+                fig = _grid_across(out, df, ds_name, "beta", betas, {"latent_dim": z}, data_dir, kind)
+                if fig is not None:
+                    page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / f'{kind}_beta_{ds_name}.png').name}",
+                             f"{ds_name}: {kind} across β (latent_dim {z}, seed 0).")
+
+    page.section("Latent-space organisation")
+    for ds_name in sorted(done["dataset"].unique()):
+        sub = done[(done["dataset"] == ds_name) & (done["beta"] == 1.0)]
+        for z in sorted({int(sub["latent_dim"].min()), int(sub["latent_dim"].max())}) if len(sub) else []:
+            rid = _representative(df, ds_name, latent_dim=z, beta=1.0)
+            figs = run_figures(out / "runs" / rid, fig_dir, data_dir, prefix=f"{rid}__",
+                               only={"latent_map.png", "manifold.png", "traversals.png"})
+            for _, fname, caption in figs:
+                page.add("fig", f"fig/{fname}", f"{ds_name}, latent_dim {z}: {caption}")
+    return _write(rep, page)
+
+
+def report(target: str | Path, data_dir=None) -> Path:
+    target = Path(target)
+    if (target / "study.json").is_file():
+        return study_report(target, data_dir)
+    if (target / CONFIG).is_file():
+        if not (target / "checkpoint.pt").is_file():
+            raise VaelabError(f"{target}: the run has no checkpoint yet; train it first")
+        return run_report(target, data_dir)
+    raise VaelabError(f"{target}: neither a study directory (study.json) nor a run directory (config.json)")

@@ -1,0 +1,152 @@
+"""Reports: findings computed from data (and contradicted when it disagrees), HTML that loads in a real browser."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vaelab import findings, study
+from vaelab.cli import main
+from vaelab.report import report
+
+SPEC = """\
+name = "mini"
+[base]
+epochs = 1
+train_size = 80
+val_size = 40
+test_size = 30
+iwae_samples = 2
+batch_size = 50
+[[sweep]]
+grid = {dataset = ["fashion-mnist", "cifar10"], latent_dim = [2, 4], seed = [0, 1]}
+[[sweep]]
+base = {latent_dim = 4}
+grid = {dataset = ["fashion-mnist"], beta = [1.0, 4.0], seed = [0]}
+"""
+
+
+@pytest.fixture(scope="module")
+def mini_study(tiny_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mini") / "S"
+    spec_path = out.parent / "mini.toml"
+    spec_path.write_text(SPEC)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VAELAB_CACHE", str(out.parent / "cache"))
+        assert study.run(study.load_spec(spec_path), out, data_dir=str(tiny_root)) == {"done": 9}
+    return out
+
+
+def _table(rows):
+    return pd.DataFrame(rows, columns=["dataset", "latent_dim", "recon", "kl", "bpd_elbo", "active_units", "n"])
+
+
+def test_findings_follow_the_data():
+    lt = _table([("fashion-mnist", 2, 300, 5, 3.0, 2, 3), ("fashion-mnist", 8, 250, 12, 2.5, 8, 3),
+                 ("fashion-mnist", 32, 240, 20, 2.4, 14, 3),
+                 ("cifar10", 2, 9000, 6, 6.0, 2, 3), ("cifar10", 8, 8000, 20, 5.5, 8, 3), ("cifar10", 32, 8100, 40, 5.3, 30, 3)])
+    fs = findings.compute(lt, None)
+    by = {f.claim: f for f in fs}
+    easy = next(f for f in fs if "easier" in f.claim)
+    assert easy.verdict == findings.HOLDS and "2.63 vs 5.6 bits/dim" in easy.evidence
+    fm = by["fashion-mnist: larger latent sizes improve reconstruction."]
+    assert fm.verdict == findings.HOLDS and "monotone in 2 of 2 steps" in fm.evidence and "300 to 240" in fm.evidence
+    c10 = by["cifar10: larger latent sizes improve reconstruction."]
+    assert c10.verdict == findings.MIXED and "monotone in 1 of 2 steps" in c10.evidence
+    collapse = [f for f in fs if "not fully used" in f.claim]
+    assert [f.verdict for f in collapse] == [findings.FAILS, findings.HOLDS]  # cifar 30/32 used; fm 14/32
+    # if the data disagrees, the report says so
+    flipped = lt.assign(bpd_elbo=lt["bpd_elbo"].where(lt["dataset"] != "fashion-mnist", 9.0))
+    assert next(f for f in findings.compute(flipped, None) if "easier" in f.claim).verdict == findings.FAILS
+
+
+def test_beta_finding():
+    bt = pd.DataFrame({"dataset": ["cifar10"] * 3, "latent_dim": [32] * 3, "beta": [0.5, 1.0, 4.0],
+                       "kl": [60.0, 40.0, 10.0], "recon": [100.0, 110.0, 150.0], "n": [2] * 3})
+    f = findings.beta_tradeoff(bt)[0]
+    assert f.verdict == findings.HOLDS and "KL 60→10" in f.evidence and "100→150" in f.evidence
+    f = findings.beta_tradeoff(bt.assign(recon=[150.0, 110.0, 100.0]))[0]
+    assert f.verdict == findings.MIXED
+    assert findings.beta_tradeoff(None)[0].verdict == findings.UNKNOWN
+
+
+def _images_of(index: Path) -> list[str]:
+    return re.findall(r'<img src="([^"]+)"', index.read_text())
+
+
+def test_study_report_files(mini_study, tiny_root):
+    index = report(mini_study, data_dir=tiny_root)
+    assert index == mini_study / "report" / "index.html"
+    text = index.read_text()
+    for section in ("Findings", "Datasets", "Setup", "Latent dimensionality", "β-VAE", "Samples and reconstructions",
+                    "Latent-space organisation"):
+        assert f">{section}</h2>" in text
+    imgs = _images_of(index)
+    assert len(imgs) >= 12 and all((index.parent / p).is_file() and (index.parent / p).stat().st_size > 1000 for p in imgs)
+    for name in ("latent_sweep.png", "rate_distortion.png", "dataset_comparison.png"):
+        assert f"fig/{name}" in imgs
+    md = (mini_study / "report" / "summary.md").read_text()
+    assert "## Findings" in md and "Fashion-MNIST is easier" in md
+
+
+def test_partial_study_shows_pending_runs(mini_study, tmp_path, tiny_root):
+    partial = tmp_path / "P"
+    shutil.copytree(mini_study, partial, ignore=shutil.ignore_patterns("report"))
+    gone = partial / "runs" / "dataset-cifar10__latent_dim-4__beta-1__seed-1"
+    shutil.rmtree(gone)
+    text = report(partial, data_dir=tiny_root).read_text()
+    assert "8 done, 1 pending" in text or "1 pending, 8 done" in text
+    assert "dataset-cifar10__latent_dim-4__beta-1__seed-1</td><td>pending" in text
+
+
+def test_run_report_and_cli(mini_study, tiny_root, capsys):
+    run = mini_study / "runs" / "dataset-fashion-mnist__latent_dim-2__beta-1__seed-0"
+    assert main(["report", str(run), "--data-dir", str(tiny_root)]) == 0
+    index = run / "report" / "index.html"
+    imgs = _images_of(index)
+    names = {Path(p).name for p in imgs}
+    assert {"reconstructions.png", "samples.png", "curves.png", "kl_per_dim.png", "latent_map.png", "manifold.png",
+            "interpolations.png", "traversals.png"} <= names
+    assert main(["report", str(tiny_root)]) == 2
+    assert "neither a study directory" in capsys.readouterr().err
+
+
+def _chrome():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("headless Chromium not installed (Debian packages chromium and chromium-driver; .ci/run installs them)")
+    return webdriver, chromium, driver
+
+
+def test_report_in_headless_chromium(mini_study, tiny_root, tmp_path):
+    webdriver, chromium, driver_path = _chrome()
+    from selenium.webdriver.chrome.service import Service
+
+    index = report(mini_study, data_dir=tiny_root)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        browser.get(index.resolve().as_uri())
+        n, bad = browser.execute_script(
+            "const im=[...document.images];"
+            "return [im.length, im.filter(i=>!(i.complete && i.naturalWidth>0)).map(i=>i.src)];")
+        assert n == len(_images_of(index)) and n >= 12
+        assert bad == [], f"images that did not load: {bad}"
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+        assert "Findings" in browser.find_element("tag name", "h2").text
+        shot = mini_study / "report" / "screenshot.png"
+        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10000
+    finally:
+        browser.quit()
