@@ -220,5 +220,5 @@ def dataset_comparison(table, metric: str = "bpd_elbo"):
     ax.set_xlabel("latent_dim")
     ax.set_ylabel("negative ELBO (bits/dim)")
     ax.set_title("Dataset complexity: the same VAE on both datasets")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig

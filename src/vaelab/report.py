@@ -83,12 +83,17 @@ h2{border-bottom:2px solid #e5e7eb;padding-bottom:4px;font-size:18px}
 figure{margin:14px 0;background:#fff;border:1px solid #e5e7eb;border-radius:6px;padding:10px;display:inline-block;max-width:100%}
 figure img{max-width:100%;height:auto;display:block}figcaption{font-size:12px;color:#555;margin-top:6px}
 table{border-collapse:collapse;font-size:12.5px;margin:10px 0;background:#fff}
-th,td{border:1px solid #e5e7eb;padding:4px 8px;text-align:right}th{background:#f3f4f6}td:first-child,th:first-child{text-align:left}
+th,td{border:1px solid #e5e7eb;padding:4px 8px;text-align:right;white-space:nowrap}th{background:#f3f4f6}td:first-child,th:first-child{text-align:left}
 .finding{border-left:4px solid #9ca3af;background:#fff;padding:8px 12px;margin:8px 0;font-size:14px}
 .finding.ok{border-color:#16a34a}.finding.bad{border-color:#dc2626}.finding.mid{border-color:#d97706}
 .verdict{font-size:12px;text-transform:uppercase;letter-spacing:.04em;margin-left:6px;color:#555}
 footer{color:#888;font-size:12px;text-align:center;padding:20px}
 """
+
+
+def _num(v: float, digits: int = 4) -> str:
+    """Readable numbers: 16,150 rather than 1.615e+04."""
+    return f"{v:,.0f}" if abs(v) >= 10 ** digits else f"{v:.{digits}g}"
 
 
 def _table_rows(t, keys: list[str], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -98,7 +103,7 @@ def _table_rows(t, keys: list[str], metrics: list[str]) -> tuple[list[str], list
         cells = [f"{r[k]:g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
         for m in metrics:
             v, s = r.get(m), r.get(f"{m}_std")
-            cells.append("–" if v is None or v != v else f"{v:.4g}" + (f" ± {s:.2g}" if s is not None and s == s else ""))
+            cells.append("–" if v is None or v != v else _num(v) + (f" ± {_num(s, 2)}" if s is not None and s == s else ""))
         cells.append(str(int(r["n"])))
         rows.append(cells)
     return head, rows
