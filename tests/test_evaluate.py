@@ -98,3 +98,33 @@ def test_bernoulli_runs_report_no_bits_per_dim(tiny_root, tmp_path):
     train(tiny_config(likelihood="bernoulli"), tmp_path / "r", dataset=ds)
     out = evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2, write=False)
     assert "bpd_elbo" not in out and out["likelihood_discrete"] is False
+
+
+def test_evaluate_on_another_dataset_of_the_same_shape(tiny_root, tmp_path, monkeypatch):
+    from vaelab import VaelabError
+
+    ds = vdata.load("fashion-mnist", tiny_root)
+    train(tiny_config(), tmp_path / "r", dataset=ds)
+    with pytest.raises(VaelabError, match="same shape|run's image shape"):
+        evaluate(tmp_path / "r", data_dir=tiny_root, on="cifar10-lossless")
+    own = evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2)
+    other = evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2, on="fashion-mnist")
+    assert other["neg_elbo"] == own["neg_elbo"]  # naming its own dataset is the plain evaluation
+    assert not (tmp_path / "r" / "eval-fashion-mnist.json").exists()
+
+
+def test_cifar_model_on_the_lossless_subset(tmp_path):
+    from conftest import cifar_members, write_cifar_tar
+
+    write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", cifar_members())
+    rng = np.random.default_rng(0)
+    (tmp_path / "cifar10-lossless-subset").mkdir()
+    np.savez(tmp_path / "cifar10-lossless-subset" / "cifar10.npz",
+             x_train=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), y_train=rng.integers(0, 10, 20),
+             x_test=rng.integers(0, 256, (15, 32, 32, 3), dtype=np.uint8), y_test=rng.integers(0, 10, 15))
+    ds = vdata.load("cifar10", tmp_path)
+    train(tiny_config(dataset="cifar10", train_size=60), tmp_path / "r", dataset=ds)
+    out = evaluate(tmp_path / "r", data_dir=tmp_path, iwae_samples=2, on="cifar10-lossless")
+    saved = json.loads((tmp_path / "r" / "eval-cifar10-lossless.json").read_text())
+    assert saved["test_size"] == 15 and saved["dataset"] == "cifar10-lossless" and out["bpd_elbo"] > 0
+    assert not (tmp_path / "r" / "eval.json").exists()

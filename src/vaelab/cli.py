@@ -68,7 +68,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
     result = evaluate(args.run, data_dir=args.data_dir, test_size=args.test_size, iwae_samples=args.iwae_samples,
-                      device=args.device)
+                      device=args.device, on=args.on)
     print(json.dumps({k: v for k, v in result.items() if k not in ("kl_per_dim", "au_variance")}, indent=2)
           if args.json else f"{args.run}: {_fmt(result)}")
     return 0
@@ -83,20 +83,46 @@ def _out_png(args, run: Path, default: str) -> Path:
 def cmd_sample(args) -> int:
     import torch
 
+    from .latent import sample_codes
     from .plots import image_grid, save_image
     from .train import load_model, resolve_device
 
     run = check_run_dir(Path(args.run))
-    cfg, model, ckpt = load_model(run, resolve_device(args.device or "auto"))
+    dev = resolve_device(args.device or "auto")
+    cfg, model, ckpt = load_model(run, dev)
     if args.n < 1:
         raise VaelabError(f"--n must be >= 1, got {args.n}")
-    g = torch.Generator(device=model.to_mu.weight.device).manual_seed(args.seed)
+    k = None
+    if args.class_name is not None:
+        if args.class_name not in ckpt["classes"]:
+            raise VaelabError(f"unknown class '{args.class_name}' (known: {', '.join(ckpt['classes'])})")
+        k = ckpt["classes"].index(args.class_name)
+    sampler = args.sampler or ("class-gaussian" if k is not None and not model.num_classes else "prior")
+    if sampler == "class-gaussian" and k is None:
+        raise VaelabError("--sampler class-gaussian needs --class NAME")
     y = None
-    if model.num_classes:
-        y = torch.arange(args.n, device=g.device) % model.num_classes
-    x = model.sample(args.n, y=y, mean=not args.stochastic, generator=g)
+    if model.num_classes:  # a CVAE conditions its decoder: the class asked for, else every class in turn
+        y = (torch.full((args.n,), k) if k is not None else torch.arange(args.n) % model.num_classes).to(dev)
+    elif k is not None and sampler != "class-gaussian":
+        raise VaelabError("--class needs a conditional run (--conditional) or --sampler class-gaussian")
+    z = torch.as_tensor(sample_codes(run, args.n, sampler, k, args.data_dir, args.seed), dtype=torch.float32, device=dev)
+    with torch.no_grad():
+        params = model.decode(z, y).float()
+        x = model.likelihood.sample(params) if args.stochastic else model.likelihood.mean(params)
     path = save_image(image_grid(x, args.nrow), _out_png(args, run, "samples.png"))
     print(path)
+    return 0
+
+
+def cmd_explore(args) -> int:
+    from .latent import explore
+
+    run = check_run_dir(Path(args.run))
+    figs, measures = explore(run, data_dir=args.data_dir)
+    for name, caption in figs:
+        print(f"{run / 'explore' / name}: {caption}")
+    print("latent organisation: " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in measures.items()))
     return 0
 
 
@@ -170,8 +196,13 @@ def cmd_report(args) -> int:
 EXAMPLES = {
     "train": "examples:\n  vaelab train --dataset fashion-mnist --latent-dim 16 --beta 1 --epochs 20 --train-size 2000 --out runs/fm16\n"
              "  vaelab train --preset cifar10 --epochs 30 --out runs/c128\n  vaelab train --resume --out runs/fm16",
-    "evaluate": "examples:\n  vaelab evaluate runs/fm16\n  vaelab evaluate runs/fm16 --test-size 1000 --iwae-samples 10 --json",
-    "sample": "examples:\n  vaelab sample runs/fm16 --n 64 --png samples.png",
+    "evaluate": "examples:\n  vaelab evaluate runs/fm16\n  vaelab evaluate runs/fm16 --test-size 1000 --iwae-samples 10 --json\n"
+                "  vaelab evaluate runs/c128 --on cifar10-lossless",
+    "sample": "examples:\n  vaelab sample runs/fm16 --n 64 --png samples.png\n"
+              "  vaelab sample runs/fm16 --class Sneaker      (per-class Gaussian on the run's codes)\n"
+              "  vaelab sample runs/fm16 --sampler gmm        (GMM on the aggregate posterior)\n"
+              "  vaelab sample runs/cvae --class 'Ankle boot' (a --conditional run)",
+    "explore": "examples:\n  vaelab explore runs/fm16",
     "reconstruct": "examples:\n  vaelab reconstruct runs/fm16 --n 16",
     "study": "examples:\n  vaelab study --preset quick --out studies/quick --jobs 2\n  vaelab study tiny.toml --out studies/tiny\n"
              "  vaelab study --preset seed --out studies/seed --executor ray --address auto\n"
@@ -209,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--iwae-samples", type=int, default=None, help="importance samples K for the IWAE bound (default: config)")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--on", metavar="DATASET", help="test on another dataset of the same shape "
+                   "(e.g. cifar10-lossless: real CIFAR-10 pixels); writes RUN/eval-DATASET.json")
     e.add_argument("--data-dir", **data_arg)
     e.set_defaults(func=cmd_evaluate)
 
@@ -219,8 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--stochastic", action="store_true", help="draw pixels from p(x|z) instead of showing its mean")
     s.add_argument("--png", help="output PNG path")
+    s.add_argument("--class", dest="class_name", metavar="NAME", help="generate this class (a CVAE run, or the "
+                   "per-class Gaussian fitted to an ordinary run's codes)")
+    s.add_argument("--sampler", choices=["prior", "gmm", "class-gaussian"], default=None,
+                   help="where z comes from: N(0, I) (default), a GMM on the aggregate posterior, or a class's Gaussian")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    s.add_argument("--data-dir", **data_arg)
     s.set_defaults(func=cmd_sample)
+
+    x = add("explore", "Latent exploration and conditional generation: figures in RUN/explore/ and latent measures.")
+    x.add_argument("run")
+    x.add_argument("--data-dir", **data_arg)
+    x.set_defaults(func=cmd_explore)
 
     r = add("reconstruct", "Save test originals (top) and their reconstructions (bottom) as a PNG.")
     r.add_argument("run")

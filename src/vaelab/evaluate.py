@@ -6,9 +6,11 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import VaelabError
 from . import data as vdata
 from .losses import bits_per_dim, log_normal
 from .models import VAE
@@ -106,20 +108,50 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
     return out
 
 
+PROBE_TRAIN = 10000  # training codes for the probes: plenty for a linear probe, cheap to encode
+
+
+def latent_organisation(model: VAE, cfg, ds: vdata.Dataset, test: vdata.Split) -> dict:
+    """Linear-probe and k-NN accuracy (fit on training codes) and silhouette of test codes, with chance levels."""
+    from .latent import encode_split, organisation
+
+    own = ds.name == cfg.dataset  # on another dataset (--on), its whole training split fits the probes
+    tr, _ = vdata.split_indices(len(ds.x_train), cfg.val_size if own else 0, cfg.train_size if own else 0)
+    if len(tr) > PROBE_TRAIN:
+        tr = np.sort(np.random.default_rng(0).permutation(tr)[:PROBE_TRAIN])
+    dev = test.x.device
+    mu_tr, _ = encode_split(model, vdata.to_split(ds.x_train[tr], ds.y_train[tr], dev))
+    mu_te, _ = encode_split(model, test)
+    if len(np.unique(ds.y_train[tr])) < 2:
+        return {}
+    return organisation(mu_tr.cpu().double().numpy(), ds.y_train[tr], mu_te.cpu().double().numpy(), test.y.cpu().numpy())
+
+
 def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, iwae_samples: int | None = None,
-             device: str | None = None, dataset: vdata.Dataset | None = None, write: bool = True) -> dict:
-    """Evaluate a trained run on its dataset's test set and write eval.json atomically."""
+             device: str | None = None, dataset: vdata.Dataset | None = None, write: bool = True,
+             on: str | None = None) -> dict:
+    """Evaluate a trained run on its dataset's test set and write eval.json atomically.
+
+    `on` names another dataset of the same image shape to test on (e.g. the CIFAR-10 model on the real pixels
+    of cifar10-lossless); its result goes to eval-<on>.json so the run's own eval.json is kept.
+    """
     run_dir = check_run_dir(Path(run_dir))
     dev = resolve_device(device or "auto")
     cfg, model, ckpt = load_model(run_dir, dev)
     test_size = cfg.test_size if test_size is None else test_size
     iwae_samples = cfg.iwae_samples if iwae_samples is None else iwae_samples
-    ds = dataset if dataset is not None else vdata.load(cfg.dataset, data_dir)
+    if on is not None and on != cfg.dataset:
+        if vdata.DATASETS.get(on) is None or vdata.DATASETS[on].shape != vdata.DATASETS[cfg.dataset].shape:
+            raise VaelabError(f"--on {on}: needs a dataset of the run's image shape "
+                              f"({'x'.join(map(str, vdata.DATASETS[cfg.dataset].shape))})")
+    name = on or cfg.dataset
+    ds = dataset if dataset is not None else vdata.load(name, data_dir)
     te = vdata.test_indices(len(ds.x_test), test_size)
     split = vdata.to_split(ds.x_test[te], ds.y_test[te], dev)
     t0 = time.perf_counter()
     result = evaluate_model(model, split, iwae_samples)
-    result.update(dataset=cfg.dataset, epoch=ckpt["epoch"], eval_seconds=time.perf_counter() - t0)
+    result.update(latent_organisation(model, cfg, ds, split))
+    result.update(dataset=name, epoch=ckpt["epoch"], eval_seconds=time.perf_counter() - t0)
     if write:
-        atomic_write_json(run_dir / EVAL, result)
+        atomic_write_json(run_dir / (EVAL if name == cfg.dataset else f"eval-{name}.json"), result)
     return result

@@ -57,3 +57,206 @@ def manifold_grid(n: int, device="cpu") -> torch.Tensor:
 @torch.no_grad()
 def decode_mean(model: VAE, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     return model.likelihood.mean(model.decode(z, y).float())
+
+
+# ---------------------------------------------------------------- cached encodings of a run's splits
+
+def encode_run(run_dir, split: str = "test", data_dir=None, n: int = 0, dataset: vdata.Dataset | None = None):
+    """Posterior means/log-variances and labels of a split, cached in RUN/latents-<split>[-n].npz.
+
+    The train split is the run's own training images (validation excluded); `n` > 0 takes a fixed subset.
+    """
+    from pathlib import Path
+
+    from .store import atomic_write_bytes
+    from .train import load_model
+
+    run_dir = Path(run_dir)
+    path = run_dir / f"latents-{split}{f'-{n}' if n else ''}.npz"
+    ckpt_mtime = (run_dir / "checkpoint.pt").stat().st_mtime_ns
+    if path.is_file():
+        with np.load(path) as z:
+            if int(z["ckpt_mtime"]) == ckpt_mtime:  # a retrained model invalidates the cache
+                return z["mu"], z["logvar"], z["y"]
+    cfg, model, _ = load_model(run_dir)
+    ds = dataset if dataset is not None else vdata.load(cfg.dataset, data_dir)
+    if split == "test":
+        idx = vdata.test_indices(len(ds.x_test), n)
+        x, y = ds.x_test[idx], ds.y_test[idx]
+    elif split == "train":
+        idx, _ = vdata.split_indices(len(ds.x_train), cfg.val_size, cfg.train_size)
+        idx = idx[np.sort(np.random.default_rng(0).permutation(len(idx))[:n])] if n and n < len(idx) else idx
+        x, y = ds.x_train[idx], ds.y_train[idx]
+    else:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    mu, logvar = encode_split(model, vdata.to_split(x, y, "cpu"))
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, mu=mu.numpy(), logvar=logvar.numpy(), y=y, ckpt_mtime=ckpt_mtime)
+    atomic_write_bytes(path, buf.getvalue())
+    return mu.numpy(), logvar.numpy(), y
+
+
+# ---------------------------------------------------------------- class structure in latent space
+
+def class_centroids(mu: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Mean code of each class (NaN rows for classes with no examples)."""
+    out = np.full((n_classes, mu.shape[1]), np.nan)
+    for k in range(n_classes):
+        if (y == k).any():
+            out[k] = mu[y == k].mean(0)
+    return out
+
+
+def attribute_vector(centroids: np.ndarray, source: int, target: int) -> np.ndarray:
+    """The direction from one class to another (e.g. sneaker -> ankle boot): a centroid difference."""
+    return centroids[target] - centroids[source]
+
+
+def arithmetic(z: np.ndarray, vector: np.ndarray, alphas) -> np.ndarray:
+    """z + alpha * vector for each alpha: a strip from the image towards (and past) the target class."""
+    return np.stack([z + a * vector for a in alphas])
+
+
+class ClassGaussians:
+    """Class-conditional generation without retraining: a full-covariance Gaussian per class's latent codes."""
+
+    def __init__(self, mu: np.ndarray, y: np.ndarray, n_classes: int, ridge: float = 1e-4):
+        self.means, self.covs = [], []
+        for k in range(n_classes):
+            zk = mu[y == k]
+            if len(zk) < 2:
+                raise ValueError(f"class {k} has {len(zk)} codes; need at least 2 to fit a Gaussian")
+            cov = np.cov(zk, rowvar=False).reshape(mu.shape[1], mu.shape[1])
+            self.means.append(zk.mean(0))
+            self.covs.append(cov + ridge * np.eye(mu.shape[1]))  # ridge keeps it positive definite
+
+    def sample(self, k: int, n: int, seed: int = 0) -> np.ndarray:
+        return np.random.default_rng(seed).multivariate_normal(self.means[k], self.covs[k], size=n)
+
+
+def fit_mixture(mu: np.ndarray, n_components: int = 10, seed: int = 0):
+    """Ex-post density estimation (Ghosh et al. 2020): a GMM on the aggregate posterior, sampled instead of N(0, I)."""
+    from sklearn.mixture import GaussianMixture
+
+    return GaussianMixture(n_components=min(n_components, len(mu)), covariance_type="full", reg_covar=1e-4,
+                           random_state=seed).fit(mu)
+
+
+def nearest_neighbours(queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Index of each query's nearest pool item in pixel space (L2): the memorisation check for samples."""
+    q = torch.from_numpy(queries.reshape(len(queries), -1).astype(np.float32))
+    p = torch.from_numpy(pool.reshape(len(pool), -1).astype(np.float32))
+    return torch.cdist(q, p).argmin(1).numpy()
+
+
+def organisation(mu_train: np.ndarray, y_train: np.ndarray, mu_test: np.ndarray, y_test: np.ndarray,
+                 k: int = 5, seed: int = 0) -> dict:
+    """How well the latent space separates classes: linear probe, k-NN, silhouette; with chance levels."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import silhouette_score
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(mu_train, y_train)
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(mu_train))).fit(mu_train, y_train)
+    counts = np.bincount(y_test)
+    n_labels = len(np.unique(y_test))
+    sil = float(silhouette_score(mu_test, y_test, sample_size=min(5000, len(mu_test)), random_state=seed)) \
+        if 1 < n_labels < len(mu_test) else float("nan")
+    return {"probe_accuracy": float(probe.score(mu_test, y_test)), "knn_accuracy": float(knn.score(mu_test, y_test)),
+            "knn_k": int(knn.n_neighbors), "silhouette": sil,
+            "chance_accuracy": float(counts.max() / counts.sum()),  # always guessing the most frequent class
+            "chance_silhouette": 0.0}  # random labels give ~0
+
+
+# ---------------------------------------------------------------- `vaelab explore`
+
+ATTRIBUTE_PAIRS = {
+    "fashion-mnist": [("Sneaker", "Ankle boot"), ("T-shirt/top", "Shirt")],
+    "cifar10": [("automobile", "truck"), ("cat", "dog")],
+    "cifar10-lossless": [("automobile", "truck"), ("cat", "dog")],
+}
+
+
+@torch.no_grad()
+def sample_codes(run_dir, n: int, sampler: str = "prior", class_index: int | None = None, data_dir=None,
+                 seed: int = 0) -> np.ndarray:
+    """Latent codes from N(0, I), from the GMM fitted to the aggregate posterior, or from a class's Gaussian."""
+    from .train import load_model
+
+    cfg, model, _ = load_model(run_dir)
+    if sampler == "prior":
+        return torch.randn(n, cfg.latent_dim, generator=torch.Generator().manual_seed(seed)).numpy()
+    mu, _, y = encode_run(run_dir, "train", data_dir, n=10000)
+    if sampler == "gmm":
+        gmm = fit_mixture(mu, seed=seed)
+        gmm.set_params(random_state=seed)
+        return gmm.sample(n)[0]
+    if sampler == "class-gaussian":
+        if class_index is None:
+            raise ValueError("the class-gaussian sampler needs a class")
+        return ClassGaussians(mu, y, int(y.max()) + 1).sample(class_index, n, seed)
+    raise ValueError(f"unknown sampler {sampler!r} (known: prior, gmm, class-gaussian)")
+
+
+@torch.no_grad()
+def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]], dict]:
+    """Figures of latent exploration and conditional generation into RUN/explore/; returns (files, measures)."""
+    from pathlib import Path
+
+    from . import plots
+    from .train import load_model
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir or run_dir / "explore")
+    cfg, model, ckpt = load_model(run_dir)
+    classes = list(ckpt["classes"])
+    ds = vdata.load(cfg.dataset, data_dir)
+    mu_tr, _, y_tr = encode_run(run_dir, "train", data_dir, n=10000, dataset=ds)
+    mu_te, _, y_te = encode_run(run_dir, "test", data_dir, dataset=ds)
+    measures = organisation(mu_tr, y_tr, mu_te, y_te)
+    figs: list[tuple[str, str]] = []
+
+    def save(fig, name, caption):
+        plots.save_fig(fig, out_dir / name)
+        figs.append((name, caption))
+
+    def dec(z, y=None):
+        return decode_mean(model, torch.as_tensor(np.asarray(z), dtype=torch.float32), y)
+
+    cond = (lambda k, n: torch.full((n,), k)) if model.num_classes else (lambda k, n: None)
+    centroids = class_centroids(mu_tr, y_tr, len(classes))
+    if not model.num_classes:  # attribute vectors only mean something in an unconditional code
+        rows, labels = [], []
+        alphas = np.linspace(0, 1.5, 7)
+        for src, dst in ATTRIBUTE_PAIRS.get(cfg.dataset, []):
+            s, t = classes.index(src), classes.index(dst)
+            vec = attribute_vector(centroids, s, t)
+            first = int(np.flatnonzero(y_te == s)[0])
+            rows.append(dec(arithmetic(mu_te[first], vec, alphas)))
+            labels.append(f"{src} + α·({dst} − {src})")
+        if rows:
+            save(plots.image_rows(rows, labels, col_labels=[f"α={a:g}" for a in alphas]), "attribute_arithmetic.png",
+                 "Latent arithmetic: a test image plus α times the centroid difference between two classes.")
+    rows = []
+    for k in range(len(classes)):
+        if model.num_classes:
+            z = sample_codes(run_dir, 8, "prior", seed=k)
+        else:
+            z = ClassGaussians(mu_tr, y_tr, len(classes)).sample(k, 8, seed=k)
+        rows.append(dec(z, cond(k, 8)))
+    save(plots.image_rows(rows, [c[:12] for c in classes]), "class_conditional.png",
+         "Class-conditional samples: " + ("the CVAE decoder given each label." if model.num_classes else
+                                          "a full-covariance Gaussian fitted to each class's codes, decoded."))
+    if not model.num_classes:
+        prior = dec(sample_codes(run_dir, 10, "prior"))
+        mixture = dec(sample_codes(run_dir, 10, "gmm", data_dir=data_dir))
+        nn_idx = nearest_neighbours((mixture.numpy() * 255), ds.x_train.astype(np.float32))
+        save(plots.image_rows([prior, mixture, torch.from_numpy(ds.x_train[nn_idx])],
+                              ["z ~ N(0, I)", "z ~ GMM", "nearest train"]), "prior_vs_mixture.png",
+             "Samples from the prior vs from a 10-component GMM fitted to the aggregate posterior (Ghosh et al. 2020), "
+             "with each GMM sample's nearest training image (pixel L2) — a memorisation check.")
+    return figs, measures

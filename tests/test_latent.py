@@ -1,0 +1,107 @@
+"""Latent tools: known answers on synthetic codes, conditional generation, probes, the explore CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from PIL import Image
+
+from vaelab import data as vdata
+from vaelab import latent
+from vaelab.cli import main
+from vaelab.train import train
+
+
+def clusters(n=200, d=3, seed=0, spread=0.1):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    centres = np.array([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])[:, :d]
+    return centres[y] + spread * rng.standard_normal((n, d)), y, centres
+
+
+def test_centroids_and_attribute_vectors():
+    mu, y, centres = clusters()
+    c = latent.class_centroids(mu, y, 4)
+    assert np.allclose(c[:3], centres, atol=0.05) and np.isnan(c[3]).all()
+    v = latent.attribute_vector(c, 0, 1)
+    strip = latent.arithmetic(c[0], v, [0.0, 0.5, 1.0])
+    assert np.allclose(strip[0], c[0]) and np.allclose(strip[2], c[1])
+
+
+def test_class_gaussians_recover_mean_and_covariance():
+    rng = np.random.default_rng(1)
+    cov = np.array([[2.0, 0.8], [0.8, 1.0]])
+    mu = np.concatenate([rng.multivariate_normal([3, -1], cov, 4000), rng.multivariate_normal([-3, 2], np.eye(2), 4000)])
+    y = np.repeat([0, 1], 4000)
+    g = latent.ClassGaussians(mu, y, 2)
+    assert np.allclose(g.means[0], [3, -1], atol=0.08) and np.allclose(g.covs[0], cov, atol=0.12)
+    s = g.sample(1, 5000, seed=0)
+    assert np.allclose(s.mean(0), [-3, 2], atol=0.08)
+    with pytest.raises(ValueError, match="class 2 has 0 codes"):
+        latent.ClassGaussians(mu, y, 3)
+
+
+def test_mixture_on_aggregate_posterior_finds_the_clusters():
+    mu, y, centres = clusters(600)
+    gmm = latent.fit_mixture(mu, n_components=3)
+    assert np.allclose(np.sort(gmm.means_, axis=0), np.sort(centres, axis=0), atol=0.05)
+
+
+def test_probes_on_separable_and_random_codes():
+    mu, y, _ = clusters(300)
+    m = latent.organisation(mu[:200], y[:200], mu[200:], y[200:])
+    assert m["probe_accuracy"] == 1.0 and m["knn_accuracy"] == 1.0 and m["silhouette"] > 0.9
+    assert 0.3 <= m["chance_accuracy"] < 0.5
+    noise = np.random.default_rng(3).standard_normal((300, 3))
+    r = latent.organisation(noise[:200], y[:200], noise[200:], y[200:])
+    assert r["probe_accuracy"] < 0.6 and abs(r["silhouette"]) < 0.1
+
+
+def test_interpolations_and_traversals():
+    z0, z1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    line, arc = latent.lerp(z0, z1, 5), latent.slerp(z0, z1, 5)
+    assert torch.allclose(line[0], z0) and torch.allclose(arc[-1], z1, atol=1e-6)
+    assert torch.allclose(arc.norm(dim=1), torch.ones(5), atol=1e-6)  # stays on the circle
+    assert line[2].norm() < 0.8
+    t = latent.traverse(torch.zeros(4), [1, 3], torch.tensor([-1.0, 2.0]))
+    assert t.tolist() == [[0, -1, 0, 0], [0, 2, 0, 0], [0, 0, 0, -1], [0, 0, 0, 2]]
+    assert latent.manifold_grid(3).shape == (9, 2)
+
+
+def test_nearest_neighbours():
+    pool = np.arange(5 * 4, dtype=np.float32).reshape(5, 1, 2, 2)
+    assert list(latent.nearest_neighbours(pool[[3, 1]] + 0.1, pool)) == [3, 1]
+
+
+def test_explore_sample_class_and_cvae(tiny_root, tmp_path, capsys):
+    ds = vdata.load("fashion-mnist", tiny_root)
+    train(tiny_config(latent_dim=3, epochs=2), tmp_path / "r", dataset=ds)
+    assert main(["explore", str(tmp_path / "r"), "--data-dir", str(tiny_root)]) == 0
+    out = capsys.readouterr().out
+    assert "probe_accuracy=" in out and "chance_accuracy=" in out
+    for name in ("attribute_arithmetic.png", "class_conditional.png", "prior_vs_mixture.png"):
+        assert (tmp_path / "r" / "explore" / name).stat().st_size > 1000
+    assert list((tmp_path / "r").glob("latents-train-*.npz"))  # encodings cached in the run directory
+    assert main(["sample", str(tmp_path / "r"), "--class", "Sneaker", "--n", "4", "--nrow", "4",
+                 "--data-dir", str(tiny_root)]) == 0
+    assert main(["sample", str(tmp_path / "r"), "--class", "Sneakers", "--data-dir", str(tiny_root)]) == 2
+    assert "unknown class 'Sneakers'" in capsys.readouterr().err
+    train(tiny_config(latent_dim=3, conditional=True), tmp_path / "c", dataset=ds)
+    for cls in ds.classes:
+        assert main(["sample", str(tmp_path / "c"), "--class", cls, "--n", "2", "--nrow", "2",
+                     "--png", str(tmp_path / "c.png")]) == 0
+        assert Image.open(tmp_path / "c.png").size[0] > 0
+    assert main(["explore", str(tmp_path / "c"), "--data-dir", str(tiny_root)]) == 0
+
+
+def test_eval_json_has_latent_organisation(tiny_root, tmp_path):
+    from vaelab.evaluate import evaluate
+
+    ds = vdata.load("fashion-mnist", tiny_root)
+    train(tiny_config(epochs=2), tmp_path / "r", dataset=ds)
+    ev = evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2)
+    for k in ("probe_accuracy", "knn_accuracy", "silhouette", "chance_accuracy"):
+        assert k in ev
+    assert 0 <= ev["probe_accuracy"] <= 1 and ev["chance_accuracy"] < 0.5
