@@ -41,6 +41,14 @@ def mini_study(tiny_root, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def mini_report(mini_study, tiny_root):
+    """The study's report, rendered once for the tests that read it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VAELAB_CACHE", str(mini_study.parent / "cache"))
+        return report(mini_study, data_dir=tiny_root)
+
+
 def _table(rows):
     return pd.DataFrame(rows, columns=["dataset", "latent_dim", "recon", "kl", "bpd_elbo", "active_units", "n"])
 
@@ -78,17 +86,18 @@ def _images_of(index: Path) -> list[str]:
     return re.findall(r'<img src="([^"]+)"', index.read_text())
 
 
-def test_study_report_files(mini_study, tiny_root):
-    index = report(mini_study, data_dir=tiny_root)
+def test_study_report_files(mini_study, mini_report):
+    index = mini_report
     assert index == mini_study / "report" / "index.html"
     text = index.read_text()
     for section in ("Findings", "Datasets", "Setup", "Latent dimensionality", "β-VAE", "Samples and reconstructions",
-                    "Latent-space organisation"):
+                    "Latent-space organisation", "Conditional generation"):
         assert f">{section}</h2>" in text
     imgs = _images_of(index)
     assert len(imgs) >= 12 and all((index.parent / p).is_file() and (index.parent / p).stat().st_size > 1000 for p in imgs)
     for name in ("latent_sweep.png", "rate_distortion.png", "dataset_comparison.png"):
         assert f"fig/{name}" in imgs
+    assert any(p.endswith("class_conditional.png") for p in imgs) and "probe_accuracy" in text
     md = (mini_study / "report" / "summary.md").read_text()
     assert "## Findings" in md and "Fashion-MNIST is easier" in md
 
@@ -110,7 +119,7 @@ def test_run_report_and_cli(mini_study, tiny_root, capsys):
     imgs = _images_of(index)
     names = {Path(p).name for p in imgs}
     assert {"reconstructions.png", "samples.png", "curves.png", "kl_per_dim.png", "latent_map.png", "manifold.png",
-            "interpolations.png", "traversals.png"} <= names
+            "interpolations.png", "traversals.png", "class_conditional.png", "prior_vs_mixture.png"} <= names
     assert main(["report", str(tiny_root)]) == 2
     assert "neither a study directory" in capsys.readouterr().err
 
@@ -123,11 +132,11 @@ def _chrome():
     return webdriver, chromium, driver
 
 
-def test_report_in_headless_chromium(mini_study, tiny_root, tmp_path):
+def test_report_in_headless_chromium(mini_study, mini_report, tmp_path):
     webdriver, chromium, driver_path = _chrome()
     from selenium.webdriver.chrome.service import Service
 
-    index = report(mini_study, data_dir=tiny_root)
+    index = mini_report
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -150,3 +159,11 @@ def test_report_in_headless_chromium(mini_study, tiny_root, tmp_path):
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10000
     finally:
         browser.quit()
+
+
+def test_organisation_finding():
+    lt = pd.DataFrame({"dataset": ["cifar10", "cifar10"], "latent_dim": [2, 32], "probe_accuracy": [0.2, 0.41],
+                       "knn_accuracy": [0.2, 0.35], "silhouette": [-0.1, 0.02]})
+    f = findings.organisation(lt)[0]
+    assert f.verdict == findings.HOLDS and "41%" in f.evidence and "latent_dim 32" in f.evidence
+    assert findings.organisation(lt.assign(probe_accuracy=[0.1, 0.12]))[0].verdict == findings.FAILS

@@ -214,6 +214,11 @@ def run_report(run_dir: Path, data_dir=None) -> Path:
             page.section(section)
             current = section
         page.add("fig", f"fig/{fname}", caption)
+    figs, measures = latent.explore(run_dir, data_dir, out_dir=rep / "fig" / "explore")
+    page.section("Conditional generation")
+    page.add("table", list(measures), [[f"{v:.3g}" if isinstance(v, float) else v for v in measures.values()]])
+    for fname, caption in figs:
+        page.add("fig", f"fig/explore/{fname}", caption)
     return _write(rep, page)
 
 
@@ -343,6 +348,13 @@ def study_report(out: Path, data_dir=None) -> Path:
                              f"{ds_name}: {kind} across β (latent_dim {z}, seed 0).")
 
     page.section("Latent-space organisation")
+    org = [m for m in ("probe_accuracy", "knn_accuracy", "silhouette") if m in lt]
+    if len(lt) and org:
+        page.add("text", "How well the code separates the classes without ever seeing a label: a linear probe "
+                         "(logistic regression fit on training codes) and k-NN accuracy on test codes, and the "
+                         "silhouette of the test codes' class clusters. Chance: the most frequent class's share "
+                         "(accuracy), 0 (silhouette).")
+        page.add("table", *_table_rows(lt, ["dataset", "latent_dim"], org))
     for ds_name in sorted(done["dataset"].unique()):
         sub = done[(done["dataset"] == ds_name) & (done["beta"] == 1.0)]
         for z in sorted({int(sub["latent_dim"].min()), int(sub["latent_dim"].max())}) if len(sub) else []:
@@ -351,6 +363,21 @@ def study_report(out: Path, data_dir=None) -> Path:
                                only={"latent_map.png", "manifold.png", "traversals.png"})
             for _, fname, caption in figs:
                 page.add("fig", f"fig/{fname}", f"{ds_name}, latent_dim {z}: {caption}")
+
+    page.section("Conditional generation")
+    page.add("text", "Generation controlled through the latent space, without retraining: latent arithmetic along "
+                     "class-centroid differences, samples from a Gaussian fitted to each class's codes, and samples "
+                     "from a mixture fitted to the aggregate posterior instead of N(0, I), beside their nearest "
+                     "training images.")
+    for ds_name in sorted(done["dataset"].unique()):
+        sub = done[(done["dataset"] == ds_name) & (done["beta"] == 1.0)]
+        if not len(sub):
+            continue
+        z = int(sub["latent_dim"].max())
+        rid = _representative(df, ds_name, latent_dim=z, beta=1.0)
+        figs, _ = latent.explore(out / "runs" / rid, data_dir, out_dir=fig_dir / f"{rid}__explore")
+        for fname, caption in figs:
+            page.add("fig", f"fig/{rid}__explore/{fname}", f"{ds_name}, latent_dim {z}: {caption}")
     return _write(rep, page)
 
 
