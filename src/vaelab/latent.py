@@ -141,7 +141,7 @@ def fit_mixture(mu: np.ndarray, n_components: int = 10, seed: int = 0):
     from sklearn.mixture import GaussianMixture
 
     return GaussianMixture(n_components=min(n_components, len(mu)), covariance_type="full", reg_covar=1e-4,
-                           random_state=seed).fit(mu)
+                           random_state=seed).fit(np.asarray(mu, dtype=np.float64))  # float32 covariances fail the PSD check
 
 
 def nearest_neighbours(queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
