@@ -91,11 +91,6 @@ footer{color:#888;font-size:12px;text-align:center;padding:20px}
 """
 
 
-def _num(v: float, digits: int = 4) -> str:
-    """Readable numbers: 16,150 rather than 1.615e+04."""
-    return f"{v:,.0f}" if abs(v) >= 10 ** digits else f"{v:.{digits}g}"
-
-
 def _table_rows(t, keys: list[str], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
     head = keys + metrics + ["seeds"]
     rows = []
@@ -103,7 +98,7 @@ def _table_rows(t, keys: list[str], metrics: list[str]) -> tuple[list[str], list
         cells = [f"{r[k]:g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
         for m in metrics:
             v, s = r.get(m), r.get(f"{m}_std")
-            cells.append("–" if v is None or v != v else _num(v) + (f" ± {_num(s, 2)}" if s is not None and s == s else ""))
+            cells.append("–" if v is None or v != v else study.fmt_num(v) + (f" ± {study.fmt_num(s, 2)}" if s is not None and s == s else ""))
         cells.append(str(int(r["n"])))
         rows.append(cells)
     return head, rows

@@ -440,6 +440,11 @@ def beta_table(df):
     return summarize(pd.concat(parts), ["dataset", "latent_dim", "beta"]) if parts else pd.DataFrame()
 
 
+def fmt_num(v: float, digits: int = 4) -> str:
+    """Readable numbers: 16,150 rather than 1.615e+04."""
+    return f"{v:,.0f}" if abs(v) >= 10 ** digits else f"{v:.{digits}g}"
+
+
 def format_table(t, metrics: list[str] | None = None) -> str:
     """Render a summary as fixed-width text with mean ± std."""
     if t is None or len(t) == 0:
@@ -452,7 +457,7 @@ def format_table(t, metrics: list[str] | None = None) -> str:
         cells = [_format_value(r[k]) for k in keys]
         for m in metrics:
             std = r.get(f"{m}_std")
-            cells.append(f"{r[m]:.4g}" + (f" ± {std:.2g}" if std == std and std is not None else ""))
+            cells.append(fmt_num(r[m]) + (f" ± {fmt_num(std, 2)}" if std is not None and std == std else ""))
         cells.append(str(int(r["n"])))
         rows.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(header)]
