@@ -1,6 +1,6 @@
 """Training throughput (images/s) and peak memory of vaelab's trainer vs a minimal hand-written loop; one JSON line.
 
-Usage: python bench/train_throughput.py [--device auto|cpu|cuda] [--images 10000] [--epochs 2] [--repeats 3]
+Usage: python bench/train_throughput.py [--device auto|cpu|cuda] [--images 15000] [--epochs 2] [--repeats 5]
 Images are random uint8 of each dataset's shape (throughput does not depend on pixel content).
 """
 
@@ -59,10 +59,10 @@ def minimal_loop(ds: Dataset, latent_dim: int, batch_size: int, device: torch.de
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--images", type=int, default=15000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     device = resolve_device(args.device)
     result = {"bench": "train_throughput", "device": str(device), "torch": torch.__version__,
