@@ -218,3 +218,15 @@ def test_cli_study_errors(tmp_path, capsys):
     assert main(["study", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 4 and "Traceback" not in err
+
+
+def test_conditional_vae_runs_in_a_study(tiny_root, tmp_path):
+    text = TINY_TOML.replace("latent_dim = [2, 8]", "latent_dim = [2]\nconditional = [false, true]")
+    spec = study.load_spec(write(tmp_path, text))
+    assert [c.run_id for c in spec.cells] == ["latent_dim-2__conditional-False__seed-0",
+                                              "latent_dim-2__conditional-True__seed-0"]
+    assert study.run(spec, tmp_path / "S", data_dir=str(tiny_root)) == {"done": 2}
+    from vaelab.train import load_model
+
+    _, model, _ = load_model(tmp_path / "S" / "runs" / spec.cells[1].run_id)
+    assert model.num_classes == 10
