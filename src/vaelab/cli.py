@@ -119,6 +119,16 @@ def cmd_explore(args) -> int:
 
     run = check_run_dir(Path(args.run))
     figs, measures = explore(run, data_dir=args.data_dir)
+    if not args.no_classifier:
+        from .classifier import generation_scores
+        from .store import EVAL, atomic_write_json
+
+        scores = generation_scores(run, data_dir=args.data_dir, n=args.samples)
+        if (run / EVAL).is_file():  # the generation scores join the run's other test-set measures
+            atomic_write_json(run / EVAL, {**read_json(run / EVAL), **scores})
+        measures.update({k: v for k, v in scores.items() if not k.startswith("class_histogram")})
+        for k in ("prior", "gmm"):
+            print(f"class histogram of samples ({k}): " + " ".join(f"{p:.2f}" for p in scores[f"class_histogram_{k}"]))
     for name, caption in figs:
         print(f"{run / 'explore' / name}: {caption}")
     print("latent organisation: " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
@@ -262,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = add("explore", "Latent exploration and conditional generation: figures in RUN/explore/ and latent measures.")
     x.add_argument("run")
+    x.add_argument("--samples", type=int, default=2000, help="samples scored by the reference classifier")
+    x.add_argument("--no-classifier", action="store_true",
+                   help="skip the reference classifier's scores (its first use trains it: minutes on a CPU)")
     x.add_argument("--data-dir", **data_arg)
     x.set_defaults(func=cmd_explore)
 

@@ -19,7 +19,7 @@ from .store import CONFIG, ERROR, EVAL, atomic_write_json, atomic_write_text, re
 
 RUNNING = "RUNNING"
 METRIC_COLUMNS = ["neg_elbo", "recon", "kl", "bpd_elbo", "iwae_nll", "bpd_iwae", "active_units", "psnr", "ssim",
-                  "probe_accuracy", "knn_accuracy", "silhouette"]
+                  "probe_accuracy", "knn_accuracy", "silhouette", "conditional_accuracy", "fd_prior", "fd_gmm"]
 _FIELD_ORDER = [f.name for f in fields(TrainConfig)]
 
 

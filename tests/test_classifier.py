@@ -1,0 +1,59 @@
+"""Reference classifier: learns, is cached and reused; Fréchet distance known values; generation scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from vaelab import classifier
+from vaelab import data as vdata
+from vaelab.train import train
+
+
+def test_frechet_distance_known_values():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((500, 4)) @ rng.standard_normal((4, 4))
+    assert classifier.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    d = np.array([1.0, -2.0, 0.5, 3.0])
+    assert classifier.frechet_distance(a, a + d) == pytest.approx(float(d @ d), rel=1e-6)
+    # b = 2a: mean doubles, covariance x4: FD = |mu|^2 + tr(S + 4S - 2*2S) = |mu|^2 + tr(S)
+    want = float((a.mean(0) ** 2).sum() + np.trace(np.cov(a, rowvar=False)))
+    assert classifier.frechet_distance(a, 2 * a) == pytest.approx(want, rel=1e-5)
+
+
+def test_classifier_learns_and_is_cached(tiny_root, monkeypatch):
+    ds = vdata.load("fashion-mnist", tiny_root)
+    model, info = classifier.reference_classifier("fashion-mnist", tiny_root, epochs=8, ds=ds)
+    assert info["test_accuracy"] > 0.5  # the synthetic classes are bright bands at class-dependent heights
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("retrained a cached classifier"))
+    again, info2 = classifier.reference_classifier("fashion-mnist", tiny_root, epochs=8, ds=ds)
+    assert info2 == info
+    x = vdata.to_float(vdata.to_split(ds.x_test, ds.y_test, "cpu").x)
+    assert np.allclose(classifier.predict(model, x)[0].numpy(), classifier.predict(again, x)[0].numpy(), atol=1e-5)
+
+
+def test_generation_scores(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setitem(classifier.EPOCHS, "fashion-mnist", 2)
+    ds = vdata.load("fashion-mnist", tiny_root)
+    train(tiny_config(latent_dim=3, epochs=2), tmp_path / "r", dataset=ds)
+    s = classifier.generation_scores(tmp_path / "r", tiny_root, n=50)
+    for sampler in ("prior", "gmm"):
+        assert s[f"fd_{sampler}"] >= 0 and sum(s[f"class_histogram_{sampler}"]) == pytest.approx(1.0)
+    assert 0 <= s["conditional_accuracy"] <= 1 and 0 <= s["classifier_test_accuracy"] <= 1
+
+
+def test_explore_writes_generation_scores_into_eval_json(tiny_root, tmp_path, monkeypatch, capsys):
+    import json
+
+    from vaelab.cli import main
+    from vaelab.evaluate import evaluate
+
+    monkeypatch.setitem(classifier.EPOCHS, "fashion-mnist", 2)
+    ds = vdata.load("fashion-mnist", tiny_root)
+    train(tiny_config(latent_dim=3, epochs=2), tmp_path / "r", dataset=ds)
+    evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2)
+    assert main(["explore", str(tmp_path / "r"), "--data-dir", str(tiny_root), "--samples", "40"]) == 0
+    ev = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert {"fd_prior", "fd_gmm", "conditional_accuracy", "class_histogram_gmm", "neg_elbo"} <= set(ev)
+    assert "class histogram of samples (gmm)" in capsys.readouterr().out
