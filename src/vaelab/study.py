@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from . import VaelabError
 from .config import TrainConfig, coerce, from_dict, unknown_key_message
-from .store import CONFIG, ERROR, EVAL, atomic_write_json, atomic_write_text, read_json, read_jsonl, METRICS
+from .store import ERROR, EVAL, atomic_write_json, atomic_write_text, read_json, read_jsonl, METRICS
 
 RUNNING = "RUNNING"
 METRIC_COLUMNS = ["neg_elbo", "recon", "kl", "bpd_elbo", "iwae_nll", "bpd_iwae", "active_units", "psnr", "ssim",
