@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +106,6 @@ def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
 
     mu_a, mu_b = feat_a.mean(0), feat_b.mean(0)
     s_a, s_b = np.cov(feat_a, rowvar=False), np.cov(feat_b, rowvar=False)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error", linalg.LinAlgWarning)
         try:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import time
 import json
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 

@@ -385,6 +385,11 @@ def _subset(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(idx[:size] if size else idx)
 
 
+def subsample(idx: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """A fixed subset of at most `size` of `idx` (all of it when size is 0 or larger), in the original order."""
+    return idx if not size or size >= len(idx) else idx[_subset(len(idx), size, seed)]
+
+
 def split_indices(n_train: int, val_size: int, train_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic train/validation indices: validation carved from train by a fixed permutation."""
     if val_size >= n_train:

@@ -70,8 +70,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 
 @torch.no_grad()
 def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batch_size: int = 500,
-                   seed: int = 0) -> dict:
-    """All test-set metrics for a model, per image in nats (and bits/dim where the likelihood is discrete)."""
+                   seed: int = 0, probe: vdata.Split | None = None) -> dict:
+    """All test-set metrics for a model, per image in nats (and bits/dim where the likelihood is discrete).
+
+    With `probe` (labelled training images), also the latent organisation: linear-probe and k-NN accuracy of
+    classifiers fit on the probe images' codes, and the silhouette of the test codes, with chance levels.
+    """
     model.eval()
     torch.manual_seed(seed)
     n = len(split)
@@ -102,6 +106,12 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
         "psnr": mean["psnr"], "ssim": mean["ssim"], "test_size": n, "n_dims": model.n_dims,
         "likelihood_discrete": model.likelihood.discrete,
     }
+    if probe is not None and len(np.unique(probe.y.cpu().numpy())) > 1:
+        from .latent import encode_split, organisation
+
+        mu_probe, _ = encode_split(model, probe)
+        out.update(organisation(mu_probe.cpu().double().numpy(), probe.y.cpu().numpy(), mu.cpu().numpy(),
+                                split.y.cpu().numpy()))
     if model.likelihood.discrete:
         out["bpd_elbo"] = bits_per_dim(out["neg_elbo"], model.n_dims)
         out["bpd_iwae"] = bits_per_dim(out["iwae_nll"], model.n_dims)
@@ -111,20 +121,13 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
 PROBE_TRAIN = 10000  # training codes for the probes: plenty for a linear probe, cheap to encode
 
 
-def latent_organisation(model: VAE, cfg, ds: vdata.Dataset, test: vdata.Split) -> dict:
-    """Linear-probe and k-NN accuracy (fit on training codes) and silhouette of test codes, with chance levels."""
-    from .latent import encode_split, organisation
-
-    own = ds.name == cfg.dataset  # on another dataset (--on), its whole training split fits the probes
+def probe_split(cfg, ds: vdata.Dataset, device) -> vdata.Split:
+    """Labelled training images that fit the latent probes: the run's own training split (on another dataset,
+    via --on, its whole training split), at most PROBE_TRAIN of them."""
+    own = ds.name == cfg.dataset
     tr, _ = vdata.split_indices(len(ds.x_train), cfg.val_size if own else 0, cfg.train_size if own else 0)
-    if len(tr) > PROBE_TRAIN:
-        tr = np.sort(np.random.default_rng(0).permutation(tr)[:PROBE_TRAIN])
-    dev = test.x.device
-    mu_tr, _ = encode_split(model, vdata.to_split(ds.x_train[tr], ds.y_train[tr], dev))
-    mu_te, _ = encode_split(model, test)
-    if len(np.unique(ds.y_train[tr])) < 2:
-        return {}
-    return organisation(mu_tr.cpu().double().numpy(), ds.y_train[tr], mu_te.cpu().double().numpy(), test.y.cpu().numpy())
+    tr = vdata.subsample(tr, PROBE_TRAIN)
+    return vdata.to_split(ds.x_train[tr], ds.y_train[tr], device)
 
 
 def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, iwae_samples: int | None = None,
@@ -149,8 +152,7 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     te = vdata.test_indices(len(ds.x_test), test_size)
     split = vdata.to_split(ds.x_test[te], ds.y_test[te], dev)
     t0 = time.perf_counter()
-    result = evaluate_model(model, split, iwae_samples)
-    result.update(latent_organisation(model, cfg, ds, split))
+    result = evaluate_model(model, split, iwae_samples, probe=probe_split(cfg, ds, dev))
     result.update(dataset=name, epoch=ckpt["epoch"], eval_seconds=time.perf_counter() - t0)
     if write:
         atomic_write_json(run_dir / (EVAL if name == cfg.dataset else f"eval-{name}.json"), result)

@@ -85,7 +85,7 @@ def encode_run(run_dir, split: str = "test", data_dir=None, n: int = 0, dataset:
         x, y = ds.x_test[idx], ds.y_test[idx]
     elif split == "train":
         idx, _ = vdata.split_indices(len(ds.x_train), cfg.val_size, cfg.train_size)
-        idx = idx[np.sort(np.random.default_rng(0).permutation(len(idx))[:n])] if n and n < len(idx) else idx
+        idx = vdata.subsample(idx, n)
         x, y = ds.x_train[idx], ds.y_train[idx]
     else:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -242,11 +242,12 @@ def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]]
             save(plots.image_rows(rows, labels, col_labels=[f"α={a:g}" for a in alphas]), "attribute_arithmetic.png",
                  "Latent arithmetic: a test image plus α times the centroid difference between two classes.")
     rows = []
+    per_class = None if model.num_classes else ClassGaussians(mu_tr, y_tr, len(classes))  # fitted once
     for k in range(len(classes)):
-        if model.num_classes:
+        if per_class is None:
             z = sample_codes(run_dir, 8, "prior", seed=k)
         else:
-            z = ClassGaussians(mu_tr, y_tr, len(classes)).sample(k, 8, seed=k)
+            z = per_class.sample(k, 8, seed=k)
         rows.append(dec(z, cond(k, 8)))
     save(plots.image_rows(rows, [c[:12] for c in classes]), "class_conditional.png",
          "Class-conditional samples: " + ("the CVAE decoder given each label." if model.num_classes else
