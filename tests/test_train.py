@@ -81,6 +81,20 @@ def test_resume_reaches_the_same_result(ds, tmp_path, extra):
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_resume_after_a_kill_between_writes_cleans_up(ds, tmp_path):
+    """SIGKILL after the checkpoint's rename but mid-way through writing metrics.jsonl: a stale temp file
+    and metrics one epoch behind. Resuming removes the temp and restores metrics from the checkpoint."""
+    cfg = tiny_config(epochs=2)
+    run = tmp_path / "r"
+    train(cfg, run, dataset=ds)
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(rows[0] + "\n")
+    (run / ".metrics.jsonl.x1y2z3.tmp").write_text(rows[0][:10])
+    assert train(cfg, run, dataset=ds, resume=True)["epoch"] == 2
+    assert (run / "metrics.jsonl").read_text().splitlines() == rows
+    assert not list(run.glob("*.tmp"))
+
+
 def test_existing_run_needs_resume_and_same_config(ds, tmp_path):
     cfg = tiny_config()
     train(cfg, tmp_path / "r", dataset=ds)

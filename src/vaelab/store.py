@@ -56,6 +56,16 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
         raise
 
 
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete temp files that an atomic write killed mid-way (SIGKILL, power loss) left behind in `folder`.
+
+    Call it only where this process is the folder's one writer (a run being started or resumed)."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def _json_default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()

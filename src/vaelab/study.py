@@ -288,7 +288,7 @@ def _write_study_json(out: Path, spec: StudySpec) -> None:
 def run(spec: StudySpec | str | Path, out: str | Path, jobs: int = 1, executor: str = "local",
         address: str | None = None, data_dir: str | None = None) -> dict[str, int]:
     """Run (or resume) every cell of a study into out/runs/<run-id>/; returns counts by final status."""
-    from .store import ensure_writable_dir
+    from .store import ensure_writable_dir, remove_stale_temps
 
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec) if Path(spec).suffix else preset_spec(str(spec))
@@ -299,6 +299,7 @@ def run(spec: StudySpec | str | Path, out: str | Path, jobs: int = 1, executor: 
         old = read_json(out / "study.json")
         if old.get("name") != spec.name:
             raise VaelabError(f"{out}: holds study '{old.get('name')}', not '{spec.name}'; choose another --out")
+    remove_stale_temps(out)  # a killed driver's half-written study.json/results.csv; run dirs clean their own
     _write_study_json(out, spec)
     todo = [c for c in spec.cells if cell_status(out / "runs" / c.run_id) != "done"]
     args = [(str(out / "runs" / c.run_id), c.config.to_dict()) for c in todo]

@@ -16,7 +16,7 @@ from . import data as vdata
 from .config import TrainConfig, from_dict
 from .losses import kl_weight, objective
 from .models import VAE
-from .store import CHECKPOINT, CONFIG, METRICS, atomic_torch_save, atomic_write_json, atomic_write_text, read_json
+from .store import CHECKPOINT, CONFIG, METRICS, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, remove_stale_temps
 
 
 class TrainingDiverged(VaelabError):
@@ -104,9 +104,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
     elif (out / CONFIG).exists() and not resume:
         raise VaelabError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     atomic_write_json(out / CONFIG, cfg.to_dict())
-    if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
-        return ckpt["history"][-1]
+    if ckpt is not None:
+        # A kill between the checkpoint's rename and the metrics' leaves metrics.jsonl an epoch behind;
+        # the checkpoint's history is the truth.
+        atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in ckpt["history"]))
+        if ckpt["epoch"] >= cfg.epochs:
+            return ckpt["history"][-1]
 
     device = resolve_device(cfg.device)
     ds = dataset if dataset is not None else vdata.load(cfg.dataset, data_dir)
