@@ -49,6 +49,22 @@ def test_mixture_on_aggregate_posterior_finds_the_clusters():
     assert np.allclose(np.sort(gmm.means_, axis=0), np.sort(centres, axis=0), atol=0.05)
 
 
+
+def test_code_sampler_fits_once_and_draws_reproducibly():
+    mu, y, centres = clusters(600)
+    calls = []
+    s = latent.CodeSampler(3, lambda: calls.append(1) or (mu, y))
+    a, b = s.sample(50, "gmm", seed=1), s.sample(50, "gmm", seed=1)
+    assert np.array_equal(a, b) and not np.array_equal(a, s.sample(50, "gmm", seed=2))
+    k2 = s.sample(400, "class-gaussian", 2, seed=0)
+    assert np.allclose(k2.mean(0), centres[2], atol=0.05)
+    assert len(calls) == 2  # codes read once per fitted model, however many draws
+    assert s.sample(4, "prior").shape == (4, 3)
+    with pytest.raises(ValueError, match="needs a class"):
+        s.sample(4, "class-gaussian")
+    with pytest.raises(ValueError, match="unknown sampler"):
+        s.sample(4, "flow")
+
 def test_probes_on_separable_and_random_codes():
     mu, y, _ = clusters(300)
     m = latent.organisation(mu[:200], y[:200], mu[200:], y[200:])

@@ -147,3 +147,21 @@ def test_conditional_run_trains(ds, tmp_path):
     last = train(tiny_config(conditional=True), tmp_path / "r", dataset=ds)
     _, model, _ = load_model(tmp_path / "r")
     assert model.num_classes == 10 and last["epoch"] == 1
+
+
+def test_gradient_norm_and_clipping_match_torch():
+    from vaelab.train import _clip, _grad_norm
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    for p in params:
+        p.grad = torch.randn_like(p) * 10
+    expected = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params]))
+    norm = _grad_norm(params)
+    assert torch.allclose(norm, expected)
+    before = [p.grad.clone() for p in params]
+    _clip(params, float(norm) + 1.0, norm)  # below the limit: untouched, bit for bit
+    assert all(torch.equal(p.grad, b) for p, b in zip(params, before))
+    _clip(params, 1.0, norm)  # above: rescaled to the limit, direction kept
+    assert torch.allclose(_grad_norm(params), torch.tensor(1.0), atol=1e-5)
+    assert torch.allclose(params[0].grad * float(norm), before[0], rtol=1e-4)

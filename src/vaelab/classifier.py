@@ -131,14 +131,15 @@ def generation_scores(run_dir, data_dir=None, n: int = 2000, seed: int = 0) -> d
 
 
 def _scores(model, clf, info, ds, ckpt, run_dir, data_dir, n, seed) -> dict:
-    from .latent import decode_mean, sample_codes
+    from .latent import CodeSampler, decode_mean
 
     te = vdata.test_indices(len(ds.x_test), min(n, len(ds.x_test)))
     _, f_test = predict(clf, vdata.to_float(torch.from_numpy(ds.x_test[te])))
     n_classes = len(ckpt["classes"])
     out: dict = {"classifier_test_accuracy": info["test_accuracy"], "n_samples": n}
+    codes = CodeSampler.for_run(run_dir, data_dir, dataset=ds)
     for sampler in ("prior", "gmm"):
-        z = torch.as_tensor(sample_codes(run_dir, n, sampler, data_dir=data_dir, seed=seed), dtype=torch.float32)
+        z = torch.as_tensor(codes.sample(n, sampler, seed=seed), dtype=torch.float32)
         y = torch.arange(n) % n_classes if model.num_classes else None
         logits, feats = predict(clf, decode_mean(model, z, y))
         hist = torch.bincount(logits.argmax(1), minlength=n_classes).float() / n
@@ -148,7 +149,7 @@ def _scores(model, clf, info, ds, ckpt, run_dir, data_dir, n, seed) -> dict:
     hits = 0
     for k in range(n_classes):  # class-conditional: the CVAE's decoder, or per-class Gaussians on the codes
         sampler = "prior" if model.num_classes else "class-gaussian"
-        z = torch.as_tensor(sample_codes(run_dir, per_class, sampler, k, data_dir, seed + k), dtype=torch.float32)
+        z = torch.as_tensor(codes.sample(per_class, sampler, k, seed + k), dtype=torch.float32)
         y = torch.full((per_class,), k) if model.num_classes else None
         logits, _ = predict(clf, decode_mean(model, z, y))
         hits += int((logits.argmax(1) == k).sum())

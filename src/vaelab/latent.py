@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -181,25 +183,52 @@ ATTRIBUTE_PAIRS = {
 }
 
 
-@torch.no_grad()
+SAMPLERS = ("prior", "gmm", "class-gaussian")
+
+
+class CodeSampler:
+    """Latent codes for one run from N(0, I), from a GMM fitted to the aggregate posterior, or from a class's
+    Gaussian. The fits are made once, on first use, from up to 10,000 cached training codes."""
+
+    def __init__(self, latent_dim: int, codes: Callable[[], tuple[np.ndarray, np.ndarray]], fit_seed: int = 0):
+        self.latent_dim, self._codes, self.fit_seed = latent_dim, codes, fit_seed
+        self._gmm = self._per_class = None
+
+    @classmethod
+    def for_run(cls, run_dir, data_dir=None, dataset: vdata.Dataset | None = None) -> "CodeSampler":
+        from pathlib import Path
+
+        from .store import CONFIG, read_json
+
+        latent_dim = int(read_json(Path(run_dir) / CONFIG)["latent_dim"])
+
+        def codes():
+            mu, _, y = encode_run(run_dir, "train", data_dir, n=10000, dataset=dataset)
+            return mu, y
+        return cls(latent_dim, codes)
+
+    def sample(self, n: int, sampler: str = "prior", class_index: int | None = None, seed: int = 0) -> np.ndarray:
+        if sampler == "prior":
+            return torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed)).numpy()
+        if sampler == "gmm":
+            if self._gmm is None:
+                self._gmm = fit_mixture(self._codes()[0], seed=self.fit_seed)
+            self._gmm.set_params(random_state=seed)  # the fit is fixed; only the draw depends on seed
+            return self._gmm.sample(n)[0]
+        if sampler == "class-gaussian":
+            if class_index is None:
+                raise ValueError("the class-gaussian sampler needs a class")
+            if self._per_class is None:
+                mu, y = self._codes()
+                self._per_class = ClassGaussians(mu, y, int(y.max()) + 1)
+            return self._per_class.sample(class_index, n, seed)
+        raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
+
+
 def sample_codes(run_dir, n: int, sampler: str = "prior", class_index: int | None = None, data_dir=None,
                  seed: int = 0) -> np.ndarray:
-    """Latent codes from N(0, I), from the GMM fitted to the aggregate posterior, or from a class's Gaussian."""
-    from .train import load_model
-
-    cfg, model, _ = load_model(run_dir)
-    if sampler == "prior":
-        return torch.randn(n, cfg.latent_dim, generator=torch.Generator().manual_seed(seed)).numpy()
-    mu, _, y = encode_run(run_dir, "train", data_dir, n=10000)
-    if sampler == "gmm":
-        gmm = fit_mixture(mu, seed=seed)
-        gmm.set_params(random_state=seed)
-        return gmm.sample(n)[0]
-    if sampler == "class-gaussian":
-        if class_index is None:
-            raise ValueError("the class-gaussian sampler needs a class")
-        return ClassGaussians(mu, y, int(y.max()) + 1).sample(class_index, n, seed)
-    raise ValueError(f"unknown sampler {sampler!r} (known: prior, gmm, class-gaussian)")
+    """One-off draw; make a CodeSampler to draw repeatedly without refitting."""
+    return CodeSampler.for_run(run_dir, data_dir).sample(n, sampler, class_index, seed)
 
 
 @torch.no_grad()
@@ -242,19 +271,15 @@ def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]]
             save(plots.image_rows(rows, labels, col_labels=[f"α={a:g}" for a in alphas]), "attribute_arithmetic.png",
                  "Latent arithmetic: a test image plus α times the centroid difference between two classes.")
     rows = []
-    per_class = None if model.num_classes else ClassGaussians(mu_tr, y_tr, len(classes))  # fitted once
+    codes = CodeSampler(cfg.latent_dim, lambda: (mu_tr, y_tr))
     for k in range(len(classes)):
-        if per_class is None:
-            z = sample_codes(run_dir, 8, "prior", seed=k)
-        else:
-            z = per_class.sample(k, 8, seed=k)
-        rows.append(dec(z, cond(k, 8)))
+        rows.append(dec(codes.sample(8, "prior" if model.num_classes else "class-gaussian", k, seed=k), cond(k, 8)))
     save(plots.image_rows(rows, [c[:12] for c in classes]), "class_conditional.png",
          "Class-conditional samples: " + ("the CVAE decoder given each label." if model.num_classes else
                                           "a full-covariance Gaussian fitted to each class's codes, decoded."))
     if not model.num_classes:
-        prior = dec(sample_codes(run_dir, 10, "prior"))
-        mixture = dec(sample_codes(run_dir, 10, "gmm", data_dir=data_dir))
+        prior = dec(codes.sample(10, "prior"))
+        mixture = dec(codes.sample(10, "gmm"))
         nn_idx = nearest_neighbours((mixture.numpy() * 255), ds.x_train.astype(np.float32))
         save(plots.image_rows([prior, mixture, torch.from_numpy(ds.x_train[nn_idx])],
                               ["z ~ N(0, I)", "z ~ GMM", "nearest train"]), "prior_vs_mixture.png",

@@ -33,7 +33,13 @@ def resolve_device(name: str) -> torch.device:
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return opt(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        # One fused kernel over all parameters (CPU and CUDA, torch >= 2.4): on the conv VAE the default
+        # per-tensor loop takes ~18 % of a CPU training step, the fused step ~2 % (bench/train_throughput.py).
+        return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a device or dtype without a fused kernel
+        return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int):
@@ -72,6 +78,23 @@ def average_terms(model: VAE, split: vdata.Split, batch_size: int = 1000) -> dic
         sums += torch.stack([t["recon"].sum(), t["kl"].sum(), (t["recon"] + t["kl"]).sum()]).double()
     recon, kl, nelbo = (sums / max(len(split), 1)).tolist()
     return {"recon": recon, "kl": kl, "neg_elbo": nelbo}
+
+
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _clip(params: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> None:
+    """Scale gradients to max_norm; unlike clip_grad_norm_, no pass over them when the norm is already below it."""
+    if float(norm) <= max_norm:
+        return
+    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):  # torch >= 2.6
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -138,7 +161,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
     forward = torch.compile(model) if cfg.compile else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+    params = [p for p in model.parameters() if p.requires_grad]
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm.auto import tqdm
 
@@ -158,11 +182,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
                 terms = forward(x, y)
             loss = objective(terms, beta_t)
             opt.zero_grad(set_to_none=True)
-            ok = bool(torch.isfinite(loss))
-            if ok:
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-                ok = bool(torch.isfinite(grad_norm))
+            loss.backward()
+            grad_norm = _grad_norm(params)
+            # One host sync per step: a non-finite loss or gradient skips the update.
+            ok = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+            if ok and clip < math.inf:
+                _clip(params, clip, grad_norm)
             if not ok:  # NaN/inf guard (as in vdvae): skip the update, count it, give up after too many in a row
                 bad_in_row += 1
                 bad_epoch += 1
