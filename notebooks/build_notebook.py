@@ -70,6 +70,18 @@ cells = [
        "and k-NN on the codes, the silhouette of the class clusters)."),
     code("figs_x, measures = latent.explore(runs['fashion-mnist'], DATA_DIR)\nprint({k: round(v, 3) if isinstance(v, float) else v for k, v in measures.items()})\n"
          "for fname, caption in figs_x:\n    print(caption)\n    display(Image(filename=str(runs['fashion-mnist'] / 'explore' / fname)))"),
+    md("How good are these samples? vaelab trains (once, then caches) a small reference CNN per dataset and scores "
+       "generation with it: the share of class-conditional samples classified as the class asked for, the class "
+       "histogram of unconditional samples, and a Fréchet distance between generated and test images in the "
+       "classifier's features — for z from N(0, I) and from the fitted mixture. (Heusel et al.'s formula in a small "
+       "CNN's features: not Inception FID and not comparable with published FIDs.)"),
+    code("from vaelab import classifier\n"
+         "scores = classifier.score_run(runs['fashion-mnist'], DATA_DIR, n=200 if SCALE == 'tiny' else 2000)\n"
+         "print(f\"reference classifier: {scores['classifier_test_accuracy']:.1%} test accuracy\")\n"
+         "print(f\"conditional accuracy (per-class Gaussians): {scores['conditional_accuracy']:.1%}\")\n"
+         "print(f\"Fréchet distance in its features: z ~ N(0, I) {scores['fd_prior']:.3g}, z ~ GMM {scores['fd_gmm']:.3g}\")\n"
+         "display(plots.class_histograms({'z ~ N(0, I)': scores['class_histogram_prior'], 'z ~ GMM': scores['class_histogram_gmm']},\n"
+         "                               list(datasets['fashion-mnist'].classes)))"),
     md("## Exercise 2 — latent dimensionality\n\nA study is a grid of config overrides; each cell is an ordinary run "
        "directory, so the study can be resumed, parallelised (`--jobs`, Ray) and re-reported without retraining."),
     code("spec = study.parse_spec({'name': 'nb-latent', 'base': SIZES,\n"

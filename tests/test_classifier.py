@@ -57,3 +57,32 @@ def test_explore_writes_generation_scores_into_eval_json(tiny_root, tmp_path, mo
     ev = json.loads((tmp_path / "r" / "eval.json").read_text())
     assert {"fd_prior", "fd_gmm", "conditional_accuracy", "class_histogram_gmm", "neg_elbo"} <= set(ev)
     assert "class histogram of samples (gmm)" in capsys.readouterr().out
+
+
+def test_score_run_merges_into_eval_json_and_reuses(tiny_root, tmp_path, monkeypatch):
+    import json
+
+    from vaelab.evaluate import evaluate
+
+    monkeypatch.setitem(classifier.EPOCHS, "fashion-mnist", 2)
+    ds = vdata.load("fashion-mnist", tiny_root)
+    train(tiny_config(latent_dim=3, epochs=1), tmp_path / "r", dataset=ds)
+    evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2)
+    first = classifier.score_run(tmp_path / "r", tiny_root, n=30)
+    ev = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert ev["fd_gmm"] == first["fd_gmm"] and "neg_elbo" in ev
+    monkeypatch.setattr(classifier, "generation_scores", lambda *a, **k: pytest.fail("recomputed stored scores"))
+    assert classifier.score_run(tmp_path / "r", tiny_root, n=30) == first
+    with pytest.raises(pytest.fail.Exception):
+        classifier.score_run(tmp_path / "r", tiny_root, n=40)  # another sample count is another measurement
+
+
+def test_random_crop_translates_each_image():
+    import torch
+
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, :, 3:5, 3:5] = 1.0
+    out = classifier.random_crop(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.equal(out.sum((1, 2, 3)), x.sum((1, 2, 3)))  # the square stays inside
+    corners = {tuple(torch.nonzero(o[0])[0].tolist()) for o in out}
+    assert len(corners) > 10 and all(1 <= r <= 5 and 1 <= c <= 5 for r, c in corners)  # shifts in [-2, 2]

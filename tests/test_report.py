@@ -98,6 +98,15 @@ def test_study_report_files(mini_study, mini_report):
     for name in ("latent_sweep.png", "rate_distortion.png", "dataset_comparison.png"):
         assert f"fig/{name}" in imgs
     assert any(p.endswith("class_conditional.png") for p in imgs) and "probe_accuracy" in text
+    # generation scored by the reference classifier: in the page, and (via eval.json) in the results
+    assert "Fréchet dist., z ~ GMM" in text and "not Inception FID" in text
+    assert sum("class_histogram_" in p for p in imgs) == 2  # one scored run per dataset
+    df = study.collect(mini_study)
+    scored = df.dropna(subset=["fd_prior"])
+    assert sorted(scored["run_id"]) == ["dataset-cifar10__latent_dim-4__beta-1__seed-0",
+                                        "dataset-fashion-mnist__latent_dim-4__beta-1__seed-0"]
+    assert ((scored["conditional_accuracy"] >= 0) & (scored["conditional_accuracy"] <= 1)).all()
+    assert "sampling a mixture fitted to the aggregate posterior" in text
     md = (mini_study / "report" / "summary.md").read_text()
     assert "## Findings" in md and "Fashion-MNIST is easier" in md
 
@@ -120,6 +129,9 @@ def test_run_report_and_cli(mini_study, tiny_root, capsys):
     names = {Path(p).name for p in imgs}
     assert {"reconstructions.png", "samples.png", "curves.png", "kl_per_dim.png", "latent_map.png", "manifold.png",
             "interpolations.png", "traversals.png", "class_conditional.png", "prior_vs_mixture.png"} <= names
+    assert "Fréchet dist., z ~ N(0, I)" in index.read_text()
+    assert main(["report", str(run), "--data-dir", str(tiny_root), "--no-classifier"]) == 0
+    assert "Fréchet dist." not in index.read_text()
     assert main(["report", str(tiny_root)]) == 2
     assert "neither a study directory" in capsys.readouterr().err
 
@@ -167,3 +179,15 @@ def test_organisation_finding():
     f = findings.organisation(lt)[0]
     assert f.verdict == findings.HOLDS and "41%" in f.evidence and "latent_dim 32" in f.evidence
     assert findings.organisation(lt.assign(probe_accuracy=[0.1, 0.12]))[0].verdict == findings.FAILS
+
+
+def test_generation_findings():
+    lt = pd.DataFrame({"dataset": ["cifar10", "fashion-mnist", "fashion-mnist"], "latent_dim": [32, 8, 32],
+                       "fd_prior": [50.0, 20.0, 12.0], "fd_gmm": [30.0, 25.0, 10.0],
+                       "conditional_accuracy": [0.15, 0.4, 0.8]})
+    by = {f.claim.split(":")[0] + (" mix" if "mixture" in f.claim else " cond"): f for f in findings.generation(lt)}
+    assert by["cifar10 mix"].verdict == findings.HOLDS and "50 → 30 at latent_dim 32" in by["cifar10 mix"].evidence
+    assert by["fashion-mnist mix"].verdict == findings.MIXED  # worse at 8, better at 32
+    assert by["cifar10 cond"].verdict == findings.FAILS and "15%" in by["cifar10 cond"].evidence
+    assert by["fashion-mnist cond"].verdict == findings.HOLDS and "latent_dim 32" in by["fashion-mnist cond"].evidence
+    assert findings.generation(lt.drop(columns=["fd_gmm"])) == []

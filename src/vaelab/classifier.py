@@ -15,8 +15,12 @@ from torch import nn
 from . import data as vdata
 from .store import atomic_torch_save
 
-VERSION = 1  # bump when the network or its training recipe changes: old cache entries are then ignored
-EPOCHS = {"fashion-mnist": 6, "cifar10": 18, "cifar10-lossless": 30}
+VERSION = 2  # bump when the network or its training recipe changes: old cache entries are then ignored
+# Sized for a 2-core CPU (channels-last): Fashion-MNIST 90.6 % in 301 s, CIFAR-10 stand-in 76.2 % in 483 s (README).
+WIDTHS = {"fashion-mnist": (32, 64, 128), "cifar10": (32, 64, 128), "cifar10-lossless": (32, 64, 128)}
+EPOCHS = {"fashion-mnist": 10, "cifar10": 15, "cifar10-lossless": 30}
+# Fashion-MNIST's shoes all point left and its garments sit centred: mirroring adds no useful variety there.
+FLIP = {"fashion-mnist": False, "cifar10": True, "cifar10-lossless": True}
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -24,20 +28,32 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    """Three conv stages (64-128-256, BatchNorm, max-pool), global average pool: 256-d features, 10 logits."""
+    """Three conv stages (BatchNorm, ReLU, max-pool between), global average pool: features, then 10 logits."""
 
-    def __init__(self, channels: int, n_classes: int = 10):
+    def __init__(self, channels: int, n_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128)):
         super().__init__()
-        self.net = nn.Sequential(_block(channels, 64), nn.MaxPool2d(2), _block(64, 128), nn.MaxPool2d(2),
-                                 _block(128, 256), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(256, n_classes)
+        a, b, c = widths
+        self.net = nn.Sequential(_block(channels, a), nn.MaxPool2d(2), _block(a, b), nn.MaxPool2d(2),
+                                 _block(b, c), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(c, n_classes)
+        self.widths = tuple(widths)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x: images in [0, 1], (B, C, H, W)."""
-        return self.net(x * 2 - 1)
+        return self.net((x * 2 - 1).contiguous(memory_format=torch.channels_last))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random translation by up to `pad` pixels (zero padding, then crop back to size)."""
+    b, _, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    oy, ox = (torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=x.device))
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+    return xp[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
 
 
 @torch.no_grad()
@@ -54,47 +70,61 @@ def predict(model: SmallCNN, x: torch.Tensor, batch_size: int = 1000) -> tuple[t
 
 def train_classifier(ds: vdata.Dataset, epochs: int, seed: int = 0, batch_size: int = 128,
                      device: str = "cpu") -> tuple[SmallCNN, float]:
-    """Adam + one-cycle schedule, random flips and 2-pixel shifts; returns the model and its test accuracy."""
+    """Adam + one-cycle schedule, random 2-pixel translations (and flips, per FLIP); returns the model and its
+    test accuracy. Progress bar on a terminal: on a 2-core CPU this takes minutes, on a GPU seconds."""
+    from tqdm.auto import tqdm
+
+    from .train import fused_optimizer
+
     torch.manual_seed(seed)
-    model = SmallCNN(ds.shape[0]).to(device)
+    model = SmallCNN(ds.shape[0], widths=WIDTHS.get(ds.name, (32, 64, 128))).to(device)
+    model = model.to(memory_format=torch.channels_last)
     x = torch.from_numpy(ds.x_train).to(device)
     y = torch.from_numpy(ds.y_train).to(device)
     steps = epochs * math.ceil(len(x) / batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=5e-4)
+    opt = fused_optimizer(torch.optim.Adam, model.parameters(), lr=2e-3, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=steps)
     g = torch.Generator(device=device).manual_seed(seed)
+    bar = tqdm(total=epochs * len(x), unit="img", desc=f"reference classifier ({ds.name})", disable=None)
     for _ in range(epochs):
         model.train()
         for idx in vdata.minibatches(len(x), batch_size, g, device):
             xb = vdata.to_float(x[idx])
-            flip = torch.rand(len(xb), device=device, generator=g) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
-            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g, device=device))
-            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
+            if FLIP.get(ds.name, True):
+                flip = torch.rand(len(xb), device=device, generator=g) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+            xb = random_crop(xb, 2, g)
+            bar.update(len(idx))
             loss = F.cross_entropy(model(xb), y[idx], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+    bar.close()
     logits, _ = predict(model, vdata.to_float(torch.from_numpy(ds.x_test).to(device)))
     return model, float((logits.argmax(1).cpu() == torch.from_numpy(ds.y_test)).float().mean())
 
 
 def reference_classifier(dataset: str, data_dir=None, epochs: int | None = None,
-                         ds: vdata.Dataset | None = None) -> tuple[SmallCNN, dict]:
-    """The dataset's reference classifier: loaded from the user cache, trained (once) when absent."""
+                         ds: vdata.Dataset | None = None, device: str = "auto") -> tuple[SmallCNN, dict]:
+    """The dataset's reference classifier (on the CPU): loaded from the user cache, trained once when absent
+    (on `device`; 'auto' takes a GPU when there is one)."""
+    from .train import resolve_device
+
     ds = ds if ds is not None else vdata.load(dataset, data_dir)
     epochs = epochs or EPOCHS.get(dataset, 10)
     key = f"{dataset}-n{len(ds.x_train)}-{vdata._source_key(Path(ds.source)) if Path(ds.source).exists() else 'mem'}"
     path = vdata.cache_dir() / "classifiers" / f"{key}-e{epochs}-v{VERSION}.pt"
     if path.is_file():
         blob = torch.load(path, map_location="cpu", weights_only=False)
-        model = SmallCNN(ds.shape[0])
+        model = SmallCNN(ds.shape[0], widths=tuple(blob["info"]["widths"]))
         model.load_state_dict(blob["model"])
         return model.eval(), blob["info"]
     t0 = time.perf_counter()
-    model, acc = train_classifier(ds, epochs)
-    info = {"dataset": dataset, "epochs": epochs, "test_accuracy": acc, "train_seconds": time.perf_counter() - t0}
+    model, acc = train_classifier(ds, epochs, device=str(resolve_device(device)))
+    info = {"dataset": dataset, "epochs": epochs, "widths": list(model.widths), "test_accuracy": acc,
+            "train_seconds": time.perf_counter() - t0, "device": str(next(model.parameters()).device)}
+    model = model.cpu()
     atomic_torch_save(path, {"model": model.state_dict(), "info": info})
     return model.eval(), info
 
@@ -128,6 +158,24 @@ def generation_scores(run_dir, data_dir=None, n: int = 2000, seed: int = 0) -> d
     clf, info = reference_classifier(cfg.dataset, data_dir, ds=ds)  # trains (with gradients) on first use
     with torch.no_grad():
         return _scores(model, clf, info, ds, ckpt, run_dir, data_dir, n, seed)
+
+
+GENERATION_KEYS = ("conditional_accuracy", "fd_prior", "fd_gmm", "class_histogram_prior", "class_histogram_gmm")
+
+
+def score_run(run_dir, data_dir=None, n: int = 2000, reuse: bool = True) -> dict:
+    """generation_scores, merged into the run's eval.json so that study results carry them; with reuse, scores
+    already there (from the same number of samples) are returned without recomputing."""
+    from .store import EVAL, atomic_write_json, read_json
+
+    path = Path(run_dir) / EVAL
+    ev = read_json(path) if path.is_file() else None
+    if reuse and ev is not None and ev.get("n_samples") == n and all(k in ev for k in GENERATION_KEYS):
+        return {k: ev[k] for k in ("classifier_test_accuracy", "n_samples", *GENERATION_KEYS)}
+    scores = generation_scores(run_dir, data_dir, n)
+    if ev is not None:  # the generation scores join the run's other test-set measures
+        atomic_write_json(path, {**ev, **scores})
+    return scores
 
 
 def _scores(model, clf, info, ds, ckpt, run_dir, data_dir, n, seed) -> dict:

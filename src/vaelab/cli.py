@@ -120,12 +120,9 @@ def cmd_explore(args) -> int:
     run = check_run_dir(Path(args.run))
     figs, measures = explore(run, data_dir=args.data_dir)
     if not args.no_classifier:
-        from .classifier import generation_scores
-        from .store import EVAL, atomic_write_json
+        from .classifier import score_run
 
-        scores = generation_scores(run, data_dir=args.data_dir, n=args.samples)
-        if (run / EVAL).is_file():  # the generation scores join the run's other test-set measures
-            atomic_write_json(run / EVAL, {**read_json(run / EVAL), **scores})
+        scores = score_run(run, data_dir=args.data_dir, n=args.samples, reuse=False)
         measures.update({k: v for k, v in scores.items() if not k.startswith("class_histogram")})
         for k in ("prior", "gmm"):
             print(f"class histogram of samples ({k}): " + " ".join(f"{p:.2f}" for p in scores[f"class_histogram_{k}"]))
@@ -198,7 +195,7 @@ def cmd_study(args) -> int:
 def cmd_report(args) -> int:
     from .report import report
 
-    path = report(args.target, data_dir=args.data_dir)
+    path = report(args.target, data_dir=args.data_dir, classifier=not args.no_classifier)
     print(f"report written: {path}  (and {path.parent / 'summary.md'})")
     return 0
 
@@ -300,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = add("report", "Write figures and an HTML report (report/index.html, summary.md) for a study or a run.")
     rp.add_argument("target", metavar="STUDY_OR_RUN")
     rp.add_argument("--data-dir", **data_arg)
+    rp.add_argument("--no-classifier", action="store_true",
+                    help="skip scoring generation with the reference classifiers (trained once per dataset and "
+                         "cached: minutes on a CPU)")
     rp.set_defaults(func=cmd_report)
 
     d = add("datasets", "Show each dataset's status and where it was found.")

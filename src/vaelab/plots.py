@@ -222,3 +222,19 @@ def dataset_comparison(table, metric: str = "bpd_elbo"):
     ax.set_title("Dataset complexity: the same VAE on both datasets")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig
+
+
+def class_histograms(histograms: dict[str, list[float]], classes: list[str], title: str = ""):
+    """Share of generated samples the reference classifier assigns to each class, one bar group per sampler,
+    against the uniform share that the balanced training set implies."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(classes) + 1.5), 2.8))
+    width = 0.8 / max(len(histograms), 1)
+    x = np.arange(len(classes))
+    for i, (name, shares) in enumerate(histograms.items()):
+        ax.bar(x + (i - (len(histograms) - 1) / 2) * width, shares, width, label=name)
+    ax.axhline(1 / len(classes), color="k", lw=0.8, ls="--", label="uniform")
+    ax.set_xticks(x, classes, rotation=30, ha="right")
+    ax.set_ylabel("share of samples")
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncols=len(histograms) + 1, loc="upper right")
+    return fig

@@ -14,7 +14,7 @@ from . import data as vdata
 from . import findings as vfindings
 from . import latent, plots, study
 from .store import CONFIG, EVAL, atomic_write_text, read_json, read_jsonl, METRICS
-from .train import load_model
+from .train import load_checkpoint, load_model
 
 N_MAP = 2000  # test images in latent maps (t-SNE cost grows quickly)
 
@@ -192,7 +192,7 @@ def run_figures(run_dir: Path, fig_dir: Path, data_dir=None, prefix: str = "",
     return out
 
 
-def run_report(run_dir: Path, data_dir=None) -> Path:
+def run_report(run_dir: Path, data_dir=None, classifier: bool = True) -> Path:
     cfg = read_json(run_dir / CONFIG)
     rep = run_dir / "report"
     page = Page(f"vaelab run: {run_dir.name}")
@@ -210,11 +210,51 @@ def run_report(run_dir: Path, data_dir=None) -> Path:
             current = section
         page.add("fig", f"fig/{fname}", caption)
     figs, measures = latent.explore(run_dir, data_dir, out_dir=rep / "fig" / "explore")
-    page.section("Conditional generation")
+    page.section("Latent-space organisation")
     page.add("table", list(measures), [[f"{v:.3g}" if isinstance(v, float) else v for v in measures.values()]])
+    page.section("Conditional generation")
     for fname, caption in figs:
         page.add("fig", f"fig/explore/{fname}", caption)
+    if classifier:
+        _generation_scores(page, [(cfg["dataset"], run_dir)], rep / "fig", data_dir)
     return _write(rep, page)
+
+
+GENERATION_TEXT = ("Samples scored by vaelab's reference classifier for the dataset (a small CNN trained once on the "
+                   "training set and cached; its test accuracy is stated): the share of class-conditional samples "
+                   "(per-class Gaussians on the codes, or the CVAE's decoder) classified as the class asked for, and "
+                   "the Fréchet distance between generated and test images in the classifier's penultimate features "
+                   "(Heusel et al.'s formula in a small CNN's features — not Inception FID, and not comparable with "
+                   "it; lower is better) for z drawn from N(0, I) and from a mixture fitted to the aggregate "
+                   "posterior.")
+
+
+def _generation_scores(page: Page, runs: list[tuple[str, Path]], fig_dir: Path, data_dir) -> None:
+    """A table of generation scores, one row per (label, run), and each run's class histogram of samples."""
+    from . import classifier as vclf
+
+    rows, hists = [], []
+    for label, run_dir in runs:
+        try:
+            s = vclf.score_run(run_dir, data_dir)
+        except VaelabError as e:
+            page.add("text", f"{label}: generation not scored ({e}).")
+            continue
+        rows.append([label, f"{s['classifier_test_accuracy']:.1%}", f"{s['conditional_accuracy']:.1%}",
+                     f"{s['fd_prior']:.3g}", f"{s['fd_gmm']:.3g}", s["n_samples"]])
+        classes = list(load_checkpoint(run_dir)["classes"])
+        fig = plots.class_histograms({"z ~ N(0, I)": s["class_histogram_prior"], "z ~ GMM": s["class_histogram_gmm"]},
+                                     classes, title=f"{label}: classes of unconditional samples")
+        hists.append((plots.save_fig(fig, fig_dir / f"class_histogram_{Path(run_dir).name}.png").name, label))
+    if not rows:
+        return
+    page.add("text", GENERATION_TEXT)
+    page.add("table", ["run", "classifier test acc.", "conditional acc.", "Fréchet dist., z ~ N(0, I)",
+                       "Fréchet dist., z ~ GMM", "samples"], rows)
+    for fname, label in hists:
+        page.add("fig", f"fig/{fname}", f"{label}: the share of unconditional samples the reference classifier "
+                                        "puts in each class; a sampler that covers the data evenly stays near "
+                                        "the dashed uniform line.")
 
 
 def _write(rep: Path, page: Page) -> Path:
@@ -256,9 +296,19 @@ def _grid_across(out: Path, df, dataset: str, key: str, values: list, fixed: dic
     return plots.image_rows(rows, labels) if rows else None
 
 
-def study_report(out: Path, data_dir=None) -> Path:
+def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     spec = read_json(out / "study.json")
     df = study.write_results(out)
+    scored = _generation_runs(out, df)
+    if classifier and scored:  # scores land in the runs' eval.json first, so results and findings carry them
+        from . import classifier as vclf
+
+        for _, run_dir in scored:
+            try:
+                vclf.score_run(run_dir, data_dir)
+            except VaelabError:
+                pass  # reported in the section below
+        df = study.write_results(out)
     done = df[df["status"] == "done"]
     rep = out / "report"
     fig_dir = rep / "fig"
@@ -364,24 +414,34 @@ def study_report(out: Path, data_dir=None) -> Path:
                      "class-centroid differences, samples from a Gaussian fitted to each class's codes, and samples "
                      "from a mixture fitted to the aggregate posterior instead of N(0, I), beside their nearest "
                      "training images.")
-    for ds_name in sorted(done["dataset"].unique()):
-        sub = done[(done["dataset"] == ds_name) & (done["beta"] == 1.0)]
-        if not len(sub):
-            continue
-        z = int(sub["latent_dim"].max())
-        rid = _representative(df, ds_name, latent_dim=z, beta=1.0)
-        figs, _ = latent.explore(out / "runs" / rid, data_dir, out_dir=fig_dir / f"{rid}__explore")
+    for label, run_dir in scored:
+        rid = run_dir.name
+        figs, _ = latent.explore(run_dir, data_dir, out_dir=fig_dir / f"{rid}__explore")
         for fname, caption in figs:
-            page.add("fig", f"fig/{rid}__explore/{fname}", f"{ds_name}, latent_dim {z}: {caption}")
+            page.add("fig", f"fig/{rid}__explore/{fname}", f"{label}: {caption}")
+    if classifier:
+        _generation_scores(page, scored, fig_dir, data_dir)
     return _write(rep, page)
 
 
-def report(target: str | Path, data_dir=None) -> Path:
+def _generation_runs(out: Path, df) -> list[tuple[str, Path]]:
+    """Per dataset, the run whose generation the report shows: the largest latent size at β = 1, seed 0."""
+    runs = []
+    done = df[df["status"] == "done"]
+    for ds_name in sorted(done["dataset"].unique()):
+        sub = done[(done["dataset"] == ds_name) & (done["beta"] == 1.0)]
+        if len(sub):
+            z = int(sub["latent_dim"].max())
+            runs.append((f"{ds_name}, latent_dim {z}", out / "runs" / _representative(df, ds_name, latent_dim=z, beta=1.0)))
+    return runs
+
+
+def report(target: str | Path, data_dir=None, classifier: bool = True) -> Path:
     target = Path(target)
     if (target / "study.json").is_file():
-        return study_report(target, data_dir)
+        return study_report(target, data_dir, classifier)
     if (target / CONFIG).is_file():
         if not (target / "checkpoint.pt").is_file():
             raise VaelabError(f"{target}: the run has no checkpoint yet; train it first")
-        return run_report(target, data_dir)
+        return run_report(target, data_dir, classifier)
     raise VaelabError(f"{target}: neither a study directory (study.json) nor a run directory (config.json)")
