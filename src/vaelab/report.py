@@ -237,7 +237,7 @@ def _generation_scores(page: Page, runs: list[tuple[str, Path]], fig_dir: Path, 
     for label, run_dir in runs:
         try:
             s = vclf.score_run(run_dir, data_dir)
-        except VaelabError as e:
+        except (VaelabError, ValueError) as e:  # e.g. no data here, or a class with too few codes to fit
             page.add("text", f"{label}: generation not scored ({e}).")
             continue
         rows.append([label, f"{s['classifier_test_accuracy']:.1%}", f"{s['conditional_accuracy']:.1%}",
@@ -306,7 +306,7 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
         for _, run_dir in scored:
             try:
                 vclf.score_run(run_dir, data_dir)
-            except VaelabError:
+            except (VaelabError, ValueError):
                 pass  # reported in the section below
         df = study.write_results(out)
     done = df[df["status"] == "done"]
