@@ -190,8 +190,9 @@ class CodeSampler:
     """Latent codes for one run from N(0, I), from a GMM fitted to the aggregate posterior, or from a class's
     Gaussian. The fits are made once, on first use, from up to 10,000 cached training codes."""
 
-    def __init__(self, latent_dim: int, codes: Callable[[], tuple[np.ndarray, np.ndarray]], fit_seed: int = 0):
-        self.latent_dim, self._codes, self.fit_seed = latent_dim, codes, fit_seed
+    def __init__(self, latent_dim: int, codes: Callable[[], tuple[np.ndarray, np.ndarray]], fit_seed: int = 0,
+                 n_classes: int | None = None):
+        self.latent_dim, self._codes, self.fit_seed, self.n_classes = latent_dim, codes, fit_seed, n_classes
         self._gmm = self._per_class = None
 
     @classmethod
@@ -220,7 +221,7 @@ class CodeSampler:
                 raise ValueError("the class-gaussian sampler needs a class")
             if self._per_class is None:
                 mu, y = self._codes()
-                self._per_class = ClassGaussians(mu, y, int(y.max()) + 1)
+                self._per_class = ClassGaussians(mu, y, self.n_classes or int(y.max()) + 1)
             return self._per_class.sample(class_index, n, seed)
         raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
 
@@ -271,7 +272,7 @@ def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]]
             save(plots.image_rows(rows, labels, col_labels=[f"α={a:g}" for a in alphas]), "attribute_arithmetic.png",
                  "Latent arithmetic: a test image plus α times the centroid difference between two classes.")
     rows = []
-    codes = CodeSampler(cfg.latent_dim, lambda: (mu_tr, y_tr))
+    codes = CodeSampler(cfg.latent_dim, lambda: (mu_tr, y_tr), n_classes=len(classes))
     for k in range(len(classes)):
         rows.append(dec(codes.sample(8, "prior" if model.num_classes else "class-gaussian", k, seed=k), cond(k, 8)))
     save(plots.image_rows(rows, [c[:12] for c in classes]), "class_conditional.png",

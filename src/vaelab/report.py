@@ -216,7 +216,7 @@ def run_report(run_dir: Path, data_dir=None, classifier: bool = True) -> Path:
     for fname, caption in figs:
         page.add("fig", f"fig/explore/{fname}", caption)
     if classifier:
-        _generation_scores(page, [(cfg["dataset"], run_dir)], rep / "fig", data_dir)
+        _generation_scores(page, _score_runs([(cfg["dataset"], run_dir)], data_dir), rep / "fig")
     return _write(rep, page)
 
 
@@ -229,16 +229,25 @@ GENERATION_TEXT = ("Samples scored by vaelab's reference classifier for the data
                    "posterior.")
 
 
-def _generation_scores(page: Page, runs: list[tuple[str, Path]], fig_dir: Path, data_dir) -> None:
-    """A table of generation scores, one row per (label, run), and each run's class histogram of samples."""
+def _score_runs(runs: list[tuple[str, Path]], data_dir) -> list[tuple[str, Path, dict | str]]:
+    """Each (label, run)'s generation scores (merged into its eval.json), or why it could not be scored."""
     from . import classifier as vclf
 
-    rows, hists = [], []
+    out = []
     for label, run_dir in runs:
         try:
-            s = vclf.score_run(run_dir, data_dir)
+            out.append((label, run_dir, vclf.score_run(run_dir, data_dir)))
         except (VaelabError, ValueError) as e:  # e.g. no data here, or a class with too few codes to fit
-            page.add("text", f"{label}: generation not scored ({e}).")
+            out.append((label, run_dir, str(e)))
+    return out
+
+
+def _generation_scores(page: Page, scored: list[tuple[str, Path, dict | str]], fig_dir: Path) -> None:
+    """A table of generation scores, one row per scored run, and each run's class histogram of samples."""
+    rows, hists = [], []
+    for label, run_dir, s in scored:
+        if isinstance(s, str):
+            page.add("text", f"{label}: generation not scored ({s}).")
             continue
         rows.append([label, f"{s['classifier_test_accuracy']:.1%}", f"{s['conditional_accuracy']:.1%}",
                      f"{s['fd_prior']:.3g}", f"{s['fd_gmm']:.3g}", s["n_samples"]])
@@ -299,15 +308,9 @@ def _grid_across(out: Path, df, dataset: str, key: str, values: list, fixed: dic
 def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     spec = read_json(out / "study.json")
     df = study.write_results(out)
-    scored = _generation_runs(out, df)
-    if classifier and scored:  # scores land in the runs' eval.json first, so results and findings carry them
-        from . import classifier as vclf
-
-        for _, run_dir in scored:
-            try:
-                vclf.score_run(run_dir, data_dir)
-            except (VaelabError, ValueError):
-                pass  # reported in the section below
+    shown = _generation_runs(out, df)
+    scored = _score_runs(shown, data_dir) if classifier else []
+    if scored:  # the scores are in the runs' eval.json now: re-collect so results and findings carry them
         df = study.write_results(out)
     done = df[df["status"] == "done"]
     rep = out / "report"
@@ -414,13 +417,12 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
                      "class-centroid differences, samples from a Gaussian fitted to each class's codes, and samples "
                      "from a mixture fitted to the aggregate posterior instead of N(0, I), beside their nearest "
                      "training images.")
-    for label, run_dir in scored:
+    for label, run_dir in shown:
         rid = run_dir.name
         figs, _ = latent.explore(run_dir, data_dir, out_dir=fig_dir / f"{rid}__explore")
         for fname, caption in figs:
             page.add("fig", f"fig/{rid}__explore/{fname}", f"{label}: {caption}")
-    if classifier:
-        _generation_scores(page, scored, fig_dir, data_dir)
+    _generation_scores(page, scored, fig_dir)
     return _write(rep, page)
 
 

@@ -101,6 +101,11 @@ def _clip(params: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> No
         torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
+def _write_metrics(out: Path, history: list[dict]) -> None:
+    """metrics.jsonl, one line per finished epoch, rewritten whole (atomically) from the run's history."""
+    atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+
+
 def _rng_state(gen: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "batches": gen.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -136,7 +141,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
     if ckpt is not None:
         # A kill between the checkpoint's rename and the metrics' leaves metrics.jsonl an epoch behind;
         # the checkpoint's history is the truth.
-        atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in ckpt["history"]))
+        _write_metrics(out, ckpt["history"])
         if ckpt["epoch"] >= cfg.epochs:
             return ckpt["history"][-1]
 
@@ -231,7 +236,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "rng": _rng_state(gen), "history": history, "shape": list(ds.shape), "classes": list(ds.classes),
             "versions": {"vaelab": __version__, "torch": torch.__version__}})
-        atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+        _write_metrics(out, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
     return history[-1]
