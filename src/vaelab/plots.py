@@ -198,7 +198,9 @@ def rate_distortion(table):
         ax.errorbar(sub["kl"], sub["recon"], xerr=np.nan_to_num(sub.get("kl_std")),
                     yerr=np.nan_to_num(sub.get("recon_std")), fmt="o-", color=DATASET_COLORS.get(ds), capsize=3)
         for _, r in sub.iterrows():
-            ax.annotate(f"β={r['beta']:g}", (r["kl"], r["recon"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # A white box keeps the label readable where it falls on an error bar.
+            ax.annotate(f"β={r['beta']:g}", (r["kl"], r["recon"]), textcoords="offset points", xytext=(6, 6), fontsize=8,
+                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85), zorder=5)
         ax.set_xlabel("rate: KL (nats)")
         ax.set_ylabel("distortion: reconstruction (nats)")
         ax.set_title(f"{ds} (latent_dim {int(sub['latent_dim'].iloc[0])})")
@@ -236,5 +238,6 @@ def class_histograms(histograms: dict[str, list[float]], classes: list[str], tit
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_ylabel("share of samples")
     ax.set_title(title)
-    ax.legend(fontsize=8, ncols=len(histograms) + 1, loc="upper right")
+    # Outside the axes: a tall bar can reach any corner, and the legend must never hide one.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig
