@@ -76,9 +76,70 @@ def test_missing_data_offline_is_one_line(tmp_path):
 
 def test_foreign_checkpoint_is_refused(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"garbage")
     assert main(["sample", str(tmp_path)]) == 2
-    assert "cannot read checkpoint" in capsys.readouterr().err
+    assert "not a valid safetensors file" in capsys.readouterr().err
+
+
+class _Boom:
+    """A pickle payload that, when unpickled, creates a marker file (as os.system would run a command)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate", "reconstruct", "report", "train-resume", "study-resume"])
+def test_a_malicious_checkpoint_never_runs(tiny_root, tmp_path, capsys, command):
+    """The old format was a pickle: a planted checkpoint.pt must be refused by every command that loads a run,
+    without unpickling it (the marker file must not appear)."""
+    import torch
+
+    from vaelab import study
+
+    marker = tmp_path / "PWNED"
+    spec = study.parse_spec({"name": "s", "base": {"epochs": 1, "latent_dim": 2, "val_size": 40, "batch_size": 32,
+                                                   "device": "cpu", "iwae_samples": 2}, "grid": {"seed": [0]}})
+    sdir = tmp_path / "S"
+    run = sdir / "runs" / spec.cells[0].run_id
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(spec.cells[0].config.to_dict()))
+    torch.save({"config": {}, "evil": _Boom(marker)}, run / "checkpoint.pt")
+    argv = {"sample": ["sample", str(run)], "evaluate": ["evaluate", str(run), "--data-dir", str(tiny_root)],
+            "reconstruct": ["reconstruct", str(run), "--data-dir", str(tiny_root)],
+            "report": ["report", str(run), "--no-classifier", "--data-dir", str(tiny_root)],
+            "train-resume": ["train", "--resume", "--out", str(run), "--data-dir", str(tiny_root)]}
+    if command == "study-resume":
+        study._write_study_json(sdir, spec)
+        assert study.run(spec, sdir, data_dir=str(tiny_root)) == {"failed": 1}
+        assert "vaelab convert" in json.loads((run / "error.json").read_text())["error"]
+    else:
+        assert main(argv[command]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "vaelab convert" in err and "--i-trust-this-file" in err
+    assert not marker.exists()
+
+
+def test_convert_needs_trust_and_then_gives_a_safe_checkpoint(tiny_root, tmp_path, capsys):
+    """A benign vaelab 0.1 checkpoint (same content, pickled) converts only with --i-trust-this-file."""
+    import torch
+
+    from vaelab.train import load_checkpoint
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run), "--data-dir", str(tiny_root), "--no-eval"]) == 0
+    ckpt = load_checkpoint(run)
+    (run / "checkpoint.safetensors").unlink()
+    torch.save({k: v for k, v in ckpt.items() if k != "format"}, run / "checkpoint.pt")
+    assert main(["sample", str(run)]) == 2
+    assert main(["convert", str(run)]) == 2
+    assert "--i-trust-this-file" in capsys.readouterr().err
+    assert main(["convert", str(run), "--i-trust-this-file"]) == 0
+    new = load_checkpoint(run)
+    assert all(torch.equal(new["model"][k], ckpt["model"][k]) for k in ckpt["model"])
+    assert main(["sample", str(run)]) == 0 and (run / "checkpoint.pt").exists()  # the old file is kept
 
 
 def test_help_everywhere_has_examples(capsys):

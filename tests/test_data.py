@@ -177,3 +177,32 @@ def test_status_reports_found_and_missing(tiny_root):
     rows = {r["dataset"]: r for r in vdata.status(tiny_root)}
     assert rows["fashion-mnist"]["status"] == "found" and rows["cifar10"]["status"] == "found"
     assert rows["cifar10-lossless"]["status"] == "missing"
+
+
+def test_a_malicious_cifar_pickle_never_runs(tmp_path):
+    """The official CIFAR-10 format is a pickle: a planted batches.meta must be refused before it runs anything."""
+    import os
+    import pickle
+
+    marker = tmp_path / "PWNED"
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    members = cifar_members()
+    members["batches.meta"] = pickle.dumps({b"label_names": Boom()})
+    write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", members)
+    with pytest.raises(VaelabError, match="refused to load (posix|os).system"):
+        vdata.load_cifar(tmp_path / "cifar-10-python.tar.gz")
+    assert not marker.exists()
+
+
+def test_cifar_pickles_of_any_protocol_still_load(tmp_path):
+    import pickle
+
+    members = cifar_members()
+    for name in list(members):
+        members[name] = pickle.dumps(pickle.loads(members[name]), protocol=5)
+    write_cifar_tar(tmp_path / "c.tar.gz", members)
+    assert vdata.load_cifar(tmp_path / "c.tar.gz").x_train.shape == (120, 3, 32, 32)

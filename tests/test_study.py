@@ -117,7 +117,7 @@ def test_interrupted_run_resumes_and_finished_is_kept(tiny_root, tmp_path):
     spec = study.load_spec(write(tmp_path, TINY_TOML.replace("epochs = 1", "epochs = 3")))
     out = tmp_path / "S"
     study.run(study.StudySpec(spec.name, spec.base, spec.sweeps, spec.cells[:1]), out, data_dir=str(tiny_root))
-    done_ckpt = (out / "runs" / spec.cells[0].run_id / "checkpoint.pt").stat().st_mtime_ns
+    done_ckpt = (out / "runs" / spec.cells[0].run_id / "checkpoint.safetensors").stat().st_mtime_ns
     # simulate a kill after epoch 1 of the second cell: its checkpoint and a stale RUNNING marker remain
     from vaelab.train import train
 
@@ -134,7 +134,7 @@ def test_interrupted_run_resumes_and_finished_is_kept(tiny_root, tmp_path):
     assert study.run(spec, out, data_dir=str(tiny_root)) == {"done": 2}
     hist = load_checkpoint(cut)["history"]
     assert [h["epoch"] for h in hist] == [1, 2, 3] and hist[0] == first_epoch
-    assert (out / "runs" / spec.cells[0].run_id / "checkpoint.pt").stat().st_mtime_ns == done_ckpt
+    assert (out / "runs" / spec.cells[0].run_id / "checkpoint.safetensors").stat().st_mtime_ns == done_ckpt
 
 
 def test_a_failing_cell_is_recorded_and_others_finish(tiny_root, tmp_path, capsys):
@@ -147,7 +147,7 @@ def test_a_failing_cell_is_recorded_and_others_finish(tiny_root, tmp_path, capsy
     assert sorted(df["status"]) == ["done", "done", "failed", "failed"]
     assert df.loc[df["status"] == "failed", "error"].str.contains("val_size 400").all()
     assert main(["study", "status", str(out)]) == 1
-    assert "failures:" in capsys.readouterr().out
+    assert "failed or stale runs:" in capsys.readouterr().out
 
 
 def test_jobs_2_matches_jobs_1(tiny_root, tmp_path):
@@ -163,7 +163,7 @@ def test_sigkill_mid_study_then_rerun_completes(tiny_root, tmp_path):
     out = tmp_path / "S"
     cmd = [sys.executable, "-m", "vaelab.cli", "study", str(spec_path), "--out", str(out), "--data-dir", str(tiny_root)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = out / "runs" / "latent_dim-2__seed-0" / "checkpoint.pt"
+    ckpt = out / "runs" / "latent_dim-2__seed-0" / "checkpoint.safetensors"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -34,7 +34,7 @@ def test_run_directory_contents(ds, tmp_path):
     cfg = tiny_config(epochs=2)
     train(cfg, tmp_path / "r", dataset=ds)
     files = {p.name for p in (tmp_path / "r").iterdir()}
-    assert files == {"config.json", "metrics.jsonl", "checkpoint.pt"}  # no temp files left behind
+    assert files == {"config.json", "metrics.jsonl", "checkpoint.safetensors", ".lock"}  # no temp files left behind
     assert json.loads((tmp_path / "r" / "config.json").read_text()) == cfg.to_dict()
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -118,9 +118,9 @@ def test_nan_guard_skips_and_then_stops_keeping_the_checkpoint(ds, tmp_path, mon
 
     monkeypatch.setattr(VAE, "forward", poisoned)
     hook = lambda epoch, row: state.update(epoch_done=epoch)  # noqa: E731
-    with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row in epoch 2") as e:
+    with pytest.raises(TrainingDiverged, match="in epoch 2: 3 non-finite steps in a row") as e:
         train(cfg, tmp_path / "r", dataset=ds, on_epoch_end=hook)
-    assert "checkpoint kept" in str(e.value)
+    assert "last good checkpoint is kept" in str(e.value)
     ckpt = load_checkpoint(tmp_path / "r")
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
@@ -138,7 +138,7 @@ def test_isolated_nan_steps_are_skipped_and_counted(ds, tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(VAE, "forward", sometimes)
-    last = train(tiny_config(epochs=1), tmp_path / "r", dataset=ds)
+    last = train(tiny_config(epochs=1, max_skip_share=0.5), tmp_path / "r", dataset=ds)
     assert last["skipped_steps"] == 2  # 7 steps of 32 over 200 images: steps 3 and 6 skipped
     assert last["step"] == 5
 
@@ -165,3 +165,93 @@ def test_gradient_norm_and_clipping_match_torch():
     _clip(params, 1.0, norm)  # above: rescaled to the limit, direction kept
     assert torch.allclose(_grad_norm(params), torch.tensor(1.0), atol=1e-5)
     assert torch.allclose(params[0].grad * float(norm), before[0], rtol=1e-4)
+
+
+def test_non_finite_steps_are_counted_across_epochs(ds, tmp_path, monkeypatch):
+    """Fewer steps per epoch than max_bad_steps (the README's --train-size example): the run in a row spans
+    the epoch boundary instead of starting again at 0."""
+    cfg = tiny_config(epochs=6, train_size=96, batch_size=32, max_bad_steps=3, max_skip_share=1.0)  # 3 steps/epoch
+    real_forward = VAE.forward
+    calls = {"n": 0}
+
+    def poisoned(self, x, y=None):
+        out = real_forward(self, x, y)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] >= 6:  # the last step of epoch 2, then every step of epoch 3
+                out["recon"] = out["recon"] * float("nan")
+        return out
+
+    monkeypatch.setattr(VAE, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="in epoch 3: 3 non-finite steps in a row"):
+        train(cfg, tmp_path / "r", dataset=ds)
+    assert load_checkpoint(tmp_path / "r")["epoch"] == 2
+
+
+def test_an_epoch_without_one_good_step_is_never_saved(ds, tmp_path, monkeypatch):
+    cfg = tiny_config(epochs=4, train_size=64, batch_size=32, max_bad_steps=50, max_skip_share=1.0)
+    real_forward = VAE.forward
+    calls = {"n": 0}
+
+    def poisoned(self, x, y=None):
+        out = real_forward(self, x, y)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 2:
+                out["recon"] = out["recon"] * float("nan")
+        return out
+
+    monkeypatch.setattr(VAE, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="in epoch 2: 2 of 2 steps were non-finite"):
+        train(cfg, tmp_path / "r", dataset=ds)
+    assert load_checkpoint(tmp_path / "r")["epoch"] == 1
+
+
+@pytest.mark.parametrize("share,steps_bad,diverges", [(0.1, 1, True), (0.5, 1, False)])
+def test_an_epoch_that_skips_too_many_steps_is_not_saved(ds, tmp_path, monkeypatch, share, steps_bad, diverges):
+    real_forward = VAE.forward
+    calls = {"n": 0}
+
+    def once(self, x, y=None):
+        out = real_forward(self, x, y)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] <= steps_bad:
+                out["kl"] = out["kl"] + float("inf")
+        return out
+
+    monkeypatch.setattr(VAE, "forward", once)
+    cfg = tiny_config(epochs=1, max_skip_share=share)  # 7 steps: 1 skipped is 14 %
+    if diverges:
+        with pytest.raises(TrainingDiverged, match="1 of 7 steps were non-finite"):
+            train(cfg, tmp_path / "r", dataset=ds)
+        assert not (tmp_path / "r" / "checkpoint.safetensors").exists()
+    else:
+        assert train(cfg, tmp_path / "r", dataset=ds)["skipped_steps"] == 1
+
+
+def test_weights_that_blow_up_stop_the_run(ds, tmp_path):
+    """An enormous learning rate gives finite gradients once and non-finite weights after: caught at the epoch's
+    end, nothing saved."""
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 1"):
+        train(tiny_config(epochs=2, lr=1e30, grad_clip=0.0), tmp_path / "r", dataset=ds)
+    assert not (tmp_path / "r" / "checkpoint.safetensors").exists()
+
+
+def test_checkpoint_round_trip_restores_every_tensor(ds, tmp_path):
+    train(tiny_config(epochs=1), tmp_path / "r", dataset=ds)
+    ckpt = load_checkpoint(tmp_path / "r")
+    _, model, _ = load_model(tmp_path / "r")
+    for k, v in model.state_dict().items():
+        assert torch.equal(ckpt["model"][k], v)
+    state = ckpt["optimizer"]["state"]
+    assert set(state) == set(range(len(list(model.parameters()))))  # int keys survive the JSON skeleton
+    assert ckpt["rng"]["torch"].dtype == torch.uint8 and ckpt["format"] == 2
+    assert ckpt["history"][0]["epoch"] == 1
+
+
+def test_a_failed_start_leaves_nothing_behind(ds, tmp_path):
+    with pytest.raises(VaelabError, match="leaves no training images"):
+        train(tiny_config(val_size=10_000), tmp_path / "r", dataset=ds)
+    assert not (tmp_path / "r").exists()
+    train(tiny_config(), tmp_path / "r", dataset=ds)  # the corrected run is not blocked

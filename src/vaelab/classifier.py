@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as vdata
-from .store import atomic_torch_save
+from .store import VaelabError, load_tree, save_tree
 
 VERSION = 2  # bump when the network or its training recipe changes: old cache entries are then ignored
 # Sized for a 2-core CPU (channels-last): Fashion-MNIST 90.6 % in 301 s, CIFAR-10 stand-in 76.2 % in 483 s (README).
@@ -114,18 +114,21 @@ def reference_classifier(dataset: str, data_dir=None, epochs: int | None = None,
     ds = ds if ds is not None else vdata.load(dataset, data_dir)
     epochs = epochs or EPOCHS.get(dataset, 10)
     key = f"{dataset}-n{len(ds.x_train)}-{vdata._source_key(Path(ds.source)) if Path(ds.source).exists() else 'mem'}"
-    path = vdata.cache_dir() / "classifiers" / f"{key}-e{epochs}-v{VERSION}.pt"
-    if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        model = SmallCNN(ds.shape[0], widths=tuple(blob["info"]["widths"]))
-        model.load_state_dict(blob["model"])
-        return model.eval(), blob["info"]
+    path = vdata.cache_dir() / "classifiers" / f"{key}-e{epochs}-v{VERSION}.safetensors"
+    if path.is_file():  # safetensors: a cache entry someone planted cannot run code
+        try:
+            blob = load_tree(path)
+            model = SmallCNN(ds.shape[0], widths=tuple(blob["info"]["widths"]))
+            model.load_state_dict(blob["model"])
+            return model.eval(), blob["info"]
+        except (VaelabError, KeyError, TypeError, RuntimeError):
+            pass  # a damaged cache entry is retrained and replaced
     t0 = time.perf_counter()
     model, acc = train_classifier(ds, epochs, device=str(resolve_device(device)))
     info = {"dataset": dataset, "epochs": epochs, "widths": list(model.widths), "test_accuracy": acc,
             "train_seconds": time.perf_counter() - t0, "device": str(next(model.parameters()).device)}
     model = model.cpu()
-    atomic_torch_save(path, {"model": model.state_dict(), "info": info})
+    save_tree(path, {"model": model.state_dict(), "info": info})
     return model.eval(), info
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import VaelabError, __version__
 from .config import PRESETS, TrainConfig, from_dict, preset
-from .store import CONFIG, check_run_dir, ensure_writable_dir, read_json
+from .store import CONFIG, check_regular_target, check_run_dir, ensure_writable_dir, read_json_object
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,16 +48,16 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     overrides = _config_overrides(args)
     if args.resume and (out / CONFIG).is_file():
-        cfg = from_dict({**read_json(out / CONFIG), **overrides})
+        cfg = from_dict({**read_json_object(out / CONFIG, "a run config"), **overrides})
     else:
         base = preset(args.preset).to_dict()
         if args.config:
-            base.update(read_json(Path(args.config)))
+            base.update(read_json_object(Path(args.config), "a JSON object of config fields"))
         cfg = from_dict({**base, **overrides})
-    ensure_writable_dir(out)
     last = train(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=None)
-    print(f"trained {out}: epoch {last['epoch']}  val_neg_elbo={last.get('val_neg_elbo', float('nan')):.4g}  "
-          f"images/s={last['images_per_s']:.0f}")
+    val = (f"val_neg_elbo={last['val_neg_elbo']:.4g}" if "val_neg_elbo" in last
+           else "no validation set (val_size 0)")
+    print(f"trained {out}: epoch {last['epoch']}  {val}  images/s={last['images_per_s']:.0f}")
     if not args.no_eval:
         result = evaluate(out, data_dir=args.data_dir)
         print(f"test: {_fmt(result)}")
@@ -67,6 +67,10 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
+    if args.test_size is not None and args.test_size < 0:
+        raise VaelabError(f"--test-size must be >= 0 (0 = the whole test set), got {args.test_size}")
+    if args.iwae_samples is not None and not 1 <= args.iwae_samples < 2 ** 31:
+        raise VaelabError(f"--iwae-samples must be >= 1, got {args.iwae_samples}")
     result = evaluate(args.run, data_dir=args.data_dir, test_size=args.test_size, iwae_samples=args.iwae_samples,
                       device=args.device, on=args.on)
     print(json.dumps({k: v for k, v in result.items() if k not in ("kl_per_dim", "au_variance")}, indent=2)
@@ -76,8 +80,14 @@ def cmd_evaluate(args) -> int:
 
 def _out_png(args, run: Path, default: str) -> Path:
     path = Path(args.png) if args.png else run / default
+    check_regular_target(path)
     ensure_writable_dir(path.parent)
     return path
+
+
+def _check_count(name: str, value: int, most: int) -> None:
+    if not 1 <= value <= most:
+        raise VaelabError(f"{name} must be in 1..{most:,}, got {value}")
 
 
 def cmd_sample(args) -> int:
@@ -88,10 +98,12 @@ def cmd_sample(args) -> int:
     from .train import load_model, resolve_device
 
     run = check_run_dir(Path(args.run))
+    _check_count("--n", args.n, 100_000)  # a grid image beyond this is no longer a picture anyone looks at
+    _check_count("--nrow", args.nrow, 1000)
+    if not 0 <= args.seed < 2 ** 32:
+        raise VaelabError(f"--seed must be in 0..2**32-1, got {args.seed}")
     dev = resolve_device(args.device or "auto")
     cfg, model, ckpt = load_model(run, dev)
-    if args.n < 1:
-        raise VaelabError(f"--n must be >= 1, got {args.n}")
     k = None
     if args.class_name is not None:
         if args.class_name not in ckpt["classes"]:
@@ -141,6 +153,7 @@ def cmd_reconstruct(args) -> int:
     from .train import load_model, resolve_device
 
     run = check_run_dir(Path(args.run))
+    _check_count("--n", args.n, 10_000)
     dev = resolve_device(args.device or "auto")
     cfg, model, _ = load_model(run, dev)
     ds = vdata.load(cfg.dataset, args.data_dir)
@@ -185,11 +198,19 @@ def cmd_study(args) -> int:
     spec = study.load_spec(args.target[0]) if args.target else study.preset_spec(args.preset)
     t0 = time.perf_counter()
     counts = study.run(spec, args.out, jobs=args.jobs, executor=args.executor, address=args.address,
-                       data_dir=args.data_dir)
+                       data_dir=args.data_dir, retrain_stale=args.retrain_stale, gpus_per_run=args.gpus_per_run)
     wall = time.perf_counter() - t0
     print(f"study {spec.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f" of {len(spec.cells)} runs in {wall:.0f}s; results in {Path(args.out) / 'results.csv'}")
     return 1 if counts.get("failed") else 0
+
+
+def cmd_convert(args) -> int:
+    from .train import convert_legacy
+
+    path = convert_legacy(check_run_dir(Path(args.run)), trust=args.i_trust_this_file)
+    print(f"converted: {path} (the old checkpoint.pt is kept; delete it once you no longer need it)")
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -216,6 +237,8 @@ EXAMPLES = {
              "  vaelab study status studies/quick\n\nexit code 1 when some runs failed (see status), 2 on bad input.",
     "report": "examples:\n  vaelab report studies/quick\n  vaelab report runs/fm16",
     "datasets": "examples:\n  vaelab datasets\n  vaelab datasets --data-dir ../shared/data",
+    "convert": "examples:\n  vaelab convert runs/old --i-trust-this-file\n\nvaelab 0.1 stored checkpoints as pickles, "
+               "which run code when loaded;\nthis rewrites one as checkpoint.safetensors (tensors and JSON only).",
 }
 
 
@@ -291,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (processes)")
     st.add_argument("--executor", choices=["local", "ray"], default="local")
     st.add_argument("--address", help="Ray cluster address for --executor ray (default auto; 'local' starts one)")
+    st.add_argument("--gpus-per-run", type=float, default=0.0, metavar="G",
+                    help="GPUs each run asks Ray for (e.g. 1, or 0.5 to pack two per GPU; default 0)")
+    st.add_argument("--retrain-stale", action="store_true",
+                    help="when a run directory was trained with another config than its cell's, move it aside "
+                         "(runs/<id>.stale-N) and train the cell anew; without it that is an error")
     st.add_argument("--data-dir", **data_arg)
     st.set_defaults(func=cmd_study)
 
@@ -306,7 +334,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", **data_arg)
     d.set_defaults(func=cmd_datasets)
 
+    c = add("convert", "Convert a vaelab 0.1 run's pickle checkpoint to the safe format (only if you trust it).")
+    c.add_argument("run")
+    c.add_argument("--i-trust-this-file", action="store_true",
+                   help="required: converting unpickles the old file, which runs any code it holds")
+    c.set_defaults(func=cmd_convert)
+
     return p
+
+
+def _resume_hint(args) -> str:
+    if args.command == "train":
+        return f"continue with: vaelab train --resume --out {args.out}"
+    if args.command == "study" and args.target[:1] != ["status"]:
+        return "run the same 'vaelab study' command again to continue (finished runs are kept)"
+    return "nothing was changed"
+
+
+def _error(msg: str) -> int:
+    print(f"vaelab: error: {' '.join(str(msg).split())}", file=sys.stderr)  # one line, always
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,13 +361,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except VaelabError as e:
-        print(f"vaelab: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     except PermissionError as e:
-        print(f"vaelab: error: {e.filename}: permission denied", file=sys.stderr)
-        return 2
+        return _error(f"{e.filename}: permission denied")
+    except MemoryError:
+        return _error("out of memory; use smaller sizes (--batch-size, --latent-dim, --n, --iwae-samples)")
+    except OSError as e:  # disk full, I/O errors: name the file when the OS does
+        where = f"{e.filename}: " if e.filename else ""
+        return _error(f"{where}{e.strerror or e}")
+    except RuntimeError as e:
+        if "alloc" in str(e).lower() or "out of memory" in str(e).lower():  # torch's allocator, CPU or CUDA
+            return _error("out of memory; use smaller sizes (--batch-size, --latent-dim, --n, --iwae-samples)")
+        raise
     except KeyboardInterrupt:
-        print("vaelab: interrupted; re-run with --resume to continue", file=sys.stderr)
+        print(f"vaelab: interrupted; {_resume_hint(args)}", file=sys.stderr)
         return 130
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -33,7 +34,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     cosine: bool = False
     grad_clip: float = 200.0  # max grad norm; 0 = off
-    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    max_bad_steps: int = 20  # non-finite steps in a row (counted across epochs) before the run stops
+    max_skip_share: float = 0.1  # an epoch that skipped more than this share of its steps has diverged
     seed: int = 0
     # evaluation
     test_size: int = 0  # 0 = the whole test set
@@ -59,7 +61,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def unknown_key_message(key: str, known: list[str] | dict) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
+    key = str(key)
+    close = difflib.get_close_matches(key, [str(k) for k in known], n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"unknown field '{key}'{hint}"
 
@@ -77,7 +80,13 @@ def coerce(key: str, value: Any) -> Any:
             return value
     elif want is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise VaelabError(f"field '{key}' is too large: {value}") from None
+            if not math.isfinite(value):
+                raise VaelabError(f"field '{key}' must be a finite number, got {value}")
+            return value
     elif want is str:
         if isinstance(value, str):
             return value
@@ -113,12 +122,20 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.val_size >= 0, f"val_size must be >= 0, got {cfg.val_size}")
     need(cfg.test_size >= 0, f"test_size must be >= 0, got {cfg.test_size}")
     need(cfg.iwae_samples >= 1, f"iwae_samples must be >= 1, got {cfg.iwae_samples}")
-    need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+    need(0 <= cfg.seed < 2 ** 32, f"seed must be in 0..2**32-1, got {cfg.seed}")
+    need(0 <= cfg.max_skip_share <= 1, f"max_skip_share must be in [0, 1], got {cfg.max_skip_share}")
+    # Counts far beyond any machine are refused here; sizes that merely exceed this one's memory are refused
+    # where the tensors are made (train.check_fits), before allocating.
+    for name in ("latent_dim", "epochs", "batch_size", "train_size", "val_size", "test_size", "iwae_samples",
+                 "max_bad_steps"):
+        need(getattr(cfg, name) < 2 ** 31, f"{name} is too large: {getattr(cfg, name)}")
     return cfg
 
 
 def from_dict(d: dict[str, Any]) -> TrainConfig:
     """Build a validated config; unknown keys and wrong types raise VaelabError."""
+    if not isinstance(d, dict):
+        raise VaelabError(f"a config must be a mapping of fields to values, got {type(d).__name__}")
     kwargs = {k: coerce(k, v) for k, v in d.items()}
     return validate(TrainConfig(**kwargs))
 

@@ -150,9 +150,25 @@ def _cifar_members(source: Path) -> Callable[[str], bytes]:
     return read
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """The CIFAR-10 python batches are pickles of dicts, lists, bytes, ints and numpy arrays. Only the numpy
+    names needed to rebuild an array are resolved; any other global (os.system, eval, ...) is refused, so a
+    planted batch file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR batch holds only arrays and lists")
+
+
 def _unpickle(blob: bytes, where: str) -> dict:
     try:
-        d = pickle.load(io.BytesIO(blob), encoding="bytes")
+        d = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as e:  # a corrupt pickle raises many kinds of error
         raise VaelabError(f"{where}: not a CIFAR pickle ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict):

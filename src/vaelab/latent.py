@@ -70,12 +70,12 @@ def encode_run(run_dir, split: str = "test", data_dir=None, n: int = 0, dataset:
     """
     from pathlib import Path
 
-    from .store import atomic_write_bytes
+    from .store import CHECKPOINT, atomic_write_bytes
     from .train import load_model
 
     run_dir = Path(run_dir)
     path = run_dir / f"latents-{split}{f'-{n}' if n else ''}.npz"
-    ckpt_mtime = (run_dir / "checkpoint.pt").stat().st_mtime_ns
+    ckpt_mtime = (run_dir / CHECKPOINT).stat().st_mtime_ns
     if path.is_file():
         with np.load(path) as z:
             if int(z["ckpt_mtime"]) == ckpt_mtime:  # a retrained model invalidates the cache

@@ -13,7 +13,7 @@ from . import VaelabError
 from . import data as vdata
 from . import findings as vfindings
 from . import latent, plots, study
-from .store import CONFIG, EVAL, atomic_write_text, read_json, read_jsonl, METRICS
+from .store import CHECKPOINT, CONFIG, EVAL, atomic_write_text, read_json, read_jsonl, METRICS
 from .train import load_checkpoint, load_model
 
 N_MAP = 2000  # test images in latent maps (t-SNE cost grows quickly)
@@ -443,7 +443,7 @@ def report(target: str | Path, data_dir=None, classifier: bool = True) -> Path:
     if (target / "study.json").is_file():
         return study_report(target, data_dir, classifier)
     if (target / CONFIG).is_file():
-        if not (target / "checkpoint.pt").is_file():
-            raise VaelabError(f"{target}: the run has no checkpoint yet; train it first")
+        if not (target / CHECKPOINT).is_file():
+            load_checkpoint(target)  # says why: an old pickle checkpoint, or none yet
         return run_report(target, data_dir, classifier)
     raise VaelabError(f"{target}: neither a study directory (study.json) nor a run directory (config.json)")

@@ -106,8 +106,17 @@ def parse_spec(d: dict, where: str = "<spec>", text: str | None = None) -> Study
     if not isinstance(d, dict):
         raise VaelabError(f"{where}: a study spec must be a table/mapping")
     for k in d:
-        if k not in _TOP_KEYS:
-            raise _fail(where, text, k, unknown_key_message(k, _TOP_KEYS).replace("field", "key"))
+        if not isinstance(k, str) or k not in _TOP_KEYS:
+            raise _fail(where, text, str(k), unknown_key_message(str(k), _TOP_KEYS).replace("field", "key"))
+    if not any(d.get(k) for k in ("grid", "zip", "sweep")):
+        raise VaelabError(f"{where}: the spec defines no runs (give a [grid], a [zip] or [[sweep]] tables)")
+    for k in ("base", "grid", "zip"):
+        if not isinstance(d.get(k) or {}, dict):
+            raise _fail(where, text, k, f"'{k}' must be a table of config fields, got {type(d[k]).__name__}")
+    if not isinstance(d.get("sweep") or [], list):
+        raise _fail(where, text, "sweep", f"'sweep' must be a list of tables ([[sweep]]), got {type(d['sweep']).__name__}")
+    if not isinstance(d.get("name", ""), str):
+        raise _fail(where, text, "name", "'name' must be a string")
     base = dict(d.get("base") or {})
     sweeps = list(d.get("sweep") or [])
     if "grid" in d or "zip" in d or not sweeps:
@@ -123,8 +132,10 @@ def parse_spec(d: dict, where: str = "<spec>", text: str | None = None) -> Study
         if not isinstance(s, dict):
             raise VaelabError(f"{where}: each [[sweep]] must be a table")
         for k in s:
-            if k not in _SWEEP_KEYS:
-                raise _fail(where, text, k, unknown_key_message(k, _SWEEP_KEYS).replace("field", "key"))
+            if not isinstance(k, str) or k not in _SWEEP_KEYS:
+                raise _fail(where, text, str(k), unknown_key_message(str(k), _SWEEP_KEYS).replace("field", "key"))
+            if not isinstance(s[k] or {}, dict):
+                raise _fail(where, text, k, f"[[sweep]] '{k}' must be a table of config fields")
         parts = []
         for kind in ("grid", "zip"):
             table = s.get(kind) or {}
@@ -142,6 +153,11 @@ def parse_spec(d: dict, where: str = "<spec>", text: str | None = None) -> Study
             if sweeps_of_kind:
                 parts.append(product(*sweeps_of_kind) if kind == "grid" else zipit(*sweeps_of_kind))
         sbase = s.get("base") or {}
+        for k, v in sbase.items():
+            try:
+                coerce(k, v)
+            except VaelabError as e:
+                raise _fail(where, text, k, f"[sweep.base] {e}") from None
         named += list(sbase)
         raw_cells += [{**sbase, **c} for c in (product(*parts) if parts else [{}])]
     keys = [k for k in _FIELD_ORDER if k in named]
@@ -164,8 +180,10 @@ def load_spec(path: str | Path) -> StudySpec:
     path = Path(path)
     try:
         text = path.read_text()
+    except UnicodeDecodeError:
+        raise VaelabError(f"{path}: not a text file (study specs are UTF-8 TOML, YAML or JSON)") from None
     except OSError as e:
-        raise VaelabError(f"{path}: cannot read study spec ({e.strerror})") from None
+        raise VaelabError(f"{path}: cannot read study spec ({e.strerror or e})") from None
     if path.suffix == ".toml":
         import tomllib
 
@@ -285,41 +303,89 @@ def _write_study_json(out: Path, spec: StudySpec) -> None:
                                                       "config": c.config.to_dict()} for c in spec.cells]})
 
 
+def stale_fields(run_dir: Path, cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """The fields in which a run directory's stored config differs from the cell's: {field: (stored, wanted)}.
+
+    Empty for a run not started yet. A stored config that no longer validates counts as differing in full."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        stored = from_dict(read_json(path))
+    except VaelabError as e:
+        return {"config.json": (str(e), "a valid config")}
+    return {k: (v, getattr(cfg, k)) for k, v in stored.to_dict().items() if getattr(cfg, k) != v}
+
+
+def _set_aside(run_dir: Path) -> Path:
+    """Move a stale run out of the way, never deleting it: runs/<id>.stale-<n>."""
+    n = 1
+    while (dest := run_dir.with_name(f"{run_dir.name}.stale-{n}")).exists():
+        n += 1
+    run_dir.rename(dest)
+    return dest
+
+
 def run(spec: StudySpec | str | Path, out: str | Path, jobs: int = 1, executor: str = "local",
-        address: str | None = None, data_dir: str | None = None) -> dict[str, int]:
-    """Run (or resume) every cell of a study into out/runs/<run-id>/; returns counts by final status."""
-    from .store import ensure_writable_dir, remove_stale_temps
+        address: str | None = None, data_dir: str | None = None, retrain_stale: bool = False,
+        gpus_per_run: float = 0.0) -> dict[str, int]:
+    """Run (or resume) every cell of a study into out/runs/<run-id>/; returns counts by final status.
+
+    One process at a time works on a study directory (a lock; a second one exits with a one-line message).
+    A cell whose run directory was trained with another config is an error naming the cell and the fields,
+    unless retrain_stale: then the old directory is set aside (runs/<id>.stale-N) and the cell trained anew."""
+    from .store import FolderLock, ensure_writable_dir, remove_stale_temps
 
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec) if Path(spec).suffix else preset_spec(str(spec))
-    if jobs < 1:
-        raise VaelabError(f"--jobs must be >= 1, got {jobs}")
-    out = ensure_writable_dir(Path(out))
+    if not 1 <= jobs <= 1024:
+        raise VaelabError(f"--jobs must be in 1..1024, got {jobs}")
+    if not 0 <= gpus_per_run <= 64:
+        raise VaelabError(f"--gpus-per-run must be in 0..64, got {gpus_per_run}")
+    if executor not in ("local", "ray"):
+        raise VaelabError(f"unknown executor '{executor}' (known: local, ray)")
+    out = Path(out)
     if (out / "study.json").is_file():
         old = read_json(out / "study.json")
-        if old.get("name") != spec.name:
-            raise VaelabError(f"{out}: holds study '{old.get('name')}', not '{spec.name}'; choose another --out")
-    remove_stale_temps(out)  # a killed driver's half-written study.json/results.csv; run dirs clean their own
-    _write_study_json(out, spec)
-    todo = [c for c in spec.cells if cell_status(out / "runs" / c.run_id) != "done"]
-    args = [(str(out / "runs" / c.run_id), c.config.to_dict()) for c in todo]
-    if executor == "ray":
-        _run_ray(args, address, data_dir)
-    elif executor != "local":
-        raise VaelabError(f"unknown executor '{executor}' (known: local, ray)")
-    elif jobs == 1 or len(args) <= 1:
-        from tqdm.auto import tqdm
+        if not isinstance(old, dict) or old.get("name") != spec.name:
+            name = old.get("name") if isinstance(old, dict) else "?"
+            raise VaelabError(f"{out}: holds study '{name}', not '{spec.name}'; choose another --out")
+    stale = {c.run_id: d for c in spec.cells if (d := stale_fields(out / "runs" / c.run_id, c.config))}
+    if stale and not retrain_stale:
+        rid, diff = next(iter(stale.items()))
+        fields_ = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        more = f" (and {len(stale) - 1} more cells)" if len(stale) > 1 else ""
+        raise VaelabError(f"{out}: run {rid} was trained with another config ({fields_}){more}; use another --out, "
+                          "or pass --retrain-stale to set the old runs aside (runs/<id>.stale-N) and train them anew")
+    out = ensure_writable_dir(out)
+    with FolderLock(out, "this study"):
+        for rid in stale:
+            _set_aside(out / "runs" / rid)
+        remove_stale_temps(out)  # a killed driver's half-written study.json/results.csv; run dirs clean their own
+        _write_study_json(out, spec)
+        todo = [c for c in spec.cells if cell_status(out / "runs" / c.run_id) != "done"]
+        args = [(str(out / "runs" / c.run_id), c.config.to_dict()) for c in todo]
+        if executor == "ray":
+            _run_ray(args, address, data_dir, gpus_per_run)
+        elif jobs == 1 or len(args) <= 1:
+            from tqdm.auto import tqdm
 
-        for run_dir, cfg in tqdm(args, desc=spec.name, unit="run", disable=None):
-            run_cell(run_dir, cfg, data_dir)
-    else:
-        _run_pool(args, jobs, data_dir)
-    write_results(out)
+            for run_dir, cfg in tqdm(args, desc=spec.name, unit="run", disable=None):
+                run_cell(run_dir, cfg, data_dir)
+        else:
+            _run_pool(args, jobs, data_dir)
+        write_results(out)
     counts: dict[str, int] = {}
     for c in spec.cells:
         s = cell_status(out / "runs" / c.run_id)
         counts[s] = counts.get(s, 0) + 1
     return counts
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops the workers
 
 
 def _run_pool(args: list[tuple[str, dict]], jobs: int, data_dir: str | None) -> None:
@@ -331,12 +397,24 @@ def _run_pool(args: list[tuple[str, dict]], jobs: int, data_dir: str | None) -> 
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools or CUDA state
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_ignore_sigint)
+    try:
         gpus = torch.cuda.device_count()
         futures = [pool.submit(run_cell, run_dir, cfg, data_dir, threads, i if gpus else None)
                    for i, (run_dir, cfg) in enumerate(args)]
         for f in tqdm(as_completed(futures), total=len(futures), unit="run", disable=None):
             f.result()
+    except BaseException:
+        # Ctrl-C (or any failure of the driver): schedule nothing more and end the workers now. Their runs stop
+        # mid-epoch; checkpoints are atomic, so the next 'vaelab study' resumes them from the last epoch.
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _check_reachable(address: str | None) -> None:
@@ -350,7 +428,13 @@ def _check_reachable(address: str | None) -> None:
         raise VaelabError(f"cannot reach a Ray cluster at {address} ({e.strerror or e})") from None
 
 
-def _run_ray(args: list[tuple[str, dict]], address: str | None, data_dir: str | None) -> None:
+def ray_options(gpus_per_run: float) -> dict:
+    """Resources each cell asks Ray for: one CPU and, on a GPU cluster, its share of a GPU (Ray then sets
+    CUDA_VISIBLE_DEVICES per task, so cells spread over the GPUs instead of all landing on cuda:0)."""
+    return {"num_cpus": 1, "num_gpus": gpus_per_run}
+
+
+def _run_ray(args: list[tuple[str, dict]], address: str | None, data_dir: str | None, gpus_per_run: float = 0.0) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from offline machines
     try:
         import ray
@@ -362,7 +446,7 @@ def _run_ray(args: list[tuple[str, dict]], address: str | None, data_dir: str | 
             ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise VaelabError(f"cannot connect to a Ray cluster at {address or 'auto'} ({str(e).splitlines()[0]})") from None
-    remote = ray.remote(num_cpus=1)(run_cell)
+    remote = ray.remote(**ray_options(gpus_per_run))(run_cell)
     ray.get([remote.remote(run_dir, cfg, data_dir, 1) for run_dir, cfg in args])
 
 
@@ -374,8 +458,12 @@ def collect(out: str | Path):
 
     out = Path(out)
     study = read_json(out / "study.json")
+    cells = study.get("cells") if isinstance(study, dict) else None
+    if not isinstance(cells, list) or not all(isinstance(c, dict) and {"run_id", "config", "overrides"} <= set(c)
+                                              for c in cells):
+        raise VaelabError(f"{out / 'study.json'}: damaged (no valid 'cells'); run the study command again to rewrite it")
     rows = []
-    for c in study["cells"]:
+    for c in cells:
         d = out / "runs" / c["run_id"]
         cfg = c["config"]
         row: dict[str, Any] = {"run_id": c["run_id"], "status": cell_status(d), **c["overrides"],
@@ -388,7 +476,11 @@ def collect(out: str | Path):
             ev = read_json(d / EVAL)
             row.update({k: ev.get(k) for k in METRIC_COLUMNS})
         if row["status"] == "failed":
-            row["error"] = read_json(d / ERROR).get("error")
+            err = read_json(d / ERROR)
+            row["error"] = err.get("error") if isinstance(err, dict) else "damaged error.json"
+        elif row["status"] == "done" and (diff := stale_fields(d, from_dict(cfg))):
+            row["status"] = "stale"  # trained with another config than the spec's: never mixed into results
+            row["error"] = "trained with another config: " + ", ".join(diff)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -412,19 +504,27 @@ def write_results(out: str | Path):
     return df
 
 
+def varied_keys(df, core: list[str]) -> list[str]:
+    """`core` plus every other config field the study varies, except the seed: the groups a mean over seeds
+    may pool. (A grid over likelihoods must not average a Bernoulli run with a logistic one.)"""
+    extra = [k for k in _FIELD_ORDER if k in df and k not in core and k != "seed" and df[k].nunique(dropna=False) > 1]
+    return core + extra
+
+
 def summarize(df, by: list[str], metrics: list[str] | None = None):
-    """mean and std over seeds of each metric, grouped by `by` (done cells only)."""
+    """mean, std and n over seeds of each metric, grouped by `by` and every other varied key (done cells only)."""
     metrics = [m for m in (metrics or METRIC_COLUMNS) if m in df and df[m].notna().any()]
     done = df[df["status"] == "done"]
     if done.empty:
         return done
-    g = done.groupby(by, sort=True)[metrics]
+    by = varied_keys(done, by)
+    g = done.groupby(by, sort=True, dropna=False)[metrics]
     res = g.mean().join(g.std().add_suffix("_std")).join(g.size().rename("n"))
     return res.reset_index()
 
 
 def latent_table(df):
-    """Per dataset x latent_dim at beta = 1."""
+    """Per dataset x latent_dim (x any other varied key) at beta = 1."""
     return summarize(df[df["beta"] == 1.0], ["dataset", "latent_dim"])
 
 
@@ -450,7 +550,7 @@ def format_table(t, metrics: list[str] | None = None) -> str:
     """Render a summary as fixed-width text with mean ± std."""
     if t is None or len(t) == 0:
         return "(no finished runs yet)"
-    keys = [c for c in ("dataset", "latent_dim", "beta") if c in t]
+    keys = [c for c in _FIELD_ORDER if c in t and c != "seed"]
     metrics = [m for m in (metrics or METRIC_COLUMNS) if m in t]
     header = keys + metrics + ["n"]
     rows = []
@@ -475,7 +575,7 @@ def status_text(out: str | Path) -> tuple[str, dict[str, int]]:
              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" of {len(df)}", "",
              df[cols].to_string(index=False)]
     if "error" in df and df["error"].notna().any():
-        lines += ["", "failures:"] + [f"  {r.run_id}: {r.error}" for r in df[df["error"].notna()].itertuples()]
+        lines += ["", "failed or stale runs:"] + [f"  {r.run_id}: {r.error}" for r in df[df["error"].notna()].itertuples()]
     short = ["neg_elbo", "recon", "kl", "bpd_elbo", "active_units"]
     lines += ["", "by latent_dim (beta = 1), mean ± std over seeds:", format_table(latent_table(df), short)]
     bt = beta_table(df)

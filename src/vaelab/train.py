@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,10 @@ from . import data as vdata
 from .config import TrainConfig, from_dict
 from .losses import kl_weight, objective
 from .models import VAE
-from .store import CHECKPOINT, CONFIG, METRICS, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, remove_stale_temps
+from .store import (CHECKPOINT, CONFIG, LEGACY_CHECKPOINT, METRICS, FolderLock, atomic_write_json, atomic_write_text,
+                    check_can_create, ensure_writable_dir, load_tree, read_json_object, remove_stale_temps, save_tree)
+
+CHECKPOINT_FORMAT = 2  # 1: vaelab 0.1's pickle (checkpoint.pt), refused; 2: safetensors + JSON skeleton
 
 
 class TrainingDiverged(VaelabError):
@@ -52,24 +56,110 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: in
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
 
 
+def legacy_message(path: Path) -> str:
+    return (f"{path} is a checkpoint of vaelab 0.1 (a pickle, which can run code when loaded); vaelab no longer loads "
+            f"those. If you trust where it came from, convert it: vaelab convert {path.parent} --i-trust-this-file")
+
+
 def load_checkpoint(run_dir: Path, map_location="cpu") -> dict:
+    """Read RUN/checkpoint.safetensors: tensors and JSON only, so loading one can never execute code."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
+        if (Path(run_dir) / LEGACY_CHECKPOINT).is_file():
+            raise VaelabError(legacy_message(Path(run_dir) / LEGACY_CHECKPOINT))
         raise VaelabError(f"{run_dir}: no checkpoint (was the run trained?)")
+    ckpt = load_tree(path)
+    need = {"format": int, "config": dict, "epoch": int, "model": dict, "history": list, "shape": list, "classes": list}
+    for key, kind in need.items():
+        if not isinstance(ckpt.get(key), kind):
+            raise VaelabError(f"{path}: not a vaelab checkpoint (no valid '{key}')")
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise VaelabError(f"{path}: checkpoint format {ckpt['format']} is not one this vaelab reads "
+                          f"({CHECKPOINT_FORMAT}); it was written by vaelab {ckpt.get('versions', {}).get('vaelab', '?')}")
+    if len(ckpt["shape"]) != 3 or not all(isinstance(v, int) and v > 0 for v in ckpt["shape"]):
+        raise VaelabError(f"{path}: not a vaelab checkpoint (bad image shape {ckpt['shape']})")
+    if map_location not in (None, "cpu"):
+        ckpt["model"] = {k: v.to(map_location) for k, v in ckpt["model"].items()}
+    return ckpt
+
+
+def save_checkpoint(run_dir: Path, ckpt: dict) -> None:
+    save_tree(Path(run_dir) / CHECKPOINT, {"format": CHECKPOINT_FORMAT, **ckpt})
+
+
+def convert_legacy(run_dir: Path, trust: bool) -> Path:
+    """Rewrite a vaelab 0.1 checkpoint.pt as checkpoint.safetensors. Unpickling runs whatever the file says,
+    so this happens only when the user states they trust the file; the old file is kept."""
+    run_dir = Path(run_dir)
+    old = run_dir / LEGACY_CHECKPOINT
+    if not old.is_file():
+        raise VaelabError(f"{run_dir}: no {LEGACY_CHECKPOINT} to convert")
+    if (run_dir / CHECKPOINT).is_file():
+        raise VaelabError(f"{run_dir}: already holds {CHECKPOINT}; nothing to convert")
+    if not trust:
+        raise VaelabError(f"{old}: converting unpickles the file, which runs any code it holds; "
+                          "pass --i-trust-this-file if you know where it came from")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # a foreign or damaged file: say so in one line
-        raise VaelabError(f"{path}: cannot read checkpoint ({type(e).__name__})") from None
+        blob = torch.load(old, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a foreign or damaged file: say so in one line
+        raise VaelabError(f"{old}: cannot read checkpoint ({type(e).__name__})") from None
+    if not isinstance(blob, dict) or not {"config", "model", "epoch", "history", "shape", "classes"} <= set(blob):
+        raise VaelabError(f"{old}: not a vaelab 0.1 checkpoint")
+    rng = blob.get("rng") or {}
+    blob["rng"] = {"torch": rng.get("torch"), "batches": rng.get("batches"), "cuda": rng.get("cuda")}
+    blob.setdefault("bad_in_row", 0)
+    save_checkpoint(run_dir, {k: v for k, v in blob.items() if k != "format"})
+    load_model(run_dir)  # the converted file must load, or it is no conversion
+    return run_dir / CHECKPOINT
 
 
 def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, VAE, dict]:
     """Rebuild the model from the config stored in its checkpoint (nanoGPT-style) and load its weights."""
-    ckpt = load_checkpoint(run_dir, map_location=device)
+    ckpt = load_checkpoint(run_dir)
+    path = Path(run_dir) / CHECKPOINT
     cfg = from_dict(ckpt["config"])
-    model = VAE.from_config(cfg, tuple(ckpt["shape"]), len(ckpt["classes"])).to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    check_fits(model_bytes(cfg, tuple(ckpt["shape"]), len(ckpt["classes"])), "the checkpoint's model", device)
+    model = VAE.from_config(cfg, tuple(ckpt["shape"]), len(ckpt["classes"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VaelabError(f"{path}: its weights do not fit the model its config describes ({first[:200]})") from None
+    model.to(device).eval()
     return cfg, model, ckpt
+
+
+def model_bytes(cfg: TrainConfig, shape: tuple[int, int, int], num_classes: int, batch_size: int = 0) -> int:
+    """Bytes a model needs: parameters (built on the meta device, so nothing is allocated), with batch_size > 0
+    also gradients, two Adam moments and a generous bound on one batch's activations."""
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in VAE.from_config(cfg, shape, num_classes).parameters())
+    if not batch_size:
+        return 4 * n_params
+    n_dims = shape[0] * shape[1] * shape[2]
+    activations = batch_size * (64 * n_dims + 8 * cfg.latent_dim + 4096)  # floats kept for backward, padded
+    return 4 * (4 * n_params + activations)
+
+
+def available_bytes(device: str | torch.device = "cpu") -> int:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(nbytes: int, what: str, device: str | torch.device = "cpu") -> None:
+    """Refuse, before allocating, sizes whose tensors cannot fit in the device's free memory."""
+    free = available_bytes(device)
+    if nbytes > free:
+        raise VaelabError(f"{what} needs about {nbytes / 2**30:,.1f} GiB but {torch.device(device).type} has "
+                          f"{free / 2**30:,.1f} GiB free; use smaller sizes")
 
 
 @torch.no_grad()
@@ -118,24 +208,45 @@ def _set_rng_state(state: dict, gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _diverged(epoch: int, why: str, ckpt_path: Path) -> TrainingDiverged:
+    kept = f"the last good checkpoint is kept in {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written"
+    return TrainingDiverged(f"training diverged in epoch {epoch}: {why}; {kept} (try a lower --lr or --grad-clip)")
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None, resume: bool = False,
           dataset: vdata.Dataset | None = None, progress: bool | None = None,
           on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
-    """Train `cfg` into `out_dir`; with resume=True continue from its checkpoint. Returns the last epoch's metrics."""
+    """Train `cfg` into `out_dir`; with resume=True continue from its checkpoint. Returns the last epoch's metrics.
+
+    Everything that can fail on bad input (device, data, splits, memory, a mismatching run) is checked before
+    anything is written, so a failed start leaves no debris that blocks the corrected re-run."""
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT
+    holds_run = ckpt_path.exists() or (out / LEGACY_CHECKPOINT).exists() or (out / CONFIG).exists()
+    if holds_run and not resume:
+        raise VaelabError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+    check_can_create(out)
+    device = resolve_device(cfg.device)
+    ds = dataset if dataset is not None else vdata.load(cfg.dataset, data_dir)
+    tr_idx, va_idx = vdata.split_indices(len(ds.x_train), cfg.val_size, cfg.train_size)
+    vdata.test_indices(len(ds.x_test), cfg.test_size)
+    check_fits(model_bytes(cfg, ds.shape, len(ds.classes), min(cfg.batch_size, len(tr_idx))), "training this model",
+               device)
+
+    ensure_writable_dir(out)
+    with FolderLock(out, "this run directory"):
+        return _train_locked(cfg, out, ds, device, tr_idx, va_idx, progress, on_epoch_end)
+
+
+def _train_locked(cfg, out, ds, device, tr_idx, va_idx, progress, on_epoch_end) -> dict:
+    ckpt_path = out / CHECKPOINT
     ckpt = None
-    if ckpt_path.exists():
-        if not resume:
-            raise VaelabError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+    if ckpt_path.exists() or (out / LEGACY_CHECKPOINT).exists():
         ckpt = load_checkpoint(out)
         stored = from_dict(ckpt["config"])
         if stored != cfg:
             diff = {k: (v, getattr(cfg, k)) for k, v in stored.to_dict().items() if getattr(cfg, k) != v}
             raise VaelabError(f"{out}: resume with a different config than the run's ({diff})")
-    elif (out / CONFIG).exists() and not resume:
-        raise VaelabError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
     atomic_write_json(out / CONFIG, cfg.to_dict())
     if ckpt is not None:
@@ -145,10 +256,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
         if ckpt["epoch"] >= cfg.epochs:
             return ckpt["history"][-1]
 
-    device = resolve_device(cfg.device)
-    ds = dataset if dataset is not None else vdata.load(cfg.dataset, data_dir)
-    splits = vdata.make_splits(ds, cfg.val_size, cfg.train_size, cfg.test_size, device)
-    train_split, val_split = splits["train"], splits["val"]
+    train_split = vdata.to_split(ds.x_train[tr_idx], ds.y_train[tr_idx], device)
+    val_split = vdata.to_split(ds.x_train[va_idx], ds.y_train[va_idx], device)
     n = len(train_split)
 
     torch.manual_seed(cfg.seed)
@@ -160,13 +269,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
     sched = make_scheduler(cfg, opt, cfg.epochs * steps_per_epoch)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     history: list[dict] = []
-    start_epoch, step, total_bad = 0, 0, 0
+    start_epoch, step, total_bad, bad_in_row = 0, 0, 0, 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         _set_rng_state(ckpt["rng"], gen)
         history, start_epoch, step, total_bad = ckpt["history"], ckpt["epoch"], ckpt["step"], ckpt["bad_steps"]
+        bad_in_row = ckpt.get("bad_in_row", 0)
     forward = torch.compile(model) if cfg.compile else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
@@ -179,7 +289,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
         model.train()
         t0 = time.perf_counter()
         sums = torch.zeros(3, device=device, dtype=torch.float64)
-        seen, bad_in_row, bad_epoch = 0, 0, 0
+        seen, bad_epoch, steps_epoch = 0, 0, 0
         bar = tqdm(total=n, unit="img", desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
         for i, idx in enumerate(vdata.minibatches(n, cfg.batch_size, gen, device)):
             x = train_split.x[idx]
@@ -193,17 +303,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = _grad_norm(params)
+            steps_epoch += 1
             # One host sync per step: a non-finite loss or gradient skips the update.
             ok = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
             if ok and clip < math.inf:
                 _clip(params, clip, grad_norm)
-            if not ok:  # NaN/inf guard (as in vdvae): skip the update, count it, give up after too many in a row
+            if not ok:  # NaN/inf guard (as in vdvae): skip the update; the run in a row counts across epochs
                 bad_in_row += 1
                 bad_epoch += 1
                 if bad_in_row >= cfg.max_bad_steps:
-                    kept = f"last good checkpoint kept in {ckpt_path}" if ckpt_path.exists() else "no checkpoint yet"
-                    raise TrainingDiverged(f"training diverged: {bad_in_row} non-finite steps in a row in epoch "
-                                           f"{epoch + 1}; {kept} (try a lower --lr or --grad-clip)")
+                    raise _diverged(epoch + 1, f"{bad_in_row} non-finite steps in a row", out / CHECKPOINT)
                 continue
             bad_in_row = 0
             opt.step()
@@ -221,8 +330,17 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        # An epoch that went bad never overwrites the last good checkpoint: too many skipped steps, weights that
+        # are no longer finite, or validation terms that are not.
+        if bad_epoch and (bad_epoch > cfg.max_skip_share * steps_epoch or seen == 0):
+            raise _diverged(epoch + 1, f"{bad_epoch} of {steps_epoch} steps were non-finite and skipped "
+                                       f"(more than max_skip_share {cfg.max_skip_share:g})", out / CHECKPOINT)
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise _diverged(epoch + 1, "the weights are no longer finite", out / CHECKPOINT)
         tr = (sums / max(seen, 1)).tolist()
         val = average_terms(model, val_split) if len(val_split) else {}
+        if not all(math.isfinite(v) for v in val.values()):
+            raise _diverged(epoch + 1, "the validation ELBO is not finite", out / CHECKPOINT)
         total_bad += bad_epoch
         row = {"epoch": epoch + 1, "step": step, "beta": kl_weight(cfg.beta, step, warmup_steps),
                "lr": opt.param_groups[0]["lr"],
@@ -231,8 +349,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
                "seconds": seconds, "images_per_s": seen / seconds if seconds > 0 else 0.0,
                "skipped_steps": bad_epoch}
         history.append(row)
-        atomic_torch_save(ckpt_path, {
-            "config": cfg.to_dict(), "epoch": epoch + 1, "step": step, "bad_steps": total_bad,
+        save_checkpoint(out, {
+            "config": cfg.to_dict(), "epoch": epoch + 1, "step": step, "bad_steps": total_bad, "bad_in_row": bad_in_row,
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "rng": _rng_state(gen), "history": history, "shape": list(ds.shape), "classes": list(ds.classes),
             "versions": {"vaelab": __version__, "torch": torch.__version__}})
@@ -244,5 +362,5 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
 
 def train_run_dir(run_dir: str | Path, data_dir=None, progress=None) -> dict:
     """Resume the run in run_dir from its stored config."""
-    cfg = from_dict(read_json(Path(run_dir) / CONFIG))
+    cfg = from_dict(read_json_object(Path(run_dir) / CONFIG, "a run config"))
     return train(cfg, run_dir, data_dir=data_dir, resume=True, progress=progress)
