@@ -107,11 +107,12 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
         "likelihood_discrete": model.likelihood.discrete,
     }
     if probe is not None and len(np.unique(probe.y.cpu().numpy())) > 1:
-        from .latent import encode_split, organisation
+        from .latent import encode_split, organisation, probe_baselines
 
         mu_probe, _ = encode_split(model, probe)
         out.update(organisation(mu_probe.cpu().double().numpy(), probe.y.cpu().numpy(), mu.cpu().numpy(),
                                 split.y.cpu().numpy()))
+        out.update(probe_baselines(model, probe, split, seed))
     if model.likelihood.discrete:
         out["bpd_elbo"] = bits_per_dim(out["neg_elbo"], model.n_dims)
         out["bpd_iwae"] = bits_per_dim(out["iwae_nll"], model.n_dims)
@@ -154,6 +155,10 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     t0 = time.perf_counter()
     result = evaluate_model(model, split, iwae_samples, probe=probe_split(cfg, ds, dev))
     result.update(dataset=name, epoch=ckpt["epoch"], eval_seconds=time.perf_counter() - t0)
+    bad = [k for k in ("neg_elbo", "iwae_nll") if not math.isfinite(result[k])]
+    if bad:  # a model that gives NaN is a diverged run, never a result
+        raise VaelabError(f"{run_dir}: the model gives a non-finite {' and '.join(bad)} on the test set; "
+                          "it diverged (retrain with a lower --lr)")
     if write:
         atomic_write_json(run_dir / (EVAL if name == cfg.dataset else f"eval-{name}.json"), result)
     return result

@@ -19,7 +19,7 @@ from .store import ERROR, EVAL, atomic_write_json, atomic_write_text, read_json,
 
 RUNNING = "RUNNING"
 METRIC_COLUMNS = ["neg_elbo", "recon", "kl", "bpd_elbo", "iwae_nll", "bpd_iwae", "active_units", "psnr", "ssim",
-                  "probe_accuracy", "knn_accuracy", "silhouette", "conditional_accuracy", "fd_prior", "fd_gmm"]
+                  "probe_accuracy", "probe_accuracy_untrained", "probe_accuracy_pca", "chance_accuracy", "knn_accuracy", "silhouette", "conditional_accuracy", "fd_prior", "fd_gmm"]
 _FIELD_ORDER = [f.name for f in fields(TrainConfig)]
 
 
@@ -225,9 +225,9 @@ PRESETS: dict[str, dict] = {
         "name": "quick",
         "base": {"epochs": 4, "train_size": 6000, "val_size": 1000, "test_size": 1000, "iwae_samples": 20},
         "sweep": [
-            {"grid": {"dataset": ["fashion-mnist", "cifar10"], "latent_dim": [2, 8, 32], "seed": [0, 1]}},
+            {"grid": {"dataset": ["fashion-mnist", "cifar10"], "latent_dim": [2, 8, 32], "seed": [0, 1, 2]}},
             {"zip": {"dataset": ["fashion-mnist", "cifar10"], "latent_dim": [8, 32]},
-             "grid": {"beta": [0.5, 1.0, 4.0], "seed": [0, 1]}},
+             "grid": {"beta": [0.5, 1.0, 4.0], "seed": [0, 1, 2]}},
         ],
     },
 }
