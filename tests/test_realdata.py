@@ -28,3 +28,17 @@ def test_fashion_mnist_2k_images_one_epoch_beats_untrained(real_data_dir, tmp_pa
     after = evaluate(tmp_path / "r", data_dir=real_data_dir)
     assert after["neg_elbo"] < before["neg_elbo"]
     assert after["bpd_elbo"] < before["bpd_elbo"] and after["test_size"] == 1000
+
+
+@pytest.mark.realdata
+def test_real_fashion_mnist_verifies_by_content(real_data_dir, tmp_path):
+    """The known content hashes are those of the real files: a copy without SHA256SUMS still verifies."""
+    import shutil
+
+    src = vdata.locate("fashion-mnist", real_data_dir) if real_data_dir else None
+    if src is None:
+        pytest.skip("real Fashion-MNIST not found: set VAELAB_DATA (CI points it at ../shared/data)")
+    for name in vdata.FASHION_FILES:
+        shutil.copy(src / name, tmp_path / name)
+        assert vdata.check_file(tmp_path / name)[0] == vdata.VERIFIED
+    assert vdata.verify(src)[0] == vdata.VERIFIED

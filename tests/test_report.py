@@ -49,39 +49,6 @@ def mini_report(mini_study, tiny_root):
         return report(mini_study, data_dir=tiny_root)
 
 
-def _table(rows):
-    return pd.DataFrame(rows, columns=["dataset", "latent_dim", "recon", "kl", "bpd_elbo", "active_units", "n"])
-
-
-def test_findings_follow_the_data():
-    lt = _table([("fashion-mnist", 2, 300, 5, 3.0, 2, 3), ("fashion-mnist", 8, 250, 12, 2.5, 8, 3),
-                 ("fashion-mnist", 32, 240, 20, 2.4, 14, 3),
-                 ("cifar10", 2, 9000, 6, 6.0, 2, 3), ("cifar10", 8, 8000, 20, 5.5, 8, 3), ("cifar10", 32, 8100, 40, 5.3, 30, 3)])
-    fs = findings.compute(lt, None)
-    by = {f.claim: f for f in fs}
-    easy = next(f for f in fs if "easier" in f.claim)
-    assert easy.verdict == findings.HOLDS and "2.63 vs 5.6 bits/dim" in easy.evidence
-    fm = by["fashion-mnist: larger latent sizes improve reconstruction."]
-    assert fm.verdict == findings.HOLDS and "monotone in 2 of 2 steps" in fm.evidence and "300 to 240" in fm.evidence
-    c10 = by["cifar10: larger latent sizes improve reconstruction."]
-    assert c10.verdict == findings.MIXED and "monotone in 1 of 2 steps" in c10.evidence
-    collapse = [f for f in fs if "not fully used" in f.claim]
-    assert [f.verdict for f in collapse] == [findings.FAILS, findings.HOLDS]  # cifar 30/32 used; fm 14/32
-    # if the data disagrees, the report says so
-    flipped = lt.assign(bpd_elbo=lt["bpd_elbo"].where(lt["dataset"] != "fashion-mnist", 9.0))
-    assert next(f for f in findings.compute(flipped, None) if "easier" in f.claim).verdict == findings.FAILS
-
-
-def test_beta_finding():
-    bt = pd.DataFrame({"dataset": ["cifar10"] * 3, "latent_dim": [32] * 3, "beta": [0.5, 1.0, 4.0],
-                       "kl": [60.0, 40.0, 10.0], "recon": [100.0, 110.0, 150.0], "n": [2] * 3})
-    f = findings.beta_tradeoff(bt)[0]
-    assert f.verdict == findings.HOLDS and "KL 60→10" in f.evidence and "100→150" in f.evidence
-    f = findings.beta_tradeoff(bt.assign(recon=[150.0, 110.0, 100.0]))[0]
-    assert f.verdict == findings.MIXED
-    assert findings.beta_tradeoff(None)[0].verdict == findings.UNKNOWN
-
-
 def _images_of(index: Path) -> list[str]:
     return re.findall(r'<img src="([^"]+)"', index.read_text())
 
@@ -171,23 +138,3 @@ def test_report_in_headless_chromium(mini_study, mini_report, tmp_path):
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10000
     finally:
         browser.quit()
-
-
-def test_organisation_finding():
-    lt = pd.DataFrame({"dataset": ["cifar10", "cifar10"], "latent_dim": [2, 32], "probe_accuracy": [0.2, 0.41],
-                       "knn_accuracy": [0.2, 0.35], "silhouette": [-0.1, 0.02]})
-    f = findings.organisation(lt)[0]
-    assert f.verdict == findings.HOLDS and "41%" in f.evidence and "latent_dim 32" in f.evidence
-    assert findings.organisation(lt.assign(probe_accuracy=[0.1, 0.12]))[0].verdict == findings.FAILS
-
-
-def test_generation_findings():
-    lt = pd.DataFrame({"dataset": ["cifar10", "fashion-mnist", "fashion-mnist"], "latent_dim": [32, 8, 32],
-                       "fd_prior": [50.0, 20.0, 12.0], "fd_gmm": [30.0, 25.0, 10.0],
-                       "conditional_accuracy": [0.15, 0.4, 0.8]})
-    by = {f.claim.split(":")[0] + (" mix" if "mixture" in f.claim else " cond"): f for f in findings.generation(lt)}
-    assert by["cifar10 mix"].verdict == findings.HOLDS and "50 → 30 at latent_dim 32" in by["cifar10 mix"].evidence
-    assert by["fashion-mnist mix"].verdict == findings.MIXED  # worse at 8, better at 32
-    assert by["cifar10 cond"].verdict == findings.FAILS and "15%" in by["cifar10 cond"].evidence
-    assert by["fashion-mnist cond"].verdict == findings.HOLDS and "latent_dim 32" in by["fashion-mnist cond"].evidence
-    assert findings.generation(lt.drop(columns=["fd_gmm"])) == []

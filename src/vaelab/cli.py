@@ -173,7 +173,8 @@ def cmd_datasets(args) -> int:
     rows = status(args.data_dir)
     w = max(len(r["dataset"]) for r in rows)
     for r in rows:
-        print(f"{r['dataset']:<{w}}  {r['shape']:<8}  {r['status']:<7}  {r['where']}")
+        print(f"{r['dataset']:<{w}}  {r['shape']:<8}  {r['status']:<10}  {r['where']}"
+              + (f"  ({r['why']})" if r["why"] else ""))
     return 0
 
 

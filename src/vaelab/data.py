@@ -29,9 +29,18 @@ FASHION_FILES = {  # official file -> md5 (zalandoresearch release)
     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
 }
+# SHA-256 and size of each file's decompressed bytes (the IDX content), so that a re-compressed copy such as
+# Debian's dataset-fashion-mnist package, whose .gz bytes differ from the release's, still verifies.
+FASHION_CONTENT = {
+    "train-images-idx3-ubyte.gz": ("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 47040016),
+    "train-labels-idx1-ubyte.gz": ("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 60008),
+    "t10k-images-idx3-ubyte.gz": ("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 7840016),
+    "t10k-labels-idx1-ubyte.gz": ("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 10008),
+}
 FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR_SIZE = 170498071  # bytes of the official cifar-10-python.tar.gz
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_ARCHIVES = ("cifar-10-python.tar.gz", "cifar-10-python.tar.xz", "cifar-10-python.tar.bz2", "cifar-10-python.tar")
@@ -219,6 +228,96 @@ def load_lossless(path: Path) -> Dataset:
                    CIFAR_CLASSES, str(path))
 
 
+# ---------------------------------------------------------------- integrity
+
+VERIFIED, CORRUPT, UNVERIFIED = "verified", "corrupt", "unverified"
+
+
+def _digest(data: bytes, algo: str) -> str:
+    return hashlib.new(algo, data).hexdigest()
+
+
+def _sha256sums(folder: Path) -> dict[str, str]:
+    """The folder's SHA256SUMS (`<hex>  <name>` lines), if it ships one."""
+    path = folder / "SHA256SUMS"
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and len(parts[0]) == 64:
+            out[parts[1].lstrip("*")] = parts[0].lower()
+    return out
+
+
+def check_file(path: Path) -> tuple[str, str]:
+    """(status, why) of one dataset file against every known hash: the folder's SHA256SUMS, the official MD5 of the
+    download, and (Fashion-MNIST) the SHA-256 of the official decompressed content. A file that claims to be the
+    official one (same name and content size) and matches none is corrupt; a file no hash speaks for (a subset,
+    the CIFAR-10 stand-in) is unverified."""
+    path = Path(path)
+    listed = _sha256sums(path.parent).get(path.name)
+    name = path.name if path.suffix == ".gz" else path.name + ".gz"
+    official_md5 = FASHION_FILES.get(name) or (CIFAR_MD5 if path.name == CIFAR_ARCHIVE else None)
+    if listed is None and official_md5 is None:
+        return UNVERIFIED, "no known hash for this file"
+    data = path.read_bytes()
+    if listed is not None:
+        ok = _digest(data, "sha256") == listed
+        return (VERIFIED, "matches SHA256SUMS") if ok else (CORRUPT, f"SHA-256 differs from {path.parent / 'SHA256SUMS'}")
+    if official_md5 is not None and path.name == name and _digest(data, "md5") == official_md5:
+        return VERIFIED, "matches the official MD5"
+    if name in FASHION_CONTENT:
+        want, size = FASHION_CONTENT[name]
+        try:
+            content = gzip.decompress(data) if path.suffix == ".gz" else data
+        except (OSError, EOFError, zlib.error) as e:
+            return CORRUPT, f"cannot decompress ({e})"
+        if _digest(content, "sha256") == want:
+            return VERIFIED, "content matches the official release"
+        header_n = struct.unpack(">I", content[4:8])[0] if len(content) >= 8 else -1
+        official_n = 60000 if name.startswith("train") else 10000
+        if len(content) == size or header_n == official_n:
+            return CORRUPT, "content differs from the official release (a changed, truncated or re-packed file)"
+        return UNVERIFIED, f"not the official file ({header_n} items); no known hash"
+    if len(data) != CIFAR_SIZE:
+        return UNVERIFIED, f"not the official download ({len(data):,} bytes); no known hash"
+    return CORRUPT, "MD5 differs from the official download"
+
+
+def _source_files(source: Path) -> list[Path]:
+    return sorted(p for p in source.rglob("*") if p.is_file() and p.name != "SHA256SUMS") if source.is_dir() else [source]
+
+
+def verify(source: Path) -> tuple[str, str]:
+    """Check every file of a dataset source once; results are cached by path, size and mtime, so an unchanged
+    file is never hashed twice. Returns the worst status and its reason."""
+    cache_path = cache_dir() / "verified.json"
+    try:
+        cache = read_json(cache_path) if cache_path.is_file() else {}
+        cache = cache if isinstance(cache, dict) else {}
+    except VaelabError:
+        cache = {}
+    rank = {VERIFIED: 0, UNVERIFIED: 1, CORRUPT: 2}
+    worst, why, changed = VERIFIED, "", False
+    for f in _source_files(Path(source)):
+        st = f.stat()
+        key = str(f.resolve())
+        hit = cache.get(key)
+        if not (isinstance(hit, dict) and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns):
+            status, reason = check_file(f)
+            hit = cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "status": status, "why": reason}
+            changed = True
+        if rank.get(hit["status"], 1) > rank[worst] or not why:
+            worst, why = hit["status"], f"{f.name}: {hit['why']}"
+    if changed:
+        try:
+            atomic_write_json(cache_path, cache)
+        except (OSError, VaelabError):
+            pass  # an unwritable cache only costs time
+    return worst, why
+
+
 # ---------------------------------------------------------------- registry and location
 
 @dataclass(frozen=True)
@@ -379,6 +478,9 @@ def load(name: str, data_dir: str | Path | None = None, download: bool = True) -
         else:
             raise VaelabError(f"{name}: not found in {where}; put {spec.what} there, "
                               f"set $VAELAB_DATA or pass --data-dir")
+    status_, why = verify(source)
+    if status_ == CORRUPT:
+        raise VaelabError(f"{source}: corrupt ({why}); replace the file with a fresh copy")
     return _cached_load(spec, source)
 
 
@@ -387,8 +489,8 @@ def status(data_dir: str | Path | None = None) -> list[dict]:
     rows = []
     for name, spec in DATASETS.items():
         found = locate(name, data_dir)
-        rows.append({"dataset": name, "shape": "x".join(map(str, spec.shape)),
-                     "status": "found" if found else "missing",
+        state, why = verify(found) if found else ("missing", "")
+        rows.append({"dataset": name, "shape": "x".join(map(str, spec.shape)), "status": state, "why": why,
                      "where": str(found) if found else f"expected {spec.what} in one of: "
                      + ", ".join(str(r) for r in search_roots(data_dir))})
     return rows

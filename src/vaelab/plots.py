@@ -175,12 +175,12 @@ def _errorbar(ax, x, y, yerr, label, color, marker="o"):
 
 
 def metric_vs_latent(table, metrics: list[tuple[str, str]]):
-    """One panel per metric, one line per dataset, error bars = std over seeds."""
+    """One panel per metric, one line per dataset, error bars = the 95 % CI of the mean over seeds."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.1 * len(metrics), 2.9), squeeze=False)
     for ax, (m, label) in zip(axes[0], metrics):
         for ds, sub in table.groupby("dataset"):
             if m in sub and sub[m].notna().any():
-                _errorbar(ax, sub["latent_dim"], sub[m], sub.get(f"{m}_std"), ds, DATASET_COLORS.get(ds))
+                _errorbar(ax, sub["latent_dim"], sub[m], sub.get(f"{m}_ci"), ds, DATASET_COLORS.get(ds))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("latent_dim")
         ax.set_title(label)
@@ -195,8 +195,8 @@ def rate_distortion(table):
     fig, axes = plt.subplots(1, len(groups), figsize=(4.3 * len(groups), 3.4), squeeze=False)
     for ax, (ds, sub) in zip(axes[0], groups):
         sub = sub.sort_values("beta")
-        ax.errorbar(sub["kl"], sub["recon"], xerr=np.nan_to_num(sub.get("kl_std")),
-                    yerr=np.nan_to_num(sub.get("recon_std")), fmt="o-", color=DATASET_COLORS.get(ds), capsize=3)
+        ax.errorbar(sub["kl"], sub["recon"], xerr=np.nan_to_num(sub.get("kl_ci")),
+                    yerr=np.nan_to_num(sub.get("recon_ci")), fmt="o-", color=DATASET_COLORS.get(ds), capsize=3)
         for _, r in sub.iterrows():
             # A white box keeps the label readable where it falls on an error bar.
             ax.annotate(f"β={r['beta']:g}", (r["kl"], r["recon"]), textcoords="offset points", xytext=(6, 6), fontsize=8,
@@ -208,10 +208,10 @@ def rate_distortion(table):
     return fig
 
 
-def dataset_comparison(table, metric: str = "bpd_elbo"):
-    """The same model on both datasets side by side, in bits/dim so they compare."""
+def dataset_comparison(table, metric: str = "bpd_elbo", ylabel: str = "negative ELBO (bits/dim)"):
+    """The same model on both datasets side by side, per dimension so they compare; error bars = 95 % CI."""
     pivot = table.pivot(index="latent_dim", columns="dataset", values=metric)
-    err = table.pivot(index="latent_dim", columns="dataset", values=f"{metric}_std") if f"{metric}_std" in table else None
+    err = table.pivot(index="latent_dim", columns="dataset", values=f"{metric}_ci") if f"{metric}_ci" in table else None
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(pivot), 3.0))
     width = 0.8 / max(1, len(pivot.columns))
     x = np.arange(len(pivot))
@@ -220,7 +220,7 @@ def dataset_comparison(table, metric: str = "bpd_elbo"):
                yerr=None if err is None else np.nan_to_num(err[ds]), label=ds, color=DATASET_COLORS.get(ds), capsize=2)
     ax.set_xticks(x, [str(k) for k in pivot.index])
     ax.set_xlabel("latent_dim")
-    ax.set_ylabel("negative ELBO (bits/dim)")
+    ax.set_ylabel(ylabel)
     ax.set_title("Dataset complexity: the same VAE on both datasets")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig

@@ -91,6 +91,14 @@ footer{color:#888;font-size:12px;text-align:center;padding:20px}
 """
 
 
+def per_dim_unit(rows) -> str | None:
+    """'bits/dim' when every run's likelihood is discrete, 'nats/dim' when none is, None when mixed or unknown."""
+    from .findings import per_dim
+
+    got = per_dim(rows) if len(rows) else None
+    return None if got is None else got[1]
+
+
 def _table_rows(t, keys: list[str], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
     head = keys + metrics + ["seeds"]
     rows = []
@@ -321,8 +329,12 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
 
     page.section("Findings")
     page.add("text", "Each claim of the original study (CIFAR-10 vs Fashion-MNIST VAEs), checked against this study's "
-                     "measurements on the test set. Numbers are means over seeds.")
-    for f in vfindings.compute(lt, bt):
+                     "measurements on the test set. With 3 or more seeds per setting, each finding gives the 95 % "
+                     "confidence interval of the effect it claims and a test (paired across seeds for two settings, "
+                     "a regression slope on log2 of the setting for a trend); it holds only when the effect has the "
+                     "claimed sign and p < 0.05, and is inconclusive when the data cannot tell. With fewer seeds the "
+                     "verdict comes from the means and says so.")
+    for f in vfindings.compute(study.latent_rows(df), study.beta_rows(df)):
         page.add("finding", f)
 
     page.section("Datasets")
@@ -357,25 +369,33 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     if len(lt):
         page.section("Latent dimensionality")
         lt2 = lt.copy()
-        for col in ("neg_elbo", "recon"):  # per-dimension units, so both datasets share one axis
+        unit = per_dim_unit(done)
+        # Per-dimension units let the datasets share one axis: bits/dim only where every likelihood is discrete
+        # (a mass over 8-bit pixels), nats/dim where all are continuous; mixed likelihoods get no shared axis.
+        per = {"bits/dim": np.log(2), "nats/dim": 1.0}.get(unit)
+        panels = [("kl", "KL (nats)"), ("active_units", "active units"), ("psnr", "mean per-image PSNR (dB)")]
+        if per is not None:
             dims = lt2["dataset"].map(lambda d: int(np.prod(vdata.DATASETS[d].shape)))
-            lt2[f"{col}_bpd"] = lt2[col] / (dims * np.log(2))
-            lt2[f"{col}_bpd_std"] = lt2.get(f"{col}_std") / (dims * np.log(2))
-        fig = plots.metric_vs_latent(lt2, [("neg_elbo_bpd", "negative ELBO (bits/dim)"),
-                                           ("recon_bpd", "reconstruction (bits/dim)"), ("kl", "KL (nats)"),
-                                           ("active_units", "active units"), ("psnr", "PSNR (dB)")])
+            for col in ("neg_elbo", "recon"):
+                for suffix in ("", "_std", "_ci"):
+                    if f"{col}{suffix}" in lt2:
+                        lt2[f"{col}_pd{suffix}"] = lt2[f"{col}{suffix}"] / (dims * per)
+            panels = [("neg_elbo_pd", f"negative ELBO ({unit})"), ("recon_pd", f"reconstruction ({unit})")] + panels
+        else:
+            panels = [("neg_elbo", "negative ELBO (nats)"), ("recon", "reconstruction (nats)")] + panels
+        fig = plots.metric_vs_latent(lt2, panels)
         page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / 'latent_sweep.png').name}",
-                 "Metrics vs latent size at β = 1 (error bars: std over seeds). Per-dimension units let the datasets share an axis.")
-        if lt["dataset"].nunique() > 1:
-            fig = plots.dataset_comparison(lt2, "neg_elbo_bpd")
+                 "Metrics vs latent size at β = 1 (error bars: 95 % confidence interval of the mean over seeds).")
+        if lt["dataset"].nunique() > 1 and per is not None:
+            fig = plots.dataset_comparison(lt2, "neg_elbo_pd", f"negative ELBO ({unit})")
             page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / 'dataset_comparison.png').name}",
-                     "The same model on both datasets, negative ELBO in bits/dim.")
+                     f"The same model on both datasets, negative ELBO in {unit} (error bars: 95 % CI over seeds).")
         page.add("table", *_table_rows(lt, ["dataset", "latent_dim"], short))
     if len(bt):
         page.section("β-VAE")
         fig = plots.rate_distortion(bt)
         page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / 'rate_distortion.png').name}",
-                 "Rate–distortion: one point per β (mean ± std over seeds). Larger β moves left (less KL) and up.")
+                 "Rate–distortion: one point per β (mean and 95 % CI over seeds). Larger β moves left (less KL) and up.")
         page.add("table", *_table_rows(bt, ["dataset", "latent_dim", "beta"], short))
 
     page.section("Samples and reconstructions")

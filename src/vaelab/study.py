@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 from . import VaelabError
 from .config import TrainConfig, coerce, from_dict, unknown_key_message
 from .store import ERROR, EVAL, atomic_write_json, atomic_write_text, read_json, read_jsonl, METRICS
@@ -20,6 +22,7 @@ from .store import ERROR, EVAL, atomic_write_json, atomic_write_text, read_json,
 RUNNING = "RUNNING"
 METRIC_COLUMNS = ["neg_elbo", "recon", "kl", "bpd_elbo", "iwae_nll", "bpd_iwae", "active_units", "psnr", "ssim",
                   "probe_accuracy", "probe_accuracy_untrained", "probe_accuracy_pca", "chance_accuracy", "knn_accuracy", "silhouette", "conditional_accuracy", "fd_prior", "fd_gmm"]
+INFO_COLUMNS = ["n_dims", "likelihood_discrete"]  # carried into results for units, never averaged
 _FIELD_ORDER = [f.name for f in fields(TrainConfig)]
 
 
@@ -474,7 +477,7 @@ def collect(out: str | Path):
         row["images_per_s"] = sum(h["images_per_s"] for h in hist) / len(hist) if hist else None
         if (d / EVAL).is_file():
             ev = read_json(d / EVAL)
-            row.update({k: ev.get(k) for k in METRIC_COLUMNS})
+            row.update({k: ev.get(k) for k in METRIC_COLUMNS + INFO_COLUMNS})
         if row["status"] == "failed":
             err = read_json(d / ERROR)
             row["error"] = err.get("error") if isinstance(err, dict) else "damaged error.json"
@@ -519,26 +522,44 @@ def summarize(df, by: list[str], metrics: list[str] | None = None):
         return done
     by = varied_keys(done, by)
     g = done.groupby(by, sort=True, dropna=False)[metrics]
-    res = g.mean().join(g.std().add_suffix("_std")).join(g.size().rename("n"))
+    std, n = g.std(), g.count()
+    from scipy import stats
+
+    # The 95 % t interval of the mean over seeds: what the plots' error bars show (NaN for a single seed).
+    half = std.mul(stats.t.ppf(0.975, (n - 1).where(n > 1)), axis=0) / np.sqrt(n)
+    res = g.mean().join(std.add_suffix("_std")).join(half.add_suffix("_ci")).join(g.size().rename("n"))
     return res.reset_index()
 
 
-def latent_table(df):
-    """Per dataset x latent_dim (x any other varied key) at beta = 1."""
-    return summarize(df[df["beta"] == 1.0], ["dataset", "latent_dim"])
+def latent_rows(df):
+    """The finished runs at beta = 1, one row per run (what the findings test)."""
+    return df[(df["status"] == "done") & (df["beta"] == 1.0)]
 
 
-def beta_table(df):
-    """Per dataset x beta, at each dataset's beta-sweep latent size (the one with the most distinct betas)."""
+def beta_rows(df):
+    """The finished runs of each dataset's beta sweep: at the latent size with the most distinct betas."""
     import pandas as pd
 
     parts = []
-    for ds, sub in df.groupby("dataset"):
+    for ds, sub in df[df["status"] == "done"].groupby("dataset"):
         counts = sub.groupby("latent_dim")["beta"].nunique()
         if counts.empty or counts.max() < 2:
             continue
         parts.append(sub[sub["latent_dim"] == counts.idxmax()])
-    return summarize(pd.concat(parts), ["dataset", "latent_dim", "beta"]) if parts else pd.DataFrame()
+    return pd.concat(parts) if parts else df.iloc[0:0]
+
+
+def latent_table(df):
+    """Per dataset x latent_dim (x any other varied key) at beta = 1."""
+    return summarize(latent_rows(df), ["dataset", "latent_dim"])
+
+
+def beta_table(df):
+    """Per dataset x beta, at each dataset's beta-sweep latent size."""
+    import pandas as pd
+
+    rows = beta_rows(df)
+    return summarize(rows, ["dataset", "latent_dim", "beta"]) if len(rows) else pd.DataFrame()
 
 
 def fmt_num(v: float, digits: int = 4) -> str:

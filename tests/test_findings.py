@@ -1,0 +1,178 @@
+"""Every verdict can come out every way: made-up per-run results where a claim holds, partly holds, does not
+hold and is inconclusive, with and without the seeds that statistics need."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vaelab import findings as F
+
+LN2 = math.log(2)
+DIMS = {"fashion-mnist": 784, "cifar10": 3072}
+
+
+def runs(rows: list[dict], **common) -> pd.DataFrame:
+    return pd.DataFrame([{**common, **r} for r in rows])
+
+
+def noise(seed: int, k: int, scale: float) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, scale, k)
+
+
+# ---------------------------------------------------------------- the statistics themselves
+
+def test_paired_interval_and_test_match_a_hand_computation():
+    d = np.array([1.0, 2.0, 3.0, 4.0])
+    e = F.paired(d)
+    half = 3.182446305284263 * d.std(ddof=1) / 2  # t(0.975, 3) * sd / sqrt(4)
+    assert e.estimate == 2.5 and e.lo == pytest.approx(2.5 - half) and e.hi == pytest.approx(2.5 + half)
+    assert e.p == pytest.approx(0.0305, abs=5e-4)  # t = 3.873 on 3 df, two-sided
+    assert e.sign(+1) == 1 and e.sign(-1) == -1
+    assert F.paired([1.0, -1.0, 0.5]).sign(+1) == 0  # no clear effect
+
+
+def test_trend_is_the_slope_on_log2_of_the_setting():
+    x = [2, 4, 8, 2, 4, 8]
+    y = [10.0, 8.0, 6.0, 10.2, 7.9, 6.1]  # -2 per doubling
+    e = F.trend(x, y)
+    assert e.estimate == pytest.approx(-2.0, abs=0.1) and e.hi < 0 and e.p < 0.001
+    assert e.lo < e.estimate < e.hi
+
+
+# ---------------------------------------------------------------- dataset complexity, per dimension
+
+def complexity_rows(fm_bpd: list[float], c10_bpd: list[float], seeds: int, discrete=True, spread=0.0) -> pd.DataFrame:
+    rows = []
+    for ds, vals in (("fashion-mnist", fm_bpd), ("cifar10", c10_bpd)):
+        for z, v in zip((2, 8), vals):
+            for s, e in enumerate(noise(s_ := z + len(ds), seeds, spread)):
+                per = v + e
+                rows.append({"dataset": ds, "latent_dim": z, "seed": s, "n_dims": DIMS[ds], "likelihood_discrete": discrete,
+                             "neg_elbo": per * DIMS[ds] * (LN2 if discrete else 1.0)})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("fm,c10,seeds,spread,verdict", [
+    ([2.6, 2.5], [5.6, 5.5], 1, 0.0, F.HOLDS),
+    ([2.6, 6.0], [5.6, 5.5], 1, 0.0, F.MIXED),
+    ([6.6, 6.5], [5.6, 5.5], 1, 0.0, F.FAILS),
+    ([2.6, 2.5], [5.6, 5.5], 3, 0.05, F.HOLDS),
+    ([6.6, 6.5], [5.6, 5.5], 3, 0.05, F.FAILS),
+    ([5.6, 5.5], [5.6, 5.5], 3, 0.5, F.INCONCLUSIVE),
+])
+def test_dataset_complexity(fm, c10, seeds, spread, verdict):
+    f = F.dataset_complexity(complexity_rows(fm, c10, seeds, spread=spread))[0]
+    assert f.verdict == verdict and "bits/dim" in f.evidence
+    assert ("paired t-test" in f.evidence) == (seeds >= 3)
+    assert ("no confidence interval" in f.evidence) == (seeds < 3)
+
+
+def test_dataset_complexity_is_per_dimension_in_the_right_unit():
+    cont = complexity_rows([0.5, 0.4], [0.9, 0.8], 1, discrete=False)
+    f = F.dataset_complexity(cont)[0]
+    assert "nats/dim" in f.evidence and "bits/dim" not in f.evidence and "0.45 vs 0.85" in f.evidence
+    mixed = cont.assign(likelihood_discrete=cont["dataset"] == "cifar10")
+    assert F.dataset_complexity(mixed)[0].verdict == F.UNKNOWN
+
+
+# ---------------------------------------------------------------- latent size and collapse
+
+def latent_rows(recon: dict[int, float], seeds: int, spread: float, active: dict[int, list[float]] | None = None):
+    rows = []
+    for z, r in recon.items():
+        for s, e in enumerate(noise(z, seeds, spread)):
+            au = active[z][s] if active else z
+            rows.append({"dataset": "cifar10", "latent_dim": z, "seed": s, "recon": r + e, "active_units": au})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("recon,seeds,spread,verdict", [
+    ({2: 300, 8: 250, 32: 240}, 1, 0, F.HOLDS),
+    ({2: 300, 8: 200, 32: 240}, 1, 0, F.MIXED),
+    ({2: 240, 8: 250, 32: 300}, 1, 0, F.FAILS),
+    ({2: 300, 8: 250, 32: 240}, 3, 2, F.HOLDS),
+    ({2: 240, 8: 250, 32: 300}, 3, 2, F.FAILS),
+    ({2: 250, 8: 250, 32: 250}, 3, 20, F.INCONCLUSIVE),
+])
+def test_latent_size_improves_reconstruction(recon, seeds, spread, verdict):
+    f = F.latent_size(latent_rows(recon, seeds, spread))[0]
+    assert f.verdict == verdict and ("slope per doubling" in f.evidence) == (seeds >= 3)
+
+
+@pytest.mark.parametrize("big,verdict", [
+    ([16, 17, 18], F.HOLDS), ([32, 32, 32], F.FAILS), ([20, 32, 31], F.INCONCLUSIVE), ([20], F.HOLDS), ([31], F.FAILS)])
+def test_posterior_collapse(big, verdict):
+    seeds = len(big)
+    t = latent_rows({2: 300, 32: 240}, seeds, 0, active={2: [2] * seeds, 32: big})
+    f = next(f for f in F.latent_size(t) if "not fully used" in f.claim)
+    assert f.verdict == verdict
+
+
+# ---------------------------------------------------------------- beta
+
+def beta_rows(kl: list[float], recon: list[float], seeds: int, spread: float) -> pd.DataFrame:
+    rows = []
+    for b, k, r in zip((0.5, 1.0, 4.0), kl, recon):
+        for s, (e1, e2) in enumerate(zip(noise(int(b * 10), seeds, spread), noise(int(b * 10) + 1, seeds, spread))):
+            rows.append({"dataset": "cifar10", "latent_dim": 32, "beta": b, "seed": s, "kl": k + e1, "recon": r + e2})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("kl,recon,seeds,spread,verdict", [
+    ([60, 40, 10], [100, 110, 150], 1, 0, F.HOLDS),
+    ([60, 40, 10], [100, 160, 150], 1, 0, F.MIXED),  # both ends move as claimed, not monotone
+    ([60, 40, 10], [150, 110, 100], 1, 0, F.FAILS),  # KL falls while reconstruction improves: no trade-off
+    ([10, 40, 60], [100, 110, 150], 1, 0, F.FAILS),
+    ([60, 40, 10], [100, 110, 150], 3, 1, F.HOLDS),
+    ([60, 40, 10], [100, 100, 100], 3, 5, F.MIXED),  # KL falls significantly, reconstruction cannot tell
+    ([60, 40, 10], [150, 110, 100], 3, 1, F.FAILS),
+    ([40, 40, 40], [100, 100, 100], 3, 5, F.INCONCLUSIVE),
+])
+def test_beta_tradeoff(kl, recon, seeds, spread, verdict):
+    f = F.beta_tradeoff(beta_rows(kl, recon, seeds, spread))[0]
+    assert f.verdict == verdict
+    assert F.beta_tradeoff(None)[0].verdict == F.UNKNOWN
+
+
+# ---------------------------------------------------------------- organisation against baselines
+
+def org_rows(trained: list[float], untrained: list[float]) -> pd.DataFrame:
+    return pd.DataFrame([{"dataset": "fashion-mnist", "latent_dim": 32, "seed": s, "probe_accuracy": a,
+                          "probe_accuracy_untrained": u, "probe_accuracy_pca": 0.70, "chance_accuracy": 0.114}
+                         for s, (a, u) in enumerate(zip(trained, untrained))])
+
+
+@pytest.mark.parametrize("trained,untrained,verdict", [
+    ([0.80], [0.72], F.HOLDS), ([0.73], [0.72], F.MIXED), ([0.70], [0.72], F.FAILS),
+    ([0.80, 0.81, 0.79], [0.72, 0.73, 0.72], F.HOLDS),
+    ([0.74, 0.70, 0.73], [0.72, 0.73, 0.71], F.INCONCLUSIVE),
+    ([0.60, 0.61, 0.62], [0.72, 0.73, 0.71], F.FAILS),
+])
+def test_organisation_is_measured_against_an_untrained_encoder(trained, untrained, verdict):
+    f = F.organisation(org_rows(trained, untrained))[0]
+    assert f.verdict == verdict
+    assert "11.4% by chance" in f.evidence and "70.0% on PCA" in f.evidence and "untrained encoder" in f.evidence
+
+
+def test_organisation_without_a_baseline_says_so():
+    t = org_rows([0.8], [0.7]).drop(columns=["probe_accuracy_untrained"])
+    assert F.organisation(t)[0].verdict == F.UNKNOWN
+
+
+def test_generation_findings():
+    lt = pd.DataFrame({"dataset": ["cifar10", "fashion-mnist", "fashion-mnist"], "latent_dim": [32, 8, 32],
+                       "seed": [0, 0, 0], "fd_prior": [50.0, 20.0, 12.0], "fd_gmm": [30.0, 25.0, 10.0],
+                       "conditional_accuracy": [0.15, 0.4, 0.8], "chance_accuracy": [0.1, 0.1, 0.1]})
+    by = {f.claim.split(":")[0] + (" mix" if "mixture" in f.claim else " cond"): f for f in F.generation(lt)}
+    assert by["cifar10 mix"].verdict == F.HOLDS and "50 → 30 (latent_dim 32, seed 0)" in by["cifar10 mix"].evidence
+    assert by["fashion-mnist mix"].verdict == F.MIXED  # worse at 8, better at 32
+    assert by["cifar10 mix"].verdict == F.HOLDS
+    assert F.generation(lt.assign(fd_gmm=[60.0, 25.0, 15.0]))[0].verdict == F.FAILS
+    assert by["cifar10 cond"].verdict == F.FAILS and "15%" in by["cifar10 cond"].evidence
+    assert by["fashion-mnist cond"].verdict == F.HOLDS and "latent_dim 32" in by["fashion-mnist cond"].evidence
+    assert F.generation(lt.assign(conditional_accuracy=[0.3, 0.3, 0.3]))[-1].verdict == F.MIXED
+    assert F.generation(lt.drop(columns=["fd_gmm"])) == []
