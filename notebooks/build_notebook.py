@@ -92,14 +92,15 @@ cells = [
     code("lt_bpd = lt.assign(recon_bpd=lt['recon'] / lt['dataset'].map(lambda d: np.prod(data.DATASETS[d].shape) * np.log(2)))\n"
          "display(plots.metric_vs_latent(lt_bpd, [('bpd_elbo', 'negative ELBO (bits/dim)'), ('recon_bpd', 'reconstruction (bits/dim)'),\n"
          "                                        ('kl', 'KL (nats)'), ('active_units', 'active units')]))\n"
-         "for f in findings.dataset_complexity(lt) + findings.latent_size(lt):\n    print(f'[{f.verdict}] {f.claim}\\n    {f.evidence}')"),
+         "rows = study.latent_rows(df)  # findings test per-run rows: with 3+ seeds they give intervals and tests\n"
+         "for f in findings.dataset_complexity(rows) + findings.latent_size(rows):\n    print(f'[{f.verdict}] {f.claim}\\n    {f.evidence}')"),
     md("## Exercise 3 — β-VAE\n\nβ weights the KL term of the loss (recon + β·KL). Larger β buys a more compact code "
        "(less KL, the *rate*) at the cost of reconstruction (the *distortion*)."),
     code("spec = study.parse_spec({'name': 'nb-beta', 'base': {**SIZES, 'latent_dim': 4 if SCALE == 'tiny' else 16},\n"
          "                         'grid': {'dataset': ['fashion-mnist'], 'beta': BETAS, 'seed': [0]}})\n"
          "print(study.run(spec, OUT / 'beta-study', data_dir=DATA_DIR))\n"
-         "bt = study.beta_table(study.collect(OUT / 'beta-study'))\nprint(study.format_table(bt, ['recon', 'kl', 'active_units']))\n"
-         "display(plots.rate_distortion(bt))\nfor f in findings.beta_tradeoff(bt):\n    print(f'[{f.verdict}] {f.claim}\\n    {f.evidence}')"),
+         "df_b = study.collect(OUT / 'beta-study')\nbt = study.beta_table(df_b)\nprint(study.format_table(bt, ['recon', 'kl', 'active_units']))\n"
+         "display(plots.rate_distortion(bt))\nfor f in findings.beta_tradeoff(study.beta_rows(df_b)):\n    print(f'[{f.verdict}] {f.claim}\\n    {f.evidence}')"),
     md("## Where next\n\n`vaelab study --preset seed --out studies/seed --jobs 2` runs the full study "
        "(72 runs, 3 seeds); `vaelab report studies/seed` writes the HTML report with every figure above and the "
        "findings checked against the measurements."),

@@ -92,3 +92,27 @@ def tiny_config(**kw):
     base = dict(dataset="fashion-mnist", latent_dim=4, epochs=1, batch_size=32, val_size=40, test_size=0,
                 iwae_samples=5, device="cpu")
     return TrainConfig(**{**base, **kw})
+
+
+# ---------------------------------------------------------------- reliability counts, measured by the tests
+# Tests that try bad inputs, kills, concurrent writers and malicious files add to these counters; the totals are
+# printed at the end of the run and written to build/reliability.json (the README's Reliability table).
+RELIABILITY: dict[str, int] = {}
+
+
+def count(key: str, n: int = 1) -> None:
+    RELIABILITY[key] = RELIABILITY.get(key, 0) + n
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RELIABILITY:
+        return
+    import json
+
+    out = Path(__file__).parent.parent / "build" / "reliability.json"
+    try:
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(dict(sorted(RELIABILITY.items())), indent=2) + "\n")
+    except OSError:
+        pass
+    terminalreporter.write_line("reliability: " + ", ".join(f"{k} {v}" for k, v in sorted(RELIABILITY.items())))

@@ -39,8 +39,12 @@ def test_generation_scores(tiny_root, tmp_path, monkeypatch):
     train(tiny_config(latent_dim=3, epochs=2), tmp_path / "r", dataset=ds)
     s = classifier.generation_scores(tmp_path / "r", tiny_root, n=50)
     for sampler in ("prior", "gmm"):
-        assert s[f"fd_{sampler}"] >= 0 and sum(s[f"class_histogram_{sampler}"]) == pytest.approx(1.0)
-    assert 0 <= s["conditional_accuracy"] <= 1 and 0 <= s["classifier_test_accuracy"] <= 1
+        assert s[f"fd_{sampler}"] > 0 and sum(s[f"class_histogram_{sampler}"]) == pytest.approx(1.0)
+        assert all(h * 50 == pytest.approx(round(h * 50)) for h in s[f"class_histogram_{sampler}"])  # counts of 50
+    # 50 samples over 10 classes: 5 per class, so the accuracy is a count of 50
+    assert s["conditional_accuracy"] * 50 == pytest.approx(round(s["conditional_accuracy"] * 50))
+    _, info = classifier.reference_classifier("fashion-mnist", tiny_root, ds=ds)
+    assert s["classifier_test_accuracy"] == info["test_accuracy"]
 
 
 def test_explore_writes_generation_scores_into_eval_json(tiny_root, tmp_path, monkeypatch, capsys):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import count
 from PIL import Image
 
 from vaelab.cli import main
@@ -119,6 +120,8 @@ def test_a_malicious_checkpoint_never_runs(tiny_root, tmp_path, capsys, command)
         assert main(argv[command]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "vaelab convert" in err and "--i-trust-this-file" in err
+    count("malicious_files_tried")
+    count("malicious_files_executed", int(marker.exists()))
     assert not marker.exists()
 
 
@@ -153,4 +156,4 @@ def test_help_everywhere_has_examples(capsys):
 def test_datasets_command(tiny_root, capsys):
     assert main(["datasets", "--data-dir", str(tiny_root)]) == 0
     out = capsys.readouterr().out
-    assert "fashion-mnist" in out and "found" in out and "missing" in out
+    assert "fashion-mnist" in out and "unverified" in out and "missing" in out and "no known hash" in out

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import cifar_members, write_cifar_tar, write_fashion, write_idx
+from conftest import count, cifar_members, write_cifar_tar, write_fashion, write_idx
 
 from vaelab import VaelabError
 from vaelab import data as vdata
@@ -197,6 +197,8 @@ def test_a_malicious_cifar_pickle_never_runs(tmp_path):
     write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", members)
     with pytest.raises(VaelabError, match="refused to load (posix|os).system"):
         vdata.load_cifar(tmp_path / "cifar-10-python.tar.gz")
+    count("malicious_files_tried")
+    count("malicious_files_executed", int(marker.exists()))
     assert not marker.exists()
 
 

@@ -45,6 +45,69 @@ def test_iwae_bound_tightens_with_k():
     assert nll_50.mean() < neg_elbo.mean()
 
 
+class LinearGaussian(torch.nn.Module):
+    """A VAE with a closed-form marginal: z ~ N(0, I), x/255 | z ~ N(W z + b, sigma^2 I), so
+    p(x/255) = N(b, W W^T + sigma^2 I) (Tipping & Bishop 1999). q(z|x) = N(A x + c, diag exp(logvar)) is either the
+    exact posterior or a deliberately wrong one. It offers what iwae_nll uses: encode, decode, likelihood."""
+
+    def __init__(self, exact: bool, shape=(1, 2, 3), latent_dim=2, sigma=0.2, seed=0):
+        from vaelab.losses import Gaussian
+
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.shape, self.latent_dim, self.num_classes, self.sigma = shape, latent_dim, 0, sigma
+        d = shape[0] * shape[1] * shape[2]
+        self.W = torch.randn(d, latent_dim, generator=g, dtype=torch.float64) * 0.3
+        self.b = torch.full((d,), 0.5, dtype=torch.float64)
+        self.likelihood = Gaussian(sigma)
+        post_cov = torch.linalg.inv(torch.eye(latent_dim, dtype=torch.float64) + self.W.T @ self.W / sigma ** 2)
+        self.A = post_cov @ self.W.T / sigma ** 2  # exact posterior mean: A (t - b)
+        self.logvar = torch.log(torch.diagonal(post_cov)) if exact else torch.zeros(latent_dim, dtype=torch.float64)
+        if exact:  # the exact posterior must be diagonal for q to equal it: rotate W so that W^T W is diagonal
+            _, vecs = torch.linalg.eigh(self.W.T @ self.W)
+            self.W = self.W @ vecs
+            post_cov = torch.linalg.inv(torch.eye(latent_dim, dtype=torch.float64) + self.W.T @ self.W / sigma ** 2)
+            self.A = post_cov @ self.W.T / sigma ** 2
+            self.logvar = torch.log(torch.diagonal(post_cov))
+        else:
+            self.A = self.A * 0.5  # shrunk means and unit variances: a poor but valid q
+
+    def encode(self, x, y=None):
+        t = x.flatten(1).double() / 255.0
+        mu = (t - self.b) @ self.A.T
+        return mu.float(), self.logvar.float().expand_as(mu)
+
+    def decode(self, z, y=None):
+        return (z.double() @ self.W.T + self.b).float().view(-1, *self.shape)
+
+    def log_px(self, x) -> torch.Tensor:
+        t = x.flatten(1).double() / 255.0
+        cov = self.W @ self.W.T + self.sigma ** 2 * torch.eye(len(self.b), dtype=torch.float64)
+        return torch.distributions.MultivariateNormal(self.b, cov).log_prob(t)
+
+
+def test_iwae_is_exact_with_the_true_posterior_of_a_linear_gaussian_model():
+    """With q = p(z|x) every importance weight equals p(x): any sign error in log p(z) or log q(z|x) breaks it."""
+    model = LinearGaussian(exact=True)
+    x = torch.randint(0, 256, (8, 1, 2, 3), dtype=torch.uint8)
+    torch.manual_seed(0)
+    for k in (1, 5):
+        assert torch.allclose(-iwae_nll(model, x, None, k).double(), model.log_px(x), atol=2e-3)
+
+
+def test_elbo_below_iwae_below_log_px_tightening_with_k():
+    model = LinearGaussian(exact=False)
+    x = torch.randint(60, 200, (6, 1, 2, 3), dtype=torch.uint8)
+    exact = model.log_px(x)
+    torch.manual_seed(0)
+    bound = {k: torch.stack([-iwae_nll(model, x, None, k).double() for _ in range(40 if k < 100 else 4)]).mean(0)
+             for k in (1, 10, 1000)}
+    gap = {k: exact - v for k, v in bound.items()}
+    assert torch.all(gap[1] > 0.05)  # a poor q: the ELBO (K = 1) is clearly below log p(x)
+    assert torch.all(gap[1] > gap[10]) and torch.all(gap[10] > gap[1000]) and torch.all(gap[1000] > -0.1)
+    assert torch.all(gap[1000] < 0.25 * gap[1])
+
+
 def test_psnr_known_value():
     a = torch.zeros(1, 1, 4, 4)
     assert psnr(a, a + 0.1).item() == pytest.approx(20.0, abs=1e-4)
@@ -86,8 +149,10 @@ def test_evaluate_run_writes_eval_json(tiny_root, tmp_path):
     saved = json.loads((tmp_path / "r" / "eval.json").read_text())
     assert saved["test_size"] == 30 and saved["iwae_samples"] == 10 and len(saved["kl_per_dim"]) == 4
     assert saved["neg_elbo"] == pytest.approx(saved["recon"] + saved["kl"])
-    assert saved["iwae_nll"] <= saved["neg_elbo"] + 1.0
-    assert 0 <= saved["active_units"] <= 4 and 0 < saved["ssim"] <= 1
+    assert saved["kl"] == pytest.approx(sum(saved["kl_per_dim"]), rel=1e-6)  # float32 per-image sums
+    assert saved["active_units"] == sum(v > 0.01 for v in saved["au_variance"])
+    assert saved["bpd_iwae"] == pytest.approx(saved["iwae_nll"] / (784 * math.log(2)), rel=1e-6)
+    assert saved["chance_accuracy"] == pytest.approx(np.bincount(ds.y_test[vdata.test_indices(len(ds.x_test), 30)]).max() / 30)
     assert out["neg_elbo"] == saved["neg_elbo"]
     again = evaluate(tmp_path / "r", data_dir=tiny_root, test_size=30, iwae_samples=10, write=False)
     assert again["neg_elbo"] == out["neg_elbo"]  # seeded: the same numbers twice
@@ -126,5 +191,17 @@ def test_cifar_model_on_the_lossless_subset(tmp_path):
     train(tiny_config(dataset="cifar10", train_size=60), tmp_path / "r", dataset=ds)
     out = evaluate(tmp_path / "r", data_dir=tmp_path, iwae_samples=2, on="cifar10-lossless")
     saved = json.loads((tmp_path / "r" / "eval-cifar10-lossless.json").read_text())
-    assert saved["test_size"] == 15 and saved["dataset"] == "cifar10-lossless" and out["bpd_elbo"] > 0
+    assert saved["test_size"] == 15 and saved["dataset"] == "cifar10-lossless"
+    assert out["bpd_elbo"] == pytest.approx(out["neg_elbo"] / (3072 * math.log(2)))
     assert not (tmp_path / "r" / "eval.json").exists()
+
+
+def test_active_units_threshold_is_burdas_0_01():
+    """Variances just either side of 0.01: the count is 1 only for that threshold."""
+    from vaelab.evaluate import active_units
+
+    base = torch.tensor([-1.0, 1.0]).repeat(500)[:, None]  # unbiased variance 1000/999
+    mu = torch.cat([base * math.sqrt(0.0101 * 999 / 1000), base * math.sqrt(0.0099 * 999 / 1000),
+                    torch.zeros(1000, 1)], 1)
+    n, var = active_units(mu)
+    assert n == 1 and var[0].item() == pytest.approx(0.0101) and var[1].item() == pytest.approx(0.0099)

@@ -65,6 +65,12 @@ def test_code_sampler_fits_once_and_draws_reproducibly():
     with pytest.raises(ValueError, match="unknown sampler"):
         s.sample(4, "flow")
 
+def assert_real_figure(path):
+    """A PNG that decodes, is of a plausible size, and is not one flat colour."""
+    img = np.asarray(Image.open(path).convert("L"))
+    assert min(img.shape) >= 100 and img.std() > 5, path
+
+
 def test_probes_on_separable_and_random_codes():
     mu, y, _ = clusters(300)
     m = latent.organisation(mu[:200], y[:200], mu[200:], y[200:])
@@ -98,7 +104,7 @@ def test_explore_sample_class_and_cvae(tiny_root, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "probe_accuracy=" in out and "chance_accuracy=" in out and "fd_prior" not in out
     for name in ("attribute_arithmetic.png", "class_conditional.png", "prior_vs_mixture.png"):
-        assert (tmp_path / "r" / "explore" / name).stat().st_size > 1000
+        assert_real_figure(tmp_path / "r" / "explore" / name)
     assert list((tmp_path / "r").glob("latents-train-*.npz"))  # encodings cached in the run directory
     assert main(["sample", str(tmp_path / "r"), "--class", "Sneaker", "--n", "4", "--nrow", "4",
                  "--data-dir", str(tiny_root)]) == 0
@@ -118,6 +124,28 @@ def test_eval_json_has_latent_organisation(tiny_root, tmp_path):
     ds = vdata.load("fashion-mnist", tiny_root)
     train(tiny_config(epochs=2), tmp_path / "r", dataset=ds)
     ev = evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2)
-    for k in ("probe_accuracy", "knn_accuracy", "silhouette", "chance_accuracy"):
+    for k in ("probe_accuracy", "knn_accuracy", "silhouette", "chance_accuracy", "probe_accuracy_untrained",
+              "probe_accuracy_pca"):
         assert k in ev
-    assert 0 <= ev["probe_accuracy"] <= 1 and ev["chance_accuracy"] < 0.5
+    counts = np.bincount(ds.y_test)
+    assert ev["chance_accuracy"] == pytest.approx(counts.max() / counts.sum())  # the measured share, not 0.1
+
+
+def test_probe_baselines_on_images_whose_class_is_in_the_pixels():
+    """Class = which band is bright: PCA of the pixels separates it perfectly; the untrained encoder is a fixed,
+    reproducible baseline (same value twice), computed without touching the model's own weights."""
+    from conftest import make_images
+
+    from vaelab.models import VAE
+
+    rng = np.random.default_rng(0)
+    y = np.tile(np.arange(10), 30)
+    x = make_images(rng, len(y), (1, 28, 28), y)
+    tr, te = vdata.to_split(x[:200], y[:200], "cpu"), vdata.to_split(x[200:], y[200:], "cpu")
+    torch.manual_seed(1)
+    model = VAE((1, 28, 28), 8, "conv", "bernoulli")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = latent.probe_baselines(model, tr, te)
+    assert a["probe_accuracy_pca"] == 1.0
+    assert a == latent.probe_baselines(model, tr, te)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

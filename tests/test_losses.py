@@ -32,6 +32,19 @@ def test_discretized_logistic_known_value():
     assert got == pytest.approx(want, rel=1e-5)
 
 
+def test_discretized_logistic_tail_uses_density_times_bin_width():
+    """Far in the tail the bin mass underflows (< 1e-5) and the density at the bin centre times the bin width
+    (2/255 on [-1, 1]: the constant log 127.5) stands in. Compare with the exact mass, computed stably."""
+    lik = DiscretizedLogistic()
+    s, x = 0.01, 250
+    c = x * 2 / 255 - 1  # 0.96, 96 scales from mu = 0
+    got = lik.log_prob(torch.tensor([0.0, math.log(s)]).view(1, 2, 1, 1), torch.tensor([[[[x]]]], dtype=torch.uint8)).item()
+    a, b = (c - 1 / 255) / s, (c + 1 / 255) / s  # mass = sigmoid(b) - sigmoid(a) = e^-a - e^-b for large a, b
+    exact = -a + math.log1p(-math.exp(a - b))
+    assert exact == pytest.approx(-96.296, abs=1e-3)
+    assert got == pytest.approx(exact, abs=0.05)  # the midpoint rule's error; a wrong constant is off by >= 0.4
+
+
 def test_bernoulli_known_value():
     logits = torch.tensor([[[[0.3, -1.2]]]])
     x = torch.tensor([[[[255, 51]]]], dtype=torch.uint8)

@@ -31,5 +31,12 @@ def test_notebook_runs_headless_on_tiny_data(tiny_root, tmp_path, monkeypatch):
     assert len(images) >= 6  # data, reconstructions, samples, latent maps, sweeps...
     text = "".join(o.get("text", "") for o in outputs)
     assert "bpd_elbo" in text
-    assert any(f"[{v}]" in text for v in ("holds", "does not hold", "partly holds", "not enough data"))
-    assert (tmp_path / "runs" / "latent-study" / "results.csv").is_file()
+    # The verdicts the notebook printed are the ones its own results give (recomputed here from the run dirs).
+    from vaelab import findings, study
+
+    rows = study.latent_rows(study.collect(tmp_path / "runs" / "latent-study"))
+    want = findings.dataset_complexity(rows) + findings.latent_size(rows)
+    want += findings.beta_tradeoff(study.beta_rows(study.collect(tmp_path / "runs" / "beta-study")))
+    assert len(want) >= 4
+    for f in want:
+        assert f"[{f.verdict}] {f.claim}" in text

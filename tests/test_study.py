@@ -11,6 +11,7 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import count
 
 from vaelab import VaelabError
 from vaelab import study
@@ -178,6 +179,8 @@ def test_sigkill_mid_study_then_rerun_completes(tiny_root, tmp_path):
     df = study.collect(out)
     assert list(df["status"]) == ["done", "done"] and list(df["epochs_done"]) == [40, 40]
     assert not list(out.rglob("*.tmp"))
+    count("kill_trials")
+    count("kill_trials_resumed_to_completion")
 
 
 def test_ray_executor_on_a_local_ray(tiny_root, tmp_path):
@@ -230,3 +233,73 @@ def test_conditional_vae_runs_in_a_study(tiny_root, tmp_path):
 
     _, model, _ = load_model(tmp_path / "S" / "runs" / spec.cells[1].run_id)
     assert model.num_classes == 10
+
+
+def test_a_changed_spec_is_never_reported_from_old_runs(tiny_root, tmp_path, capsys):
+    out = tmp_path / "S"
+    spec_path = write(tmp_path, TINY_TOML)
+    assert main(["study", str(spec_path), "--out", str(out), "--data-dir", str(tiny_root)]) == 0
+    capsys.readouterr()
+    write(tmp_path, TINY_TOML.replace("epochs = 1", "epochs = 2"))
+    assert main(["study", str(spec_path), "--out", str(out), "--data-dir", str(tiny_root)]) == 2
+    err = capsys.readouterr().err
+    assert "run latent_dim-2__seed-0 was trained with another config (epochs 1 -> 2)" in err and "(and 1 more" in err
+    assert json.loads((out / "study.json").read_text())["base"]["epochs"] == 1  # nothing rewritten
+    assert main(["study", str(spec_path), "--out", str(out), "--data-dir", str(tiny_root), "--retrain-stale"]) == 0
+    df = pd.read_csv(out / "results.csv")
+    assert list(df["status"]) == ["done", "done"] and list(df["epochs_done"]) == [2, 2]
+    aside = out / "runs" / "latent_dim-2__seed-0.stale-1"
+    assert json.loads((aside / "config.json").read_text())["epochs"] == 1  # set aside, not deleted
+
+
+def test_collect_marks_a_run_with_another_config_stale(tiny_root, tmp_path):
+    spec = study.load_spec(write(tmp_path, TINY_TOML))
+    out = tmp_path / "S"
+    study.run(spec, out, data_dir=str(tiny_root))
+    run = out / "runs" / spec.cells[0].run_id
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "beta": 3.0}))
+    df = study.collect(out)
+    assert list(df["status"]) == ["stale", "done"] and "beta" in df["error"].iloc[0]
+    assert study.latent_table(df)["n"].tolist() == [1]  # the stale run is in no mean
+
+
+def test_tables_group_by_every_varied_key_except_the_seed():
+    df = pd.DataFrame({"run_id": list("abcdefgh"), "status": ["done"] * 8, "dataset": ["fashion-mnist"] * 8,
+                       "latent_dim": [8] * 8, "beta": [1.0] * 8, "seed": [0, 1, 0, 1, 0, 1, 0, 1],
+                       "likelihood": ["bernoulli"] * 4 + ["discretized_logistic"] * 4,
+                       "lr": [1e-3, 1e-3, 1e-2, 1e-2] * 2, "neg_elbo": [100.0, 102, 110, 112, 2000, 2002, 2100, 2106]})
+    t = study.latent_table(df)
+    assert len(t) == 4 and set(t.columns) >= {"likelihood", "lr"} and list(t["n"]) == [2, 2, 2, 2]
+    assert sorted(t["neg_elbo"]) == [101.0, 111.0, 2001.0, 2103.0]
+    assert "likelihood" in study.format_table(t, ["neg_elbo"])
+    ci = t.sort_values("neg_elbo")["neg_elbo_ci"].iloc[0]
+    assert ci == pytest.approx(12.706 * 1.4142 / 1.4142, rel=1e-3)  # t(0.975, 1) * std / sqrt(2), std = sqrt(2)
+
+
+def test_ray_cells_ask_for_their_gpus(monkeypatch):
+    """On a GPU cluster each cell must request its GPU share, or Ray would put them all on cuda:0."""
+    import types
+
+    seen = {}
+
+    class FakeRay(types.SimpleNamespace):
+        @staticmethod
+        def is_initialized():
+            return True
+
+        @staticmethod
+        def remote(**opts):
+            seen.update(opts)
+            return lambda fn: types.SimpleNamespace(remote=lambda *a: ("ref", a))
+
+        @staticmethod
+        def get(refs):
+            seen["n"] = len(refs)
+
+    monkeypatch.setitem(sys.modules, "ray", FakeRay())
+    study._run_ray([("r1", {}), ("r2", {})], None, None, gpus_per_run=0.5)
+    assert seen == {"num_cpus": 1, "num_gpus": 0.5, "n": 2}
+    assert study.ray_options(1) == {"num_cpus": 1, "num_gpus": 1}
+    with pytest.raises(VaelabError, match="gpus-per-run"):
+        study.run(study.preset_spec("quick"), "/tmp/never", gpus_per_run=-1)

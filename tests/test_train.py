@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import count, tiny_config
 
 from vaelab import VaelabError
 from vaelab import data as vdata
@@ -79,6 +79,8 @@ def test_resume_reaches_the_same_result(ds, tmp_path, extra):
     a, b = load_checkpoint(tmp_path / "full")["model"], load_checkpoint(tmp_path / "cut")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 3
+    count("kill_trials")
+    count("kill_trials_resumed_bit_identical")
 
 
 def test_resume_after_a_kill_between_writes_cleans_up(ds, tmp_path):
@@ -93,6 +95,8 @@ def test_resume_after_a_kill_between_writes_cleans_up(ds, tmp_path):
     assert train(cfg, run, dataset=ds, resume=True)["epoch"] == 2
     assert (run / "metrics.jsonl").read_text().splitlines() == rows
     assert not list(run.glob("*.tmp"))
+    count("kill_trials")
+    count("kill_trials_resumed_bit_identical")
 
 
 def test_existing_run_needs_resume_and_same_config(ds, tmp_path):

@@ -95,7 +95,7 @@ def cmd_sample(args) -> int:
 
     from .latent import sample_codes
     from .plots import image_grid, save_image
-    from .train import load_model, resolve_device
+    from .train import check_fits, load_model, resolve_device
 
     run = check_run_dir(Path(args.run))
     _check_count("--n", args.n, 100_000)  # a grid image beyond this is no longer a picture anyone looks at
@@ -104,6 +104,7 @@ def cmd_sample(args) -> int:
         raise VaelabError(f"--seed must be in 0..2**32-1, got {args.seed}")
     dev = resolve_device(args.device or "auto")
     cfg, model, ckpt = load_model(run, dev)
+    check_fits(args.n * model.n_dims * 4 * (model.likelihood.n_params + 3), f"{args.n:,} samples", dev)
     k = None
     if args.class_name is not None:
         if args.class_name not in ckpt["classes"]:

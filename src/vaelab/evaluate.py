@@ -15,7 +15,7 @@ from . import data as vdata
 from .losses import bits_per_dim, log_normal
 from .models import VAE
 from .store import EVAL, atomic_write_json, check_run_dir
-from .train import load_model, resolve_device
+from .train import check_fits, load_model, resolve_device
 
 AU_THRESHOLD = 0.01  # Burda et al. 2016, section 5.2
 
@@ -41,6 +41,12 @@ def iwae_nll(model: VAE, x: torch.Tensor, y: torch.Tensor | None, k: int, max_ba
         log_qz = log_normal(z, mu[:, None], logvar[:, None])
         log_w[:, s:s + kk] = log_px + log_pz - log_qz
     return -(torch.logsumexp(log_w, dim=1) - math.log(k))
+
+
+def active_units(mu: torch.Tensor, threshold: float = AU_THRESHOLD) -> tuple[int, torch.Tensor]:
+    """Units whose posterior mean varies across the data: Cov_x(E_q[z_i]) > 0.01 (Burda et al. 2016, eq. 12)."""
+    var = mu.var(0, unbiased=True) if len(mu) > 1 else torch.zeros(mu.shape[1], dtype=mu.dtype, device=mu.device)
+    return int((var > threshold).sum()), var
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -96,12 +102,12 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
         sums["ssim"] += ssim(xf, xr).double().sum().item()
     mean = {k: v / n for k, v in sums.items()}
     mu = torch.cat(mus)
-    au_var = mu.var(0, unbiased=True) if n > 1 else torch.zeros(model.latent_dim)  # Cov_x E_q[z_i]
+    n_active, au_var = active_units(mu)
     out = {
         "neg_elbo": mean["recon"] + mean["kl"], "recon": mean["recon"], "kl": mean["kl"],
         "iwae_nll": mean["iwae"], "iwae_samples": iwae_samples,
         "kl_per_dim": (kl_dims / n).tolist(),
-        "active_units": int((au_var > AU_THRESHOLD).sum()), "au_variance": au_var.tolist(),
+        "active_units": n_active, "au_variance": au_var.tolist(),
         "latent_dim": model.latent_dim,
         "psnr": mean["psnr"], "ssim": mean["ssim"], "test_size": n, "n_dims": model.n_dims,
         "likelihood_discrete": model.likelihood.discrete,
@@ -144,6 +150,11 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     cfg, model, ckpt = load_model(run_dir, dev)
     test_size = cfg.test_size if test_size is None else test_size
     iwae_samples = cfg.iwae_samples if iwae_samples is None else iwae_samples
+    if test_size < 0 or iwae_samples < 1:
+        raise VaelabError(f"need test_size >= 0 and iwae_samples >= 1, got {test_size} and {iwae_samples}")
+    # log-weights of one batch (500 x K floats) plus one decoded chunk of at most 4096 images
+    check_fits(4 * (500 * iwae_samples + 4096 * model.n_dims * (model.likelihood.n_params + 2)),
+               f"the IWAE bound with K = {iwae_samples}", dev)
     if on is not None and on != cfg.dataset:
         if vdata.DATASETS.get(on) is None or vdata.DATASETS[on].shape != vdata.DATASETS[cfg.dataset].shape:
             raise VaelabError(f"--on {on}: needs a dataset of the run's image shape "

@@ -385,10 +385,16 @@ def run(spec: StudySpec | str | Path, out: str | Path, jobs: int = 1, executor: 
     return counts
 
 
-def _ignore_sigint() -> None:
+def _worker_init() -> None:
     import signal
+    import threading
+
+    from tqdm import tqdm
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops the workers
+    # tqdm's default lock is a multiprocessing semaphore; a worker ended by the driver would leak it (and the
+    # resource tracker would print a warning). One process, one thread each: a thread lock does.
+    tqdm.set_lock(threading.RLock())
 
 
 def _run_pool(args: list[tuple[str, dict]], jobs: int, data_dir: str | None) -> None:
@@ -400,7 +406,7 @@ def _run_pool(args: list[tuple[str, dict]], jobs: int, data_dir: str | None) -> 
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools or CUDA state
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_ignore_sigint)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
     try:
         gpus = torch.cuda.device_count()
         futures = [pool.submit(run_cell, run_dir, cfg, data_dir, threads, i if gpus else None)

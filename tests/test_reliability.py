@@ -1,0 +1,343 @@
+"""No traceback for any input, no debris, one writer at a time, a clean Ctrl-C: generated inputs (hypothesis)
+and hostile situations, each counted (see conftest.RELIABILITY and the README's Reliability section)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import count, tiny_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vaelab import VaelabError
+from vaelab import data as vdata
+from vaelab.cli import main
+from vaelab.config import FIELDS, from_dict
+from vaelab.store import save_tree
+from vaelab.study import load_spec, parse_spec
+from vaelab.train import train
+
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+# ---------------------------------------------------------------- generated values
+
+junk = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2 ** 70, max_value=2 ** 70),
+                 st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+keys = st.one_of(st.sampled_from(sorted(FIELDS)), st.text(max_size=10))
+
+
+@SETTINGS
+@given(st.dictionaries(keys, junk, max_size=6))
+def test_any_config_dict_is_accepted_or_refused_in_one_line(d):
+    count("bad_inputs_tried")
+    try:
+        cfg = from_dict(d)
+    except VaelabError as e:
+        assert "\n" not in str(e)
+        count("bad_inputs_clean")
+        return
+    assert cfg.latent_dim >= 1 and all(v == v for v in cfg.to_dict().values())  # no NaN slipped through
+    count("bad_inputs_clean")
+
+
+spec_values = st.recursive(junk, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(keys, inner, max_size=3)), max_leaves=8)
+
+
+@SETTINGS
+@given(st.dictionaries(st.sampled_from(["name", "base", "grid", "zip", "sweep", "bogus"]), spec_values, max_size=4))
+def test_any_study_spec_is_accepted_or_refused_in_one_line(d):
+    count("bad_inputs_tried")
+    try:
+        spec = parse_spec(d, "spec.json")
+    except VaelabError as e:
+        assert "\n" not in str(e)
+        count("bad_inputs_clean")
+        return
+    assert spec.cells  # an accepted spec defines at least one run
+    count("bad_inputs_clean")
+
+
+@SETTINGS
+@given(st.binary(max_size=64), st.sampled_from([".toml", ".yaml", ".json"]))
+def test_any_bytes_as_a_spec_file_are_refused_in_one_line(tmp_path_factory, blob, suffix):
+    path = tmp_path_factory.mktemp("spec") / f"s{suffix}"
+    path.write_bytes(blob)
+    count("bad_inputs_tried")
+    try:
+        load_spec(path)
+    except VaelabError as e:
+        assert "\n" not in str(e)
+    count("bad_inputs_clean")
+
+
+# ---------------------------------------------------------------- the command line, generated
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_root, tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(tiny_config(latent_dim=2), run, dataset=vdata.load("fashion-mnist", tiny_root))
+    return run
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own exit for bad usage
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def assert_clean(code: int, err: str) -> None:
+    assert code in (0, 2), (code, err)
+    assert "Traceback" not in err
+    if code == 2:
+        assert err.count("\n") == 1 and err.startswith("vaelab"), err
+    count("bad_inputs_clean")
+
+
+def tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.exists() else set()
+
+
+numbers = st.sampled_from(["-5", "0", "1", "3", "2", "1e3", "inf", "nan", "-inf", "x", str(2 ** 70), "1.5", ""])
+train_flags = st.lists(st.tuples(st.sampled_from(
+    ["--epochs", "--latent-dim", "--beta", "--lr", "--warmup-epochs", "--seed", "--val-size", "--train-size",
+     "--test-size", "--batch-size", "--iwae-samples", "--max-skip-share", "--grad-clip", "--likelihood", "--device",
+     "--dataset", "--preset", "--gaussian-sigma"]), numbers), max_size=4)
+
+
+@SETTINGS
+@given(train_flags)
+def test_generated_train_commands_succeed_or_fail_cleanly_without_debris(tiny_root, tmp_path_factory, capsys, flags):
+    base = tmp_path_factory.mktemp("cli")
+    out = base / "run"
+    argv = ["train", "--out", str(out), "--data-dir", str(tiny_root), "--no-eval"]
+    for flag, value in flags:
+        if flag == "--epochs" and value not in ("-5", "0", "x", "inf", "nan", "-inf", "", "1.5", "1e3", str(2 ** 70)):
+            value = "1"  # valid epoch counts stay small: a run that trains must be quick
+        if flag in ("--train-size",) and value in ("1", "2", "3"):
+            value = "0"
+        argv += [flag, value]
+    if not any(f == "--epochs" for f, _ in flags):
+        argv += ["--epochs", "1"]
+    argv += ["--val-size", "40"] if not any(f == "--val-size" for f, _ in flags) else []
+    count("bad_inputs_tried")
+    code, err = run_cli(argv, capsys)
+    assert_clean(code, err)
+    if code != 0:
+        assert tree(base) == set(), f"debris after a refused command: {tree(base)}"
+
+
+run_args = st.lists(st.tuples(st.sampled_from(["--n", "--nrow", "--seed", "--test-size", "--iwae-samples", "--png"]),
+                              st.sampled_from(["-5", "0", "2", "7", str(2 ** 40), "x", "DIR", "DEV", "LINK", "OK"])),
+                    max_size=3)
+
+
+@SETTINGS
+@given(st.sampled_from(["sample", "reconstruct", "evaluate"]), run_args)
+def test_generated_run_commands_succeed_or_fail_cleanly(trained_run, tiny_root, tmp_path_factory, capsys, cmd, args):
+    base = tmp_path_factory.mktemp("png")
+    (base / "dir.png").mkdir()
+    (base / "target").write_text("keep")
+    (base / "link.png").symlink_to(base / "target")
+    paths = {"DIR": str(base / "dir.png"), "DEV": "/dev/null", "LINK": str(base / "link.png"), "OK": str(base / "ok.png")}
+    argv = [cmd, str(trained_run), "--data-dir", str(tiny_root)]
+    for flag, value in args:
+        argv += [flag, paths.get(value, value) if flag == "--png" else ("3" if value in paths else value)]
+    count("bad_inputs_tried")
+    code, err = run_cli(argv, capsys)
+    assert_clean(code, err)
+    assert (base / "target").read_text() == "keep" and (base / "link.png").is_symlink()
+    assert Path("/dev/null").is_char_device()
+
+
+# ---------------------------------------------------------------- damaged and foreign files
+
+def _damage(kind: str, run: Path, study_dir: Path, tmp: Path) -> list[str]:
+    if kind == "checkpoint-dict":
+        save_tree(run / "checkpoint.safetensors", {"format": 2, "anything": torch.ones(2)})
+        return ["sample", str(run)]
+    if kind == "checkpoint-tensor-only":
+        (run / "checkpoint.safetensors").write_bytes(b"\x08\0\0\0\0\0\0\0{}      ")
+        return ["sample", str(run)]
+    if kind == "checkpoint-other-architecture":
+        from vaelab.train import load_checkpoint, save_checkpoint
+
+        ck = load_checkpoint(run)
+        ck["config"] = {**ck["config"], "latent_dim": 7}
+        save_checkpoint(run, {k: v for k, v in ck.items() if k != "format"})
+        return ["sample", str(run)]
+    if kind == "config-list":
+        (tmp / "c.json").write_text("[1, 2]")
+        return ["train", "--config", str(tmp / "c.json"), "--out", str(tmp / "x")]
+    if kind == "config-folder":
+        return ["train", "--config", str(tmp), "--out", str(tmp / "x")]
+    if kind == "config-binary":
+        (tmp / "c.json").write_bytes(b"\xff\xfe\x00garbage")
+        return ["train", "--config", str(tmp / "c.json"), "--out", str(tmp / "x")]
+    if kind == "metrics-damaged":
+        (run / "metrics.jsonl").write_text('{"epoch": 1}\n{not json\n')
+        return ["report", str(run), "--no-classifier"]
+    if kind == "study-json-damaged":
+        (study_dir / "study.json").write_text("{ broken")
+        return ["study", "status", str(study_dir)]
+    if kind == "study-json-list":
+        (study_dir / "study.json").write_text("[1, 2, 3]")
+        return ["study", "status", str(study_dir)]
+    if kind == "spec-base-5":
+        (tmp / "s.toml").write_text("base = 5\n[grid]\nseed = [0]\n")
+        return ["study", str(tmp / "s.toml"), "--out", str(tmp / "S")]
+    if kind == "spec-grid-list":
+        (tmp / "s.toml").write_text("grid = [1, 2]\n")
+        return ["study", str(tmp / "s.toml"), "--out", str(tmp / "S")]
+    if kind == "spec-sweep-5":
+        (tmp / "s.toml").write_text("sweep = 5\n")
+        return ["study", str(tmp / "s.toml"), "--out", str(tmp / "S")]
+    if kind == "spec-empty":
+        (tmp / "s.toml").write_text("name = 'x'\n")
+        return ["study", str(tmp / "s.toml"), "--out", str(tmp / "S")]
+    if kind == "spec-not-utf8":
+        (tmp / "s.toml").write_bytes(b"\xff\xfe[grid]\n")
+        return ["study", str(tmp / "s.toml"), "--out", str(tmp / "S")]
+    if kind == "huge-latent":
+        return ["train", "--latent-dim", str(2 ** 30), "--out", str(tmp / "x")]
+    if kind == "huge-iwae":
+        return ["evaluate", str(run), "--iwae-samples", str(2 ** 30)]
+    raise AssertionError(kind)
+
+
+DAMAGE = ["checkpoint-dict", "checkpoint-tensor-only", "checkpoint-other-architecture", "config-list", "config-folder",
+          "config-binary", "metrics-damaged", "study-json-damaged", "study-json-list", "spec-base-5", "spec-grid-list",
+          "spec-sweep-5", "spec-empty", "spec-not-utf8", "huge-latent", "huge-iwae"]
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_and_foreign_files_are_one_line_errors(tiny_root, tmp_path, capsys, kind):
+    import shutil
+
+    ds = vdata.load("fashion-mnist", tiny_root)
+    study_dir = tmp_path / "study"
+    run = study_dir / "runs" / "r"
+    train(tiny_config(latent_dim=2), run, dataset=ds)
+    (study_dir / "study.json").write_text(json.dumps({"name": "s", "cells": []}))
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = _damage(kind, run, study_dir, work) + ["--data-dir", str(tiny_root)] * (kind.startswith(("huge", "metrics")))
+    before = tree(work)
+    count("bad_inputs_tried")
+    code, err = run_cli(argv, capsys)
+    assert code == 2, (kind, err)
+    assert_clean(code, err)
+    assert tree(work) == before, f"debris: {tree(work) - before}"
+    shutil.rmtree(tmp_path)
+
+
+def test_val_size_0_says_there_is_no_validation_set(tiny_root, tmp_path, capsys):
+    code = main(["train", *"--epochs 1 --latent-dim 2 --val-size 0 --iwae-samples 2 --device cpu".split(),
+                 "--out", str(tmp_path / "r"), "--data-dir", str(tiny_root)])
+    out = capsys.readouterr().out
+    assert code == 0 and "no validation set (val_size 0)" in out and "nan" not in out
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e400"])
+@pytest.mark.parametrize("flag", ["--lr", "--beta", "--warmup-epochs"])
+def test_non_finite_numbers_are_refused_before_training(tiny_root, tmp_path, capsys, flag, value):
+    count("bad_inputs_tried")
+    code, err = run_cli(["train", f"{flag}={value}", "--out", str(tmp_path / "r"), "--data-dir", str(tiny_root)], capsys)
+    assert code == 2 and "finite" in err and not (tmp_path / "r").exists()
+    assert_clean(code, err)
+
+
+# ---------------------------------------------------------------- processes: one writer, Ctrl-C
+
+SLOW_SPEC = """name = "slow"
+[base]
+epochs = 400
+latent_dim = 2
+batch_size = 32
+val_size = 40
+train_size = 200
+device = "cpu"
+iwae_samples = 2
+[grid]
+seed = [0, 1, 2, 3]
+"""
+
+
+def _env(tmp_path):
+    return {**os.environ, "VAELAB_NO_DOWNLOAD": "1", "VAELAB_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+
+
+def _wait_for(pred, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_second_study_process_on_the_same_folder_is_refused(tiny_root, tmp_path):
+    (tmp_path / "slow.toml").write_text(SLOW_SPEC)
+    out = tmp_path / "S"
+    cmd = [sys.executable, "-m", "vaelab.cli", "study", str(tmp_path / "slow.toml"), "--out", str(out),
+           "--data-dir", str(tiny_root)]
+    first = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: list(out.glob("runs/*/metrics.jsonl")), 120)
+        for _ in range(2):  # another study and a direct train --resume of the cell in flight
+            count("concurrent_writer_trials")
+            second = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2 and "in use by another vaelab process" in second.stderr
+            assert second.stderr.count("\n") == 1
+            run = next(out.glob("runs/*/metrics.jsonl")).parent
+            other = subprocess.run([sys.executable, "-m", "vaelab.cli", "train", "--resume", "--out", str(run),
+                                    "--data-dir", str(tiny_root)], env=_env(tmp_path), capture_output=True, text=True,
+                                   timeout=120)
+            assert other.returncode == 2 and "in use by another vaelab process" in other.stderr
+            count("concurrent_writers_refused")
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tmp_path):
+    spec = tmp_path / "slow.toml"
+    spec.write_text(SLOW_SPEC)
+    out = tmp_path / "S"
+    cmd = [sys.executable, "-m", "vaelab.cli", "study", str(spec), "--out", str(out), "--jobs", "2",
+           "--data-dir", str(tiny_root)]
+    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert _wait_for(lambda: len(list(out.glob("runs/*/checkpoint.safetensors"))) >= 2, 180)
+    markers = [json.loads(p.read_text())["pid"] for p in out.glob("runs/*/RUNNING")]
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground process group
+    _, err = proc.communicate(timeout=60)
+    waited = time.monotonic() - t0
+    assert proc.returncode == 130 and waited < 15, (proc.returncode, waited, err)
+    assert "run the same 'vaelab study' command again" in err and "--resume" not in err
+    assert "Traceback" not in err and err.strip().count("\n") == 0
+    for pid in markers:  # the workers are gone, not training on
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    # Nothing lost: every interrupted run holds a readable checkpoint that a resume continues from.
+    from vaelab.study import cell_status
+    from vaelab.train import load_checkpoint
+
+    runs = [p.parent for p in out.glob("runs/*/checkpoint.safetensors")]
+    assert len(runs) >= 2
+    for run in runs:
+        assert load_checkpoint(run)["epoch"] >= 1 and cell_status(run) == "interrupted"
+    count("kill_trials")
+    count("kill_trials_resumable", len(runs))
