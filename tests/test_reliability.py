@@ -296,8 +296,8 @@ def test_a_second_study_process_on_the_same_folder_is_refused(tiny_root, tmp_pat
     first = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _wait_for(lambda: list(out.glob("runs/*/metrics.jsonl")), 120)
-        for _ in range(2):  # another study and a direct train --resume of the cell in flight
-            count("concurrent_writer_trials")
+        for _ in range(2):  # another study and a direct train --resume of the cell in flight, twice
+            count("concurrent_writer_trials", 2)
             second = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
             assert second.returncode == 2 and "in use by another vaelab process" in second.stderr
             assert second.stderr.count("\n") == 1
@@ -306,7 +306,7 @@ def test_a_second_study_process_on_the_same_folder_is_refused(tiny_root, tmp_pat
                                     "--data-dir", str(tiny_root)], env=_env(tmp_path), capture_output=True, text=True,
                                    timeout=120)
             assert other.returncode == 2 and "in use by another vaelab process" in other.stderr
-            count("concurrent_writers_refused")
+            count("concurrent_writers_refused", 2)
     finally:
         first.kill()
         first.wait()
