@@ -109,39 +109,34 @@ def test_existing_run_needs_resume_and_same_config(ds, tmp_path):
     assert train(cfg, tmp_path / "r", dataset=ds, resume=True)["epoch"] == 1  # finished: nothing retrained
 
 
-def test_nan_guard_skips_and_then_stops_keeping_the_checkpoint(ds, tmp_path, monkeypatch):
-    cfg = tiny_config(epochs=3, max_bad_steps=3)
+def poison_steps(monkeypatch, bad) -> None:
+    """Make training step n (counted from 1 across epochs) non-finite whenever bad(n)."""
     real_forward = VAE.forward
-    state = {"epoch_done": 0}
+    calls = {"n": 0}
 
-    def poisoned(self, x, y=None):
+    def forward(self, x, y=None):
         out = real_forward(self, x, y)
-        if state["epoch_done"] >= 1 and self.training:  # every step after the first epoch is non-finite
-            out["recon"] = out["recon"] * float("nan")
+        if self.training:
+            calls["n"] += 1
+            if bad(calls["n"]):
+                out["recon"] = out["recon"] * float("nan")
         return out
 
-    monkeypatch.setattr(VAE, "forward", poisoned)
-    hook = lambda epoch, row: state.update(epoch_done=epoch)  # noqa: E731
+    monkeypatch.setattr(VAE, "forward", forward)
+
+
+def test_nan_guard_skips_and_then_stops_keeping_the_checkpoint(ds, tmp_path, monkeypatch):
+    cfg = tiny_config(epochs=3, max_bad_steps=3)
+    poison_steps(monkeypatch, lambda n: n > 7)  # epoch 1 has 7 steps (200 images, batch 32); every later step fails
     with pytest.raises(TrainingDiverged, match="in epoch 2: 3 non-finite steps in a row") as e:
-        train(cfg, tmp_path / "r", dataset=ds, on_epoch_end=hook)
+        train(cfg, tmp_path / "r", dataset=ds)
     assert "last good checkpoint is kept" in str(e.value)
     ckpt = load_checkpoint(tmp_path / "r")
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
 def test_isolated_nan_steps_are_skipped_and_counted(ds, tmp_path, monkeypatch):
-    real_forward = VAE.forward
-    calls = {"n": 0}
-
-    def sometimes(self, x, y=None):
-        out = real_forward(self, x, y)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] % 3 == 0:
-                out["kl"] = out["kl"] + float("inf")
-        return out
-
-    monkeypatch.setattr(VAE, "forward", sometimes)
+    poison_steps(monkeypatch, lambda n: n % 3 == 0)
     last = train(tiny_config(epochs=1, max_skip_share=0.5), tmp_path / "r", dataset=ds)
     assert last["skipped_steps"] == 2  # 7 steps of 32 over 200 images: steps 3 and 6 skipped
     assert last["step"] == 5
@@ -175,18 +170,7 @@ def test_non_finite_steps_are_counted_across_epochs(ds, tmp_path, monkeypatch):
     """Fewer steps per epoch than max_bad_steps (the README's --train-size example): the run in a row spans
     the epoch boundary instead of starting again at 0."""
     cfg = tiny_config(epochs=6, train_size=96, batch_size=32, max_bad_steps=3, max_skip_share=1.0)  # 3 steps/epoch
-    real_forward = VAE.forward
-    calls = {"n": 0}
-
-    def poisoned(self, x, y=None):
-        out = real_forward(self, x, y)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] >= 6:  # the last step of epoch 2, then every step of epoch 3
-                out["recon"] = out["recon"] * float("nan")
-        return out
-
-    monkeypatch.setattr(VAE, "forward", poisoned)
+    poison_steps(monkeypatch, lambda n: n >= 6)  # the last step of epoch 2, then every step of epoch 3
     with pytest.raises(TrainingDiverged, match="in epoch 3: 3 non-finite steps in a row"):
         train(cfg, tmp_path / "r", dataset=ds)
     assert load_checkpoint(tmp_path / "r")["epoch"] == 2
@@ -194,18 +178,7 @@ def test_non_finite_steps_are_counted_across_epochs(ds, tmp_path, monkeypatch):
 
 def test_an_epoch_without_one_good_step_is_never_saved(ds, tmp_path, monkeypatch):
     cfg = tiny_config(epochs=4, train_size=64, batch_size=32, max_bad_steps=50, max_skip_share=1.0)
-    real_forward = VAE.forward
-    calls = {"n": 0}
-
-    def poisoned(self, x, y=None):
-        out = real_forward(self, x, y)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] > 2:
-                out["recon"] = out["recon"] * float("nan")
-        return out
-
-    monkeypatch.setattr(VAE, "forward", poisoned)
+    poison_steps(monkeypatch, lambda n: n > 2)
     with pytest.raises(TrainingDiverged, match="in epoch 2: 2 of 2 steps were non-finite"):
         train(cfg, tmp_path / "r", dataset=ds)
     assert load_checkpoint(tmp_path / "r")["epoch"] == 1
@@ -213,18 +186,7 @@ def test_an_epoch_without_one_good_step_is_never_saved(ds, tmp_path, monkeypatch
 
 @pytest.mark.parametrize("share,steps_bad,diverges", [(0.1, 1, True), (0.5, 1, False)])
 def test_an_epoch_that_skips_too_many_steps_is_not_saved(ds, tmp_path, monkeypatch, share, steps_bad, diverges):
-    real_forward = VAE.forward
-    calls = {"n": 0}
-
-    def once(self, x, y=None):
-        out = real_forward(self, x, y)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] <= steps_bad:
-                out["kl"] = out["kl"] + float("inf")
-        return out
-
-    monkeypatch.setattr(VAE, "forward", once)
+    poison_steps(monkeypatch, lambda n: n <= steps_bad)
     cfg = tiny_config(epochs=1, max_skip_share=share)  # 7 steps: 1 skipped is 14 %
     if diverges:
         with pytest.raises(TrainingDiverged, match="1 of 7 steps were non-finite"):

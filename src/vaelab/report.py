@@ -416,12 +416,15 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
                              f"{ds_name}: {kind} across β (latent_dim {z}, seed 0).")
 
     page.section("Latent-space organisation")
-    org = [m for m in ("probe_accuracy", "knn_accuracy", "silhouette") if m in lt]
+    org = [m for m in ("probe_accuracy", "probe_accuracy_untrained", "probe_accuracy_pca", "chance_accuracy",
+                       "knn_accuracy", "silhouette") if m in lt]
     if len(lt) and org:
         page.add("text", "How well the code separates the classes without ever seeing a label: a linear probe "
                          "(logistic regression fit on training codes) and k-NN accuracy on test codes, and the "
-                         "silhouette of the test codes' class clusters. Chance: the most frequent class's share "
-                         "(accuracy), 0 (silhouette).")
+                         "silhouette of the test codes' class clusters. Baselines for the same probe: an untrained "
+                         "encoder of the same architecture (_untrained), PCA of the pixels to latent_dim dimensions "
+                         "(_pca) and chance, the test set's most frequent class (chance_accuracy). What training "
+                         "did is the gap to the untrained encoder.")
         page.add("table", *_table_rows(lt, ["dataset", "latent_dim"], org))
     for ds_name in sorted(done["dataset"].unique()):
         sub = done[(done["dataset"] == ds_name) & (done["beta"] == 1.0)]
