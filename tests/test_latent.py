@@ -133,7 +133,7 @@ def test_eval_json_has_latent_organisation(tiny_root, tmp_path):
 
 def test_probe_baselines_on_images_whose_class_is_in_the_pixels():
     """Class = which band is bright: PCA of the pixels separates it perfectly; the untrained encoder is a fixed,
-    reproducible baseline (same value twice), computed without touching the model's own weights."""
+    reproducible baseline (same value twice), computed without changing the model's weights."""
     from conftest import make_images
 
     from vaelab.models import VAE

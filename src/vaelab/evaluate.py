@@ -76,11 +76,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 
 @torch.no_grad()
 def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batch_size: int = 500,
-                   seed: int = 0, probe: vdata.Split | None = None) -> dict:
+                   seed: int = 0, probe: vdata.Split | None = None, untrained: VAE | None = None) -> dict:
     """All test-set metrics for a model, per image in nats (and bits/dim where the likelihood is discrete).
 
     With `probe` (labelled training images), also the latent organisation: linear-probe and k-NN accuracy of
-    classifiers fit on the probe images' codes, and the silhouette of the test codes, with chance levels.
+    classifiers fit on the probe images' codes, and the silhouette of the test codes, with chance levels; with
+    `untrained` (the same architecture at its initial weights) also the probe's baselines.
     """
     model.eval()
     torch.manual_seed(seed)
@@ -118,7 +119,8 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
         mu_probe, _ = encode_split(model, probe)
         out.update(organisation(mu_probe.cpu().double().numpy(), probe.y.cpu().numpy(), mu.cpu().numpy(),
                                 split.y.cpu().numpy()))
-        out.update(probe_baselines(model, probe, split, seed))
+        if untrained is not None:
+            out.update(probe_baselines(untrained, probe, split, seed))
     if model.likelihood.discrete:
         out["bpd_elbo"] = bits_per_dim(out["neg_elbo"], model.n_dims)
         out["bpd_iwae"] = bits_per_dim(out["iwae_nll"], model.n_dims)
@@ -164,7 +166,9 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     te = vdata.test_indices(len(ds.x_test), test_size)
     split = vdata.to_split(ds.x_test[te], ds.y_test[te], dev)
     t0 = time.perf_counter()
-    result = evaluate_model(model, split, iwae_samples, probe=probe_split(cfg, ds, dev))
+    torch.manual_seed(cfg.seed)  # as train() does before building the model: the run's own initial weights
+    untrained = VAE.from_config(cfg, model.shape, len(ckpt["classes"])).to(dev).eval()
+    result = evaluate_model(model, split, iwae_samples, probe=probe_split(cfg, ds, dev), untrained=untrained)
     result.update(dataset=name, epoch=ckpt["epoch"], eval_seconds=time.perf_counter() - t0)
     bad = [k for k in ("neg_elbo", "iwae_nll") if not math.isfinite(result[k])]
     if bad:  # a model that gives NaN is a diverged run, never a result

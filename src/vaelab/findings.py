@@ -204,14 +204,17 @@ def _collapse(ds: str, sub: pd.DataFrame) -> list[Finding]:
     frac = au[au["latent_dim"] == big]["active_units"] / big
     small = int(au["latent_dim"].min())
     tail = f"; at latent_dim {small}: {_f(au[au['latent_dim'] == small]['active_units'].mean())} active"
+    # holds: under 90 % of the units active; partly: some units unused, but 90 % or more active; does not hold:
+    # every unit active in every seed.
     if len(frac) >= MIN_SEEDS:
         eff = mean_interval(frac)
-        verdict = HOLDS if eff.hi < 0.9 else FAILS if eff.lo >= 0.9 else INCONCLUSIVE
+        verdict = (HOLDS if eff.hi < 0.9 else FAILS if eff.lo >= 1.0 else MIXED if eff.lo >= 0.9
+                   else INCONCLUSIVE)
         return [Finding(claim, f"share of active units at latent_dim {big}: {eff.estimate:.0%}, 95 % CI "
                                f"[{eff.lo:.0%}, {eff.hi:.0%}] over {eff.n} seeds ('holds' below 90 %){tail}.", verdict)]
     m = float(frac.mean())
     return [Finding(claim, f"{_f(m * big)} of {big} units active at latent_dim {big} ({m:.0%}; 'holds' below 90 %)"
-                           f"{tail}{no_stats_note(len(frac))}.", HOLDS if m < 0.9 else FAILS)]
+                           f"{tail}{no_stats_note(len(frac))}.", HOLDS if m < 0.9 else MIXED if m < 1.0 else FAILS)]
 
 
 def beta_tradeoff(beta: pd.DataFrame) -> list[Finding]:
@@ -263,7 +266,7 @@ def organisation(latent: pd.DataFrame) -> list[Finding]:
         chance = float(at["chance_accuracy"].mean()) if "chance_accuracy" in at else math.nan
         pca = float(at["probe_accuracy_pca"].mean()) if "probe_accuracy_pca" in at else math.nan
         head = (f"linear probe on the codes at latent_dim {big}: {at['probe_accuracy'].mean():.1%} test accuracy, vs "
-                f"{at['probe_accuracy_untrained'].mean():.1%} on an untrained encoder of the same architecture, "
+                f"{at['probe_accuracy_untrained'].mean():.1%} on the same encoder at its initial weights (untrained), "
                 f"{pca:.1%} on PCA of the pixels to {big} dimensions and {chance:.1%} by chance (most frequent class)")
         diff = at["probe_accuracy"] - at["probe_accuracy_untrained"]
         if len(diff) >= MIN_SEEDS:

@@ -174,13 +174,11 @@ def organisation(mu_train: np.ndarray, y_train: np.ndarray, mu_test: np.ndarray,
             "chance_silhouette": 0.0}  # random labels give ~0
 
 
-def probe_baselines(model: VAE, probe: vdata.Split, test: vdata.Split, seed: int = 0) -> dict:
+def probe_baselines(untrained: VAE, probe: vdata.Split, test: vdata.Split, seed: int = 0) -> dict:
     """What the same linear probe reaches without training: on an untrained encoder of the same architecture
-    (freshly initialised weights) and on raw pixels reduced by PCA to latent_dim. A finding that training
-    organised the codes by class must beat these, not only chance: random conv features already separate
-    classes well (on Fashion-MNIST about as well as a briefly trained VAE)."""
-    import copy
-
+    (evaluate passes the run's own initial weights, rebuilt from its seed, so trained and untrained pair up) and
+    on raw pixels reduced by PCA to latent_dim. A finding that training organised the codes by class must beat
+    these, not only chance: random conv features already separate classes well."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -190,14 +188,9 @@ def probe_baselines(model: VAE, probe: vdata.Split, test: vdata.Split, seed: int
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(a_train, probe.y.cpu().numpy())
         return float(clf.score(a_test, test.y.cpu().numpy()))
 
-    untrained = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    for m in untrained.modules():
-        if m is not untrained and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
     codes = [encode_split(untrained, s)[0].double().cpu().numpy() for s in (probe, test)]
     pix_tr, pix_te = (s.x.flatten(1).double().cpu().numpy() / 255.0 for s in (probe, test))
-    pca = PCA(n_components=min(model.latent_dim, *pix_tr.shape), random_state=seed).fit(pix_tr)
+    pca = PCA(n_components=min(untrained.latent_dim, *pix_tr.shape), random_state=seed).fit(pix_tr)
     return {"probe_accuracy_untrained": probe_acc(*codes),
             "probe_accuracy_pca": probe_acc(pca.transform(pix_tr), pca.transform(pix_te))}
 

@@ -421,10 +421,11 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     if len(lt) and org:
         page.add("text", "How well the code separates the classes without ever seeing a label: a linear probe "
                          "(logistic regression fit on training codes) and k-NN accuracy on test codes, and the "
-                         "silhouette of the test codes' class clusters. Baselines for the same probe: an untrained "
-                         "encoder of the same architecture (_untrained), PCA of the pixels to latent_dim dimensions "
+                         "silhouette of the test codes' class clusters. Baselines for the same probe: the same "
+                         "encoder at the run's initial weights, before any training (_untrained), PCA of the pixels "
+                         "to latent_dim dimensions "
                          "(_pca) and chance, the test set's most frequent class (chance_accuracy). What training "
-                         "did is the gap to the untrained encoder.")
+                         "did is the gap to its own initial weights.")
         page.add("table", *_table_rows(lt, ["dataset", "latent_dim"], org))
     for ds_name in sorted(done["dataset"].unique()):
         sub = done[(done["dataset"] == ds_name) & (done["beta"] == 1.0)]
