@@ -156,7 +156,8 @@ def org_rows(trained: list[float], untrained: list[float]) -> pd.DataFrame:
 def test_organisation_is_measured_against_an_untrained_encoder(trained, untrained, verdict):
     f = F.organisation(org_rows(trained, untrained))[0]
     assert f.verdict == verdict
-    assert "11.4% by chance" in f.evidence and "70.0% on PCA" in f.evidence and "at its initial weights" in f.evidence
+    assert "chance (most frequent class) 11.4%" in f.evidence and "70.0% PCA" in f.evidence
+    assert "at initial weights" in f.evidence and "latent_dim 32:" in f.evidence
 
 
 def test_organisation_without_a_baseline_says_so():
@@ -177,3 +178,10 @@ def test_generation_findings():
     assert by["fashion-mnist cond"].verdict == F.HOLDS and "latent_dim 32" in by["fashion-mnist cond"].evidence
     assert F.generation(lt.assign(conditional_accuracy=[0.3, 0.3, 0.3]))[-1].verdict == F.MIXED
     assert F.generation(lt.drop(columns=["fd_gmm"])) == []
+
+
+def test_organisation_pools_latent_sizes_paired_by_seed():
+    t = pd.concat([org_rows([0.55, 0.56, 0.54], [0.30, 0.31, 0.29]).assign(latent_dim=2),
+                   org_rows([0.77, 0.78, 0.76], [0.74, 0.75, 0.73]).assign(latent_dim=32)])
+    f = F.organisation(t)[0]
+    assert f.verdict == F.HOLDS and "n = 6" in f.evidence and "latent_dim 2: 55.0% trained vs 30.0%" in f.evidence

@@ -49,7 +49,7 @@ class Effect:
     def text(self, unit: str = "") -> str:
         u = f" {unit}" if unit else ""
         return (f"{_f(self.estimate)}{u}, 95 % CI [{_f(self.lo)}, {_f(self.hi)}], {self.test} "
-                f"p = {_p(self.p)}, n = {self.n}")
+                f"p {_p(self.p)}, n = {self.n}")
 
 
 def _t(n_df: int) -> float:
@@ -107,7 +107,7 @@ def _f(x: float) -> str:
 
 
 def _p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+    return "< 0.001" if p < 0.001 else f"= {p:.2g}"
 
 
 def _steps(values: list[float], decreasing: bool) -> tuple[int, int]:
@@ -250,34 +250,37 @@ def beta_tradeoff(beta: pd.DataFrame) -> list[Finding]:
 
 
 def organisation(latent: pd.DataFrame) -> list[Finding]:
-    """'Training organises the latent space by class', against the same probe on an untrained encoder of the same
-    architecture (random conv features already separate classes) and on PCA of the pixels."""
+    """'Training organises the latent space by class', against the same probe on the run's encoder at its initial
+    weights (random conv features already separate classes) and on PCA of the pixels; over every latent size,
+    paired by latent size and seed."""
     out = []
     if "probe_accuracy" not in latent:
         return out
     for ds, sub in latent.dropna(subset=["probe_accuracy"]).groupby("dataset"):
         claim = f"{ds}: training organises the latent space by class although no label was used."
-        big = int(sub["latent_dim"].max())
-        at = sub[sub["latent_dim"] == big]
-        if "probe_accuracy_untrained" not in at or at["probe_accuracy_untrained"].isna().any():
+        if "probe_accuracy_untrained" not in sub or sub["probe_accuracy_untrained"].isna().any():
             out.append(Finding(claim, "eval.json has no untrained-encoder baseline (evaluated by vaelab < 0.2): "
                                       "re-run vaelab evaluate on these runs", UNKNOWN))
             continue
-        chance = float(at["chance_accuracy"].mean()) if "chance_accuracy" in at else math.nan
-        pca = float(at["probe_accuracy_pca"].mean()) if "probe_accuracy_pca" in at else math.nan
-        head = (f"linear probe on the codes at latent_dim {big}: {at['probe_accuracy'].mean():.1%} test accuracy, vs "
-                f"{at['probe_accuracy_untrained'].mean():.1%} on the same encoder at its initial weights (untrained), "
-                f"{pca:.1%} on PCA of the pixels to {big} dimensions and {chance:.1%} by chance (most frequent class)")
-        diff = at["probe_accuracy"] - at["probe_accuracy_untrained"]
-        if len(diff) >= MIN_SEEDS:
-            eff = paired(diff * 100)
-            out.append(Finding(claim, f"{head}; trained minus untrained, paired by seed: {eff.text('points')}.",
-                               verdict_of(eff.sign(+1))))
+        by = sub.groupby("latent_dim")
+        sizes = "; ".join(
+            f"latent_dim {int(z)}: {g['probe_accuracy'].mean():.1%} trained vs {g['probe_accuracy_untrained'].mean():.1%} "
+            f"at initial weights, {g['probe_accuracy_pca'].mean() if 'probe_accuracy_pca' in g else math.nan:.1%} PCA"
+            for z, g in by)
+        chance = float(sub["chance_accuracy"].mean()) if "chance_accuracy" in sub else math.nan
+        head = (f"linear-probe test accuracy on the codes vs the same encoder at its initial weights (untrained) and "
+                f"PCA of the pixels to as many dimensions — {sizes}; chance (most frequent class) {chance:.1%}")
+        diff = (sub["probe_accuracy"] - sub["probe_accuracy_untrained"]) * 100
+        k = min_seeds(sub, ["latent_dim"])
+        if k >= MIN_SEEDS:
+            eff = paired(diff)
+            out.append(Finding(claim, f"{head}; trained minus untrained, paired by latent size and seed: "
+                                      f"{eff.text('points')}.", verdict_of(eff.sign(+1))))
         else:
-            m = float(diff.mean())
+            m = float(diff.mean()) / 100
             verdict = HOLDS if m >= ORGANISATION_MARGIN else FAILS if m <= 0 else MIXED
             out.append(Finding(claim, f"{head}; 'holds' from {ORGANISATION_MARGIN:.0%} above the untrained encoder"
-                                      f"{no_stats_note(len(diff))}.", verdict))
+                                      f"{no_stats_note(k)}.", verdict))
     return out
 
 
