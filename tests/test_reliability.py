@@ -341,3 +341,11 @@ def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tm
         assert load_checkpoint(run)["epoch"] >= 1 and cell_status(run) == "interrupted"
     count("kill_trials")
     count("kill_trials_resumable", len(runs))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_one_writes_nothing(tiny_root, tmp_path, capsys):
+    count("bad_inputs_tried")
+    code, err = run_cli(["train", "--device", "cuda", "--out", str(tmp_path / "r"), "--data-dir", str(tiny_root)], capsys)
+    assert code == 2 and "CUDA is not available" in err and not (tmp_path / "r").exists()
+    assert_clean(code, err)
