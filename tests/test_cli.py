@@ -157,3 +157,17 @@ def test_datasets_command(tiny_root, capsys):
     assert main(["datasets", "--data-dir", str(tiny_root)]) == 0
     out = capsys.readouterr().out
     assert "fashion-mnist" in out and "unverified" in out and "missing" in out and "no known hash" in out
+
+
+@pytest.mark.parametrize("prior", ["mog", "vamp"])
+def test_learned_priors_train_evaluate_and_sample_from_the_command_line(tiny_root, tmp_path, capsys, prior):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--prior", prior, "--prior-components", "3", "--out", str(run),
+                 "--data-dir", str(tiny_root)]) == 0
+    ev = json.loads((run / "eval.json").read_text())
+    assert "kl_per_dim" not in ev and ev["neg_elbo"] == pytest.approx(ev["recon"] + ev["kl"])
+    assert main(["sample", str(run), "--n", "4", "--nrow", "2"]) == 0
+    assert main(["report", str(run), "--no-classifier", "--data-dir", str(tiny_root)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--prior", "flow", "--out", str(tmp_path / "x"), "--data-dir", str(tiny_root)]) == 2
+    assert "unknown prior 'flow' (known: standard, mog, vamp)" in capsys.readouterr().err

@@ -48,12 +48,17 @@ def test_iwae_bound_tightens_with_k():
 class LinearGaussian(torch.nn.Module):
     """A VAE with a closed-form marginal: z ~ N(0, I), x/255 | z ~ N(W z + b, sigma^2 I), so
     p(x/255) = N(b, W W^T + sigma^2 I) (Tipping & Bishop 1999). q(z|x) = N(A x + c, diag exp(logvar)) is either the
-    exact posterior or a deliberately wrong one. It offers what iwae_nll uses: encode, decode, likelihood."""
+    exact posterior or a deliberately wrong one. It offers the parts VAE.log_weights uses: encode, decode,
+    likelihood, prior."""
+
+    log_weights = VAE.log_weights  # the one method ELBO, IWAE and sampling share, on this model's parts
 
     def __init__(self, exact: bool, shape=(1, 2, 3), latent_dim=2, sigma=0.2, seed=0):
         from vaelab.losses import Gaussian
+        from vaelab.models import StandardNormal
 
         super().__init__()
+        self.prior = StandardNormal(latent_dim)
         g = torch.Generator().manual_seed(seed)
         self.shape, self.latent_dim, self.num_classes, self.sigma = shape, latent_dim, 0, sigma
         d = shape[0] * shape[1] * shape[2]

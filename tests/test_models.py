@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vaelab.config import TrainConfig
+from vaelab.losses import log_normal
 from vaelab.models import VAE
 
 
@@ -46,3 +47,88 @@ def test_conditional_vae_needs_labels_and_uses_them():
     z = torch.zeros(1, 2)
     a, b = model.decode(z, torch.tensor([0])), model.decode(z, torch.tensor([7]))
     assert not torch.allclose(a, b)
+
+
+# ---------------------------------------------------------------- priors p(z)
+
+def _grid_integral(prior, lim=8.0, n=401) -> float:
+    """Integrate exp(log_prob) over a 2-D grid (trapezoid rule)."""
+    t = torch.linspace(-lim, lim, n)
+    zz = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        dens = prior.log_prob(zz).exp().reshape(n, n)
+    return float(torch.trapezoid(torch.trapezoid(dens, t), t))
+
+
+@pytest.mark.parametrize("name", ["standard", "mog", "vamp"])
+def test_each_prior_is_a_density_whose_samples_match_it(name):
+    torch.manual_seed(0)
+    model = VAE((1, 28, 28), 2, "conv", "bernoulli", prior=name, prior_components=3)
+    with torch.no_grad():
+        if name == "mog":  # spread the components so the test is not about one Gaussian
+            model.prior.means.mul_(1.5)
+            model.prior.logits.copy_(torch.tensor([0.0, 1.0, -1.0]))
+    assert _grid_integral(model.prior) == pytest.approx(1.0, abs=2e-3)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        z = model.prior.sample(40000, g)
+        # the density's own mean and variance, from the same grid: the samples must match them
+        t = torch.linspace(-8, 8, 401)
+        zz = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+        w = model.prior.log_prob(zz).exp()
+        w = w / w.sum()
+        mean = (w[:, None] * zz).sum(0)
+        var = (w[:, None] * (zz - mean) ** 2).sum(0)
+    assert torch.allclose(z.mean(0), mean, atol=0.03) and torch.allclose(z.var(0), var, rtol=0.05)
+
+
+def test_vamp_prior_with_one_pseudo_input_is_that_inputs_posterior():
+    torch.manual_seed(0)
+    model = VAE((1, 28, 28), 3, "conv", "bernoulli", prior="vamp", prior_components=1)
+    z = torch.randn(5, 3)
+    with torch.no_grad():
+        mu, logvar = model.encode_float(torch.sigmoid(model.prior.pseudo))
+        assert torch.allclose(model.prior.log_prob(z), log_normal(z, mu[0], logvar[0]), atol=1e-5)
+
+
+def test_the_vamp_prior_trains_its_pseudo_inputs():
+    model = VAE((1, 28, 28), 2, "conv", "bernoulli", prior="vamp", prior_components=2)
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    t = model(x)
+    (t["recon"] + t["kl"]).mean().backward()
+    assert model.prior.pseudo.grad is not None and model.prior.pseudo.grad.abs().sum() > 0
+
+
+def test_iwae_with_k_1_is_the_elbo_on_the_same_noise_and_mc_kl_matches_analytic():
+    """One method gives the importance log-weights: with K = 1 and the same noise it is the single-sample ELBO;
+    and under N(0, I) the Monte-Carlo KL, averaged, matches the analytic one."""
+    torch.manual_seed(0)
+    model = VAE((1, 28, 28), 4, "conv", "discretized_logistic").eval()
+    x = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        log_w = model.log_weights(x, None, 1)[:, 0]
+        torch.manual_seed(3)
+        mu, logvar = model.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # the draw log_weights made
+        elbo = model.likelihood.log_prob(model.decode(z).float(), x) + log_normal(z) - log_normal(z, mu, logvar)
+        assert torch.allclose(log_w, elbo, atol=1e-3)
+        zs = mu + torch.exp(0.5 * logvar) * torch.randn(20000, *mu.shape)
+        mc = (log_normal(zs, mu, logvar) - log_normal(zs)).mean(0)
+        assert torch.allclose(mc, model(x)["kl"], rtol=0.05, atol=0.05)
+
+
+def test_a_learned_prior_gives_a_monte_carlo_kl_and_no_per_dimension_kl():
+    model = VAE((1, 28, 28), 2, "conv", "bernoulli", prior="mog", prior_components=4)
+    t = model(torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8))
+    assert "kl_per_dim" not in t
+    want = log_normal(t["z"], t["mu"], t["logvar"]) - model.prior.log_prob(t["z"])
+    assert torch.allclose(t["kl"], want)
+    with torch.no_grad():
+        assert model.sample(5).shape == (5, 1, 28, 28)
+
+
+def test_the_standard_prior_adds_nothing_to_a_checkpoint():
+    torch.manual_seed(0)
+    a = VAE((1, 28, 28), 4)
+    assert not [k for k in a.state_dict() if k.startswith("prior.")]  # nothing new in a checkpoint

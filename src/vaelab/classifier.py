@@ -188,7 +188,7 @@ def _scores(model, clf, info, ds, ckpt, run_dir, data_dir, n, seed) -> dict:
     _, f_test = predict(clf, vdata.to_float(torch.from_numpy(ds.x_test[te])))
     n_classes = len(ckpt["classes"])
     out: dict = {"classifier_test_accuracy": info["test_accuracy"], "n_samples": n}
-    codes = CodeSampler.for_run(run_dir, data_dir, dataset=ds)
+    codes = CodeSampler.for_run(run_dir, data_dir, dataset=ds, prior=model.prior)
     for sampler in ("prior", "gmm"):
         z = torch.as_tensor(codes.sample(n, sampler, seed=seed), dtype=torch.float32)
         y = torch.arange(n) % n_classes if model.num_classes else None

@@ -118,7 +118,8 @@ def cmd_sample(args) -> int:
         y = (torch.full((args.n,), k) if k is not None else torch.arange(args.n) % model.num_classes).to(dev)
     elif k is not None and sampler != "class-gaussian":
         raise VaelabError("--class needs a conditional run (--conditional) or --sampler class-gaussian")
-    z = torch.as_tensor(sample_codes(run, args.n, sampler, k, args.data_dir, args.seed), dtype=torch.float32, device=dev)
+    z = torch.as_tensor(sample_codes(run, args.n, sampler, k, args.data_dir, args.seed, prior=model.prior),
+                        dtype=torch.float32, device=dev)
     with torch.no_grad():
         params = model.decode(z, y).float()
         x = model.likelihood.sample(params) if args.stochastic else model.likelihood.mean(params)
@@ -287,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class", dest="class_name", metavar="NAME", help="generate this class (a CVAE run, or the "
                    "per-class Gaussian fitted to an ordinary run's codes)")
     s.add_argument("--sampler", choices=["prior", "gmm", "class-gaussian"], default=None,
-                   help="where z comes from: N(0, I) (default), a GMM on the aggregate posterior, or a class's Gaussian")
+                   help="where z comes from: the model's prior p(z) (default), a GMM on the aggregate posterior, "
+                        "or a class's Gaussian")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     s.add_argument("--data-dir", **data_arg)
     s.set_defaults(func=cmd_sample)

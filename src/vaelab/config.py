@@ -23,6 +23,8 @@ class TrainConfig:
     likelihood: str = "discretized_logistic"
     gaussian_sigma: float = 0.0  # gaussian likelihood only: 0 = learn one shared sigma (Rybkin et al. 2021)
     conditional: bool = False  # CVAE (Sohn et al. 2015): the label's one-hot enters encoder and decoder
+    prior: str = "standard"  # p(z): standard N(0, I), mog (learned Gaussian mixture) or vamp (VampPrior)
+    prior_components: int = 10  # K of the mog and vamp priors
     # objective: loss = recon + beta_t * KL, beta_t rising linearly over warmup_epochs (Bowman et al. 2016)
     beta: float = 1.0
     warmup_epochs: float = 0.0
@@ -97,7 +99,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     """Reject impossible values before anything trains."""
     from .data import DATASETS
     from .losses import LIKELIHOODS
-    from .models import ARCHS
+    from .models import ARCHS, PRIORS
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
@@ -106,6 +108,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.dataset in DATASETS, f"unknown dataset '{cfg.dataset}' (known: {', '.join(DATASETS)})")
     need(cfg.arch in ARCHS, f"unknown arch '{cfg.arch}' (known: {', '.join(ARCHS)})")
     need(cfg.likelihood in LIKELIHOODS, f"unknown likelihood '{cfg.likelihood}' (known: {', '.join(LIKELIHOODS)})")
+    need(cfg.prior in PRIORS, f"unknown prior '{cfg.prior}' (known: {', '.join(PRIORS)})")
+    need(1 <= cfg.prior_components <= 10_000, f"prior_components must be in 1..10000, got {cfg.prior_components}")
+    need(not (cfg.prior == "vamp" and cfg.conditional), "the vamp prior needs an unconditional model (no --conditional)")
     need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}' (known: {', '.join(OPTIMIZERS)})")
     need(cfg.device in DEVICES, f"unknown device '{cfg.device}' (known: {', '.join(DEVICES)})")
     need(cfg.latent_dim >= 1, f"latent_dim must be >= 1, got {cfg.latent_dim}")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from . import VaelabError
 from . import data as vdata
-from .losses import bits_per_dim, log_normal
+from .losses import bits_per_dim
 from .models import VAE
 from .store import EVAL, atomic_write_json, check_run_dir
 from .train import check_fits, load_model, resolve_device
@@ -23,24 +23,7 @@ AU_THRESHOLD = 0.01  # Burda et al. 2016, section 5.2
 @torch.no_grad()
 def iwae_nll(model: VAE, x: torch.Tensor, y: torch.Tensor | None, k: int, max_batch: int = 4096) -> torch.Tensor:
     """-log p(x) bound per image from K importance samples (Burda et al. 2016, eq. 8), in nats."""
-    mu, logvar = model.encode(x, y)
-    std = torch.exp(0.5 * logvar)
-    b, d = mu.shape
-    log_w = torch.empty(b, k, device=x.device)
-    chunk = max(1, max_batch // b)
-    for s in range(0, k, chunk):
-        kk = min(chunk, k - s)
-        eps = torch.randn(b, kk, d, device=x.device)
-        z = mu[:, None] + std[:, None] * eps
-        zf = z.reshape(b * kk, d)
-        yf = y.repeat_interleave(kk) if y is not None else None
-        params = model.decode(zf, yf).float()
-        xr = x.repeat_interleave(kk, dim=0)
-        log_px = model.likelihood.log_prob(params, xr).view(b, kk)
-        log_pz = log_normal(z)
-        log_qz = log_normal(z, mu[:, None], logvar[:, None])
-        log_w[:, s:s + kk] = log_px + log_pz - log_qz
-    return -(torch.logsumexp(log_w, dim=1) - math.log(k))
+    return -(torch.logsumexp(model.log_weights(x, y, k, max_batch), dim=1) - math.log(k))
 
 
 def active_units(mu: torch.Tensor, threshold: float = AU_THRESHOLD) -> tuple[int, torch.Tensor]:
@@ -95,7 +78,8 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
         t = model(x, y)
         sums["recon"] += t["recon"].double().sum().item()
         sums["kl"] += t["kl"].double().sum().item()
-        kl_dims += t["kl_per_dim"].double().sum(0)
+        if "kl_per_dim" in t:  # analytic KL only (a learned prior does not factorise over dimensions)
+            kl_dims += t["kl_per_dim"].double().sum(0)
         mus.append(t["mu"].double())
         sums["iwae"] += iwae_nll(model, x, y, iwae_samples).double().sum().item()
         xf, xr = vdata.to_float(x), model.reconstruct(x, y)
@@ -107,7 +91,7 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
     out = {
         "neg_elbo": mean["recon"] + mean["kl"], "recon": mean["recon"], "kl": mean["kl"],
         "iwae_nll": mean["iwae"], "iwae_samples": iwae_samples,
-        "kl_per_dim": (kl_dims / n).tolist(),
+        **({"kl_per_dim": (kl_dims / n).tolist()} if model.prior.analytic_kl else {}),
         "active_units": n_active, "au_variance": au_var.tolist(),
         "latent_dim": model.latent_dim,
         "psnr": mean["psnr"], "ssim": mean["ssim"], "test_size": n, "n_dims": model.n_dims,

@@ -208,16 +208,17 @@ SAMPLERS = ("prior", "gmm", "class-gaussian")
 
 
 class CodeSampler:
-    """Latent codes for one run from N(0, I), from a GMM fitted to the aggregate posterior, or from a class's
+    """Latent codes for one run from its prior p(z), from a GMM fitted to the aggregate posterior, or from a class's
     Gaussian. The fits are made once, on first use, from up to 10,000 cached training codes."""
 
     def __init__(self, latent_dim: int, codes: Callable[[], tuple[np.ndarray, np.ndarray]], fit_seed: int = 0,
-                 n_classes: int | None = None):
+                 n_classes: int | None = None, prior=None):
         self.latent_dim, self._codes, self.fit_seed, self.n_classes = latent_dim, codes, fit_seed, n_classes
+        self.prior = prior  # the model's p(z); None means N(0, I)
         self._gmm = self._per_class = None
 
     @classmethod
-    def for_run(cls, run_dir, data_dir=None, dataset: vdata.Dataset | None = None) -> "CodeSampler":
+    def for_run(cls, run_dir, data_dir=None, dataset: vdata.Dataset | None = None, prior=None) -> "CodeSampler":
         from pathlib import Path
 
         from .store import CONFIG, read_json
@@ -227,11 +228,15 @@ class CodeSampler:
         def codes():
             mu, _, y = encode_run(run_dir, "train", data_dir, n=10000, dataset=dataset)
             return mu, y
-        return cls(latent_dim, codes)
+        return cls(latent_dim, codes, prior=prior)
 
     def sample(self, n: int, sampler: str = "prior", class_index: int | None = None, seed: int = 0) -> np.ndarray:
         if sampler == "prior":
-            return torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed)).numpy()
+            g = torch.Generator().manual_seed(seed)
+            if self.prior is None:
+                return torch.randn(n, self.latent_dim, generator=g).numpy()
+            with torch.no_grad():
+                return self.prior.sample(n, g).cpu().numpy()
         if sampler == "gmm":
             if self._gmm is None:
                 self._gmm = fit_mixture(self._codes()[0], seed=self.fit_seed)
@@ -248,9 +253,9 @@ class CodeSampler:
 
 
 def sample_codes(run_dir, n: int, sampler: str = "prior", class_index: int | None = None, data_dir=None,
-                 seed: int = 0) -> np.ndarray:
+                 seed: int = 0, prior=None) -> np.ndarray:
     """One-off draw; make a CodeSampler to draw repeatedly without refitting."""
-    return CodeSampler.for_run(run_dir, data_dir).sample(n, sampler, class_index, seed)
+    return CodeSampler.for_run(run_dir, data_dir, prior=prior).sample(n, sampler, class_index, seed)
 
 
 @torch.no_grad()
@@ -293,7 +298,7 @@ def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]]
             save(plots.image_rows(rows, labels, col_labels=[f"α={a:g}" for a in alphas]), "attribute_arithmetic.png",
                  "Latent arithmetic: a test image plus α times the centroid difference between two classes.")
     rows = []
-    codes = CodeSampler(cfg.latent_dim, lambda: (mu_tr, y_tr), n_classes=len(classes))
+    codes = CodeSampler(cfg.latent_dim, lambda: (mu_tr, y_tr), n_classes=len(classes), prior=model.prior)
     for k in range(len(classes)):
         rows.append(dec(codes.sample(8, "prior" if model.num_classes else "class-gaussian", k, seed=k), cond(k, 8)))
     save(plots.image_rows(rows, [c[:12] for c in classes]), "class_conditional.png",

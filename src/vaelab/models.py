@@ -1,13 +1,15 @@
-"""The VAE: encoder/decoder architecture registry, reparameterisation, and named per-example terms."""
+"""The VAE: encoder/decoder architecture registry, priors p(z), importance log-weights and named per-example terms."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
-from .losses import kl_per_dim, make_likelihood
+from .losses import kl_per_dim, log_normal, make_likelihood
 
 
 class ConvEncoder(nn.Module):
@@ -80,6 +82,97 @@ ARCHS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
 }
 
 
+# ---------------------------------------------------------------- priors p(z)
+
+class Prior(nn.Module):
+    """p(z): a log-density and a sampler. `analytic_kl` says whether KL(q || p) has a closed form for a diagonal
+    Gaussian q (then the ELBO uses it; otherwise a one-sample Monte-Carlo estimate)."""
+
+    analytic_kl = False
+
+    def __init__(self, latent_dim: int, components: int = 1, shape: tuple[int, int, int] = (1, 1, 1)):
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:  # (..., D) -> (...)
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _device(self) -> torch.device:
+        return next(iter(self.parameters()), torch.empty(0)).device
+
+
+class StandardNormal(Prior):
+    """N(0, I), the study's prior."""
+
+    analytic_kl = True
+
+    def __init__(self, latent_dim: int, components: int = 1, shape=(1, 1, 1)):
+        super().__init__(latent_dim)
+        # follows .to(device), so samples land on the model's device; not saved, so checkpoints stay as they were
+        self.register_buffer("anchor", torch.zeros(0), persistent=False)
+
+    def log_prob(self, z):
+        return log_normal(z)
+
+    def sample(self, n, generator=None):
+        return torch.randn(n, self.latent_dim, generator=generator, device=self.anchor.device)
+
+
+class MixtureOfGaussians(Prior):
+    """A learned K-component mixture of diagonal Gaussians, p(z) = sum_k pi_k N(z; m_k, diag s_k^2)."""
+
+    def __init__(self, latent_dim: int, components: int = 10, shape=(1, 1, 1)):
+        super().__init__(latent_dim)
+        g = torch.Generator().manual_seed(0)  # a fixed spread of initial means, independent of the run's seed
+        self.means = nn.Parameter(torch.randn(components, latent_dim, generator=g))
+        self.logvars = nn.Parameter(torch.zeros(components, latent_dim))
+        self.logits = nn.Parameter(torch.zeros(components))
+
+    def log_prob(self, z):
+        comp = log_normal(z.unsqueeze(-2), self.means, self.logvars)  # (..., K)
+        return torch.logsumexp(comp + torch.log_softmax(self.logits, 0), dim=-1)
+
+    def sample(self, n, generator=None):
+        k = torch.multinomial(torch.softmax(self.logits, 0).detach().cpu(), n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.latent_dim, generator=generator)
+        k = k.to(self.means.device)
+        return self.means[k] + torch.exp(0.5 * self.logvars[k]) * eps.to(self.means.device)
+
+
+class VampPrior(Prior):
+    """VampPrior (Tomczak & Welling 2018, eq. 9): p(z) = 1/K sum_k q(z | u_k), the aggregate posterior of K learned
+    pseudo-inputs u_k (images in [0, 1], through a sigmoid). The VAE hands it its encoder via `attach`."""
+
+    def __init__(self, latent_dim: int, components: int = 10, shape=(1, 28, 28)):
+        super().__init__(latent_dim)
+        g = torch.Generator().manual_seed(0)
+        self.pseudo = nn.Parameter(0.1 * torch.randn(components, *shape, generator=g))  # sigmoid(0) = mid-grey
+        self._encode = None
+
+    def attach(self, encode_float) -> None:
+        object.__setattr__(self, "_encode", encode_float)  # a function, not a submodule: no double registration
+
+    def components(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._encode(torch.sigmoid(self.pseudo))
+
+    def log_prob(self, z):
+        mu, logvar = self.components()
+        comp = log_normal(z.unsqueeze(-2), mu, logvar)
+        return torch.logsumexp(comp, dim=-1) - math.log(len(mu))
+
+    def sample(self, n, generator=None):
+        mu, logvar = self.components()
+        k = torch.randint(len(mu), (n,), generator=generator).to(mu.device)
+        eps = torch.randn(n, self.latent_dim, generator=generator).to(mu.device)
+        return mu[k] + torch.exp(0.5 * logvar[k]) * eps
+
+
+PRIORS: dict[str, type[Prior]] = {"standard": StandardNormal, "mog": MixtureOfGaussians, "vamp": VampPrior}
+
+
 class VAE(nn.Module):
     """q(z|x) = N(mu, diag exp(logvar)), p(z) = N(0, I), p(x|z) from the likelihood registry.
 
@@ -87,7 +180,8 @@ class VAE(nn.Module):
     """
 
     def __init__(self, shape: tuple[int, int, int], latent_dim: int, arch: str = "conv",
-                 likelihood: str = "discretized_logistic", gaussian_sigma: float = 0.0, num_classes: int = 0):
+                 likelihood: str = "discretized_logistic", gaussian_sigma: float = 0.0, num_classes: int = 0,
+                 prior: str = "standard", prior_components: int = 10):
         super().__init__()
         self.shape, self.latent_dim, self.num_classes = tuple(shape), latent_dim, num_classes
         enc_cls, dec_cls = ARCHS[arch]
@@ -96,11 +190,17 @@ class VAE(nn.Module):
         self.to_mu = nn.Linear(self.encoder.out_dim, latent_dim)
         self.to_logvar = nn.Linear(self.encoder.out_dim, latent_dim)
         self.decoder = dec_cls(self.shape, latent_dim + num_classes, self.likelihood.n_params)
+        # Built last, so that adding a prior leaves the other parts' initial weights (and old checkpoints) as they were.
+        self.prior = PRIORS[prior](latent_dim, prior_components, self.shape)
+        if isinstance(self.prior, VampPrior):
+            if num_classes:
+                raise ValueError("the VampPrior needs an unconditional encoder (no --conditional)")
+            self.prior.attach(self.encode_float)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, shape: tuple[int, int, int], num_classes: int = 10) -> "VAE":
         return cls(shape, cfg.latent_dim, cfg.arch, cfg.likelihood, cfg.gaussian_sigma,
-                   num_classes if cfg.conditional else 0)
+                   num_classes if cfg.conditional else 0, cfg.prior, cfg.prior_components)
 
     @property
     def n_dims(self) -> int:
@@ -115,7 +215,11 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: uint8 (B, C, H, W) -> (mu, logvar) of q(z|x)."""
-        h = self.encoder(x.float() / 255.0, self._cond(y))
+        return self.encode_float(x.float() / 255.0, y)
+
+    def encode_float(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Intensities in [0, 1] -> (mu, logvar); the VampPrior's pseudo-inputs go through here."""
+        h = self.encoder(x, self._cond(y))
         return self.to_mu(h), self.to_logvar(h)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,14 +232,37 @@ class VAE(nn.Module):
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Named per-example terms of the ELBO. KL(q || p) is analytic where the prior allows it (N(0, I); then
+        also per dimension, `kl_per_dim`), else the one-sample estimate log q(z|x) - log p(z) at the same z."""
         mu, logvar = self.encode(x, y)
         z = self.reparameterize(mu, logvar)
         params = self.decode(z, y).float()
         recon = -self.likelihood.log_prob(params, x)
-        kl_d = kl_per_dim(mu.float(), logvar.float())
-        kl = kl_d.sum(1)
-        return dict(recon=recon, kl=kl, kl_per_dim=kl_d, elbo=-(recon + kl),
-                    mu=mu, logvar=logvar, z=z, params=params)
+        terms = dict(mu=mu, logvar=logvar, z=z, params=params, recon=recon)
+        if self.prior.analytic_kl:
+            terms["kl_per_dim"] = kl_per_dim(mu.float(), logvar.float())
+            terms["kl"] = terms["kl_per_dim"].sum(1)
+        else:
+            terms["kl"] = log_normal(z.float(), mu.float(), logvar.float()) - self.prior.log_prob(z.float())
+        terms["elbo"] = -(recon + terms["kl"])
+        return terms
+
+    def log_weights(self, x: torch.Tensor, y: torch.Tensor | None, k: int, max_batch: int = 4096) -> torch.Tensor:
+        """K importance log-weights per image, log p(x|z) + log p(z) - log q(z|x) with z ~ q(z|x): shape (B, K).
+        The IWAE bound is their log-mean-exp (Burda et al. 2016, eq. 8); K = 1 gives the Monte-Carlo ELBO."""
+        mu, logvar = self.encode(x, y)
+        std = torch.exp(0.5 * logvar)
+        b, d = mu.shape
+        log_w = torch.empty(b, k, device=x.device)
+        chunk = max(1, max_batch // b)
+        for s in range(0, k, chunk):
+            kk = min(chunk, k - s)
+            z = mu[:, None] + std[:, None] * torch.randn(b, kk, d, device=x.device)
+            yf = y.repeat_interleave(kk) if y is not None else None
+            params = self.decode(z.reshape(b * kk, d), yf).float()
+            log_px = self.likelihood.log_prob(params, x.repeat_interleave(kk, dim=0)).view(b, kk)
+            log_w[:, s:s + kk] = log_px + self.prior.log_prob(z) - log_normal(z, mu[:, None], logvar[:, None])
+        return log_w
 
     def x_hat(self, params: torch.Tensor) -> torch.Tensor:
         return self.likelihood.mean(params)
@@ -143,9 +270,8 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, mean: bool = True,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decode z ~ N(0, I): the likelihood's mean (default) or a draw from it, in [0, 1]."""
-        device = self.to_mu.weight.device
-        z = torch.randn(n, self.latent_dim, device=device, generator=generator)
+        """Decode z ~ p(z) (the model's prior): the likelihood's mean (default) or a draw from it, in [0, 1]."""
+        z = self.prior.sample(n, generator).to(self.to_mu.weight.device)
         params = self.decode(z, y).float()
         return self.likelihood.mean(params) if mean else self.likelihood.sample(params)
 

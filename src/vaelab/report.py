@@ -161,12 +161,12 @@ def run_figures(run_dir: Path, fig_dir: Path, data_dir=None, prefix: str = "",
         ys = (torch.arange(40) % 10) if model.num_classes else None
         samples = model.sample(40, y=ys, generator=torch.Generator().manual_seed(0))
         save(plots.image_rows([samples[i * 10:(i + 1) * 10] for i in range(4)], ["", "", "", ""]),
-             "samples.png", "Samples", f"Decoded samples z ~ N(0, I) (likelihood mean) — {name}.")
+             "samples.png", "Samples", f"Decoded samples z ~ p(z), the {cfg.prior} prior (likelihood mean) — {name}.")
     hist = read_jsonl(run_dir / METRICS)
     if hist and want("curves.png"):
         save(plots.curves(hist, name), "curves.png", "Training", "Loss, reconstruction and KL per epoch.")
-    if (run_dir / EVAL).is_file() and want("kl_per_dim.png"):
-        ev = read_json(run_dir / EVAL)
+    ev = read_json(run_dir / EVAL) if (run_dir / EVAL).is_file() else {}
+    if "kl_per_dim" in ev and want("kl_per_dim.png"):  # analytic KL only: a learned prior does not factorise
         save(plots.kl_per_dim_bars(ev["kl_per_dim"], ev["au_variance"]), "kl_per_dim.png", "Latent space",
              "KL per latent dimension, sorted; green units are active (Cov_x E_q[z_i] > 0.01).")
     mu, _ = latent.encode_split(model, split)
@@ -188,15 +188,16 @@ def run_figures(run_dir: Path, fig_dir: Path, data_dir=None, prefix: str = "",
     if rows:
         save(plots.image_rows(rows, labels), "interpolations.png", "Latent space",
              "Interpolations between test images' posterior means: linear and spherical, each pair.")
-    if (run_dir / EVAL).is_file() and want("traversals.png"):
-        top = list(np.argsort(-np.asarray(read_json(run_dir / EVAL)["kl_per_dim"]))[: min(6, cfg.latent_dim)])
+    if ev and want("traversals.png"):  # the dimensions that carry most: highest KL, else most varying means
+        top = list(np.argsort(-np.asarray(ev.get("kl_per_dim") or ev["au_variance"]))[: min(6, cfg.latent_dim)])
         vals = torch.linspace(-3, 3, 9)
         z = latent.traverse(mu[0], [int(d) for d in top], vals)
         yy = None if yc is None else torch.full((len(z),), int(y_np[0]))
         imgs = latent.decode_mean(model, z, yy)
         save(plots.image_rows([imgs[k * 9:(k + 1) * 9] for k in range(len(top))], [f"z{d}" for d in top],
                               col_labels=[f"{v:g}" for v in vals.tolist()]),
-             "traversals.png", "Latent space", "Traversals of the highest-KL dimensions from −3 to 3, others fixed.")
+             "traversals.png", "Latent space", "Traversals of the highest-KL (or, under a learned prior, most "
+             "varying) dimensions from −3 to 3, others fixed.")
     return out
 
 
