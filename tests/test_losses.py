@@ -102,3 +102,57 @@ def test_mean_and_sample_are_images(name):
     params = torch.randn(2, lik.n_params * 3, 5, 5)
     for img in (lik.mean(params), lik.sample(params)):
         assert img.shape == (2, 3, 5, 5) and img.min() >= 0 and img.max() <= 1
+
+
+def test_cyclical_schedule_known_values():
+    """Fu et al. 2019: 100 steps, 4 cycles of 25, rising over the first half of each."""
+    from vaelab.losses import cyclical_weight
+
+    got = [cyclical_weight(2.0, s, 100, 4, 0.5) for s in (0, 5, 12.5, 13, 24, 25, 30, 99)]
+    assert got == pytest.approx([0.0, 0.8, 2.0, 2.0, 2.0, 0.0, 0.8, 2.0])
+
+
+def _cfg(**kw):
+    from vaelab.config import TrainConfig
+
+    return TrainConfig(**kw)
+
+
+def test_free_bits_floors_each_dimensions_kl_and_is_the_elbo_at_zero():
+    from vaelab.losses import OBJECTIVES
+
+    kl_d = torch.tensor([[0.1, 2.0, 0.0], [0.3, 4.0, 0.0]], requires_grad=True)
+    terms = {"recon": torch.tensor([10.0, 20.0]), "kl_per_dim": kl_d, "kl": kl_d.sum(1)}
+    # batch means per dimension: 0.2, 3.0, 0.0 -> with lambda 0.5: 0.5 + 3.0 + 0.5
+    loss = OBJECTIVES["free_bits"](terms, 1.0, _cfg(free_bits=0.5))
+    assert loss.item() == pytest.approx(15.0 + 4.0)
+    loss.backward()
+    assert kl_d.grad[:, 0].abs().sum() == 0 and kl_d.grad[:, 2].abs().sum() == 0  # below the floor: no pull
+    assert kl_d.grad[:, 1].tolist() == pytest.approx([0.5, 0.5])
+    neutral = OBJECTIVES["free_bits"](terms, 2.0, _cfg(free_bits=0.0))
+    assert neutral.item() == pytest.approx(OBJECTIVES["elbo"](terms, 2.0).item())
+
+
+def test_capacity_objective_known_value_and_neutral_setting():
+    from vaelab.losses import OBJECTIVES
+
+    terms = {"recon": torch.tensor([10.0, 20.0]), "kl": torch.tensor([4.0, 8.0])}
+    cfg = _cfg(objective="capacity", capacity_max=20.0, capacity_gamma=2.0)
+    # halfway through training C = 10: mean of 10 + 2*|4-10| and 20 + 2*|8-10| = (22 + 24) / 2
+    assert OBJECTIVES["capacity"](terms, 1.0, cfg, progress=0.5).item() == pytest.approx(23.0)
+    # C = 0 at the start: gamma * KL, the beta-ELBO with beta = gamma
+    assert OBJECTIVES["capacity"](terms, 1.0, cfg, 0.0).item() == pytest.approx(OBJECTIVES["elbo"](terms, 2.0).item())
+
+
+@pytest.mark.parametrize("fields,msg", [
+    ({"objective": "tcvae"}, "unknown objective 'tcvae' (known: elbo, free_bits, capacity)"),
+    ({"kl_schedule": "sigmoid"}, "unknown kl_schedule"),
+    ({"objective": "free_bits", "prior": "mog"}, "needs the per-dimension KL"),
+    ({"kl_cycle_ratio": 0.0}, "kl_cycle_ratio"),
+])
+def test_objective_fields_are_validated(fields, msg):
+    from vaelab import VaelabError
+    from vaelab.config import from_dict
+
+    with pytest.raises(VaelabError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        from_dict(fields)

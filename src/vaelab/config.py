@@ -25,9 +25,18 @@ class TrainConfig:
     conditional: bool = False  # CVAE (Sohn et al. 2015): the label's one-hot enters encoder and decoder
     prior: str = "standard"  # p(z): standard N(0, I), mog (learned Gaussian mixture) or vamp (VampPrior)
     prior_components: int = 10  # K of the mog and vamp priors
-    # objective: loss = recon + beta_t * KL, beta_t rising linearly over warmup_epochs (Bowman et al. 2016)
+    # objective (losses.OBJECTIVES): elbo = recon + beta_t * KL; free_bits floors each dimension's KL at free_bits
+    # nats; capacity = recon + capacity_gamma * |KL - C|, C rising to capacity_max. beta_t follows kl_schedule:
+    # linear (rising over warmup_epochs, Bowman et al. 2016; 0 = constant) or cyclical (Fu et al. 2019).
+    objective: str = "elbo"
     beta: float = 1.0
+    kl_schedule: str = "linear"
     warmup_epochs: float = 0.0
+    kl_cycles: int = 4
+    kl_cycle_ratio: float = 0.5
+    free_bits: float = 0.0
+    capacity_max: float = 25.0
+    capacity_gamma: float = 1000.0
     # optimisation
     epochs: int = 20
     batch_size: int = 128
@@ -98,7 +107,7 @@ def coerce(key: str, value: Any) -> Any:
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Reject impossible values before anything trains."""
     from .data import DATASETS
-    from .losses import LIKELIHOODS
+    from .losses import KL_SCHEDULES, LIKELIHOODS, OBJECTIVES
     from .models import ARCHS, PRIORS
 
     def need(ok: bool, msg: str) -> None:
@@ -109,6 +118,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.arch in ARCHS, f"unknown arch '{cfg.arch}' (known: {', '.join(ARCHS)})")
     need(cfg.likelihood in LIKELIHOODS, f"unknown likelihood '{cfg.likelihood}' (known: {', '.join(LIKELIHOODS)})")
     need(cfg.prior in PRIORS, f"unknown prior '{cfg.prior}' (known: {', '.join(PRIORS)})")
+    need(cfg.objective in OBJECTIVES, f"unknown objective '{cfg.objective}' (known: {', '.join(OBJECTIVES)})")
+    need(cfg.kl_schedule in KL_SCHEDULES, f"unknown kl_schedule '{cfg.kl_schedule}' (known: {', '.join(KL_SCHEDULES)})")
+    need(cfg.kl_cycles >= 1, f"kl_cycles must be >= 1, got {cfg.kl_cycles}")
+    need(0 < cfg.kl_cycle_ratio <= 1, f"kl_cycle_ratio must be in (0, 1], got {cfg.kl_cycle_ratio}")
+    need(cfg.free_bits >= 0, f"free_bits must be >= 0, got {cfg.free_bits}")
+    need(cfg.capacity_max >= 0 and cfg.capacity_gamma >= 0, "capacity_max and capacity_gamma must be >= 0")
+    need(cfg.objective != "free_bits" or cfg.prior == "standard",
+         "the free_bits objective needs the per-dimension KL of the standard prior (--prior standard)")
     need(1 <= cfg.prior_components <= 10_000, f"prior_components must be in 1..10000, got {cfg.prior_components}")
     need(not (cfg.prior == "vamp" and cfg.conditional), "the vamp prior needs an unconditional model (no --conditional)")
     need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}' (known: {', '.join(OPTIMIZERS)})")

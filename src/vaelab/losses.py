@@ -1,4 +1,4 @@
-"""Decoder likelihoods p(x|z) over 8-bit images, the Gaussian KL, and the beta-weighted objective."""
+"""Decoder likelihoods p(x|z) over 8-bit images, the Gaussian KL, KL-weight schedules and the objective registry."""
 
 from __future__ import annotations
 
@@ -137,15 +137,61 @@ def log_normal(z: torch.Tensor, mu: torch.Tensor | None = None, logvar: torch.Te
 
 
 def kl_weight(beta: float, step: int, warmup_steps: int) -> float:
-    """beta, ramped linearly from 0 over the first warmup_steps optimiser steps (KL annealing)."""
+    """beta, ramped linearly from 0 over the first warmup_steps optimiser steps (KL annealing, Bowman et al. 2016)."""
     if warmup_steps <= 0:
         return beta
     return beta * min(1.0, step / warmup_steps)
 
 
-def objective(terms: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
+def cyclical_weight(beta: float, step: int, total_steps: int, cycles: int, ratio: float) -> float:
+    """Cyclical annealing (Fu et al. 2019, eq. 8): training splits into `cycles` equal cycles; in each the weight
+    rises linearly from 0 to beta over the first `ratio` of the cycle, then stays at beta."""
+    period = max(total_steps / cycles, 1.0)
+    tau = (step % period) / period
+    return beta * min(1.0, tau / ratio) if ratio > 0 else beta
+
+
+def scheduled_beta(cfg, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    """The KL weight at this optimiser step under cfg.kl_schedule."""
+    if cfg.kl_schedule == "cyclical":
+        return cyclical_weight(cfg.beta, step, total_steps, cfg.kl_cycles, cfg.kl_cycle_ratio)
+    return kl_weight(cfg.beta, step, round(cfg.warmup_epochs * steps_per_epoch))
+
+
+KL_SCHEDULES = ("linear", "cyclical")  # linear: warm-up over warmup_epochs (0 = constant beta)
+
+
+# ---------------------------------------------------------------- objectives: small functions over the named terms
+# Each gets the model's per-example terms, the scheduled KL weight, the config and the training progress in
+# [0, 1], and returns the scalar to minimise. A new objective is one function and one entry, never a new model
+# (disentanglement_lib's regularizer hook).
+
+def beta_elbo(terms: dict[str, torch.Tensor], beta: float, cfg=None, progress: float = 0.0) -> torch.Tensor:
     """The beta-VAE loss (Higgins et al. 2017): mean over the batch of recon + beta * KL, in nats."""
     return (terms["recon"] + beta * terms["kl"]).mean()
+
+
+def free_bits(terms, beta, cfg, progress=0.0) -> torch.Tensor:
+    """Free bits (Kingma et al. 2016, eq. 15): each latent dimension's batch-mean KL counts at least lambda nats,
+    so the optimiser gains nothing by pushing a dimension below it (against posterior collapse)."""
+    kl_d = terms["kl_per_dim"].mean(0)
+    return terms["recon"].mean() + beta * torch.clamp(kl_d, min=cfg.free_bits).sum()
+
+
+def capacity(terms, beta, cfg, progress=0.0) -> torch.Tensor:
+    """Controlled capacity (Burgess et al. 2018, eq. 8): recon + gamma * |KL - C|, the target C raised linearly
+    from 0 to capacity_max nats over training."""
+    c = cfg.capacity_max * min(1.0, progress)
+    return (terms["recon"] + cfg.capacity_gamma * (terms["kl"] - c).abs()).mean()
+
+
+OBJECTIVES = {"elbo": beta_elbo, "free_bits": free_bits, "capacity": capacity}
+
+
+def objective(terms: dict[str, torch.Tensor], beta: float, cfg=None, progress: float = 0.0) -> torch.Tensor:
+    """The configured objective (the beta-ELBO when no config is given)."""
+    name = getattr(cfg, "objective", "elbo") if cfg is not None else "elbo"
+    return OBJECTIVES[name](terms, beta, cfg, progress)
 
 
 def bits_per_dim(nats: torch.Tensor | float, n_dims: int) -> torch.Tensor | float:

@@ -15,7 +15,7 @@ import torch
 from . import VaelabError, __version__
 from . import data as vdata
 from .config import TrainConfig, from_dict
-from .losses import kl_weight, objective
+from .losses import objective, scheduled_beta
 from .models import VAE
 from .store import (CHECKPOINT, CONFIG, LEGACY_CHECKPOINT, METRICS, FolderLock, atomic_write_json, atomic_write_text,
                     check_can_create, ensure_writable_dir, load_tree, read_json_object, remove_stale_temps, save_tree)
@@ -279,7 +279,7 @@ def _train_locked(cfg, out, ds, device, tr_idx, va_idx, progress, on_epoch_end) 
         bad_in_row = ckpt.get("bad_in_row", 0)
     forward = torch.compile(model) if cfg.compile else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    total_steps = max(cfg.epochs * steps_per_epoch, 1)
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
     params = [p for p in model.parameters() if p.requires_grad]
     show = sys.stderr.isatty() if progress is None else progress
@@ -296,10 +296,10 @@ def _train_locked(cfg, out, ds, device, tr_idx, va_idx, progress, on_epoch_end) 
             y = train_split.y[idx] if cfg.conditional else None
             if cfg.channels_last and device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            beta_t = kl_weight(cfg.beta, step, warmup_steps)
+            beta_t = scheduled_beta(cfg, step, steps_per_epoch, total_steps)
             with autocast:
                 terms = forward(x, y)
-            loss = objective(terms, beta_t)
+            loss = objective(terms, beta_t, cfg, step / total_steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = _grad_norm(params)
@@ -342,7 +342,7 @@ def _train_locked(cfg, out, ds, device, tr_idx, va_idx, progress, on_epoch_end) 
         if not all(math.isfinite(v) for v in val.values()):
             raise _diverged(epoch + 1, "the validation ELBO is not finite", out / CHECKPOINT)
         total_bad += bad_epoch
-        row = {"epoch": epoch + 1, "step": step, "beta": kl_weight(cfg.beta, step, warmup_steps),
+        row = {"epoch": epoch + 1, "step": step, "beta": scheduled_beta(cfg, step, steps_per_epoch, total_steps),
                "lr": opt.param_groups[0]["lr"],
                "train_loss": tr[0], "train_recon": tr[1], "train_kl": tr[2],
                **{f"val_{k}": v for k, v in val.items()},
