@@ -145,9 +145,10 @@ def test_capacity_objective_known_value_and_neutral_setting():
 
 
 @pytest.mark.parametrize("fields,msg", [
-    ({"objective": "tcvae"}, "unknown objective 'tcvae' (known: elbo, free_bits, capacity)"),
+    ({"objective": "tcvae"}, "unknown objective 'tcvae' (known: elbo, free_bits, capacity, beta_tcvae)"),
     ({"kl_schedule": "sigmoid"}, "unknown kl_schedule"),
-    ({"objective": "free_bits", "prior": "mog"}, "needs the per-dimension KL"),
+    ({"objective": "free_bits", "prior": "mog"}, "needs the factorised standard prior"),
+    ({"objective": "beta_tcvae", "prior": "vamp"}, "needs the factorised standard prior"),
     ({"kl_cycle_ratio": 0.0}, "kl_cycle_ratio"),
 ])
 def test_objective_fields_are_validated(fields, msg):
@@ -156,3 +157,36 @@ def test_objective_fields_are_validated(fields, msg):
 
     with pytest.raises(VaelabError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         from_dict(fields)
+
+
+def _gaussian_terms(b=512, d=3, seed=0, correlated=False):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(b, d, generator=g)
+    if correlated:  # every dimension a copy of the first: strongly dependent codes
+        mu = 2 * mu[:, :1].expand(b, d).clone()
+    logvar = torch.full((b, d), -1.0)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(b, d, generator=g)
+    return {"z": z, "mu": mu, "logvar": logvar, "recon": torch.full((b,), 100.0)}
+
+
+def test_tc_decomposition_sums_to_the_kl_estimate_and_sees_dependence():
+    from vaelab.losses import tc_decomposition
+
+    t = _gaussian_terms()
+    parts = tc_decomposition(t, n_data=60000)
+    total = parts["mi"] + parts["tc"] + parts["dwkl"]
+    assert torch.allclose(total, log_normal(t["z"], t["mu"], t["logvar"]) - log_normal(t["z"]), atol=1e-4)
+    indep = parts["tc"].mean().item()
+    dep = tc_decomposition(_gaussian_terms(correlated=True), n_data=60000)["tc"].mean().item()
+    assert abs(indep) < 0.1 and dep > 1.0  # factorised codes: TC ~ 0; copies of one code: large TC
+
+
+def test_beta_tcvae_at_its_neutral_weights_is_the_monte_carlo_elbo():
+    from vaelab.losses import OBJECTIVES
+
+    t = _gaussian_terms()
+    cfg = _cfg(objective="beta_tcvae")
+    loss = OBJECTIVES["beta_tcvae"](t, 1.0, cfg, n_data=60000)
+    mc_elbo = (t["recon"] + log_normal(t["z"], t["mu"], t["logvar"]) - log_normal(t["z"])).mean()
+    assert loss.item() == pytest.approx(mc_elbo.item(), rel=1e-5)
+    assert OBJECTIVES["beta_tcvae"](t, 6.0, cfg, n_data=60000).item() != pytest.approx(loss.item())

@@ -227,6 +227,7 @@ def test_a_failed_start_leaves_nothing_behind(ds, tmp_path):
 @pytest.mark.parametrize("fields,beta_rows", [
     ({"objective": "free_bits", "free_bits": 0.5}, [1.0, 1.0]),
     ({"objective": "capacity", "capacity_max": 5.0, "capacity_gamma": 10.0}, [1.0, 1.0]),
+    ({"objective": "beta_tcvae", "beta": 6.0, "tc_alpha": 1.0, "tc_gamma": 1.0}, [6.0, 6.0]),
     ({"kl_schedule": "cyclical", "kl_cycles": 2, "kl_cycle_ratio": 0.5, "beta": 2.0}, [0.0, 0.0]),
     ({"kl_schedule": "cyclical", "kl_cycles": 1, "kl_cycle_ratio": 1.0, "beta": 2.0}, [1.0, 0.0]),
 ])

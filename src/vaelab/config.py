@@ -26,7 +26,8 @@ class TrainConfig:
     prior: str = "standard"  # p(z): standard N(0, I), mog (learned Gaussian mixture) or vamp (VampPrior)
     prior_components: int = 10  # K of the mog and vamp priors
     # objective (losses.OBJECTIVES): elbo = recon + beta_t * KL; free_bits floors each dimension's KL at free_bits
-    # nats; capacity = recon + capacity_gamma * |KL - C|, C rising to capacity_max. beta_t follows kl_schedule:
+    # nats; capacity = recon + capacity_gamma * |KL - C|, C rising to capacity_max; beta_tcvae = recon +
+    # tc_alpha * MI + beta_t * TC + tc_gamma * dimension-wise KL. beta_t follows kl_schedule:
     # linear (rising over warmup_epochs, Bowman et al. 2016; 0 = constant) or cyclical (Fu et al. 2019).
     objective: str = "elbo"
     beta: float = 1.0
@@ -37,6 +38,8 @@ class TrainConfig:
     free_bits: float = 0.0
     capacity_max: float = 25.0
     capacity_gamma: float = 1000.0
+    tc_alpha: float = 1.0  # beta_tcvae: weight of the index-code mutual information (beta weighs the TC)
+    tc_gamma: float = 1.0  # beta_tcvae: weight of the dimension-wise KL
     # optimisation
     epochs: int = 20
     batch_size: int = 128
@@ -124,8 +127,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0 < cfg.kl_cycle_ratio <= 1, f"kl_cycle_ratio must be in (0, 1], got {cfg.kl_cycle_ratio}")
     need(cfg.free_bits >= 0, f"free_bits must be >= 0, got {cfg.free_bits}")
     need(cfg.capacity_max >= 0 and cfg.capacity_gamma >= 0, "capacity_max and capacity_gamma must be >= 0")
-    need(cfg.objective != "free_bits" or cfg.prior == "standard",
-         "the free_bits objective needs the per-dimension KL of the standard prior (--prior standard)")
+    need(cfg.objective not in ("free_bits", "beta_tcvae") or cfg.prior == "standard",
+         f"the {cfg.objective} objective needs the factorised standard prior (--prior standard)")
+    need(cfg.tc_alpha >= 0 and cfg.tc_gamma >= 0, "tc_alpha and tc_gamma must be >= 0")
     need(1 <= cfg.prior_components <= 10_000, f"prior_components must be in 1..10000, got {cfg.prior_components}")
     need(not (cfg.prior == "vamp" and cfg.conditional), "the vamp prior needs an unconditional model (no --conditional)")
     need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}' (known: {', '.join(OPTIMIZERS)})")

@@ -185,12 +185,53 @@ def capacity(terms, beta, cfg, progress=0.0) -> torch.Tensor:
     return (terms["recon"] + cfg.capacity_gamma * (terms["kl"] - c).abs()).mean()
 
 
-OBJECTIVES = {"elbo": beta_elbo, "free_bits": free_bits, "capacity": capacity}
+def _mss_log_weights(b: int, n_data: int, device) -> torch.Tensor:
+    """log of the minibatch stratified sampling weights (Chen et al. 2018, appendix C.2): row i mixes q(z_i | x_j)
+    over the batch with weight 1/N on its own x_i, (N - M)/(N M) on one other and 1/M on the rest (M = B - 1),
+    so each row sums to 1 and estimates the aggregate posterior q(z) over a dataset of N images."""
+    n, m = max(n_data, b), b - 1
+    w = torch.full((b, b), 1.0 / m, device=device)
+    idx = torch.arange(b, device=device)
+    w[idx, idx] = 1.0 / n
+    w[idx, (idx + 1) % b] = (n - m) / (n * m)
+    return w.log()
 
 
-def objective(terms: dict[str, torch.Tensor], beta: float, cfg=None, progress: float = 0.0) -> torch.Tensor:
+def tc_decomposition(terms: dict[str, torch.Tensor], n_data: int) -> dict[str, torch.Tensor]:
+    """The KL split of beta-TCVAE (Chen et al. 2018, eq. 2): index-code mutual information, total correlation and
+    dimension-wise KL, per example, with q(z) and its marginals estimated over the minibatch by stratified
+    sampling. The three sum to log q(z|x) - log p(z) at the same z (N(0, I) prior), the one-sample KL."""
+    z, mu, logvar = terms["z"].float(), terms["mu"].float(), terms["logvar"].float()
+    b = z.shape[0]
+    if b < 2:
+        raise ValueError("beta_tcvae needs batches of at least 2 images")
+    # log q(z_i,d | x_j) for every pair (i, j) and dimension d: (B, B, D)
+    pair = -0.5 * ((z[:, None] - mu[None]) ** 2 * torch.exp(-logvar[None]) + logvar[None] + LOG_2PI)
+    log_w = _mss_log_weights(b, n_data, z.device)
+    log_qz = torch.logsumexp(log_w + pair.sum(2), dim=1)
+    log_prod_qzd = torch.logsumexp(log_w[..., None] + pair, dim=1).sum(1)
+    log_qz_x = log_normal(z, mu, logvar)
+    log_pz = log_normal(z)
+    return {"mi": log_qz_x - log_qz, "tc": log_qz - log_prod_qzd, "dwkl": log_prod_qzd - log_pz}
+
+
+def beta_tcvae(terms, beta, cfg, progress=0.0, n_data: int = 0) -> torch.Tensor:
+    """beta-TCVAE: recon + alpha * MI + beta * TC + gamma * dimension-wise KL (beta = the scheduled KL weight, so
+    --beta and --kl-schedule act on the total correlation, as in the paper)."""
+    parts = tc_decomposition(terms, n_data)
+    return (terms["recon"] + cfg.tc_alpha * parts["mi"] + beta * parts["tc"] + cfg.tc_gamma * parts["dwkl"]).mean()
+
+
+OBJECTIVES = {"elbo": beta_elbo, "free_bits": free_bits, "capacity": capacity, "beta_tcvae": beta_tcvae}
+NEEDS_DATA_SIZE = {"beta_tcvae"}  # objectives that also get the training set's size (minibatch-weighted sampling)
+
+
+def objective(terms: dict[str, torch.Tensor], beta: float, cfg=None, progress: float = 0.0,
+              n_data: int = 0) -> torch.Tensor:
     """The configured objective (the beta-ELBO when no config is given)."""
     name = getattr(cfg, "objective", "elbo") if cfg is not None else "elbo"
+    if name in NEEDS_DATA_SIZE:
+        return OBJECTIVES[name](terms, beta, cfg, progress, n_data=n_data)
     return OBJECTIVES[name](terms, beta, cfg, progress)
 
 

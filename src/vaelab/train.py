@@ -299,7 +299,7 @@ def _train_locked(cfg, out, ds, device, tr_idx, va_idx, progress, on_epoch_end) 
             beta_t = scheduled_beta(cfg, step, steps_per_epoch, total_steps)
             with autocast:
                 terms = forward(x, y)
-            loss = objective(terms, beta_t, cfg, step / total_steps)
+            loss = objective(terms, beta_t, cfg, step / total_steps, n_data=n)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = _grad_norm(params)
@@ -358,9 +358,3 @@ def _train_locked(cfg, out, ds, device, tr_idx, va_idx, progress, on_epoch_end) 
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
     return history[-1]
-
-
-def train_run_dir(run_dir: str | Path, data_dir=None, progress=None) -> dict:
-    """Resume the run in run_dir from its stored config."""
-    cfg = from_dict(read_json_object(Path(run_dir) / CONFIG, "a run config"))
-    return train(cfg, run_dir, data_dir=data_dir, resume=True, progress=progress)
