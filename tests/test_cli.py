@@ -159,11 +159,12 @@ def test_datasets_command(tiny_root, capsys):
     assert "fashion-mnist" in out and "unverified" in out and "missing" in out and "no known hash" in out
 
 
-@pytest.mark.parametrize("prior", ["mog", "vamp"])
-def test_learned_priors_train_evaluate_and_sample_from_the_command_line(tiny_root, tmp_path, capsys, prior):
+@pytest.mark.parametrize("flags", [["--prior", "mog", "--prior-components", "3"],
+                                   ["--prior", "vamp", "--prior-components", "3"],
+                                   ["--posterior", "iaf", "--flow-steps", "2", "--flow-hidden", "16"]])
+def test_model_parts_train_evaluate_and_sample_from_the_command_line(tiny_root, tmp_path, capsys, flags):
     run = tmp_path / "run"
-    assert main(["train", *TINY, "--prior", prior, "--prior-components", "3", "--out", str(run),
-                 "--data-dir", str(tiny_root)]) == 0
+    assert main(["train", *TINY, *flags, "--out", str(run), "--data-dir", str(tiny_root)]) == 0
     ev = json.loads((run / "eval.json").read_text())
     assert "kl_per_dim" not in ev and ev["neg_elbo"] == pytest.approx(ev["recon"] + ev["kl"])
     assert main(["sample", str(run), "--n", "4", "--nrow", "2"]) == 0

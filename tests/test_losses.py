@@ -148,6 +148,9 @@ def test_capacity_objective_known_value_and_neutral_setting():
     ({"objective": "tcvae"}, "unknown objective 'tcvae' (known: elbo, free_bits, capacity, beta_tcvae)"),
     ({"kl_schedule": "sigmoid"}, "unknown kl_schedule"),
     ({"objective": "free_bits", "prior": "mog"}, "needs the factorised standard prior"),
+    ({"objective": "free_bits", "posterior": "iaf"}, "and the gaussian posterior"),
+    ({"posterior": "iaf", "prior": "vamp"}, "use it with --posterior gaussian"),
+    ({"posterior": "planar"}, "unknown posterior .planar."),
     ({"objective": "beta_tcvae", "prior": "vamp"}, "needs the factorised standard prior"),
     ({"kl_cycle_ratio": 0.0}, "kl_cycle_ratio"),
 ])

@@ -132,3 +132,48 @@ def test_the_standard_prior_adds_nothing_to_a_checkpoint():
     torch.manual_seed(0)
     a = VAE((1, 28, 28), 4)
     assert not [k for k in a.state_dict() if k.startswith("prior.")]  # nothing new in a checkpoint
+
+
+# ---------------------------------------------------------------- the IAF posterior
+
+def test_iaf_log_det_is_the_log_det_of_its_jacobian_and_each_step_is_autoregressive():
+    from vaelab.models import IAF
+
+    torch.manual_seed(0)
+    flow = IAF(4, 6, steps=3, hidden=16)
+    for made in flow.steps:  # random weights (not the near-identity start) so the test has something to check
+        torch.nn.init.normal_(made.out.weight, std=0.5)
+    z, h = torch.randn(4), torch.randn(6)
+    jac = torch.autograd.functional.jacobian(lambda v: flow(v, h)[0], z)
+    assert torch.allclose(flow(z, h)[1], torch.linalg.slogdet(jac)[1], atol=1e-5)
+    one = IAF(4, 6, steps=1, hidden=16)
+    torch.nn.init.normal_(one.steps[0].out.weight, std=0.5)
+    j1 = torch.autograd.functional.jacobian(lambda v: one(v, h)[0], z)
+    assert torch.allclose(j1, torch.tril(j1)) and not torch.allclose(j1, torch.diag(torch.diagonal(j1)))
+
+
+def test_iaf_posterior_terms_log_weights_and_codes():
+    torch.manual_seed(0)
+    model = VAE((1, 28, 28), 3, "conv", "bernoulli", posterior="iaf", flow_steps=2, flow_hidden=16)
+    for made in model.flow.steps:
+        torch.nn.init.normal_(made.out.weight, std=0.3)
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    torch.manual_seed(1)
+    t = model(x)
+    assert "kl_per_dim" not in t and torch.allclose(t["elbo"], -(t["recon"] + t["kl"]))
+    torch.manual_seed(1)
+    z, log_q, mu, logvar = model.posterior_sample(x, None)
+    assert torch.allclose(z, t["z"]) and torch.allclose(t["kl"], log_q - model.prior.log_prob(z))
+    with torch.no_grad():  # K = 1 importance weight on the same noise is the single-sample ELBO
+        torch.manual_seed(2)
+        lw = model.log_weights(x, None, 1)[:, 0]
+        torch.manual_seed(2)
+        z1, lq1, _, _ = model.posterior_sample(x, None, 1)
+        want = model.likelihood.log_prob(model.decode(z1[:, 0]).float(), x) + log_normal(z1[:, 0]) - lq1[:, 0]
+        assert torch.allclose(lw, want, atol=1e-4)
+        code, _ = model.encode(x)  # the mean code: the Gaussian's mean through the flow
+        assert torch.allclose(code, model.flow(mu, model.to_context(model._gaussian(x, None)[2]))[0])
+
+
+def test_a_gaussian_posterior_model_has_no_flow_parameters():
+    assert not [k for k in VAE((1, 28, 28), 4).state_dict() if k.startswith(("flow.", "to_context."))]

@@ -23,6 +23,9 @@ class TrainConfig:
     likelihood: str = "discretized_logistic"
     gaussian_sigma: float = 0.0  # gaussian likelihood only: 0 = learn one shared sigma (Rybkin et al. 2021)
     conditional: bool = False  # CVAE (Sohn et al. 2015): the label's one-hot enters encoder and decoder
+    posterior: str = "gaussian"  # q(z|x): gaussian (diagonal), or iaf (the Gaussian through flow_steps IAF steps)
+    flow_steps: int = 2
+    flow_hidden: int = 128  # width of each IAF step's MADE, and of the encoder's context for it
     prior: str = "standard"  # p(z): standard N(0, I), mog (learned Gaussian mixture) or vamp (VampPrior)
     prior_components: int = 10  # K of the mog and vamp priors
     # objective (losses.OBJECTIVES): elbo = recon + beta_t * KL; free_bits floors each dimension's KL at free_bits
@@ -111,7 +114,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     """Reject impossible values before anything trains."""
     from .data import DATASETS
     from .losses import KL_SCHEDULES, LIKELIHOODS, OBJECTIVES
-    from .models import ARCHS, PRIORS
+    from .models import ARCHS, POSTERIORS, PRIORS
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
@@ -121,14 +124,18 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.arch in ARCHS, f"unknown arch '{cfg.arch}' (known: {', '.join(ARCHS)})")
     need(cfg.likelihood in LIKELIHOODS, f"unknown likelihood '{cfg.likelihood}' (known: {', '.join(LIKELIHOODS)})")
     need(cfg.prior in PRIORS, f"unknown prior '{cfg.prior}' (known: {', '.join(PRIORS)})")
+    need(cfg.posterior in POSTERIORS, f"unknown posterior '{cfg.posterior}' (known: {', '.join(POSTERIORS)})")
+    need(1 <= cfg.flow_steps <= 64 and 1 <= cfg.flow_hidden <= 65536, "flow_steps must be in 1..64, flow_hidden >= 1")
+    need(not (cfg.posterior == "iaf" and cfg.prior == "vamp"),
+         "the vamp prior mixes Gaussian posteriors: use it with --posterior gaussian")
     need(cfg.objective in OBJECTIVES, f"unknown objective '{cfg.objective}' (known: {', '.join(OBJECTIVES)})")
     need(cfg.kl_schedule in KL_SCHEDULES, f"unknown kl_schedule '{cfg.kl_schedule}' (known: {', '.join(KL_SCHEDULES)})")
     need(cfg.kl_cycles >= 1, f"kl_cycles must be >= 1, got {cfg.kl_cycles}")
     need(0 < cfg.kl_cycle_ratio <= 1, f"kl_cycle_ratio must be in (0, 1], got {cfg.kl_cycle_ratio}")
     need(cfg.free_bits >= 0, f"free_bits must be >= 0, got {cfg.free_bits}")
     need(cfg.capacity_max >= 0 and cfg.capacity_gamma >= 0, "capacity_max and capacity_gamma must be >= 0")
-    need(cfg.objective not in ("free_bits", "beta_tcvae") or cfg.prior == "standard",
-         f"the {cfg.objective} objective needs the factorised standard prior (--prior standard)")
+    need(cfg.objective not in ("free_bits", "beta_tcvae") or (cfg.prior == "standard" and cfg.posterior == "gaussian"),
+         f"the {cfg.objective} objective needs the factorised standard prior and the gaussian posterior")
     need(cfg.tc_alpha >= 0 and cfg.tc_gamma >= 0, "tc_alpha and tc_gamma must be >= 0")
     need(1 <= cfg.prior_components <= 10_000, f"prior_components must be in 1..10000, got {cfg.prior_components}")
     need(not (cfg.prior == "vamp" and cfg.conditional), "the vamp prior needs an unconditional model (no --conditional)")

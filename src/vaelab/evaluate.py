@@ -91,7 +91,7 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
     out = {
         "neg_elbo": mean["recon"] + mean["kl"], "recon": mean["recon"], "kl": mean["kl"],
         "iwae_nll": mean["iwae"], "iwae_samples": iwae_samples,
-        **({"kl_per_dim": (kl_dims / n).tolist()} if model.prior.analytic_kl else {}),
+        **({"kl_per_dim": (kl_dims / n).tolist()} if model.analytic_kl else {}),
         "active_units": n_active, "au_variance": au_var.tolist(),
         "latent_dim": model.latent_dim,
         "psnr": mean["psnr"], "ssim": mean["ssim"], "test_size": n, "n_dims": model.n_dims,

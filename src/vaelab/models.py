@@ -173,15 +173,77 @@ class VampPrior(Prior):
 PRIORS: dict[str, type[Prior]] = {"standard": StandardNormal, "mog": MixtureOfGaussians, "vamp": VampPrior}
 
 
+# ---------------------------------------------------------------- posteriors q(z|x): a diagonal Gaussian, then a flow
+
+class MaskedLinear(nn.Linear):
+    def __init__(self, d_in: int, d_out: int, mask: torch.Tensor):
+        super().__init__(d_in, d_out)
+        self.register_buffer("mask", mask.float(), persistent=False)
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """A masked autoencoder (Germain et al. 2015) with a context: output d (a shift m_d and a gate s_d) depends on
+    z_<d and the context only, so the Jacobian of each IAF step is triangular."""
+
+    def __init__(self, dim: int, context: int, hidden: int):
+        super().__init__()
+        deg_in = torch.arange(1, dim + 1)
+        deg_h = torch.arange(hidden) % max(dim - 1, 1) + 1
+        self.inp = MaskedLinear(dim, hidden, deg_h[:, None] >= deg_in[None])
+        self.ctx = nn.Linear(context, hidden)
+        self.mid = MaskedLinear(hidden, hidden, deg_h[:, None] >= deg_h[None])
+        out_mask = (deg_in[:, None] > deg_h[None]).repeat(2, 1)  # strictly earlier dimensions only
+        self.out = MaskedLinear(hidden, 2 * dim, out_mask)
+        nn.init.zeros_(self.out.weight)  # start near the identity: the flow first refines the Gaussian
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, z, h):
+        a = F.elu(self.inp(z) + self.ctx(h))
+        return self.out(F.elu(self.mid(a))).chunk(2, dim=-1)
+
+
+class IAF(nn.Module):
+    """Inverse autoregressive flow (Kingma et al. 2016, eq. 11-14, the numerically stable gated update):
+    z <- sigma * z + (1 - sigma) * m with sigma = sigmoid(s + 1.5), log|det| = sum log sigma; the order of the
+    dimensions is reversed between steps."""
+
+    FORGET_BIAS = 1.5
+
+    def __init__(self, dim: int, context: int, steps: int, hidden: int):
+        super().__init__()
+        self.steps = nn.ModuleList(MADE(dim, context, hidden) for _ in range(steps))
+
+    def forward(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = torch.zeros(z.shape[:-1], device=z.device, dtype=z.dtype)
+        for i, made in enumerate(self.steps):
+            if i:
+                z = z.flip(-1)
+            m, s = made(z, h)
+            gate = s + self.FORGET_BIAS
+            z = torch.sigmoid(gate) * z + (1 - torch.sigmoid(gate)) * m
+            logdet = logdet + F.logsigmoid(gate).sum(-1)
+        if len(self.steps) % 2 == 0 and len(self.steps):
+            z = z.flip(-1)  # an even number of reversals: back to the encoder's order
+        return z, logdet
+
+
+POSTERIORS = ("gaussian", "iaf")
+
+
 class VAE(nn.Module):
-    """q(z|x) = N(mu, diag exp(logvar)), p(z) = N(0, I), p(x|z) from the likelihood registry.
+    """q(z|x) = N(mu, diag exp(logvar)), optionally pushed through an IAF; p(z) from the prior registry; p(x|z)
+    from the likelihood registry.
 
     forward() returns named per-example terms; the trainer decides how to weight them (beta lives there).
     """
 
     def __init__(self, shape: tuple[int, int, int], latent_dim: int, arch: str = "conv",
                  likelihood: str = "discretized_logistic", gaussian_sigma: float = 0.0, num_classes: int = 0,
-                 prior: str = "standard", prior_components: int = 10):
+                 prior: str = "standard", prior_components: int = 10, posterior: str = "gaussian",
+                 flow_steps: int = 2, flow_hidden: int = 128):
         super().__init__()
         self.shape, self.latent_dim, self.num_classes = tuple(shape), latent_dim, num_classes
         enc_cls, dec_cls = ARCHS[arch]
@@ -196,11 +258,21 @@ class VAE(nn.Module):
             if num_classes:
                 raise ValueError("the VampPrior needs an unconditional encoder (no --conditional)")
             self.prior.attach(self.encode_float)
+        self.flow = None
+        if posterior == "iaf":  # q(z|x): the Gaussian's sample pushed through K IAF steps with an encoder context
+            self.to_context = nn.Linear(self.encoder.out_dim, flow_hidden)
+            self.flow = IAF(latent_dim, flow_hidden, flow_steps, flow_hidden)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, shape: tuple[int, int, int], num_classes: int = 10) -> "VAE":
         return cls(shape, cfg.latent_dim, cfg.arch, cfg.likelihood, cfg.gaussian_sigma,
-                   num_classes if cfg.conditional else 0, cfg.prior, cfg.prior_components)
+                   num_classes if cfg.conditional else 0, cfg.prior, cfg.prior_components, cfg.posterior,
+                   cfg.flow_steps, cfg.flow_hidden)
+
+    @property
+    def analytic_kl(self) -> bool:
+        """KL(q || p) in closed form, also per dimension: a Gaussian posterior and the standard prior."""
+        return self.prior.analytic_kl and self.flow is None
 
     @property
     def n_dims(self) -> int:
@@ -214,8 +286,30 @@ class VAE(nn.Module):
         return F.one_hot(y, self.num_classes).to(self.to_mu.weight.dtype)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: uint8 (B, C, H, W) -> (mu, logvar) of q(z|x)."""
-        return self.encode_float(x.float() / 255.0, y)
+        """x: uint8 (B, C, H, W) -> (code, logvar): the posterior's mean code (for a flow, the Gaussian's mean
+        pushed through it) and the Gaussian's log-variances. Latent maps, probes and active units read the code."""
+        mu, logvar, h = self._gaussian(x, y)
+        if self.flow is not None:
+            mu = self.flow(mu, self.to_context(h))[0]
+        return mu, logvar
+
+    def _gaussian(self, x, y):
+        h = self.encoder(x.float() / 255.0, self._cond(y))
+        return self.to_mu(h), self.to_logvar(h), h
+
+    def posterior_sample(self, x: torch.Tensor, y: torch.Tensor | None, k: int | None = None):
+        """z ~ q(z|x) with its log-density, by reparameterisation: k=None gives (B, D), else (B, k, D).
+        Returns (z, log_q, mu, logvar) with mu, logvar those of the Gaussian the flow (if any) starts from."""
+        mu, logvar, h = self._gaussian(x, y)
+        shape = mu.shape if k is None else (mu.shape[0], k, mu.shape[1])
+        m, lv = (mu, logvar) if k is None else (mu[:, None], logvar[:, None])
+        z = m + torch.exp(0.5 * lv) * torch.randn(shape, device=mu.device, dtype=mu.dtype)
+        log_q = log_normal(z.float(), m.float(), lv.float())
+        if self.flow is not None:
+            ctx = self.to_context(h)
+            z, logdet = self.flow(z, ctx if k is None else ctx[:, None].expand(-1, k, -1))
+            log_q = log_q - logdet.float()
+        return z, log_q, mu, logvar
 
     def encode_float(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Intensities in [0, 1] -> (mu, logvar); the VampPrior's pseudo-inputs go through here."""
@@ -234,34 +328,31 @@ class VAE(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Named per-example terms of the ELBO. KL(q || p) is analytic where the prior allows it (N(0, I); then
         also per dimension, `kl_per_dim`), else the one-sample estimate log q(z|x) - log p(z) at the same z."""
-        mu, logvar = self.encode(x, y)
-        z = self.reparameterize(mu, logvar)
+        z, log_q, mu, logvar = self.posterior_sample(x, y)
         params = self.decode(z, y).float()
         recon = -self.likelihood.log_prob(params, x)
         terms = dict(mu=mu, logvar=logvar, z=z, params=params, recon=recon)
-        if self.prior.analytic_kl:
+        if self.analytic_kl:
             terms["kl_per_dim"] = kl_per_dim(mu.float(), logvar.float())
             terms["kl"] = terms["kl_per_dim"].sum(1)
         else:
-            terms["kl"] = log_normal(z.float(), mu.float(), logvar.float()) - self.prior.log_prob(z.float())
+            terms["kl"] = log_q - self.prior.log_prob(z.float())
         terms["elbo"] = -(recon + terms["kl"])
         return terms
 
     def log_weights(self, x: torch.Tensor, y: torch.Tensor | None, k: int, max_batch: int = 4096) -> torch.Tensor:
         """K importance log-weights per image, log p(x|z) + log p(z) - log q(z|x) with z ~ q(z|x): shape (B, K).
         The IWAE bound is their log-mean-exp (Burda et al. 2016, eq. 8); K = 1 gives the Monte-Carlo ELBO."""
-        mu, logvar = self.encode(x, y)
-        std = torch.exp(0.5 * logvar)
-        b, d = mu.shape
+        b, d = x.shape[0], self.latent_dim
         log_w = torch.empty(b, k, device=x.device)
         chunk = max(1, max_batch // b)
         for s in range(0, k, chunk):
             kk = min(chunk, k - s)
-            z = mu[:, None] + std[:, None] * torch.randn(b, kk, d, device=x.device)
+            z, log_q, _, _ = self.posterior_sample(x, y, kk)
             yf = y.repeat_interleave(kk) if y is not None else None
             params = self.decode(z.reshape(b * kk, d), yf).float()
             log_px = self.likelihood.log_prob(params, x.repeat_interleave(kk, dim=0)).view(b, kk)
-            log_w[:, s:s + kk] = log_px + self.prior.log_prob(z) - log_normal(z, mu[:, None], logvar[:, None])
+            log_w[:, s:s + kk] = log_px + self.prior.log_prob(z.float()) - log_q
         return log_w
 
     def x_hat(self, params: torch.Tensor) -> torch.Tensor:
