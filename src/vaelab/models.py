@@ -321,10 +321,6 @@ class VAE(nn.Module):
         cond = self._cond(y)
         return self.decoder(z if cond is None else torch.cat([z, cond], 1))
 
-    @staticmethod
-    def reparameterize(mu, logvar):
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Named per-example terms of the ELBO. KL(q || p) is analytic where the prior allows it (N(0, I); then
         also per dimension, `kl_per_dim`), else the one-sample estimate log q(z|x) - log p(z) at the same z."""

@@ -18,7 +18,7 @@ from .config import TrainConfig, from_dict
 from .losses import objective, scheduled_beta
 from .models import VAE
 from .store import (CHECKPOINT, CONFIG, LEGACY_CHECKPOINT, METRICS, FolderLock, atomic_write_json, atomic_write_text,
-                    check_can_create, ensure_writable_dir, load_tree, read_json_object, remove_stale_temps, save_tree)
+                    check_can_create, ensure_writable_dir, load_tree, remove_stale_temps, save_tree)
 
 CHECKPOINT_FORMAT = 2  # 1: vaelab 0.1's pickle (checkpoint.pt), refused; 2: safetensors + JSON skeleton
 
