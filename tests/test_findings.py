@@ -185,3 +185,57 @@ def test_organisation_pools_latent_sizes_paired_by_seed():
                    org_rows([0.77, 0.78, 0.76], [0.74, 0.75, 0.73]).assign(latent_dim=32)])
     f = F.organisation(t)[0]
     assert f.verdict == F.HOLDS and "n = 6" in f.evidence and "latent_dim 2: 55.0% trained vs 30.0%" in f.evidence
+
+
+# ---------------------------------------------------------------- model families
+
+def family_rows(gap_ref, gap_iaf, nll_ref, nll_vamp, au_ref, au_fb):
+    rows = []
+    for s, (g0, g1, n0, n1, a0, a1) in enumerate(zip(gap_ref, gap_iaf, nll_ref, nll_vamp, au_ref, au_fb)):
+        base = {"dataset": "cifar10", "seed": s, "objective": "elbo", "kl_schedule": "linear"}
+        rows += [{**base, "posterior": "gaussian", "prior": "standard", "neg_elbo": n0 + g0, "iwae_nll": n0,
+                  "active_units": a0},
+                 {**base, "posterior": "iaf", "prior": "standard", "neg_elbo": n0 + g1, "iwae_nll": n0,
+                  "active_units": a0},
+                 {**base, "posterior": "gaussian", "prior": "vamp", "neg_elbo": n1 + g0, "iwae_nll": n1,
+                  "active_units": a0},
+                 {**base, "posterior": "gaussian", "prior": "standard", "objective": "free_bits", "neg_elbo": n0 + g0,
+                  "iwae_nll": n0, "active_units": a1}]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("gap_iaf,nll_vamp,au_fb,want", [
+    ([5.0, 5.2, 4.9], [990, 991, 989], [14, 15, 14], [F.HOLDS, F.HOLDS, F.HOLDS]),
+    ([12.0, 12.5, 11.8], [1010, 1011, 1012], [6, 6, 7], [F.FAILS, F.FAILS, F.FAILS]),
+    ([9.0, 11.0, 10.0], [1003, 996, 1001], [9, 7, 8], [F.INCONCLUSIVE, F.INCONCLUSIVE, F.INCONCLUSIVE]),
+])
+def test_family_findings_against_the_reference_vae(gap_iaf, nll_vamp, au_fb, want):
+    t = family_rows([10.0, 10.1, 9.9], gap_iaf, [1000.0, 1000.5, 999.5], nll_vamp, [8, 8, 8], au_fb)
+    fs = F.families(t)
+    assert [f.verdict for f in fs] == want
+    assert "IAF" in fs[0].claim and "VampPrior" in fs[1].claim and "free bits" in fs[2].claim
+    assert "paired by seed" in fs[0].evidence
+
+
+def test_family_findings_without_seeds_or_families():
+    t = family_rows([10.0], [5.0], [1000.0], [990.0], [8], [14])
+    assert [f.verdict for f in F.families(t)] == [F.HOLDS] * 3 and "no confidence interval" in F.families(t)[0].evidence
+    assert F.families(t.drop(columns=["posterior", "prior", "objective", "kl_schedule"])) == []
+
+
+def test_the_original_claims_read_only_the_reference_vae():
+    """A families study: its IAF and VampPrior runs must not enter 'Fashion-MNIST is easier' (here they would
+    flip it), while the family findings compare them with the reference."""
+    rows = []
+    for s in range(3):
+        for ds, ref, other in (("fashion-mnist", 3.0, 9.0), ("cifar10", 5.0, 5.0)):
+            n = {"fashion-mnist": 784, "cifar10": 3072}[ds] * LN2
+            base = {"dataset": ds, "latent_dim": 16, "seed": s, "n_dims": n / LN2, "likelihood_discrete": True,
+                    "objective": "elbo", "kl_schedule": "linear", "prior": "standard", "active_units": 16,
+                    "recon": 100.0 + s, "kl": 10.0}
+            rows += [{**base, "posterior": "gaussian", "neg_elbo": (ref + 0.01 * s) * n, "iwae_nll": ref * n - 5},
+                     {**base, "posterior": "iaf", "neg_elbo": (other + 0.01 * s) * n, "iwae_nll": other * n - 1}]
+    fs = F.compute(pd.DataFrame(rows), None)
+    easy = next(f for f in fs if "easier" in f.claim)
+    assert easy.verdict == F.HOLDS and "3.01 vs 5.01 bits/dim" in easy.evidence
+    assert any("IAF" in f.claim for f in fs)

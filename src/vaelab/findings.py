@@ -65,6 +65,8 @@ def paired(diffs) -> Effect:
     d = np.asarray(diffs, dtype=float)
     n, m = len(d), float(np.mean(d))
     sd = float(np.std(d, ddof=1)) if n > 1 else math.nan
+    if n > 1 and sd <= 1e-9 * max(1.0, abs(m)):
+        sd = 0.0  # equal up to rounding
     if n < 2 or not sd > 0:  # identical differences: no spread to test against
         p = 0.0 if n >= MIN_SEEDS and m != 0 and sd == 0 else 1.0
         return Effect(m, m, m, p, n, "paired t-test")
@@ -314,9 +316,73 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
     return out
 
 
+# ---------------------------------------------------------------- model families (the `families` preset)
+
+REFERENCE = {"posterior": "gaussian", "prior": "standard", "objective": "elbo", "kl_schedule": "linear"}
+FAMILY_CLAIMS = [
+    # (what differs from the reference, metric, sign of reference minus family that the claim predicts, claim)
+    ({"posterior": "iaf"}, "elbo_gap", +1, "a more flexible posterior (IAF) narrows the gap between the ELBO and the "
+                                           "IWAE bound (the posterior's mismatch)"),
+    ({"prior": "vamp"}, "iwae_nll", +1, "a learned prior (VampPrior) lowers the negative log-likelihood (IWAE bound)"),
+    ({"objective": "free_bits"}, "active_units", -1, "free bits keep more latent units active"),
+    ({"kl_schedule": "cyclical"}, "active_units", -1, "cyclical KL annealing keeps more latent units active"),
+]
+
+
+def _family_rows(done: pd.DataFrame, change: dict) -> pd.DataFrame:
+    want = {**REFERENCE, **change}
+    mask = pd.Series(True, index=done.index)
+    for k, v in want.items():
+        mask &= (done[k] if k in done else pd.Series(REFERENCE.get(k), index=done.index)) == v
+    return done[mask]
+
+
+def families(done: pd.DataFrame) -> list[Finding]:
+    """Each family against the reference VAE, paired by seed within a dataset: the ELBO-IWAE gap, the NLL, the
+    active units. Runs that differ in nothing else than the family's own fields are compared."""
+    if done is None or len(done) == 0 or not any(k in done for k in ("posterior", "prior", "objective", "kl_schedule")):
+        return []
+    done = done.assign(elbo_gap=done["neg_elbo"] - done["iwae_nll"]) if "iwae_nll" in done else done
+    out = []
+    for change, metric, sign, text in FAMILY_CLAIMS:
+        ref, fam = _family_rows(done, {}), _family_rows(done, change)
+        if fam.empty or metric not in done:
+            continue
+        for ds in sorted(set(fam["dataset"])):
+            claim = f"{ds}: {text}."
+            a = ref[ref["dataset"] == ds].set_index("seed")[metric]
+            b = fam[fam["dataset"] == ds].set_index("seed")[metric]
+            both = a.index.intersection(b.index)
+            if len(both) == 0:
+                out.append(Finding(claim, "needs runs of the reference VAE with the same seeds", UNKNOWN))
+                continue
+            diff = a[both] - b[both]
+            head = (f"{metric.replace('_', ' ')}: {_f(float(a[both].mean()))} (reference) vs {_f(float(b[both].mean()))} "
+                    f"({', '.join(f'{k} {v}' for k, v in change.items())})")
+            if len(both) >= MIN_SEEDS:
+                eff = paired(diff)
+                out.append(Finding(claim, f"{head}; reference minus family, paired by seed: {eff.text()}.",
+                                   verdict_of(eff.sign(sign))))
+            else:
+                m = float(diff.mean())
+                out.append(Finding(claim, f"{head}{no_stats_note(len(both))}.",
+                                   HOLDS if m * sign > 0 else FAILS if m * sign < 0 else INCONCLUSIVE))
+    return out
+
+
+def _reference_only(rows: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The original study's claims are about the reference VAE: runs of other families stay out of them."""
+    if rows is None or not any(k in rows for k in REFERENCE):
+        return rows
+    return _family_rows(rows, {})
+
+
 def compute(latent: pd.DataFrame, beta: pd.DataFrame) -> list[Finding]:
-    """All findings from per-run rows: `latent` the finished β = 1 runs, `beta` the finished runs of the β sweep."""
+    """All findings from per-run rows: `latent` the finished β = 1 runs, `beta` the finished runs of the β sweep.
+    The original study's claims read the reference VAE's runs; the family findings compare the others with it."""
+    fams = families(latent) if latent is not None else []
+    latent, beta = _reference_only(latent), _reference_only(beta)
     if latent is None or len(latent) == 0:
-        return [Finding("The study's claims", "no finished runs at β = 1 yet", UNKNOWN)]
+        return [Finding("The study's claims", "no finished runs at β = 1 yet", UNKNOWN)] + fams
     return (dataset_complexity(latent) + latent_size(latent) + beta_tradeoff(beta) + organisation(latent)
-            + generation(latent))
+            + generation(latent) + fams)
