@@ -15,7 +15,7 @@ cells = [
        "setting trains on the real data and takes a while on a CPU."),
     code("import os\nfrom pathlib import Path\n\nimport numpy as np\nimport torch\nfrom IPython.display import Image, display\n\n"
          "import vaelab\nfrom vaelab import data, findings, latent, plots, report, study\nfrom vaelab.config import TrainConfig\n"
-         "from vaelab.models import VAE\nfrom vaelab.train import load_model, train\nfrom vaelab.evaluate import evaluate\n\n"
+         "from vaelab.models import VAE\nfrom vaelab.train import train\nfrom vaelab.run import Run\nfrom vaelab.evaluate import evaluate\n\n"
          "SCALE = os.environ.get('VAELAB_NOTEBOOK_SCALE', 'full')\nDATA_DIR = os.environ.get('VAELAB_DATA')  # None: vaelab searches the usual places\n"
          "OUT = Path(os.environ.get('VAELAB_NOTEBOOK_OUT', 'notebook_runs'))\n"
          "SIZES = dict(tiny=dict(epochs=1, train_size=80, val_size=40, test_size=30, iwae_samples=2, batch_size=40),\n"
@@ -60,7 +60,7 @@ cells = [
          "        if fname in ('latent_map.png', 'interpolations.png', 'traversals.png'):\n"
          "            print(f'{name}: {caption}')\n            display(Image(filename=str(run / 'fig' / fname)))"),
     md("Class centroids in latent space give a crude *conditional* generator: decode the mean code of a class."),
-    code("name = 'fashion-mnist'\ncfg, model, _ = load_model(runs[name])\nds = datasets[name]\n"
+    code("name = 'fashion-mnist'\ncfg, model, _ = Run(runs[name]).load()\nds = datasets[name]\n"
          "split = data.to_split(ds.x_test[:500], ds.y_test[:500], 'cpu')\nmu, _ = latent.encode_split(model, split)\n"
          "centroids = torch.stack([mu[split.y == k].mean(0) if (split.y == k).any() else torch.zeros(cfg.latent_dim) for k in range(10)])\n"
          "display(plots.image_rows([latent.decode_mean(model, centroids)], ['class centroid'], col_labels=[c[:11] for c in ds.classes]))"),

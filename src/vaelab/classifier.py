@@ -154,9 +154,9 @@ def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
 
 def generation_scores(run_dir, data_dir=None, n: int = 2000, seed: int = 0) -> dict:
     """Score a run's samples with the reference classifier: conditional accuracy, class histogram, Fréchet distance."""
-    from .train import load_model
+    from .run import Run
 
-    cfg, model, ckpt = load_model(run_dir)
+    cfg, model, ckpt = Run(run_dir).load()
     ds = vdata.load(cfg.dataset, data_dir)
     clf, info = reference_classifier(cfg.dataset, data_dir, ds=ds)  # trains (with gradients) on first use
     with torch.no_grad():

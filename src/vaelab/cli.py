@@ -95,7 +95,8 @@ def cmd_sample(args) -> int:
 
     from .latent import sample_codes
     from .plots import image_grid, save_image
-    from .train import check_fits, load_model, resolve_device
+    from .run import Run
+    from .train import check_fits, resolve_device
 
     run = check_run_dir(Path(args.run))
     _check_count("--n", args.n, 100_000)  # a grid image beyond this is no longer a picture anyone looks at
@@ -103,7 +104,7 @@ def cmd_sample(args) -> int:
     if not 0 <= args.seed < 2 ** 32:
         raise VaelabError(f"--seed must be in 0..2**32-1, got {args.seed}")
     dev = resolve_device(args.device or "auto")
-    cfg, model, ckpt = load_model(run, dev)
+    cfg, model, ckpt = Run(run).load(dev)
     check_fits(args.n * model.n_dims * 4 * (model.likelihood.n_params + 3), f"{args.n:,} samples", dev)
     k = None
     if args.class_name is not None:
@@ -152,12 +153,13 @@ def cmd_reconstruct(args) -> int:
 
     from . import data as vdata
     from .plots import image_grid, save_image
-    from .train import load_model, resolve_device
+    from .run import Run
+    from .train import resolve_device
 
     run = check_run_dir(Path(args.run))
     _check_count("--n", args.n, 10_000)
     dev = resolve_device(args.device or "auto")
-    cfg, model, _ = load_model(run, dev)
+    cfg, model, _ = Run(run).load(dev)
     ds = vdata.load(cfg.dataset, args.data_dir)
     idx = vdata.test_indices(len(ds.x_test), args.n)
     x = torch.from_numpy(ds.x_test[idx]).to(dev)

@@ -15,7 +15,8 @@ from . import data as vdata
 from .losses import bits_per_dim
 from .models import VAE
 from .store import EVAL, atomic_write_json, check_run_dir
-from .train import check_fits, load_model, resolve_device
+from .run import Run
+from .train import check_fits, resolve_device
 
 AU_THRESHOLD = 0.01  # Burda et al. 2016, section 5.2
 
@@ -133,7 +134,7 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     """
     run_dir = check_run_dir(Path(run_dir))
     dev = resolve_device(device or "auto")
-    cfg, model, ckpt = load_model(run_dir, dev)
+    cfg, model, ckpt = Run(run_dir).load(dev)
     test_size = cfg.test_size if test_size is None else test_size
     iwae_samples = cfg.iwae_samples if iwae_samples is None else iwae_samples
     if test_size < 0 or iwae_samples < 1:

@@ -70,8 +70,8 @@ def encode_run(run_dir, split: str = "test", data_dir=None, n: int = 0, dataset:
     """
     from pathlib import Path
 
+    from .run import Run
     from .store import CHECKPOINT, atomic_write_bytes
-    from .train import load_model
 
     run_dir = Path(run_dir)
     path = run_dir / f"latents-{split}{f'-{n}' if n else ''}.npz"
@@ -80,7 +80,7 @@ def encode_run(run_dir, split: str = "test", data_dir=None, n: int = 0, dataset:
         with np.load(path) as z:
             if int(z["ckpt_mtime"]) == ckpt_mtime:  # a retrained model invalidates the cache
                 return z["mu"], z["logvar"], z["y"]
-    cfg, model, _ = load_model(run_dir)
+    cfg, model, _ = Run(run_dir).load()
     ds = dataset if dataset is not None else vdata.load(cfg.dataset, data_dir)
     if split == "test":
         idx = vdata.test_indices(len(ds.x_test), n)
@@ -264,11 +264,11 @@ def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]]
     from pathlib import Path
 
     from . import plots
-    from .train import load_model
+    from .run import Run
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir or run_dir / "explore")
-    cfg, model, ckpt = load_model(run_dir)
+    cfg, model, ckpt = Run(run_dir).load()
     classes = list(ckpt["classes"])
     ds = vdata.load(cfg.dataset, data_dir)
     mu_tr, _, y_tr = encode_run(run_dir, "train", data_dir, n=10000, dataset=ds)

@@ -14,7 +14,8 @@ from . import data as vdata
 from . import findings as vfindings
 from . import latent, plots, study
 from .store import CHECKPOINT, CONFIG, EVAL, atomic_write_text, read_json, read_jsonl, METRICS
-from .train import load_checkpoint, load_model
+from .run import Run
+from .train import load_checkpoint
 
 N_MAP = 2000  # test images in latent maps (t-SNE cost grows quickly)
 
@@ -149,7 +150,7 @@ def _pick_pairs(y: np.ndarray, n: int) -> list[tuple[int, int]]:
 def run_figures(run_dir: Path, fig_dir: Path, data_dir=None, prefix: str = "",
                 only: set[str] | None = None) -> list[tuple[str, str, str]]:
     """The figures of one run (all, or those named in `only`); returns (section, file, caption) triples."""
-    cfg, model, ckpt = load_model(run_dir)
+    cfg, model, ckpt = Run(run_dir).load()
     ds, split = _test_split(cfg, data_dir, N_MAP)
     y_np = split.y.numpy()
     yc = split.y if model.num_classes else None
@@ -271,7 +272,7 @@ def _generation_scores(page: Page, scored: list[tuple[str, Path, dict | str]], f
             continue
         rows.append([label, f"{s['classifier_test_accuracy']:.1%}", f"{s['conditional_accuracy']:.1%}",
                      f"{s['fd_prior']:.3g}", f"{s['fd_gmm']:.3g}", s["n_samples"]])
-        classes = list(load_checkpoint(run_dir)["classes"])
+        classes = Run(run_dir).classes
         fig = plots.class_histograms({"z ~ N(0, I)": s["class_histogram_prior"], "z ~ GMM": s["class_histogram_gmm"]},
                                      classes, title=f"{label}: classes of unconditional samples")
         hists.append((plots.save_fig(fig, fig_dir / f"class_histogram_{Path(run_dir).name}.png").name, label))
@@ -310,7 +311,7 @@ def _grid_across(out: Path, df, dataset: str, key: str, values: list, fixed: dic
         rid = _representative(df, dataset, **{key: v, **fixed})
         if rid is None:
             continue
-        cfg, model, _ = load_model(out / "runs" / rid)
+        cfg, model, _ = Run(out / "runs" / rid).load()
         if kind == "samples":
             rows.append(model.sample(10, y=(torch.arange(10) if model.num_classes else None),
                                      generator=torch.Generator().manual_seed(0)))

@@ -1,0 +1,73 @@
+"""A run directory: where its config, checkpoint, metrics and evaluations live, and its model, loaded once."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+from .config import TrainConfig, from_dict
+from .store import CHECKPOINT, CONFIG, EVAL, METRICS, check_run_dir, read_json_object, read_jsonl
+
+_LOADED: OrderedDict[tuple, tuple] = OrderedDict()  # (path, checkpoint mtime, device) -> (cfg, model, checkpoint)
+_KEEP = 8  # models kept per process: a study report walks many runs, and each is read once per version
+
+
+class Run:
+    """One run directory. Every module that needs a run's files or model goes through this class, so the layout
+    is written down once and a model is loaded once per process (until its checkpoint changes)."""
+
+    def __init__(self, path: str | Path):
+        self.path = check_run_dir(Path(path))
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    def eval_path(self, dataset: str | None = None) -> Path:
+        """eval.json, or eval-<dataset>.json for an evaluation on another dataset (`vaelab evaluate --on`)."""
+        return self.path / (EVAL if dataset is None or dataset == self.config.dataset else f"eval-{dataset}.json")
+
+    @property
+    def config(self) -> TrainConfig:
+        return from_dict(read_json_object(self.config_path, "a run config"))
+
+    @property
+    def metrics(self) -> list[dict]:
+        return read_jsonl(self.metrics_path)
+
+    def eval(self, dataset: str | None = None) -> dict | None:
+        path = self.eval_path(dataset)
+        return read_json_object(path, "evaluation results") if path.is_file() else None
+
+    def load(self, device="cpu") -> tuple:
+        """(config, model in eval mode, checkpoint dict), cached while the checkpoint file is unchanged."""
+        from .train import load_model
+
+        stamp = self.checkpoint_path.stat().st_mtime_ns if self.checkpoint_path.is_file() else None
+        key = (str(self.path.resolve()), stamp, str(device))
+        if key not in _LOADED:
+            _LOADED[key] = load_model(self.path, device)
+            while len(_LOADED) > _KEEP:
+                _LOADED.popitem(last=False)
+        _LOADED.move_to_end(key)
+        cfg, model, ckpt = _LOADED[key]
+        return cfg, model.eval(), ckpt
+
+    @property
+    def model(self):
+        return self.load()[1]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.load()[2]["classes"])
