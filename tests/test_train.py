@@ -238,3 +238,21 @@ def test_every_objective_and_schedule_trains(ds, tmp_path, fields, beta_rows):
     rows = load_checkpoint(tmp_path / "r")["history"]
     assert [r["beta"] for r in rows] == pytest.approx(beta_rows)
     assert all(math.isfinite(r["val_neg_elbo"]) for r in rows) and hist[0]["epoch"] == 2
+
+
+def test_perceptual_weight_adds_the_feature_term_and_trains(ds, tmp_path, monkeypatch):
+    """DFC-VAE: the feature distance in the reference classifier's features joins the loss (a 1-epoch classifier
+    here); the validation ELBO stays the likelihood's own."""
+    from vaelab import classifier
+    from vaelab.losses import perceptual_term
+
+    monkeypatch.setitem(classifier.EPOCHS, "fashion-mnist", 1)
+    clf, _ = classifier.reference_classifier("fashion-mnist", ds=ds)
+    x = torch.from_numpy(ds.x_test[:4])
+    same = perceptual_term(clf.features, x, x.float() / 255.0)
+    assert torch.allclose(same, torch.zeros(4), atol=1e-6)  # a perfect reconstruction costs nothing
+    assert torch.all(perceptual_term(clf.features, x, torch.rand(4, 1, 28, 28)) > 0)
+    plain = train(tiny_config(epochs=1), tmp_path / "a", dataset=ds)
+    with_p = train(tiny_config(epochs=1, perceptual_weight=0.1), tmp_path / "b", dataset=ds)
+    assert with_p["train_loss"] > plain["train_loss"]  # the same first steps plus a positive term
+    assert math.isfinite(with_p["val_neg_elbo"])

@@ -43,6 +43,7 @@ class TrainConfig:
     capacity_gamma: float = 1000.0
     tc_alpha: float = 1.0  # beta_tcvae: weight of the index-code mutual information (beta weighs the TC)
     tc_gamma: float = 1.0  # beta_tcvae: weight of the dimension-wise KL
+    perceptual_weight: float = 0.0  # > 0 adds DFC-VAE's feature loss in the reference classifier's features
     # optimisation
     epochs: int = 20
     batch_size: int = 128
@@ -137,6 +138,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.objective not in ("free_bits", "beta_tcvae") or (cfg.prior == "standard" and cfg.posterior == "gaussian"),
          f"the {cfg.objective} objective needs the factorised standard prior and the gaussian posterior")
     need(cfg.tc_alpha >= 0 and cfg.tc_gamma >= 0, "tc_alpha and tc_gamma must be >= 0")
+    need(cfg.perceptual_weight >= 0, f"perceptual_weight must be >= 0, got {cfg.perceptual_weight}")
     need(1 <= cfg.prior_components <= 10_000, f"prior_components must be in 1..10000, got {cfg.prior_components}")
     need(not (cfg.prior == "vamp" and cfg.conditional), "the vamp prior needs an unconditional model (no --conditional)")
     need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}' (known: {', '.join(OPTIMIZERS)})")

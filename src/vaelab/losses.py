@@ -226,13 +226,27 @@ OBJECTIVES = {"elbo": beta_elbo, "free_bits": free_bits, "capacity": capacity, "
 NEEDS_DATA_SIZE = {"beta_tcvae"}  # objectives that also get the training set's size (minibatch-weighted sampling)
 
 
+def perceptual_term(features, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """DFC-VAE's feature-perceptual term (Hou et al. 2017, eq. 5), per example: the squared distance between a fixed
+    network's features of the image and of its reconstruction (here the reference classifier's pooled features)."""
+    with torch.no_grad():
+        target = features(x.float() / 255.0)
+    return (features(x_hat) - target).pow(2).flatten(1).sum(1)
+
+
 def objective(terms: dict[str, torch.Tensor], beta: float, cfg=None, progress: float = 0.0,
               n_data: int = 0) -> torch.Tensor:
-    """The configured objective (the beta-ELBO when no config is given)."""
+    """The configured objective (the beta-ELBO when no config is given), plus perceptual_weight times the
+    perceptual term when the trainer computed one. That sum is no likelihood bound: reports quote bits/dim from
+    the likelihood terms alone."""
     name = getattr(cfg, "objective", "elbo") if cfg is not None else "elbo"
     if name in NEEDS_DATA_SIZE:
-        return OBJECTIVES[name](terms, beta, cfg, progress, n_data=n_data)
-    return OBJECTIVES[name](terms, beta, cfg, progress)
+        loss = OBJECTIVES[name](terms, beta, cfg, progress, n_data=n_data)
+    else:
+        loss = OBJECTIVES[name](terms, beta, cfg, progress)
+    if "perceptual" in terms:
+        loss = loss + cfg.perceptual_weight * terms["perceptual"].mean()
+    return loss
 
 
 def bits_per_dim(nats: torch.Tensor | float, n_dims: int) -> torch.Tensor | float:

@@ -347,6 +347,9 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
                      "a regression slope on log2 of the setting for a trend); it holds only when the effect has the "
                      "claimed sign and p < 0.05, and is inconclusive when the data cannot tell. With fewer seeds the "
                      "verdict comes from the means and says so.")
+    if "perceptual_weight" in df and (df["perceptual_weight"] > 0).any():
+        page.add("text", "Some runs trained with a perceptual term (DFC-VAE): their objective is no likelihood bound. "
+                         "Every ELBO, IWAE and bits/dim number here comes from the likelihood terms alone.")
     for f in vfindings.compute(study.latent_rows(df), study.beta_rows(df)):
         page.add("finding", f)
 

@@ -15,7 +15,7 @@ import torch
 from . import VaelabError, __version__
 from . import data as vdata
 from .config import TrainConfig, from_dict
-from .losses import objective, scheduled_beta
+from .losses import objective, perceptual_term, scheduled_beta
 from .models import VAE
 from .store import (CHECKPOINT, CONFIG, LEGACY_CHECKPOINT, METRICS, FolderLock, atomic_write_json, atomic_write_text,
                     check_can_create, ensure_writable_dir, load_tree, remove_stale_temps, save_tree)
@@ -208,6 +208,18 @@ def _set_rng_state(state: dict, gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _perceptual_features(cfg: TrainConfig, ds: vdata.Dataset, device: torch.device):
+    """The reference classifier's feature map, frozen, on the training device (trained once and cached when
+    absent: minutes on a CPU)."""
+    from .classifier import reference_classifier
+
+    clf, _ = reference_classifier(cfg.dataset, ds=ds)
+    clf = clf.to(device).eval()
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    return clf.features
+
+
 def _diverged(epoch: int, why: str, ckpt_path: Path) -> TrainingDiverged:
     kept = f"the last good checkpoint is kept in {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written"
     return TrainingDiverged(f"training diverged in epoch {epoch}: {why}; {kept} (try a lower --lr or --grad-clip)")
@@ -277,6 +289,7 @@ def _train_locked(cfg, out, ds, device, tr_idx, va_idx, progress, on_epoch_end) 
         _set_rng_state(ckpt["rng"], gen)
         history, start_epoch, step, total_bad = ckpt["history"], ckpt["epoch"], ckpt["step"], ckpt["bad_steps"]
         bad_in_row = ckpt.get("bad_in_row", 0)
+    features = _perceptual_features(cfg, ds, device) if cfg.perceptual_weight > 0 else None
     forward = torch.compile(model) if cfg.compile else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     total_steps = max(cfg.epochs * steps_per_epoch, 1)
@@ -299,6 +312,8 @@ def _train_locked(cfg, out, ds, device, tr_idx, va_idx, progress, on_epoch_end) 
             beta_t = scheduled_beta(cfg, step, steps_per_epoch, total_steps)
             with autocast:
                 terms = forward(x, y)
+            if features is not None:
+                terms["perceptual"] = perceptual_term(features, x, model.x_hat(terms["params"]))
             loss = objective(terms, beta_t, cfg, step / total_steps, n_data=n)
             opt.zero_grad(set_to_none=True)
             loss.backward()
