@@ -22,6 +22,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vaelab study --preset quick --out $(STUDY) --jobs 2
 	$(BIN)/vaelab study status $(STUDY)
+	$(BIN)/vaelab score $(STUDY)
 	$(BIN)/vaelab report $(STUDY)
 	@echo "open $(STUDY)/report/index.html"
 

@@ -48,6 +48,9 @@ def mini_report(mini_study, tiny_root):
     """The study's report, rendered once for the tests that read it."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VAELAB_CACHE", str(mini_study.parent / "cache"))
+        before = report(mini_study, data_dir=tiny_root).read_text()  # not scored yet: the report says how
+        assert "not scored yet: run &#x27;vaelab score" in before or "not scored yet: run 'vaelab score" in before
+        assert main(["score", str(mini_study), "--data-dir", str(tiny_root), "--samples", "200"]) == 0
         return report(mini_study, data_dir=tiny_root)
 
 
@@ -96,6 +99,11 @@ def test_partial_study_shows_pending_runs(mini_study, tmp_path, tiny_root):
 
 def test_run_report_and_cli(mini_study, tiny_root, capsys):
     run = mini_study / "runs" / "dataset-fashion-mnist__latent_dim-2__beta-1__seed-0"
+    eval_before = (run / "eval.json").read_text()
+    assert main(["report", str(run), "--data-dir", str(tiny_root)]) == 0
+    assert (run / "eval.json").read_text() == eval_before  # the report only reads
+    assert "not scored yet" in (run / "report" / "index.html").read_text()
+    assert main(["score", str(run), "--data-dir", str(tiny_root), "--samples", "100"]) == 0
     assert main(["report", str(run), "--data-dir", str(tiny_root)]) == 0
     index = run / "report" / "index.html"
     imgs = _images_of(index)

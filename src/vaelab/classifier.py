@@ -164,6 +164,7 @@ def generation_scores(run_dir, data_dir=None, n: int = 2000, seed: int = 0) -> d
 
 
 GENERATION_KEYS = ("conditional_accuracy", "fd_prior", "fd_gmm", "class_histogram_prior", "class_histogram_gmm")
+SCORE_KEYS = ("classifier_test_accuracy", "n_samples", *GENERATION_KEYS)
 
 
 def score_run(run_dir, data_dir=None, n: int = 2000, reuse: bool = True) -> dict:
@@ -174,7 +175,7 @@ def score_run(run_dir, data_dir=None, n: int = 2000, reuse: bool = True) -> dict
     path = Path(run_dir) / EVAL
     ev = read_json(path) if path.is_file() else None
     if reuse and ev is not None and ev.get("n_samples") == n and all(k in ev for k in GENERATION_KEYS):
-        return {k: ev[k] for k in ("classifier_test_accuracy", "n_samples", *GENERATION_KEYS)}
+        return {k: ev[k] for k in SCORE_KEYS}
     scores = generation_scores(run_dir, data_dir, n)
     if ev is not None:  # the generation scores join the run's other test-set measures
         atomic_write_json(path, {**ev, **scores})
@@ -205,4 +206,31 @@ def _scores(model, clf, info, ds, ckpt, run_dir, data_dir, n, seed) -> dict:
         logits, _ = predict(clf, decode_mean(model, z, y))
         hits += int((logits.argmax(1) == k).sum())
     out["conditional_accuracy"] = hits / (per_class * n_classes)
+    return out
+
+
+def score_target(target, data_dir=None, n: int = 2000) -> list[tuple[str, dict | str]]:
+    """`vaelab score`: a run's generation scores, or those of the runs a study's report shows (per dataset, the
+    largest latent size at beta = 1, seed 0), merged into their eval.json; failures are recorded there too."""
+    from . import study
+    from .report import generation_runs
+    from .store import EVAL, atomic_write_json, read_json
+
+    target = Path(target)
+    if (target / "study.json").is_file():
+        runs = [(label, run) for label, run in generation_runs(target, study.write_results(target))]
+    else:
+        from .run import Run
+
+        runs = [(str(target), Run(target).path)]
+    out = []
+    for label, run in runs:
+        try:
+            out.append((label, score_run(run, data_dir, n)))
+        except (VaelabError, ValueError) as e:  # e.g. no data here, or a class with too few codes to fit
+            if (run / EVAL).is_file():
+                atomic_write_json(run / EVAL, {**read_json(run / EVAL), "generation_error": str(e)})
+            out.append((label, str(e)))
+    if (target / "study.json").is_file():
+        study.write_results(target)  # results.csv carries the new scores
     return out

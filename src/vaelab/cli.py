@@ -210,6 +210,17 @@ def cmd_study(args) -> int:
     return 1 if counts.get("failed") else 0
 
 
+def cmd_score(args) -> int:
+    from .classifier import score_target
+
+    if not 1 <= args.samples <= 100_000:
+        raise VaelabError(f"--samples must be in 1..100,000, got {args.samples}")
+    for label, s in score_target(args.target, args.data_dir, args.samples):
+        print(f"{label}: " + (s if isinstance(s, str) else f"conditional accuracy {s['conditional_accuracy']:.1%}, "
+                              f"Fréchet distance N(0, I) {s['fd_prior']:.3g}, GMM {s['fd_gmm']:.3g}"))
+    return 0
+
+
 def cmd_convert(args) -> int:
     from .train import convert_legacy
 
@@ -240,7 +251,8 @@ EXAMPLES = {
     "study": "examples:\n  vaelab study --preset quick --out studies/quick --jobs 2\n  vaelab study tiny.toml --out studies/tiny\n"
              "  vaelab study --preset seed --out studies/seed --executor ray --address auto\n"
              "  vaelab study status studies/quick\n\nexit code 1 when some runs failed (see status), 2 on bad input.",
-    "report": "examples:\n  vaelab report studies/quick\n  vaelab report runs/fm16",
+    "report": "examples:\n  vaelab score studies/quick && vaelab report studies/quick\n  vaelab report runs/fm16",
+    "score": "examples:\n  vaelab score studies/quick\n  vaelab score runs/fm16 --samples 5000",
     "datasets": "examples:\n  vaelab datasets\n  vaelab datasets --data-dir ../shared/data",
     "convert": "examples:\n  vaelab convert runs/old --i-trust-this-file\n\nvaelab 0.1 stored checkpoints as pickles, "
                "which run code when loaded;\nthis rewrites one as checkpoint.safetensors (tensors and JSON only).",
@@ -332,13 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("target", metavar="STUDY_OR_RUN")
     rp.add_argument("--data-dir", **data_arg)
     rp.add_argument("--no-classifier", action="store_true",
-                    help="skip scoring generation with the reference classifiers (trained once per dataset and "
-                         "cached: minutes on a CPU)")
+                    help="leave out the generation scores (which 'vaelab score' computes; the report only reads them)")
     rp.set_defaults(func=cmd_report)
 
     d = add("datasets", "Show each dataset's status and where it was found.")
     d.add_argument("--data-dir", **data_arg)
     d.set_defaults(func=cmd_datasets)
+
+    sc = add("score", "Score generation with the reference classifier (conditional accuracy, Fréchet distance in its "
+                      "features) for a run, or for the runs a study's report shows; stored in their eval.json.")
+    sc.add_argument("target", metavar="STUDY_OR_RUN")
+    sc.add_argument("--samples", type=int, default=2000, help="samples per sampler (default 2000)")
+    sc.add_argument("--data-dir", **data_arg)
+    sc.set_defaults(func=cmd_score)
 
     c = add("convert", "Convert a vaelab 0.1 run's pickle checkpoint to the safe format (only if you trust it).")
     c.add_argument("run")

@@ -237,7 +237,7 @@ def run_report(run_dir: Path, data_dir=None, classifier: bool = True) -> Path:
     for fname, caption in figs:
         page.add("fig", f"fig/explore/{fname}", caption)
     if classifier:
-        _generation_scores(page, _score_runs([(cfg["dataset"], run_dir)], data_dir), rep / "fig")
+        _generation_scores(page, _read_scores([(cfg["dataset"], run_dir)], run_dir), rep / "fig")
     return _write(rep, page)
 
 
@@ -250,16 +250,19 @@ GENERATION_TEXT = ("Samples scored by vaelab's reference classifier for the data
                    "posterior.")
 
 
-def _score_runs(runs: list[tuple[str, Path]], data_dir) -> list[tuple[str, Path, dict | str]]:
-    """Each (label, run)'s generation scores (merged into its eval.json), or why it could not be scored."""
-    from . import classifier as vclf
+def _read_scores(runs: list[tuple[str, Path]], target: Path) -> list[tuple[str, Path, dict | str]]:
+    """Each (label, run)'s generation scores as `vaelab score` stored them in its eval.json, or why there are none:
+    the report renders, it never computes (nor rewrites a run's results)."""
+    from .classifier import GENERATION_KEYS, SCORE_KEYS
 
     out = []
     for label, run_dir in runs:
-        try:
-            out.append((label, run_dir, vclf.score_run(run_dir, data_dir)))
-        except (VaelabError, ValueError) as e:  # e.g. no data here, or a class with too few codes to fit
-            out.append((label, run_dir, str(e)))
+        ev = Run(run_dir).eval() or {}
+        if all(k in ev for k in GENERATION_KEYS):
+            out.append((label, run_dir, {k: ev[k] for k in SCORE_KEYS}))
+        else:
+            out.append((label, run_dir, ev.get("generation_error") or
+                        f"not scored yet: run 'vaelab score {target}' (it trains the reference classifier once)"))
     return out
 
 
@@ -329,10 +332,8 @@ def _grid_across(out: Path, df, dataset: str, key: str, values: list, fixed: dic
 def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     spec = read_json(out / "study.json")
     df = study.write_results(out)
-    shown = _generation_runs(out, df)
-    scored = _score_runs(shown, data_dir) if classifier else []
-    if scored:  # the scores are in the runs' eval.json now: re-collect so results and findings carry them
-        df = study.write_results(out)
+    shown = generation_runs(out, df)
+    scored = _read_scores(shown, out) if classifier else []
     done = df[df["status"] == "done"]
     rep = out / "report"
     fig_dir = rep / "fig"
@@ -479,7 +480,7 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     return _write(rep, page)
 
 
-def _generation_runs(out: Path, df) -> list[tuple[str, Path]]:
+def generation_runs(out: Path, df) -> list[tuple[str, Path]]:
     """Per dataset, the run whose generation the report shows: the largest latent size at β = 1, seed 0."""
     runs = []
     done = df[df["status"] == "done"]
