@@ -52,6 +52,8 @@ class LinearGaussian(torch.nn.Module):
     likelihood, prior."""
 
     log_weights = VAE.log_weights  # the one method ELBO, IWAE and sampling share, on this model's parts
+    posterior_sample = VAE.posterior_sample
+    flow = None
 
     def __init__(self, exact: bool, shape=(1, 2, 3), latent_dim=2, sigma=0.2, seed=0):
         from vaelab.losses import Gaussian
@@ -81,6 +83,9 @@ class LinearGaussian(torch.nn.Module):
         t = x.flatten(1).double() / 255.0
         mu = (t - self.b) @ self.A.T
         return mu.float(), self.logvar.float().expand_as(mu)
+
+    def _gaussian(self, x, y=None):  # what VAE.posterior_sample reads: q's mean, log-variance and features
+        return (*self.encode(x, y), None)
 
     def decode(self, z, y=None):
         return (z.double() @ self.W.T + self.b).float().view(-1, *self.shape)
