@@ -154,7 +154,8 @@ def test_generated_run_commands_succeed_or_fail_cleanly(trained_run, tiny_root, 
     paths = {"DIR": str(base / "dir.png"), "DEV": "/dev/null", "LINK": str(base / "link.png"), "OK": str(base / "ok.png")}
     argv = [cmd, str(trained_run), "--data-dir", str(tiny_root)]
     for flag, value in args:
-        argv += [flag, paths.get(value, value) if flag == "--png" else ("3" if value in paths else value)]
+        # a plain --png value names a file inside the test's folder, never the current directory
+        argv += [flag, paths.get(value, str(base / value)) if flag == "--png" else ("3" if value in paths else value)]
     count("bad_inputs_tried")
     code, err = run_cli(argv, capsys)
     assert_clean(code, err)
