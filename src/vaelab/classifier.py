@@ -218,7 +218,7 @@ def score_target(target, data_dir=None, n: int = 2000) -> list[tuple[str, dict |
 
     target = Path(target)
     if (target / "study.json").is_file():
-        runs = [(label, run) for label, run in generation_runs(target, study.write_results(target))]
+        runs = generation_runs(target, study.write_results(target))
     else:
         from .run import Run
 

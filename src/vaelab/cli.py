@@ -67,10 +67,6 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
-    if args.test_size is not None and args.test_size < 0:
-        raise VaelabError(f"--test-size must be >= 0 (0 = the whole test set), got {args.test_size}")
-    if args.iwae_samples is not None and not 1 <= args.iwae_samples < 2 ** 31:
-        raise VaelabError(f"--iwae-samples must be >= 1, got {args.iwae_samples}")
     result = evaluate(args.run, data_dir=args.data_dir, test_size=args.test_size, iwae_samples=args.iwae_samples,
                       device=args.device, on=args.on)
     print(json.dumps({k: v for k, v in result.items() if k not in ("kl_per_dim", "au_variance")}, indent=2)

@@ -167,6 +167,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def config_diff(stored: TrainConfig, wanted: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """{field: (stored, wanted)} for every field where two configs differ."""
+    return {k: (v, getattr(wanted, k)) for k, v in stored.to_dict().items() if getattr(wanted, k) != v}
+
+
 def from_dict(d: dict[str, Any]) -> TrainConfig:
     """Build a validated config; unknown keys and wrong types raise VaelabError."""
     if not isinstance(d, dict):

@@ -137,8 +137,10 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     cfg, model, ckpt = Run(run_dir).load(dev)
     test_size = cfg.test_size if test_size is None else test_size
     iwae_samples = cfg.iwae_samples if iwae_samples is None else iwae_samples
-    if test_size < 0 or iwae_samples < 1:
-        raise VaelabError(f"need test_size >= 0 and iwae_samples >= 1, got {test_size} and {iwae_samples}")
+    if test_size < 0:
+        raise VaelabError(f"test_size must be >= 0 (0 = the whole test set), got {test_size}")
+    if iwae_samples < 1:
+        raise VaelabError(f"iwae_samples must be >= 1, got {iwae_samples}")
     # log-weights of one batch (500 x K floats) plus one decoded chunk of at most 4096 images
     check_fits(4 * (500 * iwae_samples + 4096 * model.n_dims * (model.likelihood.n_params + 2)),
                f"the IWAE bound with K = {iwae_samples}", dev)

@@ -329,7 +329,9 @@ FAMILY_CLAIMS = [
 ]
 
 
-def _family_rows(done: pd.DataFrame, change: dict) -> pd.DataFrame:
+def family_rows(done: pd.DataFrame, change: dict) -> pd.DataFrame:
+    """The rows (runs or summary rows) of the reference VAE with `change` applied; a column the table lacks
+    counts as the reference's value."""
     want = {**REFERENCE, **change}
     mask = pd.Series(True, index=done.index)
     for k, v in want.items():
@@ -345,7 +347,7 @@ def families(done: pd.DataFrame) -> list[Finding]:
     done = done.assign(elbo_gap=done["neg_elbo"] - done["iwae_nll"]) if "iwae_nll" in done else done
     out = []
     for change, metric, sign, text in FAMILY_CLAIMS:
-        ref, fam = _family_rows(done, {}), _family_rows(done, change)
+        ref, fam = family_rows(done, {}), family_rows(done, change)
         if fam.empty or metric not in done:
             continue
         for ds in sorted(set(fam["dataset"])):
@@ -374,7 +376,7 @@ def _reference_only(rows: pd.DataFrame | None) -> pd.DataFrame | None:
     """The original study's claims are about the reference VAE: runs of other families stay out of them."""
     if rows is None or not any(k in rows for k in REFERENCE):
         return rows
-    return _family_rows(rows, {})
+    return family_rows(rows, {})
 
 
 def compute(latent: pd.DataFrame, beta: pd.DataFrame) -> list[Finding]:

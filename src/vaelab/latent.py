@@ -153,16 +153,22 @@ def nearest_neighbours(queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
     return torch.cdist(q, p).argmin(1).numpy()
 
 
-def organisation(mu_train: np.ndarray, y_train: np.ndarray, mu_test: np.ndarray, y_test: np.ndarray,
-                 k: int = 5, seed: int = 0) -> dict:
-    """How well the latent space separates classes: linear probe, k-NN, silhouette; with chance levels."""
+def linear_probe(a_train: np.ndarray, y_train: np.ndarray):
+    """The probe every organisation measure uses: standardised features, then logistic regression."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import silhouette_score
-    from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(mu_train, y_train)
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(a_train, y_train)
+
+
+def organisation(mu_train: np.ndarray, y_train: np.ndarray, mu_test: np.ndarray, y_test: np.ndarray,
+                 k: int = 5, seed: int = 0) -> dict:
+    """How well the latent space separates classes: linear probe, k-NN, silhouette; with chance levels."""
+    from sklearn.metrics import silhouette_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    probe = linear_probe(mu_train, y_train)
     knn = KNeighborsClassifier(n_neighbors=min(k, len(mu_train))).fit(mu_train, y_train)
     counts = np.bincount(y_test)
     n_labels = len(np.unique(y_test))
@@ -180,13 +186,9 @@ def probe_baselines(untrained: VAE, probe: vdata.Split, test: vdata.Split, seed:
     on raw pixels reduced by PCA to latent_dim. A finding that training organised the codes by class must beat
     these, not only chance: random conv features already separate classes well."""
     from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     def probe_acc(a_train, a_test) -> float:
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(a_train, probe.y.cpu().numpy())
-        return float(clf.score(a_test, test.y.cpu().numpy()))
+        return float(linear_probe(a_train, probe.y.cpu().numpy()).score(a_test, test.y.cpu().numpy()))
 
     codes = [encode_split(untrained, s)[0].double().cpu().numpy() for s in (probe, test)]
     pix_tr, pix_te = (s.x.flatten(1).double().cpu().numpy() / 255.0 for s in (probe, test))

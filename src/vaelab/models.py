@@ -100,9 +100,6 @@ class Prior(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def _device(self) -> torch.device:
-        return next(iter(self.parameters()), torch.empty(0)).device
-
 
 class StandardNormal(Prior):
     """N(0, I), the study's prior."""

@@ -94,13 +94,7 @@ footer{color:#888;font-size:12px;text-align:center;padding:20px}
 
 def _reference_table(t):
     """The reference VAE's rows of a summary table (the latent plots compare latent sizes, not families)."""
-    from .findings import REFERENCE
-
-    keep = np.ones(len(t), bool)
-    for k, v in REFERENCE.items():
-        if k in t:
-            keep &= (t[k] == v).to_numpy()
-    return t[keep].drop(columns=[k for k in REFERENCE if k in t])
+    return vfindings.family_rows(t, {}).drop(columns=[k for k in vfindings.REFERENCE if k in t])
 
 
 def per_dim_unit(rows) -> str | None:

@@ -16,8 +16,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import VaelabError
-from .config import TrainConfig, coerce, from_dict, unknown_key_message
-from .store import ERROR, EVAL, atomic_write_json, atomic_write_text, read_json, read_jsonl, METRICS
+from .config import TrainConfig, coerce, config_diff, from_dict, unknown_key_message
+from .store import CONFIG, ERROR, EVAL, atomic_write_json, atomic_write_text, read_json, read_jsonl, METRICS
 
 RUNNING = "RUNNING"
 METRIC_COLUMNS = ["neg_elbo", "recon", "kl", "bpd_elbo", "iwae_nll", "bpd_iwae", "active_units", "psnr", "ssim",
@@ -327,14 +327,14 @@ def stale_fields(run_dir: Path, cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """The fields in which a run directory's stored config differs from the cell's: {field: (stored, wanted)}.
 
     Empty for a run not started yet. A stored config that no longer validates counts as differing in full."""
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG
     if not path.is_file():
         return {}
     try:
         stored = from_dict(read_json(path))
     except VaelabError as e:
-        return {"config.json": (str(e), "a valid config")}
-    return {k: (v, getattr(cfg, k)) for k, v in stored.to_dict().items() if getattr(cfg, k) != v}
+        return {CONFIG: (str(e), "a valid config")}
+    return config_diff(stored, cfg)
 
 
 def _set_aside(run_dir: Path) -> Path:

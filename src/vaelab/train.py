@@ -14,7 +14,7 @@ import torch
 
 from . import VaelabError, __version__
 from . import data as vdata
-from .config import TrainConfig, from_dict
+from .config import TrainConfig, config_diff, from_dict
 from .losses import objective, perceptual_term, scheduled_beta
 from .models import VAE
 from .store import (CHECKPOINT, CONFIG, LEGACY_CHECKPOINT, METRICS, FolderLock, atomic_write_json, atomic_write_text,
@@ -61,7 +61,7 @@ def legacy_message(path: Path) -> str:
             f"those. If you trust where it came from, convert it: vaelab convert {path.parent} --i-trust-this-file")
 
 
-def load_checkpoint(run_dir: Path, map_location="cpu") -> dict:
+def load_checkpoint(run_dir: Path) -> dict:
     """Read RUN/checkpoint.safetensors: tensors and JSON only, so loading one can never execute code."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
@@ -78,8 +78,6 @@ def load_checkpoint(run_dir: Path, map_location="cpu") -> dict:
                           f"({CHECKPOINT_FORMAT}); it was written by vaelab {ckpt.get('versions', {}).get('vaelab', '?')}")
     if len(ckpt["shape"]) != 3 or not all(isinstance(v, int) and v > 0 for v in ckpt["shape"]):
         raise VaelabError(f"{path}: not a vaelab checkpoint (bad image shape {ckpt['shape']})")
-    if map_location not in (None, "cpu"):
-        ckpt["model"] = {k: v.to(map_location) for k, v in ckpt["model"].items()}
     return ckpt
 
 
@@ -240,25 +238,23 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
     check_can_create(out)
     device = resolve_device(cfg.device)
     ds = dataset if dataset is not None else vdata.load(cfg.dataset, data_dir)
-    tr_idx, va_idx = vdata.split_indices(len(ds.x_train), cfg.val_size, cfg.train_size)
-    vdata.test_indices(len(ds.x_test), cfg.test_size)
-    check_fits(model_bytes(cfg, ds.shape, len(ds.classes), min(cfg.batch_size, len(tr_idx))), "training this model",
-               device)
+    splits = vdata.make_splits(ds, cfg.val_size, cfg.train_size, cfg.test_size, device)
+    check_fits(model_bytes(cfg, ds.shape, len(ds.classes), min(cfg.batch_size, len(splits["train"]))),
+               "training this model", device)
 
     ensure_writable_dir(out)
     with FolderLock(out, "this run directory"):
-        return _train_locked(cfg, out, ds, device, tr_idx, va_idx, progress, on_epoch_end)
+        return _train_locked(cfg, out, ds, device, splits["train"], splits["val"], progress, on_epoch_end)
 
 
-def _train_locked(cfg, out, ds, device, tr_idx, va_idx, progress, on_epoch_end) -> dict:
+def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epoch_end) -> dict:
     ckpt_path = out / CHECKPOINT
     ckpt = None
     if ckpt_path.exists() or (out / LEGACY_CHECKPOINT).exists():
         ckpt = load_checkpoint(out)
         stored = from_dict(ckpt["config"])
         if stored != cfg:
-            diff = {k: (v, getattr(cfg, k)) for k, v in stored.to_dict().items() if getattr(cfg, k) != v}
-            raise VaelabError(f"{out}: resume with a different config than the run's ({diff})")
+            raise VaelabError(f"{out}: resume with a different config than the run's ({config_diff(stored, cfg)})")
     remove_stale_temps(out)
     atomic_write_json(out / CONFIG, cfg.to_dict())
     if ckpt is not None:
@@ -268,8 +264,6 @@ def _train_locked(cfg, out, ds, device, tr_idx, va_idx, progress, on_epoch_end) 
         if ckpt["epoch"] >= cfg.epochs:
             return ckpt["history"][-1]
 
-    train_split = vdata.to_split(ds.x_train[tr_idx], ds.y_train[tr_idx], device)
-    val_split = vdata.to_split(ds.x_train[va_idx], ds.y_train[va_idx], device)
     n = len(train_split)
 
     torch.manual_seed(cfg.seed)
