@@ -116,3 +116,13 @@ def pytest_terminal_summary(terminalreporter):
     except OSError:
         pass
     terminalreporter.write_line("reliability: " + ", ".join(f"{k} {v}" for k, v in sorted(RELIABILITY.items())))
+
+
+def quick_classifier(monkeypatch, epochs: int = 2):
+    """The dataset spec says how long its reference classifier trains: two epochs are enough for tests."""
+    import dataclasses
+
+    from vaelab import data as vdata
+
+    spec = vdata.DATASETS["fashion-mnist"]
+    monkeypatch.setitem(vdata.DATASETS, "fashion-mnist", dataclasses.replace(spec, classifier_epochs=epochs))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import quick_classifier, tiny_config
 
 from vaelab import classifier
 from vaelab import data as vdata
@@ -34,7 +34,7 @@ def test_classifier_learns_and_is_cached(tiny_root, monkeypatch):
 
 
 def test_generation_scores(tiny_root, tmp_path, monkeypatch):
-    monkeypatch.setitem(classifier.EPOCHS, "fashion-mnist", 2)
+    quick_classifier(monkeypatch)
     ds = vdata.load("fashion-mnist", tiny_root)
     train(tiny_config(latent_dim=3, epochs=2), tmp_path / "r", dataset=ds)
     s = classifier.generation_scores(tmp_path / "r", tiny_root, n=50)
@@ -53,7 +53,7 @@ def test_explore_writes_generation_scores_into_eval_json(tiny_root, tmp_path, mo
     from vaelab.cli import main
     from vaelab.evaluate import evaluate
 
-    monkeypatch.setitem(classifier.EPOCHS, "fashion-mnist", 2)
+    quick_classifier(monkeypatch)
     ds = vdata.load("fashion-mnist", tiny_root)
     train(tiny_config(latent_dim=3, epochs=2), tmp_path / "r", dataset=ds)
     evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2)
@@ -68,7 +68,7 @@ def test_score_run_merges_into_eval_json_and_reuses(tiny_root, tmp_path, monkeyp
 
     from vaelab.evaluate import evaluate
 
-    monkeypatch.setitem(classifier.EPOCHS, "fashion-mnist", 2)
+    quick_classifier(monkeypatch)
     ds = vdata.load("fashion-mnist", tiny_root)
     train(tiny_config(latent_dim=3, epochs=1), tmp_path / "r", dataset=ds)
     evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2)

@@ -286,3 +286,13 @@ def test_verification_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
     os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
     vdata.verify(folder)
     assert calls[4:] == ["train-labels-idx1-ubyte.gz"]
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist", "cifar10"])
+def test_the_dataset_spec_states_the_facts_a_loaded_dataset_has(tiny_root, name):
+    """Shape, classes, pixel levels and chance live in the spec; a loaded dataset agrees with its spec."""
+    spec, ds = vdata.DATASETS[name], vdata.load(name, tiny_root)
+    assert spec.shape == ds.shape and spec.classes == ds.classes and spec.n_dims == int(np.prod(ds.shape))
+    assert spec.chance == pytest.approx(0.1) and int(ds.x_train.max()) < spec.levels == 256
+    for a, b in spec.attribute_pairs:  # the pairs `explore` draws attribute vectors between are real classes
+        assert a in spec.classes and b in spec.classes and a != b

@@ -53,11 +53,10 @@ class LinearGaussian(torch.nn.Module):
 
     log_weights = VAE.log_weights  # the one method ELBO, IWAE and sampling share, on this model's parts
     posterior_sample = VAE.posterior_sample
-    flow = None
 
     def __init__(self, exact: bool, shape=(1, 2, 3), latent_dim=2, sigma=0.2, seed=0):
         from vaelab.losses import Gaussian
-        from vaelab.models import StandardNormal
+        from vaelab.models import GaussianPosterior, StandardNormal
 
         super().__init__()
         self.prior = StandardNormal(latent_dim)
@@ -78,14 +77,18 @@ class LinearGaussian(torch.nn.Module):
             self.logvar = torch.log(torch.diagonal(post_cov))
         else:
             self.A = self.A * 0.5  # shrunk means and unit variances: a poor but valid q
+        self.posterior = GaussianPosterior(1, latent_dim)
+        self.posterior.gaussian = self.encode_features  # the posterior part, with this model's exact mean and variance
 
-    def encode(self, x, y=None):
-        t = x.flatten(1).double() / 255.0
+    def features(self, x, y=None):  # what VAE.posterior_sample hands the posterior
+        return x.flatten(1).double() / 255.0
+
+    def encode_features(self, t):
         mu = (t - self.b) @ self.A.T
         return mu.float(), self.logvar.float().expand_as(mu)
 
-    def _gaussian(self, x, y=None):  # what VAE.posterior_sample reads: q's mean, log-variance and features
-        return (*self.encode(x, y), None)
+    def encode(self, x, y=None):
+        return self.encode_features(self.features(x))
 
     def decode(self, z, y=None):
         return (z.double() @ self.W.T + self.b).float().view(-1, *self.shape)
@@ -144,7 +147,7 @@ def test_active_units_count_dimensions_whose_mean_varies():
         model.encoder.fc[0].weight.normal_(0, 0.05)
         model.encoder.conv[0].weight.normal_(0, 0.5)
         model.encoder.conv[2].weight.normal_(0, 0.5)
-        model.to_mu.weight[0].fill_(1.0)
+        model.posterior.to_mu.weight[0].fill_(1.0)
     split = vdata.to_split(np.random.default_rng(0).integers(0, 256, (50, 1, 28, 28), dtype=np.uint8),
                            np.zeros(50, np.int64), "cpu")
     out = evaluate_model(model, split, iwae_samples=2)

@@ -9,8 +9,9 @@ from conftest import tiny_config
 from PIL import Image
 
 from vaelab import data as vdata
-from vaelab import latent
+from vaelab import VaelabError, generate, latent
 from vaelab.cli import main
+from vaelab.models import VAE
 from vaelab.train import train
 
 
@@ -35,35 +36,59 @@ def test_class_gaussians_recover_mean_and_covariance():
     cov = np.array([[2.0, 0.8], [0.8, 1.0]])
     mu = np.concatenate([rng.multivariate_normal([3, -1], cov, 4000), rng.multivariate_normal([-3, 2], np.eye(2), 4000)])
     y = np.repeat([0, 1], 4000)
-    g = latent.ClassGaussians(mu, y, 2)
+    g = generate.ClassGaussians(mu, y, 2)
     assert np.allclose(g.means[0], [3, -1], atol=0.08) and np.allclose(g.covs[0], cov, atol=0.12)
     s = g.sample(1, 5000, seed=0)
     assert np.allclose(s.mean(0), [-3, 2], atol=0.08)
     with pytest.raises(ValueError, match="class 2 has 0 codes"):
-        latent.ClassGaussians(mu, y, 3)
+        generate.ClassGaussians(mu, y, 3)
 
 
 def test_mixture_on_aggregate_posterior_finds_the_clusters():
     mu, y, centres = clusters(600)
-    gmm = latent.fit_mixture(mu, n_components=3)
+    gmm = generate.fit_mixture(mu, n_components=3)
     assert np.allclose(np.sort(gmm.means_, axis=0), np.sort(centres, axis=0), atol=0.05)
 
 
 
-def test_code_sampler_fits_once_and_draws_reproducibly():
+def test_sampler_fits_once_and_draws_reproducibly():
     mu, y, centres = clusters(600)
     calls = []
-    s = latent.CodeSampler(3, lambda: calls.append(1) or (mu, y))
-    a, b = s.sample(50, "gmm", seed=1), s.sample(50, "gmm", seed=1)
-    assert np.array_equal(a, b) and not np.array_equal(a, s.sample(50, "gmm", seed=2))
-    k2 = s.sample(400, "class-gaussian", 2, seed=0)
+    s = generate.Sampler(VAE((1, 28, 28), 3, "conv", "bernoulli"), lambda: calls.append(1) or (mu, y))
+    a, b = s.codes(50, "gmm", seed=1), s.codes(50, "gmm", seed=1)
+    assert np.array_equal(a, b) and not np.array_equal(a, s.codes(50, "gmm", seed=2))
+    k2 = s.codes(400, "class-gaussian", 2, seed=0)
     assert np.allclose(k2.mean(0), centres[2], atol=0.05)
     assert len(calls) == 2  # codes read once per fitted model, however many draws
-    assert s.sample(4, "prior").shape == (4, 3)
-    with pytest.raises(ValueError, match="needs a class"):
-        s.sample(4, "class-gaussian")
-    with pytest.raises(ValueError, match="unknown sampler"):
-        s.sample(4, "flow")
+    p = s.codes(4000, "prior", seed=3)
+    assert p.shape == (4000, 3) and abs(p.mean()) < 0.05 and abs(p.std() - 1) < 0.05
+    assert np.array_equal(p, s.codes(4000, "prior", seed=3))
+    with pytest.raises(VaelabError, match="needs a class"):
+        s.codes(4, "class-gaussian")
+    with pytest.raises(VaelabError, match="unknown sampler"):
+        s.codes(4, "flow")
+    with pytest.raises(VaelabError, match="needs a conditional run"):
+        s.images(4, "prior", class_index=1)
+    with pytest.raises(VaelabError, match="no training codes"):
+        generate.Sampler(s.model).codes(4, "gmm")
+
+
+def test_sampler_draws_from_the_models_own_prior_and_gives_a_cvae_its_labels():
+    torch.manual_seed(0)
+    mog = VAE((1, 28, 28), 2, "conv", "bernoulli", prior="mog", prior_components=2)
+    with torch.no_grad():
+        mog.prior.means.copy_(torch.tensor([[8.0, 8.0], [8.0, 8.0]]))
+        mog.prior.logvars.fill_(-6.0)
+    z = generate.Sampler(mog).codes(500, "prior")
+    assert np.allclose(z, 8.0, atol=0.3)  # the learned mixture, not N(0, I)
+    cvae = VAE((1, 28, 28), 2, "conv", "bernoulli", num_classes=10)
+    seen = []
+    cvae.decode = lambda z, y=None: seen.append(y) or torch.zeros(len(z), 1, 28, 28)
+    gen = generate.Sampler(cvae)
+    gen.images(12)
+    gen.images(3, class_index=7)
+    assert seen[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1] and seen[1].tolist() == [7, 7, 7]
+
 
 def assert_real_figure(path):
     """A PNG that decodes, is of a plausible size, and is not one flat colour."""
@@ -94,7 +119,7 @@ def test_interpolations_and_traversals():
 
 def test_nearest_neighbours():
     pool = np.arange(5 * 4, dtype=np.float32).reshape(5, 1, 2, 2)
-    assert list(latent.nearest_neighbours(pool[[3, 1]] + 0.1, pool)) == [3, 1]
+    assert list(generate.nearest_neighbours(pool[[3, 1]] + 0.1, pool)) == [3, 1]
 
 
 def test_explore_sample_class_and_cvae(tiny_root, tmp_path, capsys):

@@ -7,6 +7,7 @@ import torch
 
 from vaelab.config import TrainConfig
 from vaelab.losses import log_normal
+from vaelab.generate import Sampler
 from vaelab.models import VAE
 
 
@@ -24,7 +25,7 @@ def test_forward_terms_and_shapes(arch, likelihood, shape):
     assert torch.allclose(t["kl"], t["kl_per_dim"].sum(1))
     assert torch.all(t["kl"] >= 0)
     assert model.x_hat(t["params"]).shape == (5, *shape)
-    assert model.sample(4).shape == (4, *shape)
+    assert Sampler(model).images(4).shape == (4, *shape)
     assert model.reconstruct(x).shape == (5, *shape)
 
 
@@ -125,7 +126,7 @@ def test_a_learned_prior_gives_a_monte_carlo_kl_and_no_per_dimension_kl():
     want = log_normal(t["z"], t["mu"], t["logvar"]) - model.prior.log_prob(t["z"])
     assert torch.allclose(t["kl"], want)
     with torch.no_grad():
-        assert model.sample(5).shape == (5, 1, 28, 28)
+        assert Sampler(model).images(5).shape == (5, 1, 28, 28)
 
 
 def test_the_standard_prior_adds_nothing_to_a_checkpoint():
@@ -155,7 +156,7 @@ def test_iaf_log_det_is_the_log_det_of_its_jacobian_and_each_step_is_autoregress
 def test_iaf_posterior_terms_log_weights_and_codes():
     torch.manual_seed(0)
     model = VAE((1, 28, 28), 3, "conv", "bernoulli", posterior="iaf", flow_steps=2, flow_hidden=16)
-    for made in model.flow.steps:
+    for made in model.posterior.flow.steps:
         torch.nn.init.normal_(made.out.weight, std=0.3)
     x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
     torch.manual_seed(1)
@@ -172,8 +173,88 @@ def test_iaf_posterior_terms_log_weights_and_codes():
         want = model.likelihood.log_prob(model.decode(z1[:, 0]).float(), x) + log_normal(z1[:, 0]) - lq1[:, 0]
         assert torch.allclose(lw, want, atol=1e-4)
         code, _ = model.encode(x)  # the mean code: the Gaussian's mean through the flow
-        assert torch.allclose(code, model.flow(mu, model.to_context(model._gaussian(x, None)[2]))[0])
+        post = model.posterior
+        assert torch.allclose(code, post.flow(mu, post.to_context(model.features(x)))[0])
 
 
 def test_a_gaussian_posterior_model_has_no_flow_parameters():
-    assert not [k for k in VAE((1, 28, 28), 4).state_dict() if k.startswith(("flow.", "to_context."))]
+    assert not [k for k in VAE((1, 28, 28), 4).state_dict() if k.startswith(("posterior.flow.", "posterior.to_context."))]
+
+
+@pytest.mark.parametrize("posterior", ["gaussian", "iaf"])
+def test_weights_saved_before_the_posterior_was_a_part_still_load(posterior):
+    """Checkpoints from before the refactor kept to_mu/to_logvar/to_context/flow on the VAE itself."""
+    torch.manual_seed(0)
+    old = VAE((1, 28, 28), 3, "conv", "bernoulli", posterior=posterior, flow_steps=1, flow_hidden=8)
+    legacy = {k.removeprefix("posterior."): v for k, v in old.state_dict().items()}
+    assert "to_mu.weight" in legacy and not any(k.startswith("posterior.") for k in legacy)
+    torch.manual_seed(1)
+    new = VAE((1, 28, 28), 3, "conv", "bernoulli", posterior=posterior, flow_steps=1, flow_hidden=8)
+    new.load_state_dict(legacy)
+    x = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    assert torch.equal(new.encode(x)[0], old.encode(x)[0])
+    with pytest.raises(RuntimeError):  # a key that is neither old nor new is still refused
+        new.load_state_dict({**legacy, "bogus.weight": torch.zeros(1)})
+
+
+def test_a_posterior_added_as_one_registry_entry_works_end_to_end(monkeypatch):
+    """The README's worked example, verbatim in spirit: one class, one entry, and config, model, ELBO and IWAE use it."""
+    from torch import nn
+
+    from vaelab.models import POSTERIORS, GaussianPosterior
+
+    class AffinePosterior(GaussianPosterior):
+        analytic_kl = False
+
+        def __init__(self, features, latent_dim, steps=2, hidden=128):
+            super().__init__(features, latent_dim)
+            self.s, self.t = nn.Parameter(torch.zeros(latent_dim)), nn.Parameter(torch.zeros(latent_dim))
+
+        def rsample(self, h, k=None):
+            z, log_q, mu, logvar = super().rsample(h, k)
+            return torch.exp(self.s) * z + self.t, log_q - self.s.sum(), mu, logvar
+
+        def mean(self, h):
+            return torch.exp(self.s) * self.to_mu(h) + self.t
+
+    monkeypatch.setitem(POSTERIORS, "affine", AffinePosterior)
+    cfg = TrainConfig(latent_dim=3, posterior="affine", likelihood="bernoulli")
+    model = VAE.from_config(cfg, (1, 28, 28))
+    with torch.no_grad():
+        model.posterior.s.copy_(torch.tensor([0.5, -0.3, 0.1]))
+        model.posterior.t.copy_(torch.tensor([1.0, 0.0, -2.0]))
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    t = model(x)
+    assert "kl_per_dim" not in t
+    # z = exp(s) (mu + sigma eps) + t is N(exp(s) mu + t, exp(2s) sigma^2): the density the change of variables gives
+    s = model.posterior.s
+    want = log_normal(t["z"], torch.exp(s) * t["mu"] + model.posterior.t, t["logvar"] + 2 * s)
+    assert torch.allclose(t["kl"], want - model.prior.log_prob(t["z"]), atol=1e-5)
+    loss = -t["elbo"].mean()
+    loss.backward()
+    assert model.posterior.s.grad is not None and model.posterior.s.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert model.log_weights(x, None, 5).shape == (4, 5)
+
+
+def test_the_readme_laplace_prior_is_a_density_with_matching_samples(monkeypatch):
+    """The README's worked prior: log_prob integrates to 1 in 1-D and samples have Laplace(0, 1) moments."""
+    import math
+
+    from vaelab.models import PRIORS, Prior
+
+    class Laplace(Prior):
+        def log_prob(self, z):
+            return (-z.abs() - math.log(2)).sum(-1)
+
+        def sample(self, n, generator=None):
+            e = torch.empty(n, self.latent_dim).exponential_(generator=generator)
+            sign = torch.randint(0, 2, (n, self.latent_dim), generator=generator) * 2 - 1
+            return e * sign
+
+    monkeypatch.setitem(PRIORS, "laplace", Laplace)
+    model = VAE((1, 28, 28), 1, "conv", "bernoulli", prior="laplace")
+    grid = torch.linspace(-30, 30, 60001)[:, None]
+    assert torch.trapezoid(model.prior.log_prob(grid).exp(), grid[:, 0]).item() == pytest.approx(1.0, abs=1e-3)
+    z = model.prior.sample(20000, torch.Generator().manual_seed(0))
+    assert abs(z.mean().item()) < 0.05 and z.var().item() == pytest.approx(2.0, rel=0.05)

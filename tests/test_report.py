@@ -110,7 +110,7 @@ def test_run_report_and_cli(mini_study, tiny_root, capsys):
     names = {Path(p).name for p in imgs}
     assert {"reconstructions.png", "samples.png", "curves.png", "kl_per_dim.png", "latent_map.png", "manifold.png",
             "interpolations.png", "traversals.png", "class_conditional.png", "prior_vs_mixture.png"} <= names
-    assert "Fréchet dist., z ~ N(0, I)" in index.read_text()
+    assert "Fréchet dist., z ~ p(z)" in index.read_text()
     assert main(["report", str(run), "--data-dir", str(tiny_root), "--no-classifier"]) == 0
     assert "Fréchet dist." not in index.read_text()
     assert main(["report", str(tiny_root)]) == 2

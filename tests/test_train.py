@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import count, tiny_config
+from conftest import count, quick_classifier, tiny_config
 
 from vaelab import VaelabError
 from vaelab import data as vdata
@@ -246,7 +246,7 @@ def test_perceptual_weight_adds_the_feature_term_and_trains(ds, tmp_path, monkey
     from vaelab import classifier
     from vaelab.losses import perceptual_term
 
-    monkeypatch.setitem(classifier.EPOCHS, "fashion-mnist", 1)
+    quick_classifier(monkeypatch, 1)
     clf, _ = classifier.reference_classifier("fashion-mnist", ds=ds)
     x = torch.from_numpy(ds.x_test[:4])
     same = perceptual_term(clf.features, x, x.float() / 255.0)

@@ -18,9 +18,6 @@ from .store import VaelabError, load_tree, save_tree
 VERSION = 2  # bump when the network or its training recipe changes: old cache entries are then ignored
 # Sized for a 2-core CPU (channels-last): Fashion-MNIST 90.6 % in 301 s, CIFAR-10 stand-in 76.2 % in 483 s (README).
 WIDTHS = (32, 64, 128)  # conv channels per stage, every dataset; a cached model records its own
-EPOCHS = {"fashion-mnist": 10, "cifar10": 15, "cifar10-lossless": 30}
-# Fashion-MNIST's shoes all point left and its garments sit centred: mirroring adds no useful variety there.
-FLIP = {"fashion-mnist": False, "cifar10": True, "cifar10-lossless": True}
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -70,7 +67,7 @@ def predict(model: SmallCNN, x: torch.Tensor, batch_size: int = 1000) -> tuple[t
 
 def train_classifier(ds: vdata.Dataset, epochs: int, seed: int = 0, batch_size: int = 128,
                      device: str = "cpu") -> tuple[SmallCNN, float]:
-    """Adam + one-cycle schedule, random 2-pixel translations (and flips, per FLIP); returns the model and its
+    """Adam + one-cycle schedule, random 2-pixel translations (and flips where the dataset's spec allows mirroring); returns the model and its
     test accuracy. Progress bar on a terminal: on a 2-core CPU this takes minutes, on a GPU seconds."""
     from tqdm.auto import tqdm
 
@@ -90,7 +87,7 @@ def train_classifier(ds: vdata.Dataset, epochs: int, seed: int = 0, batch_size: 
         model.train()
         for idx in vdata.minibatches(len(x), batch_size, g, device):
             xb = vdata.to_float(x[idx])
-            if FLIP.get(ds.name, True):
+            if getattr(vdata.DATASETS.get(ds.name), "mirror", True):
                 flip = torch.rand(len(xb), device=device, generator=g) < 0.5
                 xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
             xb = random_crop(xb, 2, g)
@@ -112,7 +109,7 @@ def reference_classifier(dataset: str, data_dir=None, epochs: int | None = None,
     from .train import resolve_device
 
     ds = ds if ds is not None else vdata.load(dataset, data_dir)
-    epochs = epochs or EPOCHS.get(dataset, 10)
+    epochs = epochs or vdata.DATASETS[dataset].classifier_epochs
     key = f"{dataset}-n{len(ds.x_train)}-{vdata._source_key(Path(ds.source)) if Path(ds.source).exists() else 'mem'}"
     path = vdata.cache_dir() / "classifiers" / f"{key}-e{epochs}-v{VERSION}.safetensors"
     if path.is_file():  # safetensors: a cache entry someone planted cannot run code
@@ -183,17 +180,15 @@ def score_run(run_dir, data_dir=None, n: int = 2000, reuse: bool = True) -> dict
 
 
 def _scores(model, clf, info, ds, ckpt, run_dir, data_dir, n, seed) -> dict:
-    from .latent import CodeSampler, decode_mean
+    from .generate import Sampler
 
     te = vdata.test_indices(len(ds.x_test), min(n, len(ds.x_test)))
     _, f_test = predict(clf, vdata.to_float(torch.from_numpy(ds.x_test[te])))
     n_classes = len(ckpt["classes"])
     out: dict = {"classifier_test_accuracy": info["test_accuracy"], "n_samples": n}
-    codes = CodeSampler.for_run(run_dir, data_dir, dataset=ds, prior=model.prior)
+    gen = Sampler.for_run(run_dir, model, data_dir, dataset=ds)
     for sampler in ("prior", "gmm"):
-        z = torch.as_tensor(codes.sample(n, sampler, seed=seed), dtype=torch.float32)
-        y = torch.arange(n) % n_classes if model.num_classes else None
-        logits, feats = predict(clf, decode_mean(model, z, y))
+        logits, feats = predict(clf, gen.images(n, sampler, seed=seed))
         hist = torch.bincount(logits.argmax(1), minlength=n_classes).float() / n
         out[f"fd_{sampler}"] = frechet_distance(feats.double().numpy(), f_test.double().numpy())
         out[f"class_histogram_{sampler}"] = hist.tolist()
@@ -201,9 +196,7 @@ def _scores(model, clf, info, ds, ckpt, run_dir, data_dir, n, seed) -> dict:
     hits = 0
     for k in range(n_classes):  # class-conditional: the CVAE's decoder, or per-class Gaussians on the codes
         sampler = "prior" if model.num_classes else "class-gaussian"
-        z = torch.as_tensor(codes.sample(per_class, sampler, k, seed + k), dtype=torch.float32)
-        y = torch.full((per_class,), k) if model.num_classes else None
-        logits, _ = predict(clf, decode_mean(model, z, y))
+        logits, _ = predict(clf, gen.images(per_class, sampler, k, seed + k))
         hits += int((logits.argmax(1) == k).sum())
     out["conditional_accuracy"] = hits / (per_class * n_classes)
     return out

@@ -89,7 +89,7 @@ def _check_count(name: str, value: int, most: int) -> None:
 def cmd_sample(args) -> int:
     import torch
 
-    from .latent import sample_codes
+    from .generate import Sampler
     from .plots import image_grid, save_image
     from .run import Run
     from .train import check_fits, resolve_device
@@ -108,18 +108,7 @@ def cmd_sample(args) -> int:
             raise VaelabError(f"unknown class '{args.class_name}' (known: {', '.join(ckpt['classes'])})")
         k = ckpt["classes"].index(args.class_name)
     sampler = args.sampler or ("class-gaussian" if k is not None and not model.num_classes else "prior")
-    if sampler == "class-gaussian" and k is None:
-        raise VaelabError("--sampler class-gaussian needs --class NAME")
-    y = None
-    if model.num_classes:  # a CVAE conditions its decoder: the class asked for, else every class in turn
-        y = (torch.full((args.n,), k) if k is not None else torch.arange(args.n) % model.num_classes).to(dev)
-    elif k is not None and sampler != "class-gaussian":
-        raise VaelabError("--class needs a conditional run (--conditional) or --sampler class-gaussian")
-    z = torch.as_tensor(sample_codes(run, args.n, sampler, k, args.data_dir, args.seed, prior=model.prior),
-                        dtype=torch.float32, device=dev)
-    with torch.no_grad():
-        params = model.decode(z, y).float()
-        x = model.likelihood.sample(params) if args.stochastic else model.likelihood.mean(params)
+    x = Sampler.for_run(run, model, args.data_dir).images(args.n, sampler, k, args.seed, args.stochastic)
     path = save_image(image_grid(x, args.nrow), _out_png(args, run, "samples.png"))
     print(path)
     return 0
@@ -213,7 +202,7 @@ def cmd_score(args) -> int:
         raise VaelabError(f"--samples must be in 1..100,000, got {args.samples}")
     for label, s in score_target(args.target, args.data_dir, args.samples):
         print(f"{label}: " + (s if isinstance(s, str) else f"conditional accuracy {s['conditional_accuracy']:.1%}, "
-                              f"Fréchet distance N(0, I) {s['fd_prior']:.3g}, GMM {s['fd_gmm']:.3g}"))
+                              f"Fréchet distance p(z) {s['fd_prior']:.3g}, GMM {s['fd_gmm']:.3g}"))
     return 0
 
 

@@ -322,12 +322,30 @@ def verify(source: Path) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """Everything vaelab knows about a dataset without loading it: where it comes from, and the facts the rest of
+    the package reads (shape, classes, chance level, pixel levels, how its reference classifier trains)."""
+
     name: str
     shape: tuple[int, int, int]
     what: str  # what to put where, for the offline message
     locate: Callable[[Path], Path | None]  # root -> the source inside it, or None
     load: Callable[[Path], Dataset]
     download: Callable[[Path], Path] | None
+    classes: tuple[str, ...] = ()
+    levels: int = 256  # pixel values 0..levels-1: the bins of the discrete likelihoods and of bits/dim
+    # class pairs whose centroid difference `vaelab explore` draws as an attribute vector (e.g. sneaker -> boot)
+    attribute_pairs: tuple[tuple[str, str], ...] = ()
+    mirror: bool = True  # horizontal flips are a valid augmentation for its reference classifier
+    classifier_epochs: int = 10
+
+    @property
+    def chance(self) -> float:
+        """Accuracy of guessing on its test set, whose classes are balanced (1000 per class in all three)."""
+        return 1.0 / len(self.classes)
+
+    @property
+    def n_dims(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2]
 
 
 def _locate_fashion(root: Path) -> Path | None:
@@ -383,13 +401,20 @@ def _download_cifar(root: Path) -> Path:
     return root / CIFAR_ARCHIVE
 
 
+_CIFAR_PAIRS = (("automobile", "truck"), ("cat", "dog"))
 DATASETS: dict[str, DatasetSpec] = {
+    # Fashion-MNIST's shoes all point left and its garments sit centred: mirroring adds no useful variety there.
     "fashion-mnist": DatasetSpec("fashion-mnist", (1, 28, 28), "fashion-mnist/{" + ",".join(FASHION_FILES) + "}",
-                                 _locate_fashion, load_fashion, _download_fashion),
+                                 _locate_fashion, load_fashion, _download_fashion, FASHION_CLASSES,
+                                 attribute_pairs=(("Sneaker", "Ankle boot"), ("T-shirt/top", "Shirt")),
+                                 mirror=False, classifier_epochs=10),
     "cifar10": DatasetSpec("cifar10", (3, 32, 32), f"{CIFAR_ARCHIVE} (or the extracted {CIFAR_DIR}/)",
-                           _locate_cifar, load_cifar, _download_cifar),
-    "cifar10-lossless": DatasetSpec("cifar10-lossless", (3, 32, 32), str(LOSSLESS_FILE),
-                                    _locate_lossless, load_lossless, None),
+                           _locate_cifar, load_cifar, _download_cifar, CIFAR_CLASSES,
+                           attribute_pairs=_CIFAR_PAIRS, classifier_epochs=15),
+    # 5,000 images: more epochs for the classifier to see as many steps
+    "cifar10-lossless": DatasetSpec("cifar10-lossless", (3, 32, 32), str(LOSSLESS_FILE), _locate_lossless,
+                                    load_lossless, None, CIFAR_CLASSES, attribute_pairs=_CIFAR_PAIRS,
+                                    classifier_epochs=30),
 }
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import data as vdata
+
 HOLDS, FAILS, MIXED, INCONCLUSIVE, UNKNOWN = "holds", "does not hold", "partly holds", "inconclusive", "not enough data"
 VERDICTS = (HOLDS, MIXED, FAILS, INCONCLUSIVE, UNKNOWN)
 MIN_SEEDS = 3  # fewer seeds per cell: no confidence intervals
@@ -307,7 +309,7 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
     for ds, sub in latent.dropna(subset=["conditional_accuracy"]).groupby("dataset"):
         best = sub.loc[sub["conditional_accuracy"].idxmax()]
         acc = best["conditional_accuracy"]
-        chance = float(best["chance_accuracy"]) if "chance_accuracy" in best and best["chance_accuracy"] == best["chance_accuracy"] else 0.1
+        chance = vdata.DATASETS[ds].chance if ds in vdata.DATASETS else float(best.get("chance_accuracy", 0.1))
         out.append(Finding(f"{ds}: the latent space supports class-conditional generation without retraining.",
                            f"the reference classifier labels {acc:.0%} of samples from per-class Gaussians as the "
                            f"class asked for (latent_dim {int(best['latent_dim'])}; chance {chance:.0%}; 'holds' from "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 
@@ -54,11 +52,6 @@ def manifold_grid(n: int, device="cpu") -> torch.Tensor:
     q = torch.tensor(norm.ppf(np.linspace(0.05, 0.95, n)), dtype=torch.float32, device=device)
     z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
     return torch.stack([z1.reshape(-1), z2.reshape(-1)], 1)
-
-
-@torch.no_grad()
-def decode_mean(model: VAE, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    return model.likelihood.mean(model.decode(z, y).float())
 
 
 # ---------------------------------------------------------------- cached encodings of a run's splits
@@ -121,38 +114,6 @@ def arithmetic(z: np.ndarray, vector: np.ndarray, alphas) -> np.ndarray:
     return np.stack([z + a * vector for a in alphas])
 
 
-class ClassGaussians:
-    """Class-conditional generation without retraining: a full-covariance Gaussian per class's latent codes."""
-
-    def __init__(self, mu: np.ndarray, y: np.ndarray, n_classes: int, ridge: float = 1e-4):
-        self.means, self.covs = [], []
-        for k in range(n_classes):
-            zk = mu[y == k]
-            if len(zk) < 2:
-                raise ValueError(f"class {k} has {len(zk)} codes; need at least 2 to fit a Gaussian")
-            cov = np.cov(zk, rowvar=False).reshape(mu.shape[1], mu.shape[1])
-            self.means.append(zk.mean(0))
-            self.covs.append(cov + ridge * np.eye(mu.shape[1]))  # ridge keeps it positive definite
-
-    def sample(self, k: int, n: int, seed: int = 0) -> np.ndarray:
-        return np.random.default_rng(seed).multivariate_normal(self.means[k], self.covs[k], size=n)
-
-
-def fit_mixture(mu: np.ndarray, n_components: int = 10, seed: int = 0):
-    """Ex-post density estimation (Ghosh et al. 2020): a GMM on the aggregate posterior, sampled instead of N(0, I)."""
-    from sklearn.mixture import GaussianMixture
-
-    return GaussianMixture(n_components=min(n_components, len(mu)), covariance_type="full", reg_covar=1e-4,
-                           random_state=seed).fit(np.asarray(mu, dtype=np.float64))  # float32 covariances fail the PSD check
-
-
-def nearest_neighbours(queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Index of each query's nearest pool item in pixel space (L2): the memorisation check for samples."""
-    q = torch.from_numpy(queries.reshape(len(queries), -1).astype(np.float32))
-    p = torch.from_numpy(pool.reshape(len(pool), -1).astype(np.float32))
-    return torch.cdist(q, p).argmin(1).numpy()
-
-
 def linear_probe(a_train: np.ndarray, y_train: np.ndarray):
     """The probe every organisation measure uses: standardised features, then logistic regression."""
     from sklearn.linear_model import LogisticRegression
@@ -199,73 +160,13 @@ def probe_baselines(untrained: VAE, probe: vdata.Split, test: vdata.Split, seed:
 
 # ---------------------------------------------------------------- `vaelab explore`
 
-ATTRIBUTE_PAIRS = {
-    "fashion-mnist": [("Sneaker", "Ankle boot"), ("T-shirt/top", "Shirt")],
-    "cifar10": [("automobile", "truck"), ("cat", "dog")],
-    "cifar10-lossless": [("automobile", "truck"), ("cat", "dog")],
-}
-
-
-SAMPLERS = ("prior", "gmm", "class-gaussian")
-
-
-class CodeSampler:
-    """Latent codes for one run from its prior p(z), from a GMM fitted to the aggregate posterior, or from a class's
-    Gaussian. The fits are made once, on first use, from up to 10,000 cached training codes."""
-
-    def __init__(self, latent_dim: int, codes: Callable[[], tuple[np.ndarray, np.ndarray]], fit_seed: int = 0,
-                 n_classes: int | None = None, prior=None):
-        self.latent_dim, self._codes, self.fit_seed, self.n_classes = latent_dim, codes, fit_seed, n_classes
-        self.prior = prior  # the model's p(z); None means N(0, I)
-        self._gmm = self._per_class = None
-
-    @classmethod
-    def for_run(cls, run_dir, data_dir=None, dataset: vdata.Dataset | None = None, prior=None) -> "CodeSampler":
-        from pathlib import Path
-
-        from .store import CONFIG, read_json
-
-        latent_dim = int(read_json(Path(run_dir) / CONFIG)["latent_dim"])
-
-        def codes():
-            mu, _, y = encode_run(run_dir, "train", data_dir, n=10000, dataset=dataset)
-            return mu, y
-        return cls(latent_dim, codes, prior=prior)
-
-    def sample(self, n: int, sampler: str = "prior", class_index: int | None = None, seed: int = 0) -> np.ndarray:
-        if sampler == "prior":
-            g = torch.Generator().manual_seed(seed)
-            if self.prior is None:
-                return torch.randn(n, self.latent_dim, generator=g).numpy()
-            with torch.no_grad():
-                return self.prior.sample(n, g).cpu().numpy()
-        if sampler == "gmm":
-            if self._gmm is None:
-                self._gmm = fit_mixture(self._codes()[0], seed=self.fit_seed)
-            self._gmm.set_params(random_state=seed)  # the fit is fixed; only the draw depends on seed
-            return self._gmm.sample(n)[0]
-        if sampler == "class-gaussian":
-            if class_index is None:
-                raise ValueError("the class-gaussian sampler needs a class")
-            if self._per_class is None:
-                mu, y = self._codes()
-                self._per_class = ClassGaussians(mu, y, self.n_classes or int(y.max()) + 1)
-            return self._per_class.sample(class_index, n, seed)
-        raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
-
-
-def sample_codes(run_dir, n: int, sampler: str = "prior", class_index: int | None = None, data_dir=None,
-                 seed: int = 0, prior=None) -> np.ndarray:
-    """One-off draw; make a CodeSampler to draw repeatedly without refitting."""
-    return CodeSampler.for_run(run_dir, data_dir, prior=prior).sample(n, sampler, class_index, seed)
-
-
 @torch.no_grad()
 def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]], dict]:
     """Figures of latent exploration and conditional generation into RUN/explore/; returns (files, measures)."""
     from pathlib import Path
 
     from . import plots
+    from .generate import Sampler, decode_mean, nearest_neighbours
     from .run import Run
 
     run_dir = Path(run_dir)
@@ -285,12 +186,11 @@ def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]]
     def dec(z, y=None):
         return decode_mean(model, torch.as_tensor(np.asarray(z), dtype=torch.float32), y)
 
-    cond = (lambda k, n: torch.full((n,), k)) if model.num_classes else (lambda k, n: None)
     centroids = class_centroids(mu_tr, y_tr, len(classes))
     if not model.num_classes:  # attribute vectors only mean something in an unconditional code
         rows, labels = [], []
         alphas = np.linspace(0, 1.5, 7)
-        for src, dst in ATTRIBUTE_PAIRS.get(cfg.dataset, []):
+        for src, dst in vdata.DATASETS[cfg.dataset].attribute_pairs:
             s, t = classes.index(src), classes.index(dst)
             vec = attribute_vector(centroids, s, t)
             first = int(np.flatnonzero(y_te == s)[0])
@@ -300,18 +200,17 @@ def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]]
             save(plots.image_rows(rows, labels, col_labels=[f"α={a:g}" for a in alphas]), "attribute_arithmetic.png",
                  "Latent arithmetic: a test image plus α times the centroid difference between two classes.")
     rows = []
-    codes = CodeSampler(cfg.latent_dim, lambda: (mu_tr, y_tr), n_classes=len(classes), prior=model.prior)
+    gen = Sampler(model, lambda: (mu_tr, y_tr), n_classes=len(classes))
     for k in range(len(classes)):
-        rows.append(dec(codes.sample(8, "prior" if model.num_classes else "class-gaussian", k, seed=k), cond(k, 8)))
+        rows.append(gen.images(8, "prior" if model.num_classes else "class-gaussian", k, seed=k))
     save(plots.image_rows(rows, [c[:12] for c in classes]), "class_conditional.png",
          "Class-conditional samples: " + ("the CVAE decoder given each label." if model.num_classes else
                                           "a full-covariance Gaussian fitted to each class's codes, decoded."))
     if not model.num_classes:
-        prior = dec(codes.sample(10, "prior"))
-        mixture = dec(codes.sample(10, "gmm"))
+        prior, mixture = gen.images(10, "prior"), gen.images(10, "gmm")
         nn_idx = nearest_neighbours((mixture.numpy() * 255), ds.x_train.astype(np.float32))
         save(plots.image_rows([prior, mixture, torch.from_numpy(ds.x_train[nn_idx])],
-                              ["z ~ N(0, I)", "z ~ GMM", "nearest train"]), "prior_vs_mixture.png",
-             "Samples from the prior vs from a 10-component GMM fitted to the aggregate posterior (Ghosh et al. 2020), "
+                              [f"z ~ p(z) ({cfg.prior})", "z ~ GMM", "nearest train"]), "prior_vs_mixture.png",
+             "Samples from the model's prior p(z) vs from a 10-component GMM fitted to the aggregate posterior (Ghosh et al. 2020), "
              "with each GMM sample's nearest training image (pixel L2) — a memorisation check.")
     return figs, measures

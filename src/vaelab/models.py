@@ -115,7 +115,8 @@ class StandardNormal(Prior):
         return log_normal(z)
 
     def sample(self, n, generator=None):
-        return torch.randn(n, self.latent_dim, generator=generator, device=self.anchor.device)
+        # drawn on the CPU: a seeded torch.Generator is a CPU one, and the same seed then gives the same codes anywhere
+        return torch.randn(n, self.latent_dim, generator=generator).to(self.anchor.device)
 
 
 class MixtureOfGaussians(Prior):
@@ -227,12 +228,64 @@ class IAF(nn.Module):
         return z, logdet
 
 
-POSTERIORS = ("gaussian", "iaf")
+class GaussianPosterior(nn.Module):
+    """q(z|x) = N(mu, diag exp(logvar)), mu and logvar linear in the encoder's features h (Kingma & Welling 2014).
+
+    The interface every posterior offers: `gaussian(h)` (the base Gaussian: VampPrior components, per-dimension KL),
+    `rsample(h, k)` (reparameterised draws with their log-density) and `mean(h)` (the code maps and probes read)."""
+
+    analytic_kl = True  # KL to N(0, I) in closed form, also per dimension
+
+    def __init__(self, features: int, latent_dim: int, steps: int = 2, hidden: int = 128):
+        super().__init__()
+        self.to_mu = nn.Linear(features, latent_dim)
+        self.to_logvar = nn.Linear(features, latent_dim)
+
+    def gaussian(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.to_mu(h), self.to_logvar(h)
+
+    def rsample(self, h: torch.Tensor, k: int | None = None):
+        """z ~ q(z|x): k=None gives (B, D), else (B, k, D). Returns (z, log_q, mu, logvar), mu and logvar those of
+        the base Gaussian."""
+        mu, logvar = self.gaussian(h)
+        m, lv = (mu, logvar) if k is None else (mu[:, None], logvar[:, None])
+        z = m + torch.exp(0.5 * lv) * torch.randn(m.shape if k is None else (mu.shape[0], k, mu.shape[1]),
+                                                  device=mu.device, dtype=mu.dtype)
+        return z, log_normal(z.float(), m.float(), lv.float()), mu, logvar
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        return self.to_mu(h)
+
+
+class IAFPosterior(GaussianPosterior):
+    """The Gaussian's sample pushed through `steps` IAF steps with a context from the encoder (Kingma et al. 2016):
+    log q(z_T|x) = log N(z_0; mu, sigma^2) - sum_t log|det dz_t/dz_(t-1)|."""
+
+    analytic_kl = False
+
+    def __init__(self, features: int, latent_dim: int, steps: int = 2, hidden: int = 128):
+        super().__init__(features, latent_dim)
+        self.to_context = nn.Linear(features, hidden)
+        self.flow = IAF(latent_dim, hidden, steps, hidden)
+
+    def rsample(self, h, k=None):
+        z, log_q, mu, logvar = super().rsample(h, k)
+        ctx = self.to_context(h)
+        z, logdet = self.flow(z, ctx if k is None else ctx[:, None].expand(-1, k, -1))
+        return z, log_q - logdet.float(), mu, logvar
+
+    def mean(self, h):  # the Gaussian's mean pushed through the flow
+        return self.flow(self.to_mu(h), self.to_context(h))[0]
+
+
+POSTERIORS: dict[str, type[GaussianPosterior]] = {"gaussian": GaussianPosterior, "iaf": IAFPosterior}
+# Checkpoints written before the posterior became a part kept its layers on the VAE itself.
+_LEGACY_KEYS = ("to_mu.", "to_logvar.", "to_context.", "flow.")
 
 
 class VAE(nn.Module):
-    """q(z|x) = N(mu, diag exp(logvar)), optionally pushed through an IAF; p(z) from the prior registry; p(x|z)
-    from the likelihood registry.
+    """encoder -> posterior q(z|x) -> prior p(z) -> decoder -> likelihood p(x|z), each from its registry
+    (ARCHS, POSTERIORS, PRIORS, losses.LIKELIHOODS).
 
     forward() returns named per-example terms; the trainer decides how to weight them (beta lives there).
     """
@@ -246,8 +299,7 @@ class VAE(nn.Module):
         enc_cls, dec_cls = ARCHS[arch]
         self.likelihood = make_likelihood(likelihood, gaussian_sigma)
         self.encoder = enc_cls(self.shape, n_cond=num_classes)
-        self.to_mu = nn.Linear(self.encoder.out_dim, latent_dim)
-        self.to_logvar = nn.Linear(self.encoder.out_dim, latent_dim)
+        self.posterior = POSTERIORS[posterior](self.encoder.out_dim, latent_dim, flow_steps, flow_hidden)
         self.decoder = dec_cls(self.shape, latent_dim + num_classes, self.likelihood.n_params)
         # Built last, so that adding a prior leaves the other parts' initial weights (and old checkpoints) as they were.
         self.prior = PRIORS[prior](latent_dim, prior_components, self.shape)
@@ -255,10 +307,10 @@ class VAE(nn.Module):
             if num_classes:
                 raise ValueError("the VampPrior needs an unconditional encoder (no --conditional)")
             self.prior.attach(self.encode_float)
-        self.flow = None
-        if posterior == "iaf":  # q(z|x): the Gaussian's sample pushed through K IAF steps with an encoder context
-            self.to_context = nn.Linear(self.encoder.out_dim, flow_hidden)
-            self.flow = IAF(latent_dim, flow_hidden, flow_steps, flow_hidden)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        state_dict = {f"posterior.{k}" if k.startswith(_LEGACY_KEYS) else k: v for k, v in state_dict.items()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, shape: tuple[int, int, int], num_classes: int = 10) -> "VAE":
@@ -269,7 +321,7 @@ class VAE(nn.Module):
     @property
     def analytic_kl(self) -> bool:
         """KL(q || p) in closed form, also per dimension: a Gaussian posterior and the standard prior."""
-        return self.prior.analytic_kl and self.flow is None
+        return self.prior.analytic_kl and self.posterior.analytic_kl
 
     @property
     def n_dims(self) -> int:
@@ -280,38 +332,26 @@ class VAE(nn.Module):
             return None
         if y is None:
             raise ValueError("this is a conditional VAE: pass the labels y")
-        return F.one_hot(y, self.num_classes).to(self.to_mu.weight.dtype)
+        return F.one_hot(y, self.num_classes).to(next(self.decoder.parameters()).dtype)
+
+    def features(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x: uint8 (B, C, H, W) -> the encoder's features h, which the posterior reads."""
+        return self.encoder(x.float() / 255.0, self._cond(y))
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: uint8 (B, C, H, W) -> (code, logvar): the posterior's mean code (for a flow, the Gaussian's mean
-        pushed through it) and the Gaussian's log-variances. Latent maps, probes and active units read the code."""
-        mu, logvar, h = self._gaussian(x, y)
-        if self.flow is not None:
-            mu = self.flow(mu, self.to_context(h))[0]
-        return mu, logvar
-
-    def _gaussian(self, x, y):
-        h = self.encoder(x.float() / 255.0, self._cond(y))
-        return self.to_mu(h), self.to_logvar(h), h
+        """x -> (code, logvar): the posterior's mean code (for a flow, the Gaussian's mean pushed through it) and
+        the base Gaussian's log-variances. Latent maps, probes and active units read the code."""
+        h = self.features(x, y)
+        return self.posterior.mean(h), self.posterior.gaussian(h)[1]
 
     def posterior_sample(self, x: torch.Tensor, y: torch.Tensor | None, k: int | None = None):
         """z ~ q(z|x) with its log-density, by reparameterisation: k=None gives (B, D), else (B, k, D).
         Returns (z, log_q, mu, logvar) with mu, logvar those of the Gaussian the flow (if any) starts from."""
-        mu, logvar, h = self._gaussian(x, y)
-        shape = mu.shape if k is None else (mu.shape[0], k, mu.shape[1])
-        m, lv = (mu, logvar) if k is None else (mu[:, None], logvar[:, None])
-        z = m + torch.exp(0.5 * lv) * torch.randn(shape, device=mu.device, dtype=mu.dtype)
-        log_q = log_normal(z.float(), m.float(), lv.float())
-        if self.flow is not None:
-            ctx = self.to_context(h)
-            z, logdet = self.flow(z, ctx if k is None else ctx[:, None].expand(-1, k, -1))
-            log_q = log_q - logdet.float()
-        return z, log_q, mu, logvar
+        return self.posterior.rsample(self.features(x, y), k)
 
     def encode_float(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Intensities in [0, 1] -> (mu, logvar); the VampPrior's pseudo-inputs go through here."""
-        h = self.encoder(x, self._cond(y))
-        return self.to_mu(h), self.to_logvar(h)
+        """Intensities in [0, 1] -> (mu, logvar) of the base Gaussian; the VampPrior's pseudo-inputs go through here."""
+        return self.posterior.gaussian(self.encoder(x, self._cond(y)))
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """z -> the likelihood's parameters."""
@@ -350,14 +390,6 @@ class VAE(nn.Module):
 
     def x_hat(self, params: torch.Tensor) -> torch.Tensor:
         return self.likelihood.mean(params)
-
-    @torch.no_grad()
-    def sample(self, n: int, y: torch.Tensor | None = None, mean: bool = True,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decode z ~ p(z) (the model's prior): the likelihood's mean (default) or a draw from it, in [0, 1]."""
-        z = self.prior.sample(n, generator).to(self.to_mu.weight.device)
-        params = self.decode(z, y).float()
-        return self.likelihood.mean(params) if mean else self.likelihood.sample(params)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ from . import data as vdata
 from . import findings as vfindings
 from . import latent, plots, study
 from .store import CHECKPOINT, CONFIG, EVAL, atomic_write_text, read_json, read_jsonl, METRICS
+from .generate import Sampler, decode_mean
 from .run import Run
 from .train import load_checkpoint
 
@@ -164,8 +165,7 @@ def run_figures(run_dir: Path, fig_dir: Path, data_dir=None, prefix: str = "",
                               ["original", "reconstruction"]), "reconstructions.png", "Reconstructions",
              f"Test images (top) and their reconstructions from the posterior mean (bottom) — {name}.")
     if want("samples.png"):
-        ys = (torch.arange(40) % 10) if model.num_classes else None
-        samples = model.sample(40, y=ys, generator=torch.Generator().manual_seed(0))
+        samples = Sampler(model).images(40, "prior", seed=0)
         save(plots.image_rows([samples[i * 10:(i + 1) * 10] for i in range(4)], ["", "", "", ""]),
              "samples.png", "Samples", f"Decoded samples z ~ p(z), the {cfg.prior} prior (likelihood mean) — {name}.")
     hist = read_jsonl(run_dir / METRICS)
@@ -180,7 +180,7 @@ def run_figures(run_dir: Path, fig_dir: Path, data_dir=None, prefix: str = "",
         save(plots.latent_maps(mu.numpy(), y_np, list(ds.classes)), "latent_map.png", "Latent space",
          f"Posterior means of {len(split)} test images, coloured by class.")
     if cfg.latent_dim == 2 and not model.num_classes and want("manifold.png"):
-        grid = latent.decode_mean(model, latent.manifold_grid(12))
+        grid = decode_mean(model, latent.manifold_grid(12))
         save(plots.image_rows([grid[i * 12:(i + 1) * 12] for i in range(12)], [""] * 12, cell=0.55),
              "manifold.png", "Latent space", "The decoded manifold over the latent plane (Gaussian quantiles 5%…95%).")
     pairs = _pick_pairs(y_np, 3) if want("interpolations.png") else []
@@ -189,7 +189,7 @@ def run_figures(run_dir: Path, fig_dir: Path, data_dir=None, prefix: str = "",
         for kind, fn in (("linear", latent.lerp), ("spherical", latent.slerp)):
             z = fn(mu[i], mu[j], 10)
             yy = None if yc is None else torch.full((10,), int(y_np[i]))
-            rows.append(latent.decode_mean(model, z, yy))
+            rows.append(decode_mean(model, z, yy))
             labels.append(f"{ds.classes[y_np[i]][:10]}→{ds.classes[y_np[j]][:10]}\n{kind}")
     if rows:
         save(plots.image_rows(rows, labels), "interpolations.png", "Latent space",
@@ -199,7 +199,7 @@ def run_figures(run_dir: Path, fig_dir: Path, data_dir=None, prefix: str = "",
         vals = torch.linspace(-3, 3, 9)
         z = latent.traverse(mu[0], [int(d) for d in top], vals)
         yy = None if yc is None else torch.full((len(z),), int(y_np[0]))
-        imgs = latent.decode_mean(model, z, yy)
+        imgs = decode_mean(model, z, yy)
         save(plots.image_rows([imgs[k * 9:(k + 1) * 9] for k in range(len(top))], [f"z{d}" for d in top],
                               col_labels=[f"{v:g}" for v in vals.tolist()]),
              "traversals.png", "Latent space", "Traversals of the highest-KL (or, under a learned prior, most "
@@ -240,7 +240,7 @@ GENERATION_TEXT = ("Samples scored by vaelab's reference classifier for the data
                    "(per-class Gaussians on the codes, or the CVAE's decoder) classified as the class asked for, and "
                    "the Fréchet distance between generated and test images in the classifier's penultimate features "
                    "(Heusel et al.'s formula in a small CNN's features — not Inception FID, and not comparable with "
-                   "it; lower is better) for z drawn from N(0, I) and from a mixture fitted to the aggregate "
+                   "it; lower is better) for z drawn from the model's prior p(z) and from a mixture fitted to the aggregate "
                    "posterior.")
 
 
@@ -270,13 +270,13 @@ def _generation_scores(page: Page, scored: list[tuple[str, Path, dict | str]], f
         rows.append([label, f"{s['classifier_test_accuracy']:.1%}", f"{s['conditional_accuracy']:.1%}",
                      f"{s['fd_prior']:.3g}", f"{s['fd_gmm']:.3g}", s["n_samples"]])
         classes = Run(run_dir).classes
-        fig = plots.class_histograms({"z ~ N(0, I)": s["class_histogram_prior"], "z ~ GMM": s["class_histogram_gmm"]},
+        fig = plots.class_histograms({"z ~ p(z)": s["class_histogram_prior"], "z ~ GMM": s["class_histogram_gmm"]},
                                      classes, title=f"{label}: classes of unconditional samples")
         hists.append((plots.save_fig(fig, fig_dir / f"class_histogram_{Path(run_dir).name}.png").name, label))
     if not rows:
         return
     page.add("text", GENERATION_TEXT)
-    page.add("table", ["run", "classifier test acc.", "conditional acc.", "Fréchet dist., z ~ N(0, I)",
+    page.add("table", ["run", "classifier test acc.", "conditional acc.", "Fréchet dist., z ~ p(z)",
                        "Fréchet dist., z ~ GMM", "samples"], rows)
     for fname, label in hists:
         page.add("fig", f"fig/{fname}", f"{label}: the share of unconditional samples the reference classifier "
@@ -310,8 +310,7 @@ def _grid_across(out: Path, df, dataset: str, key: str, values: list, fixed: dic
             continue
         cfg, model, _ = Run(out / "runs" / rid).load()
         if kind == "samples":
-            rows.append(model.sample(10, y=(torch.arange(10) if model.num_classes else None),
-                                     generator=torch.Generator().manual_seed(0)))
+            rows.append(Sampler(model).images(10, "prior", seed=0))
         else:
             if x is None:
                 _, split = _test_split(cfg, data_dir, 10)
@@ -463,7 +462,7 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     page.section("Conditional generation")
     page.add("text", "Generation controlled through the latent space, without retraining: latent arithmetic along "
                      "class-centroid differences, samples from a Gaussian fitted to each class's codes, and samples "
-                     "from a mixture fitted to the aggregate posterior instead of N(0, I), beside their nearest "
+                     "from a mixture fitted to the aggregate posterior instead of the prior, beside their nearest "
                      "training images.")
     for label, run_dir in shown:
         rid = run_dir.name
