@@ -31,6 +31,13 @@ def test_round_trip_through_dict():
     ({"latent_dim": 2.5}, "must be int"),
     ({"cosine": "yes"}, "must be bool"),
     ({"epochs": 0}, "epochs must be >= 1"),
+    ({"arch": "conv", "width": 32}, "the conv network has a fixed size"),
+    ({"arch": "hierarchical", "prior": "vamp"}, "its own per-group posteriors and priors"),
+    ({"arch": "hierarchical", "objective": "beta_tcvae"}, "supports the elbo, capacity and free_bits"),
+    ({"time_budget": "ten minutes"}, "not a duration"),
+    ({"time_budget": -5}, "time_budget must be between"),
+    ({"ema": 1.0}, r"ema must be in \[0, 1\)"),
+    ({"likelihood_components": 0}, "likelihood_components must be in 1..100"),
 ])
 def test_bad_values_raise(bad, msg):
     with pytest.raises(VaelabError, match=msg):
@@ -42,3 +49,8 @@ def test_presets_are_valid_and_unknown_preset_raises():
         assert from_dict(p.to_dict()) == p
     with pytest.raises(VaelabError, match="unknown preset"):
         preset("nope")
+
+
+@pytest.mark.parametrize("text,seconds", [(90, 90.0), ("90", 90.0), ("45s", 45.0), ("30m", 1800.0), ("1.5h", 5400.0)])
+def test_time_budgets_parse_with_units(text, seconds):
+    assert from_dict({"time_budget": text}).time_budget == seconds

@@ -239,3 +239,35 @@ def test_the_original_claims_read_only_the_reference_vae():
     easy = next(f for f in fs if "easier" in f.claim)
     assert easy.verdict == F.HOLDS and "3.01 vs 5.01 bits/dim" in easy.evidence
     assert any("IAF" in f.claim for f in fs)
+
+
+@pytest.mark.parametrize("shares,want", [
+    ([0.8, 0.82, 0.79], F.HOLDS),  # clearly above one half over 3 seeds
+    ([0.2, 0.22, 0.19], F.FAILS),
+    ([0.3, 0.7, 0.52], F.INCONCLUSIVE),  # the seeds disagree: no significant effect
+    ([0.7, 0.3], F.MIXED),  # too few seeds for statistics, and they split
+    ([0.7], F.HOLDS),
+])
+def test_the_kl_share_of_the_finest_groups_can_come_out_every_way(shares, want):
+    rows = runs([{"seed": i, "kl_share_finest": s} for i, s in enumerate(shares)], dataset="cifar10",
+                arch="hierarchical")
+    [f] = F.kl_groups(rows)
+    assert f.verdict == want and "finest" in f.claim
+    assert F.kl_groups(rows.drop(columns=["kl_share_finest"])) == []
+
+
+def test_architecture_findings_pair_each_network_with_the_conv_reference():
+    """bits/dim at the same budget: the hierarchical model lower in every seed (holds), the resnet higher (does not
+    hold); and the original claims see only the conv runs, while a study of one other network keeps its runs."""
+    rows = []
+    for s in range(3):
+        for arch, bpd in (("conv", 5.0), ("resnet", 5.5), ("hierarchical", 4.0)):
+            rows.append({"dataset": "cifar10", "seed": s, "arch": arch, "bpd_iwae": bpd + 0.01 * s,
+                         "neg_elbo": 1.0, "iwae_nll": 1.0})
+    fs = F.families(pd.DataFrame(rows))
+    verdicts = {("residual" if "residual" in f.claim else "hierarchical"): f.verdict for f in fs}
+    assert verdicts == {"residual": F.FAILS, "hierarchical": F.HOLDS}
+    df = pd.DataFrame(rows)
+    assert set(F._reference_only(df)["arch"]) == {"conv"}
+    only_mlp = df[df["arch"] == "resnet"]
+    assert len(F._reference_only(only_mlp)) == 3

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from vaelab.losses import (Bernoulli, DiscretizedLogistic, Gaussian, bits_per_dim, kl_per_dim, kl_weight,
+from vaelab.losses import (Bernoulli, DiscretizedLogistic, Gaussian, MixtureOfLogistics, bits_per_dim, kl_per_dim,
+                           kl_weight,
                            log_normal, make_likelihood, objective)
 
 
@@ -96,10 +97,10 @@ def test_bits_per_dim():
     assert bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("name", ["bernoulli", "gaussian", "discretized_logistic"])
+@pytest.mark.parametrize("name", ["bernoulli", "gaussian", "discretized_logistic", "dmol"])
 def test_mean_and_sample_are_images(name):
     lik = make_likelihood(name)
-    params = torch.randn(2, lik.n_params * 3, 5, 5)
+    params = torch.randn(2, lik.channels(3), 5, 5)
     for img in (lik.mean(params), lik.sample(params)):
         assert img.shape == (2, 3, 5, 5) and img.min() >= 0 and img.max() <= 1
 
@@ -193,3 +194,72 @@ def test_beta_tcvae_at_its_neutral_weights_is_the_monte_carlo_elbo():
     mc_elbo = (t["recon"] + log_normal(t["z"], t["mu"], t["logvar"]) - log_normal(t["z"])).mean()
     assert loss.item() == pytest.approx(mc_elbo.item(), rel=1e-5)
     assert OBJECTIVES["beta_tcvae"](t, 6.0, cfg, n_data=60000).item() != pytest.approx(loss.item())
+
+
+def _dmol_params(k: int, c: int, n_pix: int = 1, seed: int = 0, spread: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return spread * torch.randn(n_pix, MixtureOfLogistics(k).channels(c), 1, 1, generator=g)
+
+
+def _direct_bin_mass(v: int, m: float, s: float) -> float:
+    """The bin's mass straight from the logistic CDF, in float64 (edge bins take the tails)."""
+    cdf = lambda t: 1.0 / (1.0 + math.exp(-(t - m) / s))  # noqa: E731
+    centre = v * 2.0 / 255.0 - 1.0
+    hi = 1.0 if v == 255 else cdf(centre + 1.0 / 255.0)
+    lo = 0.0 if v == 0 else cdf(centre - 1.0 / 255.0)
+    return hi - lo
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_dmol_matches_a_direct_computation_of_the_bin_masses(c):
+    """Mixture weights shared by a pixel's channels, the coupling shifting later channels' means by the earlier
+    values (PixelCNN++ eq. 3), and each bin's mass from the logistic CDF, all recomputed by hand in float64."""
+    k = 3
+    lik = MixtureOfLogistics(k)
+    params = _dmol_params(k, c, seed=1, spread=0.7)
+    for x in ([[0]], [[37]], [[255]], [[128]]) if c == 1 else ([[0, 200, 255]], [[12, 130, 77]], [[255, 0, 64]]):
+        xt = torch.tensor(x, dtype=torch.uint8).view(1, c, 1, 1)
+        p = params[0, :, 0, 0].double()
+        logits, mu, log_s = p[:k], p[k:k + k * c].view(k, c), p[k + k * c:k + 2 * k * c].view(k, c).clamp(min=-7)
+        coef = torch.tanh(p[k + 2 * k * c:]).view(k, -1)
+        pi = torch.softmax(logits, 0)
+        vals = [v * 2.0 / 255.0 - 1.0 for v in x[0]]
+        total = 0.0
+        for j in range(k):
+            prob = float(pi[j])
+            for ch in range(c):
+                m = float(mu[j, ch]) + sum(float(coef[j, ch * (ch - 1) // 2 + i]) * vals[i] for i in range(ch))
+                prob *= _direct_bin_mass(x[0][ch], m, math.exp(float(log_s[j, ch])))
+            total += prob
+        got = lik.log_prob(params, xt).item()
+        assert got == pytest.approx(math.log(total), rel=1e-4, abs=1e-4)
+
+
+def test_dmol_sums_to_one_over_every_value_of_a_grey_and_a_colour_pixel():
+    grey = MixtureOfLogistics(4)
+    params = _dmol_params(4, 1, seed=2)
+    x = torch.arange(256, dtype=torch.uint8).view(256, 1, 1, 1)
+    assert grey.log_prob(params.expand(256, -1, -1, -1), x).exp().sum().item() == pytest.approx(1.0, abs=1e-4)
+    colour = MixtureOfLogistics(2)
+    params = _dmol_params(2, 3, seed=3, spread=0.5)
+    gb = torch.cartesian_prod(torch.arange(256), torch.arange(256))  # all 65,536 (g, b) pairs
+    total = 0.0
+    for r in range(256):  # all 16.8 million colours, one red level at a time
+        x = torch.cat([torch.full((len(gb), 1), r), gb], 1).to(torch.uint8).view(-1, 3, 1, 1)
+        total += colour.log_prob(params.expand(len(x), -1, -1, -1), x).double().exp().sum().item()
+    assert total == pytest.approx(1.0, abs=1e-3)
+
+
+def test_dmol_samples_follow_the_mixture_and_the_mean_is_its_mean():
+    """A grey pixel: the empirical histogram of samples matches the masses, and `mean` equals sum_x x p(x)."""
+    lik = MixtureOfLogistics(3)
+    params = _dmol_params(3, 1, seed=4, spread=0.6)
+    x = torch.arange(256, dtype=torch.uint8).view(256, 1, 1, 1)
+    probs = lik.log_prob(params.expand(256, -1, -1, -1), x).exp()
+    torch.manual_seed(0)
+    draws = lik.sample(params.expand(20000, -1, -1, -1)).flatten()
+    levels = torch.round(draws * 255).long()
+    hist = torch.bincount(levels, minlength=256).float() / len(levels)
+    assert (hist.cumsum(0) - probs.cumsum(0)).abs().max().item() < 0.02  # Kolmogorov-Smirnov distance
+    exact_mean = (probs * torch.arange(256) / 255.0).sum().item()
+    assert lik.mean(params).item() == pytest.approx(exact_mean, abs=0.02)  # edge clipping aside

@@ -11,7 +11,7 @@ from vaelab.generate import Sampler
 from vaelab.models import VAE
 
 
-@pytest.mark.parametrize("arch", ["conv", "mlp"])
+@pytest.mark.parametrize("arch", ["conv", "mlp", "resnet"])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "discretized_logistic"])
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_forward_terms_and_shapes(arch, likelihood, shape):

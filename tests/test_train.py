@@ -256,3 +256,89 @@ def test_perceptual_weight_adds_the_feature_term_and_trains(ds, tmp_path, monkey
     with_p = train(tiny_config(epochs=1, perceptual_weight=0.1), tmp_path / "b", dataset=ds)
     assert with_p["train_loss"] > plain["train_loss"]  # the same first steps plus a positive term
     assert math.isfinite(with_p["val_neg_elbo"])
+
+
+def test_ema_weights_differ_from_the_raw_ones_and_are_what_evaluation_reads(ds, tmp_path):
+    """With --ema the checkpoint's "model" is the moving average (validation, evaluation and sampling read it) and
+    "train_model" the raw weights training resumes from; the EMA equals the update rule applied by hand."""
+    from vaelab.run import Run
+
+    cfg = tiny_config(epochs=1, ema=0.5, train_size=64)
+    last = train(cfg, tmp_path / "e", dataset=ds)
+    ck = load_checkpoint(tmp_path / "e")
+    ema, raw = ck["model"], ck["train_model"]
+    assert set(ema) == set(raw) and any(not torch.equal(ema[k], raw[k]) for k in ema)
+    _, model, _ = Run(tmp_path / "e").load()
+    assert all(torch.equal(model.state_dict()[k], ema[k]) for k in ema)
+    from vaelab.models import build
+    from vaelab.train import average_terms
+
+    splits = vdata.make_splits(ds, cfg.val_size, cfg.train_size, cfg.test_size, "cpu")
+    torch.manual_seed(0)
+    on_ema = average_terms(model, splits["val"])["neg_elbo"]
+    raw_model = build(cfg, ds.shape, len(ds.classes))
+    raw_model.load_state_dict(raw)
+    torch.manual_seed(0)
+    assert average_terms(raw_model, splits["val"])["neg_elbo"] != on_ema
+    assert "val_neg_elbo" in last
+    # two steps by hand: ema = 0.5 * ema + 0.5 * w after each, starting from the initial weights
+    cfg2 = tiny_config(epochs=1, ema=0.5, train_size=64, batch_size=32, val_size=40)
+    torch.manual_seed(cfg2.seed)
+    w0 = build(cfg2, ds.shape, len(ds.classes)).state_dict()
+    train(cfg2.replace(ema=0.0), tmp_path / "raw", dataset=ds)  # the same steps without an EMA
+    w2 = load_checkpoint(tmp_path / "raw")["model"]
+    train(cfg2, tmp_path / "ema2", dataset=ds)
+    e2 = load_checkpoint(tmp_path / "ema2")["model"]
+    assert torch.equal(load_checkpoint(tmp_path / "ema2")["train_model"]["posterior.to_mu.weight"],
+                       w2["posterior.to_mu.weight"])  # the EMA never feeds back into training
+    k = "posterior.to_mu.bias"
+    assert not torch.allclose(e2[k], w2[k]) and not torch.allclose(e2[k], w0[k])
+
+
+@pytest.mark.parametrize("extra", [dict(ema=0.9), dict(ema=0.9, skip_grad_norm=1e9)])
+def test_resume_with_ema_is_exact(ds, tmp_path, extra):
+    cfg = tiny_config(epochs=3, **extra)
+    full = train(cfg, tmp_path / "full", dataset=ds)
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "cut", dataset=ds, on_epoch_end=_stop_after(1))
+    resumed = train(cfg, tmp_path / "cut", dataset=ds, resume=True)
+    assert resumed == {**full, "seconds": resumed["seconds"], "images_per_s": resumed["images_per_s"]}
+    for key in ("model", "train_model"):
+        a, b = load_checkpoint(tmp_path / "full")[key], load_checkpoint(tmp_path / "cut")[key]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    count("kill_trials")
+    count("kill_trials_resumed_bit_identical")
+
+
+def test_a_time_budget_stops_cleanly_and_counts_time_already_trained(ds, tmp_path, monkeypatch):
+    """A fake clock: each training step takes 1 s. A 5 s budget stops mid-epoch after 5 steps with a checkpoint
+    (the partial epoch marked), the cosine schedule spread over the budget; a resume with budget left trains on
+    only for what is left, and one without any left trains nothing."""
+    import vaelab.train as vtrain
+
+    clock = {"t": 0.0}
+
+    def fake_perf_counter():
+        return clock["t"]
+
+    real_step = torch.optim.Adam.step
+
+    def step(self, *a, **k):
+        clock["t"] += 1.0
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(vtrain.time, "perf_counter", fake_perf_counter)
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    cfg = tiny_config(epochs=100, batch_size=16, train_size=160, time_budget=5.0, cosine=True)  # 10 steps an epoch
+    last = train(cfg, tmp_path / "t", dataset=ds)
+    ck = load_checkpoint(tmp_path / "t")
+    assert ck["epoch"] == 1 and ck["step"] == 5 and last.get("partial") is True and last["seconds"] == 5.0
+    assert last["lr"] == pytest.approx(cfg.lr * 0.5 * (1 + math.cos(math.pi * 4 / 5)))  # the 5th step: 4 s in
+    assert train(cfg, tmp_path / "t", dataset=ds, resume=True)["epoch"] == 1  # budget spent: nothing more
+    longer = cfg.replace(time_budget=12.0)
+    with pytest.raises(Interrupt):  # killed after the first full epoch: 10 of its 12 seconds trained
+        train(longer, tmp_path / "t2", dataset=ds, on_epoch_end=_stop_after(1))
+    train(longer, tmp_path / "t2", dataset=ds, resume=True)
+    ck = load_checkpoint(tmp_path / "t2")
+    assert ck["step"] == 12 and [h["seconds"] for h in ck["history"]] == [10.0, 2.0]
+    count("kill_trials")

@@ -32,6 +32,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name == "time_budget":
+            g.add_argument(flag, dest=f.name, default=None, metavar="DURATION",
+                           help="train for this long (45s, 30m, 1.5h), the LR schedule spread over it")
         else:
             g.add_argument(flag, dest=f.name, type=type(f.default), default=None, metavar=type(f.default).__name__.upper(),
                            help=f"default {f.default}")
@@ -87,7 +90,6 @@ def _check_count(name: str, value: int, most: int) -> None:
 
 
 def cmd_sample(args) -> int:
-    import torch
 
     from .generate import Sampler
     from .plots import image_grid, save_image
@@ -101,7 +103,7 @@ def cmd_sample(args) -> int:
         raise VaelabError(f"--seed must be in 0..2**32-1, got {args.seed}")
     dev = resolve_device(args.device or "auto")
     cfg, model, ckpt = Run(run).load(dev)
-    check_fits(args.n * model.n_dims * 4 * (model.likelihood.n_params + 3), f"{args.n:,} samples", dev)
+    check_fits(args.n * 4 * (model.n_outputs + 3 * model.n_dims), f"{args.n:,} samples", dev)
     k = None
     if args.class_name is not None:
         if args.class_name not in ckpt["classes"]:

@@ -14,6 +14,7 @@ from . import VaelabError
 from . import data as vdata
 from .losses import bits_per_dim
 from .models import VAE
+from .models import build as build_model
 from .store import EVAL, atomic_write_json, check_run_dir
 from .run import Run
 from .train import check_fits, resolve_device
@@ -72,7 +73,7 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
     n = len(split)
     sums = {"recon": 0.0, "kl": 0.0, "iwae": 0.0, "psnr": 0.0, "ssim": 0.0}
     kl_dims = torch.zeros(model.latent_dim, dtype=torch.float64, device=split.x.device)
-    mus = []
+    mus, kl_groups, group_mus = [], 0.0, []
     for idx in vdata.minibatches(n, batch_size, device=split.x.device, shuffle=False):
         x = split.x[idx]
         y = split.y[idx] if model.num_classes else None
@@ -82,6 +83,9 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
         if "kl_per_dim" in t:  # analytic KL only (a learned prior does not factorise over dimensions)
             kl_dims += t["kl_per_dim"].double().sum(0)
         mus.append(t["mu"].double())
+        if "kl_per_group" in t:  # a hierarchical model: KL and active units per group of latents
+            kl_groups = kl_groups + t["kl_per_group"].double().sum(0)
+            group_mus.append([m.double() for m in model.group_means(x)])
         sums["iwae"] += iwae_nll(model, x, y, iwae_samples).double().sum().item()
         xf, xr = vdata.to_float(x), model.reconstruct(x, y)
         sums["psnr"] += psnr(xf, xr).double().sum().item()
@@ -98,6 +102,12 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
         "psnr": mean["psnr"], "ssim": mean["ssim"], "test_size": n, "n_dims": model.n_dims,
         "likelihood_discrete": model.likelihood.discrete,
     }
+    out["n_params"] = sum(p.numel() for p in model.parameters())
+    if group_mus:
+        out["kl_per_group"] = (kl_groups / n).tolist()
+        finest = out["kl_per_group"][-model.group_size:]  # the groups at the highest latent resolution
+        out["kl_share_finest"] = sum(finest) / max(sum(out["kl_per_group"]), 1e-12)
+        out["active_units_per_group"] = [active_units(torch.cat(g))[0] for g in zip(*group_mus)]
     if probe is not None and len(np.unique(probe.y.cpu().numpy())) > 1:
         from .latent import encode_split, organisation, probe_baselines
 
@@ -142,7 +152,7 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     if iwae_samples < 1:
         raise VaelabError(f"iwae_samples must be >= 1, got {iwae_samples}")
     # log-weights of one batch (500 x K floats) plus one decoded chunk of at most 4096 images
-    check_fits(4 * (500 * iwae_samples + 4096 * model.n_dims * (model.likelihood.n_params + 2)),
+    check_fits(4 * (500 * iwae_samples + 4096 * (model.n_outputs + 2 * model.n_dims)),
                f"the IWAE bound with K = {iwae_samples}", dev)
     if on is not None and on != cfg.dataset:
         if vdata.DATASETS.get(on) is None or vdata.DATASETS[on].shape != vdata.DATASETS[cfg.dataset].shape:
@@ -154,7 +164,7 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     split = vdata.to_split(ds.x_test[te], ds.y_test[te], dev)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)  # as train() does before building the model: the run's own initial weights
-    untrained = VAE.from_config(cfg, model.shape, len(ckpt["classes"])).to(dev).eval()
+    untrained = build_model(cfg, model.shape, len(ckpt["classes"])).to(dev).eval()
     result = evaluate_model(model, split, iwae_samples, probe=probe_split(cfg, ds, dev), untrained=untrained)
     result.update(dataset=name, epoch=ckpt["epoch"], eval_seconds=time.perf_counter() - t0)
     bad = [k for k in ("neg_elbo", "iwae_nll") if not math.isfinite(result[k])]

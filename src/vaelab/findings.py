@@ -320,7 +320,7 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
 
 # ---------------------------------------------------------------- model families (the `families` preset)
 
-REFERENCE = {"posterior": "gaussian", "prior": "standard", "objective": "elbo", "kl_schedule": "linear"}
+REFERENCE = {"posterior": "gaussian", "prior": "standard", "objective": "elbo", "kl_schedule": "linear", "arch": "conv"}
 FAMILY_CLAIMS = [
     # (what differs from the reference, metric, sign of reference minus family that the claim predicts, claim)
     ({"posterior": "iaf"}, "elbo_gap", +1, "a more flexible posterior (IAF) narrows the gap between the ELBO and the "
@@ -328,6 +328,8 @@ FAMILY_CLAIMS = [
     ({"prior": "vamp"}, "iwae_nll", +1, "a learned prior (VampPrior) lowers the negative log-likelihood (IWAE bound)"),
     ({"objective": "free_bits"}, "active_units", -1, "free bits keep more latent units active"),
     ({"kl_schedule": "cyclical"}, "active_units", -1, "cyclical KL annealing keeps more latent units active"),
+    ({"arch": "resnet"}, "bpd_iwae", +1, "a residual network lowers bits/dim (IWAE) at the same training budget"),
+    ({"arch": "hierarchical"}, "bpd_iwae", +1, "a hierarchical VAE lowers bits/dim (IWAE) at the same training budget"),
 ]
 
 
@@ -344,7 +346,7 @@ def family_rows(done: pd.DataFrame, change: dict) -> pd.DataFrame:
 def families(done: pd.DataFrame) -> list[Finding]:
     """Each family against the reference VAE, paired by seed within a dataset: the ELBO-IWAE gap, the NLL, the
     active units. Runs that differ in nothing else than the family's own fields are compared."""
-    if done is None or len(done) == 0 or not any(k in done for k in ("posterior", "prior", "objective", "kl_schedule")):
+    if done is None or len(done) == 0 or not any(k in done for k in REFERENCE):
         return []
     done = done.assign(elbo_gap=done["neg_elbo"] - done["iwae_nll"]) if "iwae_nll" in done else done
     out = []
@@ -375,16 +377,40 @@ def families(done: pd.DataFrame) -> list[Finding]:
 
 
 def _reference_only(rows: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The original study's claims are about the reference VAE: runs of other families stay out of them."""
-    if rows is None or not any(k in rows for k in REFERENCE):
+    """The original study's claims are about the reference VAE: where a study varies a family's field, runs of the
+    other families stay out of them (a study of one other model, e.g. only mlp runs, keeps its runs)."""
+    if rows is None or len(rows) == 0:
         return rows
-    return family_rows(rows, {})
+    varied = {k: v for k, v in REFERENCE.items() if k in rows and rows[k].nunique() > 1}
+    mask = pd.Series(True, index=rows.index)
+    for k, v in varied.items():
+        mask &= rows[k] == v
+    return rows[mask]
+
+
+def kl_groups(latent: pd.DataFrame) -> list[Finding]:
+    """Where a hierarchical VAE puts its information: the share of the KL in its finest latent groups."""
+    if latent is None or "kl_share_finest" not in latent:
+        return []
+    out = []
+    for ds, sub in latent.dropna(subset=["kl_share_finest"]).groupby("dataset"):
+        claim = f"{ds}: the hierarchical VAE's finest latent groups (H/2 × W/2) carry most of its KL."
+        share = sub["kl_share_finest"].astype(float)
+        head = f"share of the KL in the finest groups: {', '.join(f'{v:.0%}' for v in share)}"
+        if len(share) >= MIN_SEEDS:
+            eff = paired(share - 0.5)
+            out.append(Finding(claim, f"{head}; minus one half: {eff.text()}.", verdict_of(eff.sign(+1))))
+        else:
+            above = int((share > 0.5).sum())
+            out.append(Finding(claim, f"{head}{no_stats_note(len(share)).replace('per setting', 'scored')}.",
+                               HOLDS if above == len(share) else FAILS if above == 0 else MIXED))
+    return out
 
 
 def compute(latent: pd.DataFrame, beta: pd.DataFrame) -> list[Finding]:
     """All findings from per-run rows: `latent` the finished β = 1 runs, `beta` the finished runs of the β sweep.
     The original study's claims read the reference VAE's runs; the family findings compare the others with it."""
-    fams = families(latent) if latent is not None else []
+    fams = (families(latent) + kl_groups(latent)) if latent is not None else []
     latent, beta = _reference_only(latent), _reference_only(beta)
     if latent is None or len(latent) == 0:
         return [Finding("The study's claims", "no finished runs at β = 1 yet", UNKNOWN)] + fams

@@ -12,10 +12,14 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 class Likelihood(nn.Module):
-    """p(x|z) from the decoder's output `params` of shape (B, n_params*C, H, W); x is uint8 (B, C, H, W)."""
+    """p(x|z) from the decoder's output `params` of shape (B, channels(C), H, W); x is uint8 (B, C, H, W)."""
 
-    n_params = 1
+    n_params = 1  # parameters per sub-pixel, for the likelihoods that have a fixed number
     discrete = False  # True when log_prob is a probability mass over 8-bit pixels, so bits/dim are meaningful
+
+    def channels(self, c: int) -> int:
+        """How many channels the decoder must emit for an image with c channels."""
+        return c * self.n_params
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # (B,)
         raise NotImplementedError
@@ -72,6 +76,28 @@ class Gaussian(Likelihood):
         return (params + torch.exp(self._log_sigma()) * torch.randn_like(params)).clamp(0, 1)
 
 
+def log_bin_mass(x: torch.Tensor, mu: torch.Tensor, log_s: torch.Tensor) -> torch.Tensor:
+    """log P(x) of a logistic(mu, exp(log_s)) on [-1, 1] integrated over x's bin among 256 (PixelCNN++ eq. 2); the
+    edge bins take the whole tail mass. x is uint8 (broadcast against mu); elementwise log-masses."""
+    xs = x.float() * (2.0 / 255.0) - 1.0  # pixel centres in [-1, 1]; bins are 2/255 wide
+    centred = xs - mu
+    inv_s = torch.exp(-log_s)
+    plus_in = inv_s * (centred + 1.0 / 255.0)
+    min_in = inv_s * (centred - 1.0 / 255.0)
+    log_cdf_plus = plus_in - F.softplus(plus_in)  # log sigmoid: the whole mass below 0.5 for x = 0
+    log_one_minus_cdf_min = -F.softplus(min_in)  # the whole mass above 254.5 for x = 255
+    cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
+    mid_in = inv_s * centred
+    log_pdf_mid = mid_in - log_s - 2.0 * F.softplus(mid_in)  # density at the centre, when the bin mass underflows
+    log_mid = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid - math.log(127.5))
+    return torch.where(x == 0, log_cdf_plus, torch.where(x == 255, log_one_minus_cdf_min, log_mid))
+
+
+def _to_pixel_levels(xs: torch.Tensor) -> torch.Tensor:
+    """Values on [-1, 1] -> the nearest of the 256 pixel levels, as intensities in [0, 1]."""
+    return torch.round(((xs + 1.0) / 2.0).clamp(0, 1) * 255.0) / 255.0
+
+
 class DiscretizedLogistic(Likelihood):
     """One logistic per sub-pixel, integrated over each of the 256 bins (Salimans et al. 2017, PixelCNN++ eq. 2).
 
@@ -87,20 +113,7 @@ class DiscretizedLogistic(Likelihood):
         return mu, log_s.clamp(min=-7.0)
 
     def log_prob(self, params, x):
-        mu, log_s = self.split(params)
-        xs = x.float() * (2.0 / 255.0) - 1.0  # pixel centres in [-1, 1]; bins are 2/255 wide
-        centred = xs - mu
-        inv_s = torch.exp(-log_s)
-        plus_in = inv_s * (centred + 1.0 / 255.0)
-        min_in = inv_s * (centred - 1.0 / 255.0)
-        log_cdf_plus = plus_in - F.softplus(plus_in)  # log sigmoid: the whole mass below 0.5 for x = 0
-        log_one_minus_cdf_min = -F.softplus(min_in)  # the whole mass above 254.5 for x = 255
-        cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
-        mid_in = inv_s * centred
-        log_pdf_mid = mid_in - log_s - 2.0 * F.softplus(mid_in)  # density at the centre, when the bin mass underflows
-        log_mid = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid - math.log(127.5))
-        lp = torch.where(x == 0, log_cdf_plus, torch.where(x == 255, log_one_minus_cdf_min, log_mid))
-        return lp.flatten(1).sum(1)
+        return log_bin_mass(x, *self.split(params)).flatten(1).sum(1)
 
     def mean(self, params):
         mu, _ = self.split(params)
@@ -109,19 +122,89 @@ class DiscretizedLogistic(Likelihood):
     def sample(self, params):
         mu, log_s = self.split(params)
         u = torch.rand_like(mu).clamp(1e-5, 1 - 1e-5)
-        xs = mu + torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))
-        return torch.round(((xs + 1.0) / 2.0).clamp(0, 1) * 255.0) / 255.0
+        return _to_pixel_levels(mu + torch.exp(log_s) * (torch.log(u) - torch.log1p(-u)))
+
+
+class MixtureOfLogistics(Likelihood):
+    """A mixture of K discretized logistics per pixel with linear channel coupling (Salimans et al. 2017, PixelCNN++
+    eq. 2-3): one set of mixture weights per pixel, shared by its channels; channel c's mean is
+    mu_c + sum_{j<c} tanh(a_cj) x_j, so within a component a colour pixel is p(r) p(g | r) p(b | r, g).
+    Decoder output per pixel: K logits, K*C means, K*C log-scales, K*C(C-1)/2 coupling coefficients."""
+
+    discrete = True
+
+    def __init__(self, components: int = 10):
+        super().__init__()
+        self.k = components
+
+    def channels(self, c: int) -> int:
+        return self.k * (1 + 2 * c + c * (c - 1) // 2)
+
+    def _n_channels(self, params: torch.Tensor) -> int:
+        for c in range(1, 5):
+            if self.channels(c) == params.shape[1]:
+                return c
+        raise ValueError(f"{params.shape[1]} parameter channels fit no image of 1-4 channels with {self.k} components")
+
+    def split(self, params: torch.Tensor):
+        """(B, channels, H, W) -> logits (B,K,H,W), means and log-scales (B,K,C,H,W), coefficients (B,K,C(C-1)/2,H,W)."""
+        c = self._n_channels(params)
+        b, _, h, w = params.shape
+        k, n_coef = self.k, c * (c - 1) // 2
+        logits, mu, log_s, coef = params.split([k, k * c, k * c, k * n_coef], dim=1)
+        return (logits, mu.reshape(b, k, c, h, w), log_s.reshape(b, k, c, h, w).clamp(min=-7.0),
+                torch.tanh(coef.reshape(b, k, n_coef, h, w)))
+
+    @staticmethod
+    def _channel_mean(mu: torch.Tensor, coef: torch.Tensor, prev, ch: int) -> torch.Tensor:
+        """Channel ch's mean in each component, shifted by the earlier channels' values prev[j] on [-1, 1] (eq. 3)."""
+        out = mu[:, :, ch]
+        for j in range(ch):
+            out = out + coef[:, :, ch * (ch - 1) // 2 + j] * prev[j]
+        return out
+
+    def log_prob(self, params, x):
+        logits, mu, log_s, coef = self.split(params)
+        xs = (x.float() * (2.0 / 255.0) - 1.0).unsqueeze(1)  # (B, 1, C, H, W): the observed values condition
+        prev = xs.unbind(2)
+        means = torch.stack([self._channel_mean(mu, coef, prev, ch) for ch in range(mu.shape[2])], 2)
+        lp = log_bin_mass(x.unsqueeze(1), means, log_s).sum(2)  # (B, K, H, W): the channels multiply
+        return torch.logsumexp(lp + torch.log_softmax(logits, 1), dim=1).flatten(1).sum(1)
+
+    def mean(self, params):
+        """The mixture's mean: in each component E[x_c] = mu_c + sum_j a_cj E[x_j] (edge-bin clipping ignored)."""
+        logits, mu, _, coef = self.split(params)
+        m: list[torch.Tensor] = []
+        for ch in range(mu.shape[2]):
+            m.append(self._channel_mean(mu, coef, m, ch))
+        pi = torch.softmax(logits, 1).unsqueeze(2)
+        return (((pi * torch.stack(m, 2)).sum(1) + 1.0) / 2.0).clamp(0, 1)
+
+    def sample(self, params):
+        logits, mu, log_s, coef = self.split(params)
+        gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)))
+        pick = F.one_hot((logits + gumbel).argmax(1), self.k).permute(0, 3, 1, 2).unsqueeze(2).to(mu.dtype)
+        mu, log_s, coef = ((t * pick).sum(1, keepdim=True) for t in (mu, log_s, coef))  # the chosen component
+        xs: list[torch.Tensor] = []
+        for ch in range(mu.shape[2]):  # channel by channel: later means depend on the earlier sampled values
+            u = torch.rand_like(mu[:, :, ch]).clamp(1e-5, 1 - 1e-5)
+            draw = self._channel_mean(mu, coef, xs, ch) + torch.exp(log_s[:, :, ch]) * (torch.log(u) - torch.log1p(-u))
+            xs.append(_to_pixel_levels(draw) * 2.0 - 1.0)  # the pixel's value, as the coupling sees it
+        return ((torch.stack(xs, 2)[:, 0] + 1.0) / 2.0).clamp(0, 1)
 
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     "bernoulli": Bernoulli,
     "gaussian": Gaussian,
     "discretized_logistic": DiscretizedLogistic,
+    "dmol": MixtureOfLogistics,
 }
 
 
-def make_likelihood(name: str, gaussian_sigma: float = 0.0) -> Likelihood:
-    return Gaussian(gaussian_sigma) if name == "gaussian" else LIKELIHOODS[name]()
+def make_likelihood(name: str, gaussian_sigma: float = 0.0, components: int = 10) -> Likelihood:
+    if name == "gaussian":
+        return Gaussian(gaussian_sigma)
+    return MixtureOfLogistics(components) if name == "dmol" else LIKELIHOODS[name]()
 
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -173,8 +256,9 @@ def beta_elbo(terms: dict[str, torch.Tensor], beta: float, cfg=None, progress: f
 
 def free_bits(terms, beta, cfg, progress=0.0) -> torch.Tensor:
     """Free bits (Kingma et al. 2016, eq. 15): each latent dimension's batch-mean KL counts at least lambda nats,
-    so the optimiser gains nothing by pushing a dimension below it (against posterior collapse)."""
-    kl_d = terms["kl_per_dim"].mean(0)
+    so the optimiser gains nothing by pushing a dimension below it (against posterior collapse). A hierarchical
+    model floors each group's KL instead (the paper's groups of latents)."""
+    kl_d = terms["kl_per_group" if "kl_per_group" in terms else "kl_per_dim"].mean(0)
     return terms["recon"].mean() + beta * torch.clamp(kl_d, min=cfg.free_bits).sum()
 
 

@@ -241,3 +241,33 @@ def class_histograms(histograms: dict[str, list[float]], classes: list[str], tit
     # Outside the axes: a tall bar can reach any corner, and the legend must never hide one.
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig
+
+
+def bpd_vs_time(curves: dict[str, list[tuple[float, float]]], title: str = ""):
+    """Validation bits/dim against cumulative training seconds, one line per run (label -> [(seconds, bpd)])."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, pts in sorted(curves.items()):
+        if pts:
+            t, v = zip(*pts)
+            ax.plot(np.asarray(t) / 60.0, v, marker=".", label=label)
+    ax.set_xlabel("training time (minutes)")
+    ax.set_ylabel("validation negative ELBO (bits/dim)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def kl_per_group_bars(kl_per_group: dict[str, list[float]], title: str = ""):
+    """KL (nats) each latent group carries, top group first, one bar set per run."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / max(len(kl_per_group), 1)
+    for i, (label, kls) in enumerate(sorted(kl_per_group.items())):
+        ax.bar(np.arange(len(kls)) + i * width, kls, width, label=label)
+    ax.set_xlabel("latent group (top = 0, finest resolution last)")
+    ax.set_ylabel("KL (nats per image)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -322,6 +322,48 @@ def _grid_across(out: Path, df, dataset: str, key: str, values: list, fixed: dic
     return plots.image_rows(rows, labels) if rows else None
 
 
+def _architectures_section(page: Page, out: Path, df, done, fig_dir: Path, data_dir) -> None:
+    """Networks compared at the study's training budget: a table, bits/dim against training time, samples and
+    reconstructions per architecture, and the KL each latent group of a hierarchical model carries."""
+    page.section("Architectures")
+    metrics = ["n_params", "seconds_per_epoch", "train_seconds", "bpd_elbo", "bpd_iwae", "active_units", "psnr",
+               "ssim", "fd_prior"]
+    tab = study.summarize(done, ["dataset", "arch"], metrics)
+    page.add("text", "The networks on the same data and training budget (each run's config says which; with "
+                     "time_budget the runs trained for the same wall-clock time). bits/dim from the IWAE bound are "
+                     "the tighter estimate; fd_prior is the Fréchet distance of prior samples in the reference "
+                     "classifier's features (present for scored runs). Mean ± std over seeds.")
+    page.add("table", *_table_rows(tab, [c for c in tab.columns if c in study.varied_keys(done, ["dataset", "arch"])],
+                                   [m for m in metrics if m in tab]))
+    for ds_name in sorted(done["dataset"].unique()):
+        sub = done[done["dataset"] == ds_name]
+        n_dims = int(np.prod(vdata.DATASETS[ds_name].shape))
+        curves, kl_groups = {}, {}
+        for r in sub.itertuples():
+            hist = read_jsonl(out / "runs" / r.run_id / METRICS)
+            label = f"{r.arch} seed {r.seed}"
+            t = np.cumsum([h["seconds"] for h in hist])
+            curves[label] = [(float(s), h["val_neg_elbo"] / (n_dims * np.log(2)))
+                             for s, h in zip(t, hist) if "val_neg_elbo" in h]
+            ev_path = out / "runs" / r.run_id / EVAL
+            ev = read_json(ev_path) if ev_path.is_file() else {}
+            if ev.get("kl_per_group") and r.seed == sub["seed"].min():
+                kl_groups[label] = ev["kl_per_group"]
+        if any(curves.values()) and bool(sub["likelihood_discrete"].fillna(False).all()):
+            page.add("fig", f"fig/{plots.save_fig(plots.bpd_vs_time(curves, ds_name), fig_dir / f'bpd_time_{ds_name}.png').name}",
+                     f"{ds_name}: validation bits/dim (negative ELBO) against training time, per run.")
+        if kl_groups:
+            page.add("fig", f"fig/{plots.save_fig(plots.kl_per_group_bars(kl_groups, ds_name), fig_dir / f'kl_groups_{ds_name}.png').name}",
+                     f"{ds_name}: the KL each latent group of the hierarchical model carries (test set, seed "
+                     f"{int(sub['seed'].min())}); top group first, finest resolution last.")
+        archs = sorted(sub["arch"].unique())
+        for kind in ("samples", "reconstructions"):
+            fig = _grid_across(out, df, ds_name, "arch", archs, {}, data_dir, kind)
+            if fig is not None:
+                page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / f'{kind}_arch_{ds_name}.png').name}",
+                         f"{ds_name}: {kind} per architecture (seed 0).")
+
+
 def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     spec = read_json(out / "study.json")
     df = study.write_results(out)
@@ -376,7 +418,9 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
                   for r in not_done.itertuples()])
 
     short = ["neg_elbo", "recon", "kl", "bpd_elbo", "bpd_iwae", "active_units", "psnr", "ssim"]
-    family_keys = [k for k in vfindings.REFERENCE if k in lt and lt[k].nunique() > 1]
+    if "arch" in done and done["arch"].nunique() > 1:
+        _architectures_section(page, out, df, done, fig_dir, data_dir)
+    family_keys = [k for k in vfindings.REFERENCE if k in lt and lt[k].nunique() > 1 and k != "arch"]
     if family_keys:
         page.section("Model families")
         fam = study.summarize(done.assign(elbo_gap=done["neg_elbo"] - done["iwae_nll"]),

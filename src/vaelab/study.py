@@ -21,7 +21,8 @@ from .store import CONFIG, ERROR, EVAL, atomic_write_json, atomic_write_text, re
 
 RUNNING = "RUNNING"
 METRIC_COLUMNS = ["neg_elbo", "recon", "kl", "bpd_elbo", "iwae_nll", "bpd_iwae", "active_units", "psnr", "ssim",
-                  "probe_accuracy", "probe_accuracy_untrained", "probe_accuracy_pca", "chance_accuracy", "knn_accuracy", "silhouette", "conditional_accuracy", "fd_prior", "fd_gmm"]
+                  "probe_accuracy", "probe_accuracy_untrained", "probe_accuracy_pca", "chance_accuracy", "knn_accuracy", "silhouette", "conditional_accuracy", "fd_prior", "fd_gmm",
+                  "n_params", "kl_share_finest"]
 INFO_COLUMNS = ["n_dims", "likelihood_discrete"]  # carried into results for units, never averaged
 _FIELD_ORDER = [f.name for f in fields(TrainConfig)]
 
@@ -249,6 +250,23 @@ PRESETS["families"] = {
         {"grid": _FAMILY_GRID, "base": {"prior": "vamp"}},
         {"grid": _FAMILY_GRID, "base": {"objective": "free_bits", "free_bits": 0.25}},
         {"grid": _FAMILY_GRID, "base": {"kl_schedule": "cyclical"}},
+    ],
+}
+
+
+# The networks at an equal wall-clock budget per run (the deeper-models issue): the reference conv net, a residual
+# net and the hierarchical VAE, all with the mixture-of-logistics decoder and the same recipe. A CPU-sized preset:
+# five minutes a run; raise time_budget (and the widths) on a GPU.
+_ARCH_GRID = {"dataset": ["fashion-mnist", "cifar10"], "seed": [0, 1]}
+PRESETS["architectures"] = {
+    "name": "architectures",
+    "base": {"likelihood": "dmol", "time_budget": 300.0, "epochs": 10000, "val_size": 1000, "test_size": 1000,
+             "iwae_samples": 20, "cosine": True, "ema": 0.99, "lr": 2e-3, "batch_size": 64},
+    "sweep": [
+        {"grid": {**_ARCH_GRID, "arch": ["conv"]}, "base": {"latent_dim": 32}},
+        {"grid": _ARCH_GRID, "base": {"arch": "resnet", "width": 32, "depth": 1, "latent_dim": 32}},
+        {"grid": _ARCH_GRID, "base": {"arch": "hierarchical", "width": 32, "depth": 1, "latent_dim": 8,
+                                      "latent_groups": 1}},
     ],
 }
 
@@ -498,6 +516,8 @@ def collect(out: str | Path):
         row["epochs_done"] = len(hist)
         row["train_seconds"] = sum(h["seconds"] for h in hist) if hist else None
         row["images_per_s"] = sum(h["images_per_s"] for h in hist) / len(hist) if hist else None
+        full = [h["seconds"] for h in hist if not h.get("partial")]  # a time budget's last epoch may be cut short
+        row["seconds_per_epoch"] = sum(full) / len(full) if full else None
         if (d / EVAL).is_file():
             ev = read_json(d / EVAL)
             row.update({k: ev.get(k) for k in METRIC_COLUMNS + INFO_COLUMNS})

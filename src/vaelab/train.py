@@ -17,6 +17,7 @@ from . import data as vdata
 from .config import TrainConfig, config_diff, from_dict
 from .losses import objective, perceptual_term, scheduled_beta
 from .models import VAE
+from .models import build as build_model
 from .store import (CHECKPOINT, CONFIG, LEGACY_CHECKPOINT, METRICS, FolderLock, atomic_write_json, atomic_write_text,
                     check_can_create, ensure_writable_dir, load_tree, remove_stale_temps, save_tree)
 
@@ -50,10 +51,13 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     return fused_optimizer(cls, model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int):
+def lr_factor(cfg: TrainConfig, progress: float) -> float:
+    """The learning rate's multiplier at `progress` in [0, 1] of training: constant, or cosine to 0 (Loshchilov &
+    Hutter 2017). Progress counts steps, or wall-clock seconds under a time budget, so the schedule spans the
+    budget however fast the machine is."""
     if not cfg.cosine:
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 def legacy_message(path: Path) -> str:
@@ -117,7 +121,7 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Train
     path = Path(run_dir) / CHECKPOINT
     cfg = from_dict(ckpt["config"])
     check_fits(model_bytes(cfg, tuple(ckpt["shape"]), len(ckpt["classes"])), "the checkpoint's model", device)
-    model = VAE.from_config(cfg, tuple(ckpt["shape"]), len(ckpt["classes"]))
+    model = build_model(cfg, tuple(ckpt["shape"]), len(ckpt["classes"]))
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError, TypeError) as e:
@@ -131,7 +135,7 @@ def model_bytes(cfg: TrainConfig, shape: tuple[int, int, int], num_classes: int,
     """Bytes a model needs: parameters (built on the meta device, so nothing is allocated), with batch_size > 0
     also gradients, two Adam moments and a generous bound on one batch's activations."""
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in VAE.from_config(cfg, shape, num_classes).parameters())
+        n_params = sum(p.numel() for p in build_model(cfg, shape, num_classes).parameters())
     if not batch_size:
         return 4 * n_params
     n_dims = shape[0] * shape[1] * shape[2]
@@ -267,28 +271,39 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
     n = len(train_split)
 
     torch.manual_seed(cfg.seed)
-    model = VAE.from_config(cfg, ds.shape, len(ds.classes)).to(device)
+    model = build_model(cfg, ds.shape, len(ds.classes)).to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    sched = make_scheduler(cfg, opt, cfg.epochs * steps_per_epoch)
+    # An exponential moving average of the weights (VDVAE): what validation, the checkpoint's "model" and so every
+    # evaluation and sample use; the raw weights go to "train_model" so that training resumes from them.
+    ema = None
+    if cfg.ema:
+        with torch.random.fork_rng(devices=[]):  # its throwaway initialisation must not move the run's random stream
+            ema = build_model(cfg, ds.shape, len(ds.classes)).to(device).requires_grad_(False)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     history: list[dict] = []
     start_epoch, step, total_bad, bad_in_row = 0, 0, 0, 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["train_model"] if ema is not None else ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
         _set_rng_state(ckpt["rng"], gen)
         history, start_epoch, step, total_bad = ckpt["history"], ckpt["epoch"], ckpt["step"], ckpt["bad_steps"]
         bad_in_row = ckpt.get("bad_in_row", 0)
+    if ema is not None:
+        ema.load_state_dict(ckpt["model"] if ckpt is not None else model.state_dict())
+    trained_s = sum(r["seconds"] for r in history)  # training seconds so far: what a time budget counts
+    if cfg.time_budget and trained_s >= cfg.time_budget:
+        return history[-1]
     features = _perceptual_features(cfg, ds, device) if cfg.perceptual_weight > 0 else None
     forward = torch.compile(model) if cfg.compile else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     total_steps = max(cfg.epochs * steps_per_epoch, 1)
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+    skip_above = cfg.skip_grad_norm if cfg.skip_grad_norm > 0 else math.inf
     params = [p for p in model.parameters() if p.requires_grad]
+    pairs = (list(ema.parameters()), list(model.parameters())) if ema is not None else None
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm.auto import tqdm
 
@@ -296,7 +311,8 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
         model.train()
         t0 = time.perf_counter()
         sums = torch.zeros(3, device=device, dtype=torch.float64)
-        seen, bad_epoch, steps_epoch = 0, 0, 0
+        seen, bad_epoch, steps_epoch, skipped_large = 0, 0, 0, 0
+        out_of_time = False
         bar = tqdm(total=n, unit="img", desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
         for i, idx in enumerate(vdata.minibatches(n, cfg.batch_size, gen, device)):
             x = train_split.x[idx]
@@ -324,8 +340,16 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
                     raise _diverged(epoch + 1, f"{bad_in_row} non-finite steps in a row", out / CHECKPOINT)
                 continue
             bad_in_row = 0
+            if float(grad_norm) > skip_above:  # a rare huge gradient (VDVAE's skip_threshold): no update, no harm
+                skipped_large += 1
+                continue
+            progress = ((trained_s + time.perf_counter() - t0) / cfg.time_budget if cfg.time_budget
+                        else step / total_steps)
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(cfg, progress)
             opt.step()
-            sched.step()
+            if ema is not None:
+                torch._foreach_lerp_(*pairs, 1.0 - cfg.ema)  # ema += (1 - decay) * (w - ema), one fused pass
             step += 1
             b = len(idx)
             seen += b
@@ -335,6 +359,9 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
                 s = (sums / max(seen, 1)).tolist()
                 bar.set_postfix(loss=f"{s[0]:.1f}", recon=f"{s[1]:.1f}", kl=f"{s[2]:.2f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            if cfg.time_budget and trained_s + time.perf_counter() - t0 >= cfg.time_budget:
+                out_of_time = True  # stop cleanly: this partial epoch is checkpointed and the run is done
+                break
         bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -347,7 +374,11 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
         if not all(bool(torch.isfinite(p).all()) for p in params):
             raise _diverged(epoch + 1, "the weights are no longer finite", out / CHECKPOINT)
         tr = (sums / max(seen, 1)).tolist()
-        val = average_terms(model, val_split) if len(val_split) else {}
+        trained_s += seconds
+        if ema is not None:  # buffers (none in vaelab's nets today) follow the raw model
+            for b_ema, b in zip(ema.buffers(), model.buffers()):
+                b_ema.copy_(b)
+        val = average_terms(ema if ema is not None else model, val_split) if len(val_split) else {}
         if not all(math.isfinite(v) for v in val.values()):
             raise _diverged(epoch + 1, "the validation ELBO is not finite", out / CHECKPOINT)
         total_bad += bad_epoch
@@ -356,14 +387,18 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
                "train_loss": tr[0], "train_recon": tr[1], "train_kl": tr[2],
                **{f"val_{k}": v for k, v in val.items()},
                "seconds": seconds, "images_per_s": seen / seconds if seconds > 0 else 0.0,
-               "skipped_steps": bad_epoch}
+               "skipped_steps": bad_epoch, "skipped_large_grad": skipped_large,
+               **({"partial": True} if out_of_time and seen < n else {})}
         history.append(row)
         save_checkpoint(out, {
             "config": cfg.to_dict(), "epoch": epoch + 1, "step": step, "bad_steps": total_bad, "bad_in_row": bad_in_row,
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "model": (ema if ema is not None else model).state_dict(), "optimizer": opt.state_dict(),
+            **({"train_model": model.state_dict()} if ema is not None else {}),
             "rng": _rng_state(gen), "history": history, "shape": list(ds.shape), "classes": list(ds.classes),
             "versions": {"vaelab": __version__, "torch": torch.__version__}})
         _write_metrics(out, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
+        if out_of_time:
+            break
     return history[-1]

@@ -1,0 +1,151 @@
+"""Encoder and decoder networks, by architecture: the study's conv net, an MLP and a residual net (ARCHS)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class ConvEncoder(nn.Module):
+    """The study's reference encoder: Conv(C->32,3,s2)+ReLU, Conv(32->64,3,s2)+ReLU, Dense 256+ReLU."""
+
+    def __init__(self, shape: tuple[int, int, int], n_cond: int = 0, hidden: int = 256):
+        super().__init__()
+        c, h, w = shape
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(64 * (h // 4) * (w // 4) + n_cond, hidden), nn.ReLU())
+        self.out_dim = hidden
+
+    def forward(self, x, cond=None):
+        h = self.conv(x)
+        return self.fc(h if cond is None else torch.cat([h, cond], 1))
+
+
+class ConvDecoder(nn.Module):
+    """The mirror: Dense 256, Dense to 64xH/4xW/4, ConvT 64->32 k4 s2, ConvT 32->out k4 s2 (the likelihood's channels)."""
+
+    def __init__(self, shape: tuple[int, int, int], in_dim: int, out_channels: int, hidden: int = 256):
+        super().__init__()
+        c, h, w = shape
+        self.grid = (64, h // 4, w // 4)
+        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(),
+                                nn.Linear(hidden, 64 * (h // 4) * (w // 4)), nn.ReLU())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(32, out_channels, 4, stride=2, padding=1))
+
+    def forward(self, z):
+        return self.deconv(self.fc(z).view(-1, *self.grid))
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, shape, n_cond: int = 0, hidden: tuple[int, ...] = (512, 256)):
+        super().__init__()
+        dims = [shape[0] * shape[1] * shape[2] + n_cond, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.net = nn.Sequential(*layers)
+        self.out_dim = dims[-1]
+
+    def forward(self, x, cond=None):
+        h = x.flatten(1)
+        return self.net(h if cond is None else torch.cat([h, cond], 1))
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, shape, in_dim: int, out_channels: int, hidden: tuple[int, ...] = (256, 512)):
+        super().__init__()
+        c, h, w = shape
+        self.out_shape = (out_channels, h, w)
+        dims = [in_dim, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(dims[-1], out_channels * h * w))
+
+    def forward(self, z):
+        return self.net(z).view(-1, *self.out_shape)
+
+
+class ResBlock(nn.Module):
+    """A pre-activation residual block (He et al. 2016b): x + Conv(SiLU(Conv(SiLU(x)))). The branch's last conv starts
+    at zero, so every block starts as the identity and a deep stack trains from the first step (SkipInit, De & Smith
+    2020; VDVAE scales the same layer down). No batch norm: statistics would differ between training batches and
+    the K-fold batches of importance sampling."""
+
+    def __init__(self, c: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or c
+        self.branch = nn.Sequential(nn.SiLU(), nn.Conv2d(c, hidden, 3, padding=1),
+                                    nn.SiLU(), nn.Conv2d(hidden, c, 3, padding=1))
+        nn.init.zeros_(self.branch[-1].weight)
+        nn.init.zeros_(self.branch[-1].bias)
+
+    def forward(self, x):
+        return x + self.branch(x)
+
+
+def res_stage(c: int, depth: int) -> nn.Sequential:
+    return nn.Sequential(*(ResBlock(c) for _ in range(depth)))
+
+
+class ResNetEncoder(nn.Module):
+    """Residual encoder: a 3x3 stem to `width` channels, then `depth` blocks per resolution, with a stride-2 conv
+    between resolutions (H -> H/2 -> H/4, channels width -> 2 width), then Dense `hidden`."""
+
+    def __init__(self, shape: tuple[int, int, int], n_cond: int = 0, width: int = 64, depth: int = 2,
+                 hidden: int = 256):
+        super().__init__()
+        c, h, w = shape
+        self.net = nn.Sequential(
+            nn.Conv2d(c, width, 3, padding=1), res_stage(width, depth),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), res_stage(2 * width, depth),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), res_stage(2 * width, depth),
+            nn.SiLU(), nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(2 * width * ((h + 3) // 4) * ((w + 3) // 4) + n_cond, hidden), nn.SiLU())
+        self.out_dim = hidden
+
+    def forward(self, x, cond=None):
+        h = self.net(x)
+        return self.fc(h if cond is None else torch.cat([h, cond], 1))
+
+
+class ResNetDecoder(nn.Module):
+    """The mirror: Dense to 2 width x H/4 x W/4, blocks, nearest-neighbour upsampling + 3x3 conv between
+    resolutions (no checkerboard of transposed convs), blocks, and a 3x3 conv to the likelihood's channels."""
+
+    def __init__(self, shape: tuple[int, int, int], in_dim: int, out_channels: int, width: int = 64, depth: int = 2,
+                 hidden: int = 256):
+        super().__init__()
+        c, h, w = shape
+        self.grid = (2 * width, h // 4, w // 4)
+        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, 2 * width * (h // 4) * (w // 4)))
+        self.net = nn.Sequential(
+            res_stage(2 * width, depth),
+            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(2 * width, width, 3, padding=1), res_stage(width, depth),
+            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1), res_stage(width, depth),
+            nn.SiLU(), nn.Conv2d(width, out_channels, 3, padding=1))
+
+    def forward(self, z):
+        return self.net(self.fc(z).view(-1, *self.grid))
+
+
+@dataclass(frozen=True)
+class Arch:
+    """An encoder/decoder pair; `sized` ones take the config's width and depth."""
+
+    encoder: type[nn.Module]
+    decoder: type[nn.Module]
+    sized: bool = False
+
+
+ARCHS: dict[str, Arch] = {
+    "conv": Arch(ConvEncoder, ConvDecoder),
+    "mlp": Arch(MLPEncoder, MLPDecoder),
+    "resnet": Arch(ResNetEncoder, ResNetDecoder, sized=True),
+}
