@@ -271,3 +271,15 @@ def test_architecture_findings_pair_each_network_with_the_conv_reference():
     assert set(F._reference_only(df)["arch"]) == {"conv"}
     only_mlp = df[df["arch"] == "resnet"]
     assert len(F._reference_only(only_mlp)) == 3
+
+
+@pytest.mark.parametrize("fd_vamp,want", [([3.0, 3.1, 2.9], F.HOLDS), ([6.0, 6.2, 5.9], F.FAILS),
+                                          ([3.0, 6.0, 5.0], F.INCONCLUSIVE)])
+def test_the_learned_prior_sample_quality_finding(fd_vamp, want):
+    t = family_rows([10.0, 10.1, 9.9], [10.0, 10.1, 9.9], [1000.0, 1000.5, 999.5], [1000.0, 1000.5, 999.5],
+                    [8, 8, 8], [8, 8, 8])
+    t["fd_prior"] = 5.0 + 0.01 * t["seed"]
+    vamp = t["prior"] == "vamp"
+    t.loc[vamp, "fd_prior"] = fd_vamp
+    [f] = [f for f in F.families(t) if "Fréchet" in f.claim]
+    assert f.verdict == want and "VampPrior" in f.claim

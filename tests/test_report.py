@@ -152,3 +152,47 @@ def test_report_in_headless_chromium(mini_study, mini_report, tmp_path):
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10000
     finally:
         browser.quit()
+
+
+ARCH_SPEC = """\
+name = "arch-mini"
+[base]
+epochs = 2
+train_size = 64
+val_size = 32
+test_size = 16
+iwae_samples = 2
+batch_size = 32
+likelihood = "dmol"
+likelihood_components = 2
+latent_dim = 2
+[[sweep]]
+grid = {dataset = ["fashion-mnist"], seed = [0, 1], arch = ["conv"]}
+[[sweep]]
+base = {arch = "hierarchical", width = 8, depth = 1, latent_groups = 1}
+grid = {dataset = ["fashion-mnist"], seed = [0, 1]}
+[[sweep]]
+base = {arch = "resnet", width = 8, depth = 1}
+grid = {dataset = ["fashion-mnist"], seed = [0, 1]}
+"""
+
+
+def test_an_architectures_study_reports_its_networks(tiny_root, tmp_path, monkeypatch):
+    """Conv, resnet and hierarchical runs: the report's Architectures section has its table, bits/dim against
+    time, the KL per latent group and samples/reconstructions per network, and the family findings name them."""
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
+    spec_path = tmp_path / "arch.toml"
+    spec_path.write_text(ARCH_SPEC)
+    out = tmp_path / "A"
+    assert study.run(study.load_spec(spec_path), out, data_dir=str(tiny_root)) == {"done": 6}
+    html = report(out, data_dir=tiny_root, classifier=False).read_text()
+    assert "<h2>Architectures</h2>" in html or ">Architectures<" in html
+    names = {Path(p).name for p in _images_of(out / "report" / "index.html")}
+    assert {"bpd_time_fashion-mnist.png", "kl_groups_fashion-mnist.png", "samples_arch_fashion-mnist.png",
+            "reconstructions_arch_fashion-mnist.png"} <= names
+    for name in ("bpd_time_fashion-mnist.png", "samples_arch_fashion-mnist.png"):
+        assert_real_figure(out / "report" / "fig" / name)
+    assert "hierarchical VAE lowers bits/dim" in html and "residual network lowers bits/dim" in html
+    assert "finest latent groups" in html
+    ev = json.loads(next((out / "runs").glob("*hierarchical*seed-0")).joinpath("eval.json").read_text())
+    assert len(ev["kl_per_group"]) == 3 and 0 <= ev["kl_share_finest"] <= 1 and ev["n_params"] > 0

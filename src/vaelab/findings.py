@@ -326,6 +326,8 @@ FAMILY_CLAIMS = [
     ({"posterior": "iaf"}, "elbo_gap", +1, "a more flexible posterior (IAF) narrows the gap between the ELBO and the "
                                            "IWAE bound (the posterior's mismatch)"),
     ({"prior": "vamp"}, "iwae_nll", +1, "a learned prior (VampPrior) lowers the negative log-likelihood (IWAE bound)"),
+    ({"prior": "vamp"}, "fd_prior", +1, "a learned prior (VampPrior) gives samples closer to the data (Fréchet "
+                                        "distance of prior samples in the reference classifier's features)"),
     ({"objective": "free_bits"}, "active_units", -1, "free bits keep more latent units active"),
     ({"kl_schedule": "cyclical"}, "active_units", -1, "cyclical KL annealing keeps more latent units active"),
     ({"arch": "resnet"}, "bpd_iwae", +1, "a residual network lowers bits/dim (IWAE) at the same training budget"),
