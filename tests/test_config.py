@@ -54,3 +54,12 @@ def test_presets_are_valid_and_unknown_preset_raises():
 @pytest.mark.parametrize("text,seconds", [(90, 90.0), ("90", 90.0), ("45s", 45.0), ("30m", 1800.0), ("1.5h", 5400.0)])
 def test_time_budgets_parse_with_units(text, seconds):
     assert from_dict({"time_budget": text}).time_budget == seconds
+
+
+def test_a_config_made_directly_is_validated_and_coerced():
+    """The notebook and Python users build TrainConfig(...) themselves: the same checks as from_dict apply."""
+    with pytest.raises(VaelabError, match="latent_dim must be >= 1"):
+        TrainConfig(latent_dim=0)
+    with pytest.raises(VaelabError, match="unknown arch"):
+        dataclasses.replace(TrainConfig(), arch="transformer")
+    assert isinstance(TrainConfig(beta=2).beta, float) and TrainConfig(time_budget="2m").time_budget == 120.0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import quick_classifier
 from test_latent import assert_real_figure
 
 from vaelab import study
@@ -185,7 +186,12 @@ def test_an_architectures_study_reports_its_networks(tiny_root, tmp_path, monkey
     spec_path.write_text(ARCH_SPEC)
     out = tmp_path / "A"
     assert study.run(study.load_spec(spec_path), out, data_dir=str(tiny_root)) == {"done": 6}
+    quick_classifier(monkeypatch)
+    assert main(["score", str(out), "--all", "--samples", "40", "--data-dir", str(tiny_root)]) == 0
+    scored = [json.loads(p.read_text()) for p in (out / "runs").glob("*/eval.json")]
+    assert len(scored) == 6 and all("fd_prior" in ev for ev in scored)  # every network, not only the report's
     html = report(out, data_dir=tiny_root, classifier=False).read_text()
+    assert "fd_prior" in html
     assert "<h2>Architectures</h2>" in html or ">Architectures<" in html
     names = {Path(p).name for p in _images_of(out / "report" / "index.html")}
     assert {"bpd_time_fashion-mnist.png", "kl_groups_fashion-mnist.png", "samples_arch_fashion-mnist.png",

@@ -202,16 +202,19 @@ def _scores(model, clf, info, ds, ckpt, run_dir, data_dir, n, seed) -> dict:
     return out
 
 
-def score_target(target, data_dir=None, n: int = 2000) -> list[tuple[str, dict | str]]:
+def score_target(target, data_dir=None, n: int = 2000, every: bool = False) -> list[tuple[str, dict | str]]:
     """`vaelab score`: a run's generation scores, or those of the runs a study's report shows (per dataset, the
-    largest latent size at beta = 1, seed 0), merged into their eval.json; failures are recorded there too."""
+    largest latent size at beta = 1, seed 0; with `every`, all its finished runs), merged into their eval.json;
+    failures are recorded there too."""
     from . import study
     from .report import generation_runs
     from .store import EVAL, atomic_write_json, read_json
 
     target = Path(target)
     if (target / "study.json").is_file():
-        runs = generation_runs(target, study.write_results(target))
+        df = study.write_results(target)
+        runs = ([(r.run_id, target / "runs" / r.run_id) for r in df[df["status"] == "done"].itertuples()] if every
+                else generation_runs(target, df))
     else:
         from .run import Run
 

@@ -202,7 +202,7 @@ def cmd_score(args) -> int:
 
     if not 1 <= args.samples <= 100_000:
         raise VaelabError(f"--samples must be in 1..100,000, got {args.samples}")
-    for label, s in score_target(args.target, args.data_dir, args.samples):
+    for label, s in score_target(args.target, args.data_dir, args.samples, every=args.all):
         print(f"{label}: " + (s if isinstance(s, str) else f"conditional accuracy {s['conditional_accuracy']:.1%}, "
                               f"Fréchet distance p(z) {s['fd_prior']:.3g}, GMM {s['fd_gmm']:.3g}"))
     return 0
@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = add("study", "Run or resume a comparative study (a grid of runs), or show its status.")
     st.add_argument("target", nargs="*", metavar="SPEC | status STUDY",
                     help="a .toml/.yaml/.json study spec, or 'status' and a study directory")
-    st.add_argument("--preset", help="a built-in study: quick (minutes on a laptop) or seed (the full study)")
+    st.add_argument("--preset", help="a built-in study: quick (minutes on a laptop), seed (the full study), families "
+                                     "(posteriors, priors, objectives) or architectures (conv, resnet, hierarchical)")
     st.add_argument("--out", help="study directory (runs/, study.json, results.csv)")
     st.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (processes)")
     st.add_argument("--executor", choices=["local", "ray"], default="local")
@@ -342,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "features) for a run, or for the runs a study's report shows; stored in their eval.json.")
     sc.add_argument("target", metavar="STUDY_OR_RUN")
     sc.add_argument("--samples", type=int, default=2000, help="samples per sampler (default 2000)")
+    sc.add_argument("--all", action="store_true", help="score every finished run of a study (e.g. to compare "
+                                                       "families or architectures), not only the report's")
     sc.add_argument("--data-dir", **data_arg)
     sc.set_defaults(func=cmd_score)
 

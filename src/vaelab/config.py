@@ -72,6 +72,13 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
 
+    def __post_init__(self) -> None:
+        # Every config is checked where it is made — presets, a notebook's TrainConfig(...), from_dict, replace —
+        # so no code path trains on a value validate() would refuse.
+        for f in fields(self):
+            object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name)))
+        validate(self)
+
     def replace(self, **overrides: Any) -> "TrainConfig":
         return from_dict({**self.to_dict(), **overrides})
 
@@ -143,7 +150,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     """Reject impossible values before anything trains."""
     from .data import DATASETS
     from .losses import KL_SCHEDULES, LIKELIHOODS, OBJECTIVES
-    from .models import ARCHS, MODELS, POSTERIORS, PRIORS
+    # the registries' own modules, not the models package: this runs while that package may still be importing
+    from .models.hierarchical import MODELS
+    from .models.nets import ARCHS
+    from .models.posteriors import POSTERIORS
+    from .models.priors import PRIORS
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
@@ -221,8 +232,7 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
     """Build a validated config; unknown keys and wrong types raise VaelabError."""
     if not isinstance(d, dict):
         raise VaelabError(f"a config must be a mapping of fields to values, got {type(d).__name__}")
-    kwargs = {k: coerce(k, v) for k, v in d.items()}
-    return validate(TrainConfig(**kwargs))
+    return TrainConfig(**{k: coerce(k, v) for k, v in d.items()})  # TrainConfig validates itself
 
 
 # Presets: the study's reference settings per dataset (the seed study used latent 2..128 conv VAEs).

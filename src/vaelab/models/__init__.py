@@ -3,17 +3,8 @@
 from .nets import ARCHS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from .posteriors import IAF, MADE, POSTERIORS, GaussianPosterior, IAFPosterior
 from .priors import PRIORS, MixtureOfGaussians, Prior, StandardNormal, VampPrior
-from .hierarchical import HierarchicalVAE
+from .hierarchical import MODELS, HierarchicalVAE
 from .vae import VAE
-
-
-def _hierarchical(cfg, shape, num_classes):
-    return HierarchicalVAE(shape, cfg.latent_dim, cfg.likelihood, cfg.gaussian_sigma, cfg.width, cfg.depth,
-                           cfg.likelihood_components, cfg.latent_groups, cfg.temperature)
-
-
-# Models other than the flat VAE, by `arch`; every other arch is the flat VAE with that encoder/decoder pair.
-MODELS = {"hierarchical": _hierarchical}
 
 
 def build(cfg, shape: tuple[int, int, int], num_classes: int = 10):

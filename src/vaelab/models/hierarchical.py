@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import make_likelihood
-from .nets import ResBlock, res_stage
+from .nets import ImageModel, ResBlock, res_stage
 
 
 def gaussian_kl(qm, qlv, pm, plv) -> torch.Tensor:
@@ -94,7 +94,7 @@ class TopPrior(nn.Module):
         return pm + torch.exp(0.5 * plv) * eps
 
 
-class HierarchicalVAE(nn.Module):
+class HierarchicalVAE(ImageModel):
     """Bottom-up: a stem and `depth` residual cells per resolution (H, H/2, H/4, 1x1), keeping each resolution's
     features. Top-down: from a learned state at 1x1, `groups` latent groups (`latent_dim` channels each) at each of
     1x1, H/4 x W/4 and H/2 x W/2, each with its prior from the state above and its posterior from that state and
@@ -127,18 +127,6 @@ class HierarchicalVAE(nn.Module):
                                  nn.Conv2d(width, self.likelihood.channels(c), 3, padding=1))
         self.prior = TopPrior(latent_dim)
         self.prior.attach(self)
-
-    @property
-    def n_dims(self) -> int:
-        return self.shape[0] * self.shape[1] * self.shape[2]
-
-    @property
-    def n_outputs(self) -> int:
-        return self.likelihood.channels(self.shape[0]) * self.shape[1] * self.shape[2]
-
-    @property
-    def n_groups(self) -> int:
-        return len(self.groups)
 
     def features(self, x: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
         """The bottom-up pass: features at each resolution the top-down pass reads."""
@@ -211,9 +199,15 @@ class HierarchicalVAE(nn.Module):
         t = self.temperature
         return self._top_down(len(z), top=z, temperature=t, mean=t == 0)[0]
 
-    def x_hat(self, params: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.mean(params)
-
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.likelihood.mean(self._top_down(len(x), self.features(x), mean=True)[0])
+
+
+def _hierarchical(cfg, shape, num_classes):
+    return HierarchicalVAE(shape, cfg.latent_dim, cfg.likelihood, cfg.gaussian_sigma, cfg.width, cfg.depth,
+                           cfg.likelihood_components, cfg.latent_groups, cfg.temperature)
+
+
+# Models other than the flat VAE, by `arch` (models.build); every other arch is the flat VAE with that network.
+MODELS = {"hierarchical": _hierarchical}

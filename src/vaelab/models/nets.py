@@ -8,6 +8,25 @@ import torch
 from torch import nn
 
 
+class ImageModel(nn.Module):
+    """What every model of images offers besides its own math: sizes for memory checks and the mean image."""
+
+    shape: tuple[int, int, int]
+    likelihood: nn.Module
+
+    @property
+    def n_dims(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2]
+
+    @property
+    def n_outputs(self) -> int:
+        """Floats the decoder emits per image: the likelihood's parameters (for memory checks)."""
+        return self.likelihood.channels(self.shape[0]) * self.shape[1] * self.shape[2]
+
+    def x_hat(self, params: torch.Tensor) -> torch.Tensor:
+        return self.likelihood.mean(params)
+
+
 class ConvEncoder(nn.Module):
     """The study's reference encoder: Conv(C->32,3,s2)+ReLU, Conv(32->64,3,s2)+ReLU, Dense 256+ReLU."""
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..config import TrainConfig
 from ..losses import kl_per_dim, make_likelihood
-from .nets import ARCHS
+from .nets import ARCHS, ImageModel
 from .posteriors import POSTERIORS
 from .priors import PRIORS, VampPrior
 
@@ -17,7 +16,7 @@ from .priors import PRIORS, VampPrior
 _LEGACY_KEYS = ("to_mu.", "to_logvar.", "to_context.", "flow.")
 
 
-class VAE(nn.Module):
+class VAE(ImageModel):
     """encoder -> posterior q(z|x) -> prior p(z) -> decoder -> likelihood p(x|z), each from its registry
     (ARCHS, POSTERIORS, PRIORS, losses.LIKELIHOODS).
 
@@ -59,15 +58,6 @@ class VAE(nn.Module):
     def analytic_kl(self) -> bool:
         """KL(q || p) in closed form, also per dimension: a Gaussian posterior and the standard prior."""
         return self.prior.analytic_kl and self.posterior.analytic_kl
-
-    @property
-    def n_dims(self) -> int:
-        return self.shape[0] * self.shape[1] * self.shape[2]
-
-    @property
-    def n_outputs(self) -> int:
-        """Floats the decoder emits per image: the likelihood's parameters (for memory checks)."""
-        return self.likelihood.channels(self.shape[0]) * self.shape[1] * self.shape[2]
 
     def _cond(self, y):
         if not self.num_classes:
@@ -129,9 +119,6 @@ class VAE(nn.Module):
             log_px = self.likelihood.log_prob(params, x.repeat_interleave(kk, dim=0)).view(b, kk)
             log_w[:, s:s + kk] = log_px + self.prior.log_prob(z.float()) - log_q
         return log_w
-
-    def x_hat(self, params: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.mean(params)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
