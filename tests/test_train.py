@@ -342,3 +342,44 @@ def test_a_time_budget_stops_cleanly_and_counts_time_already_trained(ds, tmp_pat
     ck = load_checkpoint(tmp_path / "t2")
     assert ck["step"] == 12 and [h["seconds"] for h in ck["history"]] == [10.0, 2.0]
     count("kill_trials")
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_early_stopping_keeps_the_best_epoch_and_resumes_exactly(ds, tmp_path, monkeypatch, ema):
+    """Scripted validation ELBOs 10, 9, 9.5, 9.6, 9.7 with patience 2: the run stops after epoch 4, two epochs
+    after its best, and the checkpoint's model is epoch 2's weights; a resume trains nothing more. A margin of
+    1 % makes 9.95 no improvement over 10."""
+    import vaelab.train as vtrain
+
+    script = iter([10.0, 9.0, 9.5, 9.6, 9.7, 9.8])
+    monkeypatch.setattr(vtrain, "average_terms", lambda m, s: {"recon": 1.0, "kl": 1.0, "neg_elbo": next(script)})
+    kept = {}
+
+    def keep(epoch, row):
+        kept[epoch] = load_checkpoint(tmp_path / "r")["model"]
+
+    cfg = tiny_config(epochs=10, patience=2, ema=ema)
+    last = train(cfg, tmp_path / "r", dataset=ds, on_epoch_end=keep)
+    ck = load_checkpoint(tmp_path / "r")
+    assert last["epoch"] == 4 and last["stopped_early"] and last["best_epoch"] == 2 and ck["epoch"] == 4
+    assert all(torch.equal(ck["model"][k], kept[2][k]) for k in kept[2])
+    assert any(not torch.equal(ck["train_model"][k], kept[2][k]) for k in kept[2])  # training went on past it
+    assert train(cfg, tmp_path / "r", dataset=ds, resume=True)["epoch"] == 4
+    script2 = iter([10.0, 9.95, 9.97, 9.0])
+    monkeypatch.setattr(vtrain, "average_terms", lambda m, s: {"recon": 1.0, "kl": 1.0, "neg_elbo": next(script2)})
+    last = train(cfg.replace(min_improvement=0.01), tmp_path / "m", dataset=ds)
+    assert last["epoch"] == 3 and last["best_epoch"] == 1
+
+
+def test_early_stopping_resumed_mid_run_equals_an_uninterrupted_run(ds, tmp_path):
+    cfg = tiny_config(epochs=3, patience=5, ema=0.5)
+    full = train(cfg, tmp_path / "full", dataset=ds)
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "cut", dataset=ds, on_epoch_end=_stop_after(1))
+    resumed = train(cfg, tmp_path / "cut", dataset=ds, resume=True)
+    assert resumed == {**full, "seconds": resumed["seconds"], "images_per_s": resumed["images_per_s"]}
+    for key in ("model", "train_model", "ema_model"):
+        a, b = load_checkpoint(tmp_path / "full")[key], load_checkpoint(tmp_path / "cut")[key]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    count("kill_trials")
+    count("kill_trials_resumed_bit_identical")

@@ -46,7 +46,7 @@ def _config_overrides(args) -> dict:
 
 def cmd_train(args) -> int:
     from .evaluate import evaluate
-    from .train import train
+    from .train import load_checkpoint, train
 
     out = Path(args.out)
     overrides = _config_overrides(args)
@@ -60,10 +60,15 @@ def cmd_train(args) -> int:
     last = train(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=None)
     val = (f"val_neg_elbo={last['val_neg_elbo']:.4g}" if "val_neg_elbo" in last
            else "no validation set (val_size 0)")
-    print(f"trained {out}: epoch {last['epoch']}  {val}  images/s={last['images_per_s']:.0f}")
+    history = load_checkpoint(out)["history"]
+    why = (f", stopped early (best epoch {last['best_epoch']})" if last.get("stopped_early") else
+           ", time budget spent" if cfg.time_budget and sum(h["seconds"] for h in history) >= cfg.time_budget else "")
+    print(f"trained {out}: epoch {last['epoch']}{why}  {val}  images/s={last['images_per_s']:.0f}  "
+          f"training {sum(h['seconds'] for h in history):.0f} s")
     if not args.no_eval:
+        t0 = time.perf_counter()
         result = evaluate(out, data_dir=args.data_dir)
-        print(f"test: {_fmt(result)}")
+        print(f"test: {_fmt(result)}  (evaluation {time.perf_counter() - t0:.0f} s)")
     return 0
 
 

@@ -62,6 +62,8 @@ class TrainConfig:
     skip_grad_norm: float = 0.0  # skip (count, do not apply) updates whose gradient norm exceeds this; 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights, used to evaluate and sample; 0 = off
     time_budget: float = 0.0  # seconds of training (also "30m", "1.5h"); then epochs is only an upper bound
+    patience: int = 0  # early stopping: stop after this many epochs without a better validation ELBO; 0 = off
+    min_improvement: float = 0.0  # the relative margin that counts as better (0.001 = 0.1 %)
     seed: int = 0
     # evaluation
     test_size: int = 0  # 0 = the whole test set
@@ -214,11 +216,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0 <= cfg.max_skip_share <= 1, f"max_skip_share must be in [0, 1], got {cfg.max_skip_share}")
     need(cfg.skip_grad_norm >= 0, f"skip_grad_norm must be >= 0, got {cfg.skip_grad_norm}")
     need(0 <= cfg.ema < 1, f"ema must be in [0, 1), got {cfg.ema}")
+    need(cfg.patience >= 0, f"patience must be >= 0, got {cfg.patience}")
+    need(not cfg.patience or cfg.val_size > 0, "early stopping (patience) needs a validation set (val_size > 0)")
+    need(0 <= cfg.min_improvement < 1, f"min_improvement must be in [0, 1), got {cfg.min_improvement}")
     need(0 <= cfg.time_budget <= 30 * 86400, f"time_budget must be between 0 and 30 days, got {cfg.time_budget} s")
     # Counts far beyond any machine are refused here; sizes that merely exceed this one's memory are refused
     # where the tensors are made (train.check_fits), before allocating.
     for name in ("latent_dim", "epochs", "batch_size", "train_size", "val_size", "test_size", "iwae_samples",
-                 "max_bad_steps"):
+                 "max_bad_steps", "patience"):
         need(getattr(cfg, name) < 2 ** 31, f"{name} is too large: {getattr(cfg, name)}")
     return cfg
 

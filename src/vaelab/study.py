@@ -518,6 +518,9 @@ def collect(out: str | Path):
         row["images_per_s"] = sum(h["images_per_s"] for h in hist) / len(hist) if hist else None
         full = [h["seconds"] for h in hist if not h.get("partial")]  # a time budget's last epoch may be cut short
         row["seconds_per_epoch"] = sum(full) / len(full) if full else None
+        # how far from convergence: the last epoch whose validation ELBO improved (early stopping records it)
+        row["best_epoch"] = hist[-1].get("best_epoch") if hist else None
+        row["stopped_early"] = bool(hist and hist[-1].get("stopped_early"))
         if (d / EVAL).is_file():
             ev = read_json(d / EVAL)
             row.update({k: ev.get(k) for k in METRIC_COLUMNS + INFO_COLUMNS})

@@ -285,16 +285,20 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     history: list[dict] = []
     start_epoch, step, total_bad, bad_in_row = 0, 0, 0, 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["train_model"] if ema is not None else ckpt["model"])
+    if ckpt is not None:  # "model" is what evaluation reads (the EMA, or the best epoch's weights with patience)
+        model.load_state_dict(ckpt["train_model"] if "train_model" in ckpt else ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"], gen)
         history, start_epoch, step, total_bad = ckpt["history"], ckpt["epoch"], ckpt["step"], ckpt["bad_steps"]
         bad_in_row = ckpt.get("bad_in_row", 0)
     if ema is not None:
-        ema.load_state_dict(ckpt["model"] if ckpt is not None else model.state_dict())
+        ema.load_state_dict(ckpt.get("ema_model", ckpt["model"]) if ckpt is not None else model.state_dict())
+    evaluated = ema if ema is not None else model  # the weights validation (and so early stopping) reads
+    # Early stopping (patience): the best epoch's evaluated weights are kept as the checkpoint's "model".
+    best_state = ckpt["model"] if (ckpt is not None and cfg.patience) else None
+    best_val, best_epoch = _best(history, cfg.min_improvement)
     trained_s = sum(r["seconds"] for r in history)  # training seconds so far: what a time budget counts
-    if cfg.time_budget and trained_s >= cfg.time_budget:
+    if (cfg.time_budget and trained_s >= cfg.time_budget) or (history and history[-1].get("stopped_early")):
         return history[-1]
     features = _perceptual_features(cfg, ds, device) if cfg.perceptual_weight > 0 else None
     forward = torch.compile(model) if cfg.compile else model
@@ -378,7 +382,7 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
         if ema is not None:  # buffers (none in vaelab's nets today) follow the raw model
             for b_ema, b in zip(ema.buffers(), model.buffers()):
                 b_ema.copy_(b)
-        val = average_terms(ema if ema is not None else model, val_split) if len(val_split) else {}
+        val = average_terms(evaluated, val_split) if len(val_split) else {}
         if not all(math.isfinite(v) for v in val.values()):
             raise _diverged(epoch + 1, "the validation ELBO is not finite", out / CHECKPOINT)
         total_bad += bad_epoch
@@ -389,16 +393,40 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
                "seconds": seconds, "images_per_s": seen / seconds if seconds > 0 else 0.0,
                "skipped_steps": bad_epoch, "skipped_large_grad": skipped_large,
                **({"partial": True} if out_of_time and seen < n else {})}
+        if cfg.patience:
+            if _improves(val["neg_elbo"], best_val, cfg.min_improvement):
+                best_val, best_epoch = val["neg_elbo"], epoch + 1
+                best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
+            row["best_epoch"] = best_epoch
+            if epoch + 1 - best_epoch >= cfg.patience:
+                row["stopped_early"] = True  # converged by the patience rule: the best epoch is the model
         history.append(row)
         save_checkpoint(out, {
             "config": cfg.to_dict(), "epoch": epoch + 1, "step": step, "bad_steps": total_bad, "bad_in_row": bad_in_row,
-            "model": (ema if ema is not None else model).state_dict(), "optimizer": opt.state_dict(),
-            **({"train_model": model.state_dict()} if ema is not None else {}),
+            "model": best_state if best_state is not None else evaluated.state_dict(), "optimizer": opt.state_dict(),
+            **({"train_model": model.state_dict()} if evaluated is not model or best_state is not None else {}),
+            **({"ema_model": ema.state_dict()} if ema is not None and best_state is not None else {}),
             "rng": _rng_state(gen), "history": history, "shape": list(ds.shape), "classes": list(ds.classes),
             "versions": {"vaelab": __version__, "torch": torch.__version__}})
         _write_metrics(out, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
-        if out_of_time:
+        if out_of_time or row.get("stopped_early"):
             break
     return history[-1]
+
+
+def _improves(value: float, best: float, min_improvement: float) -> bool:
+    """A validation negative ELBO better than the best by more than the relative margin."""
+    if not math.isfinite(best):  # nothing yet to beat
+        return math.isfinite(value)
+    return value < best - min_improvement * abs(best)
+
+
+def _best(history: list[dict], min_improvement: float) -> tuple[float, int]:
+    """The best validation negative ELBO in a run's history by the same rule, and its epoch (inf, 0 if none)."""
+    best, epoch = math.inf, 0
+    for r in history:
+        if "val_neg_elbo" in r and _improves(r["val_neg_elbo"], best, min_improvement):
+            best, epoch = r["val_neg_elbo"], r["epoch"]
+    return best, epoch
