@@ -218,3 +218,19 @@ def test_active_units_threshold_is_burdas_0_01():
                     torch.zeros(1000, 1)], 1)
     n, var = active_units(mu)
     assert n == 1 and var[0].item() == pytest.approx(0.0101) and var[1].item() == pytest.approx(0.0099)
+
+
+def test_raw_weights_evaluate_separately_from_the_ema(tiny_root, tmp_path, capsys):
+    """With --ema the run's model is the moving average; `evaluate --raw` scores the raw weights into their own
+    file and the two differ. A run without separate raw weights says so in one line."""
+    from vaelab.cli import main
+
+    train(tiny_config(epochs=1, ema=0.5, train_size=64), tmp_path / "e", data_dir=tiny_root)
+    ema = evaluate(tmp_path / "e", data_dir=tiny_root, iwae_samples=2)
+    raw = evaluate(tmp_path / "e", data_dir=tiny_root, iwae_samples=2, raw=True)
+    assert ema["weights"] == "ema" and raw["weights"] == "raw" and raw["neg_elbo"] != ema["neg_elbo"]
+    assert json.loads((tmp_path / "e" / "eval-raw.json").read_text())["neg_elbo"] == raw["neg_elbo"]
+    assert json.loads((tmp_path / "e" / "eval.json").read_text())["neg_elbo"] == ema["neg_elbo"]
+    train(tiny_config(epochs=1, train_size=64), tmp_path / "plain", data_dir=tiny_root)
+    assert main(["evaluate", str(tmp_path / "plain"), "--raw", "--data-dir", str(tiny_root)]) == 2
+    assert "holds no separate raw weights" in capsys.readouterr().err

@@ -76,7 +76,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
     result = evaluate(args.run, data_dir=args.data_dir, test_size=args.test_size, iwae_samples=args.iwae_samples,
-                      device=args.device, on=args.on)
+                      device=args.device, on=args.on, raw=args.raw)
     print(json.dumps({k: v for k, v in result.items() if k not in ("kl_per_dim", "au_variance")}, indent=2)
           if args.json else f"{args.run}: {_fmt(result)}")
     return 0
@@ -281,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--on", metavar="DATASET", help="test on another dataset of the same shape "
                    "(e.g. cifar10-lossless: real CIFAR-10 pixels); writes RUN/eval-DATASET.json")
+    e.add_argument("--raw", action="store_true", help="evaluate the raw latest weights of a run trained with --ema "
+                   "or --patience (not its EMA / best epoch); writes RUN/eval[-DATASET]-raw.json")
     e.add_argument("--data-dir", **data_arg)
     e.set_defaults(func=cmd_evaluate)
 

@@ -15,7 +15,7 @@ from . import data as vdata
 from .losses import bits_per_dim
 from .models import VAE
 from .models import build as build_model
-from .store import EVAL, atomic_write_json, check_run_dir
+from .store import atomic_write_json, check_run_dir
 from .run import Run
 from .train import check_fits, resolve_device
 
@@ -136,15 +136,16 @@ def probe_split(cfg, ds: vdata.Dataset, device) -> vdata.Split:
 
 def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, iwae_samples: int | None = None,
              device: str | None = None, dataset: vdata.Dataset | None = None, write: bool = True,
-             on: str | None = None) -> dict:
+             on: str | None = None, raw: bool = False) -> dict:
     """Evaluate a trained run on its dataset's test set and write eval.json atomically.
 
     `on` names another dataset of the same image shape to test on (e.g. the CIFAR-10 model on the real pixels
-    of cifar10-lossless); its result goes to eval-<on>.json so the run's own eval.json is kept.
+    of cifar10-lossless); its result goes to eval-<on>.json so the run's own eval.json is kept. `raw` evaluates
+    the raw latest weights of a run trained with --ema or --patience instead of its model, into eval[-<on>]-raw.json.
     """
     run_dir = check_run_dir(Path(run_dir))
     dev = resolve_device(device or "auto")
-    cfg, model, ckpt = Run(run_dir).load(dev)
+    cfg, model, ckpt = Run(run_dir).load(dev, "train_model" if raw else "model")
     test_size = cfg.test_size if test_size is None else test_size
     iwae_samples = cfg.iwae_samples if iwae_samples is None else iwae_samples
     if test_size < 0:
@@ -166,11 +167,13 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     torch.manual_seed(cfg.seed)  # as train() does before building the model: the run's own initial weights
     untrained = build_model(cfg, model.shape, len(ckpt["classes"])).to(dev).eval()
     result = evaluate_model(model, split, iwae_samples, probe=probe_split(cfg, ds, dev), untrained=untrained)
-    result.update(dataset=name, epoch=ckpt["epoch"], eval_seconds=time.perf_counter() - t0)
+    result.update(dataset=name, epoch=ckpt["epoch"], eval_seconds=time.perf_counter() - t0,
+                  weights="raw" if raw else ("ema" if cfg.ema else "best" if cfg.patience else "last"))
     bad = [k for k in ("neg_elbo", "iwae_nll") if not math.isfinite(result[k])]
     if bad:  # a model that gives NaN is a diverged run, never a result
         raise VaelabError(f"{run_dir}: the model gives a non-finite {' and '.join(bad)} on the test set; "
                           "it diverged (retrain with a lower --lr)")
     if write:
-        atomic_write_json(run_dir / (EVAL if name == cfg.dataset else f"eval-{name}.json"), result)
+        path = Run(run_dir).eval_path(name)
+        atomic_write_json(path.with_name(f"{path.stem}-raw.json") if raw else path, result)
     return result

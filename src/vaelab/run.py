@@ -50,14 +50,15 @@ class Run:
         path = self.eval_path(dataset)
         return read_json_object(path, "evaluation results") if path.is_file() else None
 
-    def load(self, device="cpu") -> tuple:
-        """(config, model in eval mode, checkpoint dict), cached while the checkpoint file is unchanged."""
+    def load(self, device="cpu", weights: str = "model") -> tuple:
+        """(config, model in eval mode, checkpoint dict), cached while the checkpoint file is unchanged. `weights`:
+        "model" (what evaluation reads: the EMA or the best epoch) or "train_model" (the raw latest weights)."""
         from .train import load_model
 
         stamp = self.checkpoint_path.stat().st_mtime_ns if self.checkpoint_path.is_file() else None
-        key = (str(self.path.resolve()), stamp, str(device))
+        key = (str(self.path.resolve()), stamp, str(device), weights)
         if key not in _LOADED:
-            _LOADED[key] = load_model(self.path, device)
+            _LOADED[key] = load_model(self.path, device, weights)
             while len(_LOADED) > _KEEP:
                 _LOADED.popitem(last=False)
         _LOADED.move_to_end(key)

@@ -115,15 +115,25 @@ def convert_legacy(run_dir: Path, trust: bool) -> Path:
     return run_dir / CHECKPOINT
 
 
-def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, VAE, dict]:
-    """Rebuild the model from the config stored in its checkpoint (nanoGPT-style) and load its weights."""
+WEIGHTS = ("model", "train_model")  # what evaluation reads (EMA / best epoch), and the raw latest weights
+
+
+def load_model(run_dir: Path, device: str | torch.device = "cpu",
+               weights: str = "model") -> tuple[TrainConfig, VAE, dict]:
+    """Rebuild the model from the config stored in its checkpoint (nanoGPT-style) and load its weights: `model`
+    (what evaluation reads), or `train_model` (the raw latest weights of a run with --ema or --patience)."""
     ckpt = load_checkpoint(run_dir)
     path = Path(run_dir) / CHECKPOINT
+    if weights not in WEIGHTS:
+        raise VaelabError(f"unknown weights '{weights}' (known: {', '.join(WEIGHTS)})")
+    if weights not in ckpt:
+        raise VaelabError(f"{path}: holds no separate raw weights (the run trained without --ema or --patience, "
+                          "so its model is its raw weights)")
     cfg = from_dict(ckpt["config"])
     check_fits(model_bytes(cfg, tuple(ckpt["shape"]), len(ckpt["classes"])), "the checkpoint's model", device)
     model = build_model(cfg, tuple(ckpt["shape"]), len(ckpt["classes"]))
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt[weights])
     except (RuntimeError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise VaelabError(f"{path}: its weights do not fit the model its config describes ({first[:200]})") from None
