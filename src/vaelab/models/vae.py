@@ -111,9 +111,10 @@ class VAE(ImageModel):
         b, d = x.shape[0], self.latent_dim
         log_w = torch.empty(b, k, device=x.device)
         chunk = max(1, max_batch // b)
+        h = self.features(x, y)  # the encoder runs once; only the posterior's draws repeat per chunk
         for s in range(0, k, chunk):
             kk = min(chunk, k - s)
-            z, log_q, _, _ = self.posterior_sample(x, y, kk)
+            z, log_q, _, _ = self.posterior.rsample(h, kk)
             yf = y.repeat_interleave(kk) if y is not None else None
             params = self.decode(z.reshape(b * kk, d), yf).float()
             log_px = self.likelihood.log_prob(params, x.repeat_interleave(kk, dim=0)).view(b, kk)
