@@ -312,7 +312,8 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
         return history[-1]
     features = _perceptual_features(cfg, ds, device) if cfg.perceptual_weight > 0 else None
     forward = torch.compile(model) if cfg.compile else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    # bf16 autocast on CUDA and on CPUs (avx512_bf16/AMX make it pay); the loss terms stay fp32 (forward casts)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     total_steps = max(cfg.epochs * steps_per_epoch, 1)
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
     skip_above = cfg.skip_grad_norm if cfg.skip_grad_norm > 0 else math.inf
