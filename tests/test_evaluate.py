@@ -234,3 +234,11 @@ def test_raw_weights_evaluate_separately_from_the_ema(tiny_root, tmp_path, capsy
     train(tiny_config(epochs=1, train_size=64), tmp_path / "plain", data_dir=tiny_root)
     assert main(["evaluate", str(tmp_path / "plain"), "--raw", "--data-dir", str(tiny_root)]) == 2
     assert "holds no separate raw weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fields,want", [({}, "analytic"), ({"posterior": "iaf"}, "monte carlo"),
+                                         ({"prior": "mog"}, "monte carlo")])
+def test_eval_says_how_the_kl_was_computed(tiny_root, tmp_path, fields, want):
+    train(tiny_config(epochs=1, train_size=64, **fields), tmp_path / "r", data_dir=tiny_root)
+    ev = evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2)
+    assert ev["kl_estimator"] == want and ("kl_per_dim" in ev) == (want == "analytic")

@@ -95,6 +95,7 @@ def test_a_hierarchical_model_trains_and_evaluates_with_active_units_per_group(t
     assert last["epoch"] == 2 and last["skipped_large_grad"] == 0
     ev = evaluate(tmp_path / "h", data_dir=tiny_root)
     assert len(ev["kl_per_group"]) == 3 and len(ev["active_units_per_group"]) == 3
+    assert ev["kl_estimator"] == "analytic" and ev["weights"] == "ema"
     assert ev["iwae_nll"] <= ev["neg_elbo"] + 1.0 and "bpd_iwae" in ev
 
 

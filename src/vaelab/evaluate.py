@@ -101,6 +101,9 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
         "latent_dim": model.latent_dim,
         "psnr": mean["psnr"], "ssim": mean["ssim"], "test_size": n, "n_dims": model.n_dims,
         "likelihood_discrete": model.likelihood.discrete,
+        # how the KL term was computed: in closed form (Gaussian q, N(0, I) p; per group for the hierarchical
+        # model) or as the one-sample Monte-Carlo estimate log q(z|x) - log p(z)
+        "kl_estimator": "analytic" if (model.analytic_kl or "kl_per_group" in t) else "monte carlo",
     }
     out["n_params"] = sum(p.numel() for p in model.parameters())
     if group_mus:
