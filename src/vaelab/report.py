@@ -322,6 +322,9 @@ def _grid_across(out: Path, df, dataset: str, key: str, values: list, fixed: dic
     return plots.image_rows(rows, labels) if rows else None
 
 
+FAMILY_METRICS = ["neg_elbo", "iwae_nll", "elbo_gap", "bpd_iwae", "active_units", "kl", "fd_prior", "train_seconds"]
+
+
 def _architectures_section(page: Page, out: Path, df, done, fig_dir: Path, data_dir) -> None:
     """Networks compared at the study's training budget: a table, bits/dim against training time, samples and
     reconstructions per architecture, and the KL each latent group of a hierarchical model carries."""
@@ -424,14 +427,14 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     if family_keys:
         page.section("Model families")
         fam = study.summarize(done.assign(elbo_gap=done["neg_elbo"] - done["iwae_nll"]),
-                              ["dataset"], ["neg_elbo", "iwae_nll", "elbo_gap", "bpd_iwae", "active_units", "kl",
-                                            "train_seconds"])
+                              ["dataset"], FAMILY_METRICS)
         keys = [c for c in fam.columns if c in study.varied_keys(done, ["dataset"])]
         page.add("text", "Each family against the reference VAE (posterior gaussian, prior standard, objective elbo, "
                          "linear KL schedule), the same network and data. elbo_gap = negative ELBO − IWAE bound: how "
-                         "far the posterior is from the true one. Mean ± std over seeds; train_seconds per run.")
-        page.add("table", *_table_rows(fam, keys, ["neg_elbo", "iwae_nll", "elbo_gap", "bpd_iwae", "active_units",
-                                                   "kl", "train_seconds"]))
+                         "far the posterior is from the true one; fd_prior: Fréchet distance of prior samples in the "
+                         "reference classifier's features (runs scored with `vaelab score --all`). Mean ± std over "
+                         "seeds; train_seconds per run.")
+        page.add("table", *_table_rows(fam, keys, [m for m in FAMILY_METRICS if m in fam]))
         lt = _reference_table(lt)
     if len(lt):
         page.section("Latent dimensionality")
