@@ -242,3 +242,17 @@ def test_eval_says_how_the_kl_was_computed(tiny_root, tmp_path, fields, want):
     train(tiny_config(epochs=1, train_size=64, **fields), tmp_path / "r", data_dir=tiny_root)
     ev = evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2)
     assert ev["kl_estimator"] == want and ("kl_per_dim" in ev) == (want == "analytic")
+
+
+def test_evaluation_numbers_do_not_depend_on_the_memory_layout():
+    """evaluate_model switches convolutions to channels-last for speed: the metrics must be those of the
+    contiguous layout (same seed, same noise) up to float rounding."""
+    torch.manual_seed(0)
+    model = VAE((1, 28, 28), 4, "conv", "discretized_logistic")
+    x = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
+    split = vdata.to_split(x.numpy(), np.zeros(40, np.int64), "cpu")
+    torch.manual_seed(1)
+    want = {"neg_elbo": -model(x)["elbo"].mean().item()}
+    got = evaluate_model(model, split, iwae_samples=3, seed=1)
+    assert got["neg_elbo"] == pytest.approx(want["neg_elbo"], rel=1e-5)
+    assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
