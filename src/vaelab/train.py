@@ -282,7 +282,7 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, ds.shape, len(ds.classes)).to(device)
-    if cfg.channels_last and device.type == "cuda":
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -332,7 +332,7 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
         for i, idx in enumerate(vdata.minibatches(n, cfg.batch_size, gen, device)):
             x = train_split.x[idx]
             y = train_split.y[idx] if cfg.conditional else None
-            if cfg.channels_last and device.type == "cuda":
+            if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             beta_t = scheduled_beta(cfg, step, steps_per_epoch, total_steps)
             with autocast:
