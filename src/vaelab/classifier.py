@@ -87,7 +87,7 @@ def train_classifier(ds: vdata.Dataset, epochs: int, seed: int = 0, batch_size: 
         model.train()
         for idx in vdata.minibatches(len(x), batch_size, g, device):
             xb = vdata.to_float(x[idx])
-            if getattr(vdata.DATASETS.get(ds.name), "mirror", True):
+            if vdata.spec(ds.name).mirror:
                 flip = torch.rand(len(xb), device=device, generator=g) < 0.5
                 xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
             xb = random_crop(xb, 2, g)
@@ -109,7 +109,7 @@ def reference_classifier(dataset: str, data_dir=None, epochs: int | None = None,
     from .train import resolve_device
 
     ds = ds if ds is not None else vdata.load(dataset, data_dir)
-    epochs = epochs or vdata.DATASETS[dataset].classifier_epochs
+    epochs = epochs or vdata.spec(dataset).classifier_epochs
     key = f"{dataset}-n{len(ds.x_train)}-{vdata._source_key(Path(ds.source)) if Path(ds.source).exists() else 'mem'}"
     path = vdata.cache_dir() / "classifiers" / f"{key}-e{epochs}-v{VERSION}.safetensors"
     if path.is_file():  # safetensors: a cache entry someone planted cannot run code

@@ -151,6 +151,7 @@ def coerce(key: str, value: Any) -> Any:
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Reject impossible values before anything trains."""
     from .data import DATASETS
+    from .userdata import is_user_dataset
     from .losses import KL_SCHEDULES, LIKELIHOODS, OBJECTIVES
     # the registries' own modules, not the models package: this runs while that package may still be importing
     from .models.hierarchical import MODELS
@@ -162,7 +163,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if not ok:
             raise VaelabError(msg)
 
-    need(cfg.dataset in DATASETS, f"unknown dataset '{cfg.dataset}' (known: {', '.join(DATASETS)})")
+    need(cfg.dataset in DATASETS or is_user_dataset(cfg.dataset),
+         f"unknown dataset '{cfg.dataset}' (known: {', '.join(DATASETS)}, or npz:PATH for your own images)")
     need(cfg.arch in ARCHS or cfg.arch in MODELS, f"unknown arch '{cfg.arch}' (known: {', '.join([*ARCHS, *MODELS])})")
     need(1 <= cfg.width <= 4096 and 0 <= cfg.depth <= 256, "width must be in 1..4096 and depth in 0..256")
     sized = cfg.arch in MODELS or ARCHS[cfg.arch].sized

@@ -337,6 +337,7 @@ class DatasetSpec:
     attribute_pairs: tuple[tuple[str, str], ...] = ()
     mirror: bool = True  # horizontal flips are a valid augmentation for its reference classifier
     classifier_epochs: int = 10
+    cache: bool = True  # keep a decoded copy (formats that are slow to decode)
 
     @property
     def chance(self) -> float:
@@ -435,16 +436,22 @@ def search_roots(data_dir: str | Path | None = None) -> list[Path]:
     return roots
 
 
-def _spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise VaelabError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
-    return DATASETS[name]
+def spec(name: str) -> DatasetSpec:
+    """What vaelab knows about a dataset: a built-in one, or a user's `npz:PATH` (read from the file's headers)."""
+    if name in DATASETS:
+        return DATASETS[name]
+    from .userdata import is_user_dataset
+    from .userdata import spec as user_spec
+
+    if is_user_dataset(name):
+        return user_spec(name)
+    raise VaelabError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)}, or npz:PATH for your own images)")
 
 
 def locate(name: str, data_dir: str | Path | None = None) -> Path | None:
-    spec = _spec(name)
+    found_spec = spec(name)
     for root in search_roots(data_dir):
-        found = spec.locate(root)
+        found = found_spec.locate(root)
         if found is not None:
             return found
     return None
@@ -464,6 +471,9 @@ _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 def _cached_load(spec: DatasetSpec, source: Path) -> Dataset:
+    if not spec.cache:
+        ds = spec.load(source)
+        return Dataset(spec.name, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.classes, ds.source)
     folder = cache_dir() / "decoded" / f"{spec.name}-{_source_key(source)}"
     meta_path = folder / "meta.json"
     if meta_path.is_file():  # meta.json is written last: its presence means every array is complete
@@ -489,24 +499,24 @@ def _cached_load(spec: DatasetSpec, source: Path) -> Dataset:
 
 def load(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
     """Load a dataset by name, searching the usual places, downloading only when it is nowhere."""
-    spec = _spec(name)
+    the_spec = spec(name)
     source = locate(name, data_dir)
     if source is None:
         roots = search_roots(data_dir)
         where = ", ".join(str(r) for r in roots)
-        if download and data_dir is None and spec.download is not None and not os.environ.get("VAELAB_NO_DOWNLOAD"):
+        if download and data_dir is None and the_spec.download is not None and not os.environ.get("VAELAB_NO_DOWNLOAD"):
             try:
-                source = spec.download(cache_dir() / "data")
+                source = the_spec.download(cache_dir() / "data")
             except ConnectionError as e:
                 raise VaelabError(f"{name}: not found in {where} and download failed ({e}); "
-                                  f"put {spec.what} in $VAELAB_DATA or pass --data-dir") from None
+                                  f"put {the_spec.what} in $VAELAB_DATA or pass --data-dir") from None
         else:
-            raise VaelabError(f"{name}: not found in {where}; put {spec.what} there, "
+            raise VaelabError(f"{name}: not found in {where}; put {the_spec.what} there, "
                               f"set $VAELAB_DATA or pass --data-dir")
     status_, why = verify(source)
     if status_ == CORRUPT:
         raise VaelabError(f"{source}: corrupt ({why}); replace the file with a fresh copy")
-    return _cached_load(spec, source)
+    return _cached_load(the_spec, source)
 
 
 def status(data_dir: str | Path | None = None) -> list[dict]:

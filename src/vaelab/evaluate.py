@@ -162,9 +162,9 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     check_fits(4 * (500 * iwae_samples + 4096 * (model.n_outputs + 2 * model.n_dims)),
                f"the IWAE bound with K = {iwae_samples}", dev)
     if on is not None and on != cfg.dataset:
-        if vdata.DATASETS.get(on) is None or vdata.DATASETS[on].shape != vdata.DATASETS[cfg.dataset].shape:
+        if vdata.spec(on).shape != vdata.spec(cfg.dataset).shape:
             raise VaelabError(f"--on {on}: needs a dataset of the run's image shape "
-                              f"({'x'.join(map(str, vdata.DATASETS[cfg.dataset].shape))})")
+                              f"({'x'.join(map(str, vdata.spec(cfg.dataset).shape))})")
     name = on or cfg.dataset
     ds = dataset if dataset is not None else vdata.load(name, data_dir)
     te = vdata.test_indices(len(ds.x_test), test_size)

@@ -309,7 +309,7 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
     for ds, sub in latent.dropna(subset=["conditional_accuracy"]).groupby("dataset"):
         best = sub.loc[sub["conditional_accuracy"].idxmax()]
         acc = best["conditional_accuracy"]
-        chance = vdata.DATASETS[ds].chance if ds in vdata.DATASETS else float(best.get("chance_accuracy", 0.1))
+        chance = vdata.spec(ds).chance
         out.append(Finding(f"{ds}: the latent space supports class-conditional generation without retraining.",
                            f"the reference classifier labels {acc:.0%} of samples from per-class Gaussians as the "
                            f"class asked for (latent_dim {int(best['latent_dim'])}; chance {chance:.0%}; 'holds' from "

@@ -190,7 +190,7 @@ def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]]
     if not model.num_classes:  # attribute vectors only mean something in an unconditional code
         rows, labels = [], []
         alphas = np.linspace(0, 1.5, 7)
-        for src, dst in vdata.DATASETS[cfg.dataset].attribute_pairs:
+        for src, dst in vdata.spec(cfg.dataset).attribute_pairs:
             s, t = classes.index(src), classes.index(dst)
             vec = attribute_vector(centroids, s, t)
             first = int(np.flatnonzero(y_te == s)[0])

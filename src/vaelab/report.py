@@ -340,7 +340,7 @@ def _architectures_section(page: Page, out: Path, df, done, fig_dir: Path, data_
                                    [m for m in metrics if m in tab]))
     for ds_name in sorted(done["dataset"].unique()):
         sub = done[done["dataset"] == ds_name]
-        n_dims = int(np.prod(vdata.DATASETS[ds_name].shape))
+        n_dims = int(np.prod(vdata.spec(ds_name).shape))
         curves, kl_groups = {}, {}
         for r in sub.itertuples():
             hist = read_jsonl(out / "runs" / r.run_id / METRICS)
@@ -394,7 +394,7 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
 
     page.section("Datasets")
     for ds_name in sorted(df["dataset"].unique()):
-        spec_ds = vdata.DATASETS[ds_name]
+        spec_ds = vdata.spec(ds_name)
         try:
             ds = vdata.load(ds_name, data_dir)
             page.add("text", f"{ds_name}: {len(ds.x_train):,} training and {len(ds.x_test):,} test images of "
@@ -445,7 +445,7 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
         per = {"bits/dim": np.log(2), "nats/dim": 1.0}.get(unit)
         panels = [("kl", "KL (nats)"), ("active_units", "active units"), ("psnr", "mean per-image PSNR (dB)")]
         if per is not None:
-            dims = lt2["dataset"].map(lambda d: int(np.prod(vdata.DATASETS[d].shape)))
+            dims = lt2["dataset"].map(lambda d: int(np.prod(vdata.spec(d).shape)))
             for col in ("neg_elbo", "recon"):
                 for suffix in ("", "_std", "_ci"):
                     if f"{col}{suffix}" in lt2:
