@@ -79,3 +79,11 @@ def test_a_vae_trains_and_evaluates_on_an_npz_dataset(tmp_path):
     ev = evaluate(tmp_path / "r", iwae_samples=2)
     assert ev["n_dims"] == 256 and ev["dataset"] == name and np.isfinite(ev["iwae_nll"])
     assert main(["sample", str(tmp_path / "r"), "--n", "4", "--png", str(tmp_path / "s.png")]) == 0
+
+
+def test_images_the_conv_net_cannot_halve_twice_get_a_clear_error(tmp_path, capsys):
+    name = _write(tmp_path / "odd.npz", x=np.zeros((30, 10, 10), np.uint8))
+    assert main(["train", "--out", str(tmp_path / "r"), "--dataset", name, "--epochs", "1", "--val-size", "5"]) == 2
+    assert "divisible by 4, got 10x10" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert main(["train", "--out", str(tmp_path / "m"), "--dataset", name, "--arch", "mlp", "--epochs", "1",
+                 "--val-size", "5", "--iwae-samples", "2", "--no-eval"]) == 0

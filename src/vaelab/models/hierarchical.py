@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import make_likelihood
-from .nets import ImageModel, ResBlock, res_stage
+from .nets import ImageModel, ResBlock, need_multiple_of_4, res_stage
 
 
 def gaussian_kl(qm, qlv, pm, plv) -> torch.Tensor:
@@ -111,8 +111,7 @@ class HierarchicalVAE(ImageModel):
                  groups: int = 2, temperature: float = 1.0):
         super().__init__()
         c, hh, ww = shape
-        if hh % 4 or ww % 4:
-            raise ValueError(f"the hierarchical VAE needs a height and width divisible by 4, got {hh}x{ww}")
+        need_multiple_of_4(shape, "hierarchical")
         self.shape, self.latent_dim, self.num_classes = tuple(shape), latent_dim, 0
         self.temperature = temperature
         self.sizes = [(1, 1), (hh // 4, ww // 4), (hh // 2, ww // 2)]  # top-down order

@@ -7,6 +7,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import VaelabError
+
+
+def need_multiple_of_4(shape: tuple[int, int, int], network: str) -> None:
+    """The conv, resnet and hierarchical networks halve the resolution twice."""
+    if shape[1] % 4 or shape[2] % 4:
+        raise VaelabError(f"the {network} network needs image height and width divisible by 4, got "
+                          f"{shape[1]}x{shape[2]} (use --arch mlp, or resize the images)")
+
 
 class ImageModel(nn.Module):
     """What every model of images offers besides its own math: sizes for memory checks and the mean image."""
@@ -32,6 +41,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, shape: tuple[int, int, int], n_cond: int = 0, hidden: int = 256):
         super().__init__()
+        need_multiple_of_4(shape, "conv")
         c, h, w = shape
         self.conv = nn.Sequential(
             nn.Conv2d(c, 32, 3, stride=2, padding=1), nn.ReLU(),
@@ -120,6 +130,7 @@ class ResNetEncoder(nn.Module):
     def __init__(self, shape: tuple[int, int, int], n_cond: int = 0, width: int = 64, depth: int = 2,
                  hidden: int = 256):
         super().__init__()
+        need_multiple_of_4(shape, "resnet")
         c, h, w = shape
         self.net = nn.Sequential(
             nn.Conv2d(c, width, 3, padding=1), res_stage(width, depth),
