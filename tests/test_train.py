@@ -393,3 +393,28 @@ def test_bf16_autocast_trains_on_the_cpu_close_to_fp32(ds, tmp_path):
     assert math.isfinite(b["train_loss"]) and b["train_loss"] == pytest.approx(a["train_loss"], rel=0.02)
     assert b["train_loss"] != a["train_loss"]  # and bf16 really ran: the same seed gives other roundings
     assert b["val_neg_elbo"] == pytest.approx(a["val_neg_elbo"], rel=0.02)
+
+
+def test_tensorboard_tracker_writes_what_metrics_jsonl_says(ds, tmp_path):
+    """Read the event files back: per-step training curves, per-epoch validation equal to metrics.jsonl, the KL per
+    dimension as a histogram, reconstructions and samples as images, and the config."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(epochs=2, tracker="tensorboard", batch_size=16, train_size=200)
+    train(cfg, tmp_path / "r", dataset=ds)
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"), size_guidance={"images": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    hist = load_checkpoint(tmp_path / "r")["history"]
+    val = [e.value for e in acc.Scalars("val/neg_elbo")]
+    assert val == pytest.approx([h["val_neg_elbo"] for h in hist], rel=1e-6)
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == list(range(10, hist[-1]["step"] + 1, 10))  # every 10th of the 26 steps
+    assert "kl_per_dim" in tags["histograms"] and {"reconstructions", "samples"} <= set(tags["images"])
+    assert "config/text_summary" in tags["tensors"]
+
+
+def test_an_unknown_tracker_is_refused():
+    with pytest.raises(VaelabError, match="unknown tracker 'wandb'"):
+        tiny_config(tracker="wandb")

@@ -68,6 +68,7 @@ class TrainConfig:
     # evaluation
     test_size: int = 0  # 0 = the whole test set
     iwae_samples: int = 100
+    tracker: str = ""  # "tensorboard": also log to RUN/tensorboard (metrics.jsonl stays the record)
     # hardware
     device: str = "auto"
     bf16: bool = False
@@ -92,6 +93,7 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 _TYPES = {f.name: type(f.default) for f in fields(TrainConfig)}
 
 OPTIMIZERS = ("adam", "adamw")
+TRACKERS = ("", "tensorboard")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -218,6 +220,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0 <= cfg.max_skip_share <= 1, f"max_skip_share must be in [0, 1], got {cfg.max_skip_share}")
     need(cfg.skip_grad_norm >= 0, f"skip_grad_norm must be >= 0, got {cfg.skip_grad_norm}")
     need(0 <= cfg.ema < 1, f"ema must be in [0, 1), got {cfg.ema}")
+    need(cfg.tracker in TRACKERS, f"unknown tracker '{cfg.tracker}' (known: {', '.join(t for t in TRACKERS if t)})")
     need(cfg.patience >= 0, f"patience must be >= 0, got {cfg.patience}")
     need(not cfg.patience or cfg.val_size > 0, "early stopping (patience) needs a validation set (val_size > 0)")
     need(0 <= cfg.min_improvement < 1, f"min_improvement must be in [0, 1), got {cfg.min_improvement}")

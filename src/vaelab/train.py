@@ -18,6 +18,7 @@ from .config import TrainConfig, config_diff, from_dict
 from .losses import objective, perceptual_term, scheduled_beta
 from .models import VAE
 from .models import build as build_model
+from .tracking import Tracker
 from .store import (CHECKPOINT, CONFIG, LEGACY_CHECKPOINT, METRICS, FolderLock, atomic_write_json, atomic_write_text,
                     check_can_create, ensure_writable_dir, load_tree, remove_stale_temps, save_tree)
 
@@ -311,120 +312,129 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
     if (cfg.time_budget and trained_s >= cfg.time_budget) or (history and history[-1].get("stopped_early")):
         return history[-1]
     features = _perceptual_features(cfg, ds, device) if cfg.perceptual_weight > 0 else None
-    forward = torch.compile(model) if cfg.compile else model
-    # bf16 autocast on CUDA and on CPUs (avx512_bf16/AMX make it pay); the loss terms stay fp32 (forward casts)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    total_steps = max(cfg.epochs * steps_per_epoch, 1)
-    clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-    skip_above = cfg.skip_grad_norm if cfg.skip_grad_norm > 0 else math.inf
-    params = [p for p in model.parameters() if p.requires_grad]
-    pairs = (list(ema.parameters()), list(model.parameters())) if ema is not None else None
-    show = sys.stderr.isatty() if progress is None else progress
-    from tqdm.auto import tqdm
+    tracker = Tracker(out, cfg) if cfg.tracker else None  # closed however training ends
+    try:
+        forward = torch.compile(model) if cfg.compile else model
+        # bf16 autocast on CUDA and on CPUs (avx512_bf16/AMX make it pay); the loss terms stay fp32 (forward casts)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        total_steps = max(cfg.epochs * steps_per_epoch, 1)
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        skip_above = cfg.skip_grad_norm if cfg.skip_grad_norm > 0 else math.inf
+        params = [p for p in model.parameters() if p.requires_grad]
+        pairs = (list(ema.parameters()), list(model.parameters())) if ema is not None else None
+        show = sys.stderr.isatty() if progress is None else progress
+        from tqdm.auto import tqdm
 
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        sums = torch.zeros(3, device=device, dtype=torch.float64)
-        seen, bad_epoch, steps_epoch, skipped_large = 0, 0, 0, 0
-        out_of_time = False
-        bar = tqdm(total=n, unit="img", desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
-        for i, idx in enumerate(vdata.minibatches(n, cfg.batch_size, gen, device)):
-            x = train_split.x[idx]
-            y = train_split.y[idx] if cfg.conditional else None
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            beta_t = scheduled_beta(cfg, step, steps_per_epoch, total_steps)
-            with autocast:
-                terms = forward(x, y)
-            if features is not None:
-                terms["perceptual"] = perceptual_term(features, x, model.x_hat(terms["params"]))
-            loss = objective(terms, beta_t, cfg, step / total_steps, n_data=n)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = _grad_norm(params)
-            steps_epoch += 1
-            # One host sync per step: a non-finite loss or gradient skips the update.
-            ok = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
-            if ok and clip < math.inf:
-                _clip(params, clip, grad_norm)
-            if not ok:  # NaN/inf guard (as in vdvae): skip the update; the run in a row counts across epochs
-                bad_in_row += 1
-                bad_epoch += 1
-                if bad_in_row >= cfg.max_bad_steps:
-                    raise _diverged(epoch + 1, f"{bad_in_row} non-finite steps in a row", out / CHECKPOINT)
-                continue
-            bad_in_row = 0
-            if float(grad_norm) > skip_above:  # a rare huge gradient (VDVAE's skip_threshold): no update, no harm
-                skipped_large += 1
-                continue
-            progress = ((trained_s + time.perf_counter() - t0) / cfg.time_budget if cfg.time_budget
-                        else step / total_steps)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(cfg, progress)
-            opt.step()
-            if ema is not None:
-                torch._foreach_lerp_(*pairs, 1.0 - cfg.ema)  # ema += (1 - decay) * (w - ema), one fused pass
-            step += 1
-            b = len(idx)
-            seen += b
-            sums += torch.stack([loss.detach() * b, terms["recon"].detach().sum(), terms["kl"].detach().sum()]).double()
-            bar.update(b)
-            if show and i % 20 == 0:
-                s = (sums / max(seen, 1)).tolist()
-                bar.set_postfix(loss=f"{s[0]:.1f}", recon=f"{s[1]:.1f}", kl=f"{s[2]:.2f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-            if cfg.time_budget and trained_s + time.perf_counter() - t0 >= cfg.time_budget:
-                out_of_time = True  # stop cleanly: this partial epoch is checkpointed and the run is done
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            sums = torch.zeros(3, device=device, dtype=torch.float64)
+            seen, bad_epoch, steps_epoch, skipped_large = 0, 0, 0, 0
+            out_of_time = False
+            bar = tqdm(total=n, unit="img", desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
+            for i, idx in enumerate(vdata.minibatches(n, cfg.batch_size, gen, device)):
+                x = train_split.x[idx]
+                y = train_split.y[idx] if cfg.conditional else None
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                beta_t = scheduled_beta(cfg, step, steps_per_epoch, total_steps)
+                with autocast:
+                    terms = forward(x, y)
+                if features is not None:
+                    terms["perceptual"] = perceptual_term(features, x, model.x_hat(terms["params"]))
+                loss = objective(terms, beta_t, cfg, step / total_steps, n_data=n)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = _grad_norm(params)
+                steps_epoch += 1
+                # One host sync per step: a non-finite loss or gradient skips the update.
+                ok = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+                if ok and clip < math.inf:
+                    _clip(params, clip, grad_norm)
+                if not ok:  # NaN/inf guard (as in vdvae): skip the update; the run in a row counts across epochs
+                    bad_in_row += 1
+                    bad_epoch += 1
+                    if bad_in_row >= cfg.max_bad_steps:
+                        raise _diverged(epoch + 1, f"{bad_in_row} non-finite steps in a row", out / CHECKPOINT)
+                    continue
+                bad_in_row = 0
+                if float(grad_norm) > skip_above:  # a rare huge gradient (VDVAE's skip_threshold): no update, no harm
+                    skipped_large += 1
+                    continue
+                progress = ((trained_s + time.perf_counter() - t0) / cfg.time_budget if cfg.time_budget
+                            else step / total_steps)
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(cfg, progress)
+                opt.step()
+                if ema is not None:
+                    torch._foreach_lerp_(*pairs, 1.0 - cfg.ema)  # ema += (1 - decay) * (w - ema), one fused pass
+                step += 1
+                if tracker is not None:
+                    tracker.step(step, loss.detach(), terms, beta_t, opt.param_groups[0]["lr"])
+                b = len(idx)
+                seen += b
+                sums += torch.stack([loss.detach() * b, terms["recon"].detach().sum(), terms["kl"].detach().sum()]).double()
+                bar.update(b)
+                if show and i % 20 == 0:
+                    s = (sums / max(seen, 1)).tolist()
+                    bar.set_postfix(loss=f"{s[0]:.1f}", recon=f"{s[1]:.1f}", kl=f"{s[2]:.2f}",
+                                    img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                if cfg.time_budget and trained_s + time.perf_counter() - t0 >= cfg.time_budget:
+                    out_of_time = True  # stop cleanly: this partial epoch is checkpointed and the run is done
+                    break
+            bar.close()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            # An epoch that went bad never overwrites the last good checkpoint: too many skipped steps, weights that
+            # are no longer finite, or validation terms that are not.
+            if bad_epoch and (bad_epoch > cfg.max_skip_share * steps_epoch or seen == 0):
+                raise _diverged(epoch + 1, f"{bad_epoch} of {steps_epoch} steps were non-finite and skipped "
+                                           f"(more than max_skip_share {cfg.max_skip_share:g})", out / CHECKPOINT)
+            if not all(bool(torch.isfinite(p).all()) for p in params):
+                raise _diverged(epoch + 1, "the weights are no longer finite", out / CHECKPOINT)
+            tr = (sums / max(seen, 1)).tolist()
+            trained_s += seconds
+            if ema is not None:  # buffers (none in vaelab's nets today) follow the raw model
+                for b_ema, b in zip(ema.buffers(), model.buffers()):
+                    b_ema.copy_(b)
+            val = average_terms(evaluated, val_split) if len(val_split) else {}
+            if not all(math.isfinite(v) for v in val.values()):
+                raise _diverged(epoch + 1, "the validation ELBO is not finite", out / CHECKPOINT)
+            total_bad += bad_epoch
+            row = {"epoch": epoch + 1, "step": step, "beta": scheduled_beta(cfg, step, steps_per_epoch, total_steps),
+                   "lr": opt.param_groups[0]["lr"],
+                   "train_loss": tr[0], "train_recon": tr[1], "train_kl": tr[2],
+                   **{f"val_{k}": v for k, v in val.items()},
+                   "seconds": seconds, "images_per_s": seen / seconds if seconds > 0 else 0.0,
+                   "skipped_steps": bad_epoch, "skipped_large_grad": skipped_large,
+                   **({"partial": True} if out_of_time and seen < n else {})}
+            if cfg.patience:
+                if _improves(val["neg_elbo"], best_val, cfg.min_improvement):
+                    best_val, best_epoch = val["neg_elbo"], epoch + 1
+                    best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
+                row["best_epoch"] = best_epoch
+                if epoch + 1 - best_epoch >= cfg.patience:
+                    row["stopped_early"] = True  # converged by the patience rule: the best epoch is the model
+            history.append(row)
+            save_checkpoint(out, {
+                "config": cfg.to_dict(), "epoch": epoch + 1, "step": step, "bad_steps": total_bad, "bad_in_row": bad_in_row,
+                "model": best_state if best_state is not None else evaluated.state_dict(), "optimizer": opt.state_dict(),
+                **({"train_model": model.state_dict()} if evaluated is not model or best_state is not None else {}),
+                **({"ema_model": ema.state_dict()} if ema is not None and best_state is not None else {}),
+                "rng": _rng_state(gen), "history": history, "shape": list(ds.shape), "classes": list(ds.classes),
+                "versions": {"vaelab": __version__, "torch": torch.__version__}})
+            _write_metrics(out, history)
+            if tracker is not None:
+                tracker.epoch(row, evaluated, val_split.x, val_split.y)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, row)
+            if out_of_time or row.get("stopped_early"):
                 break
-        bar.close()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        # An epoch that went bad never overwrites the last good checkpoint: too many skipped steps, weights that
-        # are no longer finite, or validation terms that are not.
-        if bad_epoch and (bad_epoch > cfg.max_skip_share * steps_epoch or seen == 0):
-            raise _diverged(epoch + 1, f"{bad_epoch} of {steps_epoch} steps were non-finite and skipped "
-                                       f"(more than max_skip_share {cfg.max_skip_share:g})", out / CHECKPOINT)
-        if not all(bool(torch.isfinite(p).all()) for p in params):
-            raise _diverged(epoch + 1, "the weights are no longer finite", out / CHECKPOINT)
-        tr = (sums / max(seen, 1)).tolist()
-        trained_s += seconds
-        if ema is not None:  # buffers (none in vaelab's nets today) follow the raw model
-            for b_ema, b in zip(ema.buffers(), model.buffers()):
-                b_ema.copy_(b)
-        val = average_terms(evaluated, val_split) if len(val_split) else {}
-        if not all(math.isfinite(v) for v in val.values()):
-            raise _diverged(epoch + 1, "the validation ELBO is not finite", out / CHECKPOINT)
-        total_bad += bad_epoch
-        row = {"epoch": epoch + 1, "step": step, "beta": scheduled_beta(cfg, step, steps_per_epoch, total_steps),
-               "lr": opt.param_groups[0]["lr"],
-               "train_loss": tr[0], "train_recon": tr[1], "train_kl": tr[2],
-               **{f"val_{k}": v for k, v in val.items()},
-               "seconds": seconds, "images_per_s": seen / seconds if seconds > 0 else 0.0,
-               "skipped_steps": bad_epoch, "skipped_large_grad": skipped_large,
-               **({"partial": True} if out_of_time and seen < n else {})}
-        if cfg.patience:
-            if _improves(val["neg_elbo"], best_val, cfg.min_improvement):
-                best_val, best_epoch = val["neg_elbo"], epoch + 1
-                best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
-            row["best_epoch"] = best_epoch
-            if epoch + 1 - best_epoch >= cfg.patience:
-                row["stopped_early"] = True  # converged by the patience rule: the best epoch is the model
-        history.append(row)
-        save_checkpoint(out, {
-            "config": cfg.to_dict(), "epoch": epoch + 1, "step": step, "bad_steps": total_bad, "bad_in_row": bad_in_row,
-            "model": best_state if best_state is not None else evaluated.state_dict(), "optimizer": opt.state_dict(),
-            **({"train_model": model.state_dict()} if evaluated is not model or best_state is not None else {}),
-            **({"ema_model": ema.state_dict()} if ema is not None and best_state is not None else {}),
-            "rng": _rng_state(gen), "history": history, "shape": list(ds.shape), "classes": list(ds.classes),
-            "versions": {"vaelab": __version__, "torch": torch.__version__}})
-        _write_metrics(out, history)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, row)
-        if out_of_time or row.get("stopped_early"):
-            break
-    return history[-1]
+        return history[-1]
+    finally:
+        if tracker is not None:
+            tracker.close(history[-1] if history else None)
 
 
 def _improves(value: float, best: float, min_improvement: float) -> bool:
