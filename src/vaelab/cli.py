@@ -101,13 +101,20 @@ def cmd_sample(args) -> int:
     from .run import Run
     from .train import check_fits, resolve_device
 
-    run = check_run_dir(Path(args.run))
+    from .export import is_export, load
+
+    exported = is_export(args.run)  # a model file from `vaelab export`, or a run directory
+    run = Path(args.run) if exported else check_run_dir(Path(args.run))
     _check_count("--n", args.n, 100_000)  # a grid image beyond this is no longer a picture anyone looks at
     _check_count("--nrow", args.nrow, 1000)
     if not 0 <= args.seed < 2 ** 32:
         raise VaelabError(f"--seed must be in 0..2**32-1, got {args.seed}")
     dev = resolve_device(args.device or "auto")
-    cfg, model, ckpt = Run(run).load(dev)
+    if exported:
+        model = load(run, dev)
+        ckpt = {"classes": model.classes}
+    else:
+        cfg, model, ckpt = Run(run).load(dev)
     check_fits(args.n * 4 * (model.n_outputs + 3 * model.n_dims), f"{args.n:,} samples", dev)
     k = None
     if args.class_name is not None:
@@ -115,8 +122,10 @@ def cmd_sample(args) -> int:
             raise VaelabError(f"unknown class '{args.class_name}' (known: {', '.join(ckpt['classes'])})")
         k = ckpt["classes"].index(args.class_name)
     sampler = args.sampler or ("class-gaussian" if k is not None and not model.num_classes else "prior")
-    x = Sampler.for_run(run, model, args.data_dir).images(args.n, sampler, k, args.seed, args.stochastic)
-    path = save_image(image_grid(x, args.nrow), _out_png(args, run, "samples.png"))
+    gen = Sampler(model) if exported else Sampler.for_run(run, model, args.data_dir)  # a file has no training codes
+    x = gen.images(args.n, sampler, k, args.seed, args.stochastic)
+    path = save_image(image_grid(x, args.nrow), _out_png(args, run.parent if exported else run,
+                                                         f"{run.stem}-samples.png" if exported else "samples.png"))
     print(path)
     return 0
 
@@ -213,6 +222,13 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    print(export(check_run_dir(Path(args.run)), Path(args.file)))
+    return 0
+
+
 def cmd_convert(args) -> int:
     from .train import convert_legacy
 
@@ -244,6 +260,7 @@ EXAMPLES = {
              "  vaelab study --preset seed --out studies/seed --executor ray --address auto\n"
              "  vaelab study status studies/quick\n\nexit code 1 when some runs failed (see status), 2 on bad input.",
     "report": "examples:\n  vaelab score studies/quick && vaelab report studies/quick\n  vaelab report runs/fm16",
+    "export": "examples:\n  vaelab export runs/fm16 fm16.safetensors\n  vaelab sample fm16.safetensors --n 16",
     "score": "examples:\n  vaelab score studies/quick\n  vaelab score runs/fm16 --samples 5000",
     "datasets": "examples:\n  vaelab datasets\n  vaelab datasets --data-dir ../shared/data",
     "convert": "examples:\n  vaelab convert runs/old --i-trust-this-file\n\nvaelab 0.1 stored checkpoints as pickles, "
@@ -345,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = add("datasets", "Show each dataset's status and where it was found.")
     d.add_argument("--data-dir", **data_arg)
     d.set_defaults(func=cmd_datasets)
+
+    ex = add("export", "Write a run's model to one shareable .safetensors file (weights, config, dataset facts; no "
+                       "pickle), which vaelab.load(FILE) and vaelab sample FILE read.")
+    ex.add_argument("run")
+    ex.add_argument("file", metavar="FILE.safetensors")
+    ex.set_defaults(func=cmd_export)
 
     sc = add("score", "Score generation with the reference classifier (conditional accuracy, Fréchet distance in its "
                       "features) for a run, or for the runs a study's report shows; stored in their eval.json.")

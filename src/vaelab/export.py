@@ -1,0 +1,69 @@
+"""Shareable models: one self-describing safetensors file (weights, config, dataset facts; no pickle) and its loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import VaelabError, __version__
+
+FORMAT = "vaelab-model"
+VERSION = 1  # bump when the layout changes; older files then say which vaelab wrote them
+
+
+def export(run_dir, path) -> Path:
+    """Write a run's model (what evaluation reads: its EMA or best epoch) to one file anyone can load safely."""
+    from . import data as vdata
+    from .run import Run
+    from .store import check_regular_target, save_tree
+
+    cfg, model, ckpt = Run(run_dir).load()
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise VaelabError(f"{path}: an exported model is a .safetensors file")
+    check_regular_target(path)
+    try:
+        facts = vdata.spec(cfg.dataset)
+        levels = facts.levels
+    except VaelabError:  # a user's npz that is not here any more: the checkpoint still knows shape and classes
+        levels = 256
+    save_tree(path, {"format": FORMAT, "version": VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
+                     "dataset": {"name": cfg.dataset, "shape": list(ckpt["shape"]), "classes": list(ckpt["classes"]),
+                                 "levels": levels},
+                     "trained": {"epoch": ckpt["epoch"], "history": ckpt["history"]},
+                     "versions": {"vaelab": __version__, "torch": torch.__version__}})
+    return path
+
+
+def is_export(path) -> bool:
+    return Path(path).is_file() and Path(path).suffix == ".safetensors"
+
+
+def load(path, device: str = "cpu"):
+    """An exported model in eval mode; `.config`, `.classes` and `.dataset` say what it is. Only JSON and raw
+    tensor bytes are read, so loading a file from anyone cannot run code."""
+    from .config import from_dict
+    from .models import build
+    from .store import load_tree
+
+    path = Path(path)
+    if not path.is_file():
+        raise VaelabError(f"{path}: no such file")
+    blob = load_tree(path)
+    if blob.get("format") != FORMAT:
+        raise VaelabError(f"{path}: not an exported vaelab model (a run directory's checkpoint is loaded through "
+                          "the run directory)")
+    if blob.get("version") != VERSION:
+        raise VaelabError(f"{path}: exported model format {blob.get('version')} (vaelab "
+                          f"{blob.get('versions', {}).get('vaelab', '?')}); this vaelab reads format {VERSION}")
+    cfg = from_dict(blob["config"])
+    ds = blob["dataset"]
+    model = build(cfg, tuple(ds["shape"]), len(ds["classes"]))
+    try:
+        model.load_state_dict(blob["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise VaelabError(f"{path}: its weights do not fit the model its config describes "
+                          f"({str(e).splitlines()[0][:200]})") from None
+    model.config, model.classes, model.dataset = cfg, list(ds["classes"]), ds
+    return model.to(device).eval()

@@ -1,0 +1,48 @@
+"""Shareable models: export a run to one safetensors file, load it anywhere without running code, sample from it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+import vaelab
+from vaelab import VaelabError
+from vaelab.cli import main
+from vaelab.run import Run
+from vaelab.store import load_tree, save_tree
+from vaelab.train import train
+
+
+@pytest.mark.parametrize("fields", [{}, {"arch": "hierarchical", "width": 4, "depth": 1, "latent_groups": 1,
+                                         "ema": 0.5}])
+def test_an_exported_model_loads_with_the_runs_weights_config_and_facts(tiny_root, tmp_path, fields):
+    train(tiny_config(epochs=1, train_size=64, **fields), tmp_path / "r", data_dir=tiny_root)
+    assert main(["export", str(tmp_path / "r"), str(tmp_path / "m.safetensors")]) == 0
+    cfg, model, ckpt = Run(tmp_path / "r").load()
+    got = vaelab.load(tmp_path / "m.safetensors")
+    assert got.config == cfg and got.classes == list(ckpt["classes"]) and got.dataset["shape"] == [1, 28, 28]
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert not got.training
+    assert main(["sample", str(tmp_path / "m.safetensors"), "--n", "4"]) == 0
+    assert (tmp_path / "m-samples.png").stat().st_size > 0
+
+
+def test_foreign_or_newer_files_are_refused_in_one_line(tiny_root, tmp_path, capsys):
+    train(tiny_config(epochs=1, train_size=64), tmp_path / "r", data_dir=tiny_root)
+    with pytest.raises(VaelabError, match="not an exported vaelab model"):
+        vaelab.load(tmp_path / "r" / "checkpoint.safetensors")
+    main(["export", str(tmp_path / "r"), str(tmp_path / "m.safetensors")])
+    blob = load_tree(tmp_path / "m.safetensors")
+    save_tree(tmp_path / "new.safetensors", {**blob, "version": 99, "versions": {"vaelab": "9.0"}})
+    with pytest.raises(VaelabError, match=r"format 99 \(vaelab 9.0\)"):
+        vaelab.load(tmp_path / "new.safetensors")
+    assert main(["export", str(tmp_path / "r"), str(tmp_path / "m.pt")]) == 2
+    assert "is a .safetensors file" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "m.safetensors"), "--sampler", "gmm"]) == 2
+    assert "no training codes" in capsys.readouterr().err
+    header = json.loads((tmp_path / "m.safetensors").read_bytes()[8:8 + int.from_bytes(
+        (tmp_path / "m.safetensors").read_bytes()[:8], "little")])
+    assert "vaelab" in header["__metadata__"]  # config and facts travel as JSON metadata, never as pickle
