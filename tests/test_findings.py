@@ -268,9 +268,9 @@ def test_architecture_findings_pair_each_network_with_the_conv_reference():
     verdicts = {("residual" if "residual" in f.claim else "hierarchical"): f.verdict for f in fs}
     assert verdicts == {"residual": F.FAILS, "hierarchical": F.HOLDS}
     df = pd.DataFrame(rows)
-    assert set(F._reference_only(df)["arch"]) == {"conv"}
+    assert set(F.reference_only(df)["arch"]) == {"conv"}
     only_mlp = df[df["arch"] == "resnet"]
-    assert len(F._reference_only(only_mlp)) == 3
+    assert len(F.reference_only(only_mlp)) == 3
 
 
 @pytest.mark.parametrize("fd_vamp,want", [([3.0, 3.1, 2.9], F.HOLDS), ([6.0, 6.2, 5.9], F.FAILS),

@@ -378,7 +378,7 @@ def families(done: pd.DataFrame) -> list[Finding]:
     return out
 
 
-def _reference_only(rows: pd.DataFrame | None) -> pd.DataFrame | None:
+def reference_only(rows: pd.DataFrame | None) -> pd.DataFrame | None:
     """The original study's claims are about the reference VAE: where a study varies a family's field, runs of the
     other families stay out of them (a study of one other model, e.g. only mlp runs, keeps its runs)."""
     if rows is None or len(rows) == 0:
@@ -413,7 +413,7 @@ def compute(latent: pd.DataFrame, beta: pd.DataFrame) -> list[Finding]:
     """All findings from per-run rows: `latent` the finished β = 1 runs, `beta` the finished runs of the β sweep.
     The original study's claims read the reference VAE's runs; the family findings compare the others with it."""
     fams = (families(latent) + kl_groups(latent)) if latent is not None else []
-    latent, beta = _reference_only(latent), _reference_only(beta)
+    latent, beta = reference_only(latent), reference_only(beta)
     if latent is None or len(latent) == 0:
         return [Finding("The study's claims", "no finished runs at β = 1 yet", UNKNOWN)] + fams
     return (dataset_complexity(latent) + latent_size(latent) + beta_tradeoff(beta) + organisation(latent)

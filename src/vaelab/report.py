@@ -94,8 +94,12 @@ footer{color:#888;font-size:12px;text-align:center;padding:20px}
 
 
 def _reference_table(t):
-    """The reference VAE's rows of a summary table (the latent plots compare latent sizes, not families)."""
-    return vfindings.family_rows(t, {}).drop(columns=[k for k in vfindings.REFERENCE if k in t])
+    """The reference VAE's rows of a summary table where a study varies a family or the network (the latent and
+    β plots compare latent sizes and β, not families); a study of one model keeps its rows."""
+    if t is None or len(t) == 0:
+        return t
+    kept = vfindings.reference_only(t)
+    return kept.drop(columns=[k for k in vfindings.REFERENCE if k in kept])
 
 
 def per_dim_unit(rows) -> str | None:
@@ -435,7 +439,7 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
                          "reference classifier's features (runs scored with `vaelab score --all`). Mean ± std over "
                          "seeds; train_seconds per run.")
         page.add("table", *_table_rows(fam, keys, [m for m in FAMILY_METRICS if m in fam]))
-        lt = _reference_table(lt)
+    lt, bt = _reference_table(lt), _reference_table(bt)
     if len(lt):
         page.section("Latent dimensionality")
         lt2 = lt.copy()
@@ -469,10 +473,12 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
         page.add("table", *_table_rows(bt, ["dataset", "latent_dim", "beta"], short))
 
     page.section("Samples and reconstructions")
-    for ds_name in sorted(done["dataset"].unique()):
-        dims = sorted(done[(done["dataset"] == ds_name) & (done["beta"] == 1.0)]["latent_dim"].unique())
+    ref_df = vfindings.reference_only(df)  # across latent sizes and β: the reference model's runs
+    ref_done = ref_df[ref_df["status"] == "done"]
+    for ds_name in sorted(ref_done["dataset"].unique()):
+        dims = sorted(ref_done[(ref_done["dataset"] == ds_name) & (ref_done["beta"] == 1.0)]["latent_dim"].unique())
         for kind in ("samples", "reconstructions"):
-            fig = _grid_across(out, df, ds_name, "latent_dim", dims, {"beta": 1.0}, data_dir, kind)
+            fig = _grid_across(out, ref_df, ds_name, "latent_dim", dims, {"beta": 1.0}, data_dir, kind)
             if fig is not None:
                 page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / f'{kind}_latent_{ds_name}.png').name}",
                          f"{ds_name}: {kind} across latent sizes (β = 1, seed 0).")
@@ -480,7 +486,7 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
             z = int(bt[bt["dataset"] == ds_name]["latent_dim"].iloc[0])
             betas = sorted(bt[bt["dataset"] == ds_name]["beta"].unique())
             for kind in ("samples", "reconstructions"):
-                fig = _grid_across(out, df, ds_name, "beta", betas, {"latent_dim": z}, data_dir, kind)
+                fig = _grid_across(out, ref_df, ds_name, "beta", betas, {"latent_dim": z}, data_dir, kind)
                 if fig is not None:
                     page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / f'{kind}_beta_{ds_name}.png').name}",
                              f"{ds_name}: {kind} across β (latent_dim {z}, seed 0).")
