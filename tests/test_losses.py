@@ -109,7 +109,7 @@ def test_cyclical_schedule_known_values():
     """Fu et al. 2019: 100 steps, 4 cycles of 25, rising over the first half of each."""
     from vaelab.losses import cyclical_weight
 
-    got = [cyclical_weight(2.0, s, 100, 4, 0.5) for s in (0, 5, 12.5, 13, 24, 25, 30, 99)]
+    got = [cyclical_weight(2.0, s / 100, 4, 0.5) for s in (0, 5, 12.5, 13, 24, 25, 30, 99)]
     assert got == pytest.approx([0.0, 0.8, 2.0, 2.0, 2.0, 0.0, 0.8, 2.0])
 
 

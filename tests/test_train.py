@@ -312,7 +312,7 @@ def test_resume_with_ema_is_exact(ds, tmp_path, extra):
 
 def test_a_time_budget_stops_cleanly_and_counts_time_already_trained(ds, tmp_path, monkeypatch):
     """A fake clock: each training step takes 1 s. A 5 s budget stops mid-epoch after 5 steps with a checkpoint
-    (the partial epoch marked), the cosine schedule spread over the budget; a resume with budget left trains on
+    (the partial epoch marked), the cosine and cyclical KL schedules spread over the budget; a resume with budget left trains on
     only for what is left, and one without any left trains nothing."""
     import vaelab.train as vtrain
 
@@ -329,7 +329,8 @@ def test_a_time_budget_stops_cleanly_and_counts_time_already_trained(ds, tmp_pat
 
     monkeypatch.setattr(vtrain.time, "perf_counter", fake_perf_counter)
     monkeypatch.setattr(torch.optim.Adam, "step", step)
-    cfg = tiny_config(epochs=100, batch_size=16, train_size=160, time_budget=5.0, cosine=True)  # 10 steps an epoch
+    cfg = tiny_config(epochs=100, batch_size=16, train_size=160, time_budget=5.0, cosine=True,  # 10 steps an epoch
+                      kl_schedule="cyclical", kl_cycles=1, kl_cycle_ratio=1.0)
     last = train(cfg, tmp_path / "t", dataset=ds)
     ck = load_checkpoint(tmp_path / "t")
     assert ck["epoch"] == 1 and ck["step"] == 5 and last.get("partial") is True and last["seconds"] == 5.0
@@ -341,6 +342,7 @@ def test_a_time_budget_stops_cleanly_and_counts_time_already_trained(ds, tmp_pat
     train(longer, tmp_path / "t2", dataset=ds, resume=True)
     ck = load_checkpoint(tmp_path / "t2")
     assert ck["step"] == 12 and [h["seconds"] for h in ck["history"]] == [10.0, 2.0]
+    assert ck["history"][0]["beta"] == pytest.approx(10 / 12)  # the KL schedule, too, runs over the budget's seconds
     count("kill_trials")
 
 

@@ -226,18 +226,18 @@ def kl_weight(beta: float, step: int, warmup_steps: int) -> float:
     return beta * min(1.0, step / warmup_steps)
 
 
-def cyclical_weight(beta: float, step: int, total_steps: int, cycles: int, ratio: float) -> float:
-    """Cyclical annealing (Fu et al. 2019, eq. 8): training splits into `cycles` equal cycles; in each the weight
-    rises linearly from 0 to beta over the first `ratio` of the cycle, then stays at beta."""
-    period = max(total_steps / cycles, 1.0)
-    tau = (step % period) / period
+def cyclical_weight(beta: float, progress: float, cycles: int, ratio: float) -> float:
+    """Cyclical annealing (Fu et al. 2019, eq. 8): training (progress in [0, 1]) splits into `cycles` equal cycles;
+    in each the weight rises linearly from 0 to beta over the first `ratio` of the cycle, then stays at beta."""
+    tau = (progress * cycles) % 1.0
     return beta * min(1.0, tau / ratio) if ratio > 0 else beta
 
 
-def scheduled_beta(cfg, step: int, steps_per_epoch: int, total_steps: int) -> float:
-    """The KL weight at this optimiser step under cfg.kl_schedule."""
+def scheduled_beta(cfg, step: int, steps_per_epoch: int, progress: float) -> float:
+    """The KL weight at this optimiser step under cfg.kl_schedule; `progress` is the share of training done (of its
+    steps, or of its time budget)."""
     if cfg.kl_schedule == "cyclical":
-        return cyclical_weight(cfg.beta, step, total_steps, cfg.kl_cycles, cfg.kl_cycle_ratio)
+        return cyclical_weight(cfg.beta, progress, cfg.kl_cycles, cfg.kl_cycle_ratio)
     return kl_weight(cfg.beta, step, round(cfg.warmup_epochs * steps_per_epoch))
 
 

@@ -337,12 +337,14 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
                 y = train_split.y[idx] if cfg.conditional else None
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                beta_t = scheduled_beta(cfg, step, steps_per_epoch, total_steps)
+                # one measure of how far training is, for the KL schedule, the objective and the learning rate
+                done = _progress(cfg, step, total_steps, trained_s + time.perf_counter() - t0)
+                beta_t = scheduled_beta(cfg, step, steps_per_epoch, done)
                 with autocast:
                     terms = forward(x, y)
                 if features is not None:
                     terms["perceptual"] = perceptual_term(features, x, model.x_hat(terms["params"]))
-                loss = objective(terms, beta_t, cfg, step / total_steps, n_data=n)
+                loss = objective(terms, beta_t, cfg, done, n_data=n)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = _grad_norm(params)
@@ -361,10 +363,8 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
                 if float(grad_norm) > skip_above:  # a rare huge gradient (VDVAE's skip_threshold): no update, no harm
                     skipped_large += 1
                     continue
-                progress = ((trained_s + time.perf_counter() - t0) / cfg.time_budget if cfg.time_budget
-                            else step / total_steps)
                 for group in opt.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(cfg, progress)
+                    group["lr"] = cfg.lr * lr_factor(cfg, done)
                 opt.step()
                 if ema is not None:
                     torch._foreach_lerp_(*pairs, 1.0 - cfg.ema)  # ema += (1 - decay) * (w - ema), one fused pass
@@ -402,7 +402,8 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
             if not all(math.isfinite(v) for v in val.values()):
                 raise _diverged(epoch + 1, "the validation ELBO is not finite", out / CHECKPOINT)
             total_bad += bad_epoch
-            row = {"epoch": epoch + 1, "step": step, "beta": scheduled_beta(cfg, step, steps_per_epoch, total_steps),
+            row = {"epoch": epoch + 1, "step": step,
+                   "beta": scheduled_beta(cfg, step, steps_per_epoch, _progress(cfg, step, total_steps, trained_s)),
                    "lr": opt.param_groups[0]["lr"],
                    "train_loss": tr[0], "train_recon": tr[1], "train_kl": tr[2],
                    **{f"val_{k}": v for k, v in val.items()},
@@ -435,6 +436,11 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
     finally:
         if tracker is not None:
             tracker.close(history[-1] if history else None)
+
+
+def _progress(cfg: TrainConfig, step: int, total_steps: int, trained_seconds: float) -> float:
+    """The share of training done: of the time budget's seconds when there is one, else of the steps."""
+    return trained_seconds / cfg.time_budget if cfg.time_budget else step / total_steps
 
 
 def _improves(value: float, best: float, min_improvement: float) -> bool:
