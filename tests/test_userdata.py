@@ -87,3 +87,20 @@ def test_images_the_conv_net_cannot_halve_twice_get_a_clear_error(tmp_path, caps
     assert "divisible by 4, got 10x10" in capsys.readouterr().err and not (tmp_path / "r").exists()
     assert main(["train", "--out", str(tmp_path / "m"), "--dataset", name, "--arch", "mlp", "--epochs", "1",
                  "--val-size", "5", "--iwae-samples", "2", "--no-eval"]) == 0
+
+
+def test_a_study_on_an_npz_reports_from_its_run_directories_after_the_file_is_gone(tmp_path):
+    """Reports read run directories: moving the user's data file away must not break the report or its findings."""
+    from vaelab import study
+    from vaelab.report import report
+
+    rng = np.random.default_rng(3)
+    name = _write(tmp_path / "blobs.npz", x=((rng.random((80, 8, 8)) < 0.3) * 255).astype(np.uint8),
+                  y=np.arange(80) % 2)
+    spec = study.parse_spec({"name": "npz", "base": {"dataset": name, "epochs": 1, "val_size": 10, "iwae_samples": 2,
+                                                      "batch_size": 20, "arch": "mlp"},
+                             "grid": {"latent_dim": [2, 4], "seed": [0]}})
+    assert study.run(spec, tmp_path / "S") == {"done": 2}
+    (tmp_path / "blobs.npz").rename(tmp_path / "moved.npz")
+    html = report(tmp_path / "S", classifier=False).read_text()
+    assert "data not available here" in html and "Latent dimensionality" in html

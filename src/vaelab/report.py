@@ -317,7 +317,10 @@ def _grid_across(out: Path, df, dataset: str, key: str, values: list, fixed: dic
             rows.append(Sampler(model).images(10, "prior", seed=0))
         else:
             if x is None:
-                _, split = _test_split(cfg, data_dir, 10)
+                try:
+                    _, split = _test_split(cfg, data_dir, 10)
+                except VaelabError:  # no data here (the Datasets section says so): no reconstructions to show
+                    return None
                 x, y = split.x, split.y
                 rows.append(vdata.to_float(x))
                 labels.append("original")
@@ -327,6 +330,13 @@ def _grid_across(out: Path, df, dataset: str, key: str, values: list, fixed: dic
 
 
 FAMILY_METRICS = ["neg_elbo", "iwae_nll", "elbo_gap", "bpd_iwae", "active_units", "kl", "fd_prior", "train_seconds"]
+
+
+def _n_dims(done, ds_name: str) -> int:
+    """Values per image of a dataset, from its runs' eval.json: the report reads run directories, not the data (a
+    user's npz file may be elsewhere by now)."""
+    known = done.loc[done["dataset"] == ds_name, "n_dims"].dropna() if "n_dims" in done else []
+    return int(known.iloc[0]) if len(known) else int(np.prod(vdata.spec(ds_name).shape))
 
 
 def _architectures_section(page: Page, out: Path, df, done, fig_dir: Path, data_dir) -> None:
@@ -344,7 +354,7 @@ def _architectures_section(page: Page, out: Path, df, done, fig_dir: Path, data_
                                    [m for m in metrics if m in tab]))
     for ds_name in sorted(done["dataset"].unique()):
         sub = done[done["dataset"] == ds_name]
-        n_dims = int(np.prod(vdata.spec(ds_name).shape))
+        n_dims = _n_dims(done, ds_name)
         curves, kl_groups = {}, {}
         for r in sub.itertuples():
             hist = read_jsonl(out / "runs" / r.run_id / METRICS)
@@ -397,12 +407,13 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
         page.add("finding", f)
 
     page.section("Datasets")
+    available = set()  # datasets whose images are here: figures that need test images are made for these only
     for ds_name in sorted(df["dataset"].unique()):
-        spec_ds = vdata.spec(ds_name)
         try:
             ds = vdata.load(ds_name, data_dir)
+            available.add(ds_name)
             page.add("text", f"{ds_name}: {len(ds.x_train):,} training and {len(ds.x_test):,} test images of "
-                             f"{'×'.join(map(str, spec_ds.shape))} (C×H×W), classes: {', '.join(ds.classes)}.")
+                             f"{'×'.join(map(str, ds.shape))} (C×H×W), classes: {', '.join(ds.classes)}.")
             idx = [int(np.flatnonzero(ds.y_test == k)[0]) for k in range(len(ds.classes)) if (ds.y_test == k).any()]
             fig = plots.image_rows([ds.x_test[idx]], [ds_name], col_labels=[c[:11] for c in ds.classes])
             page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / f'data_{ds_name}.png').name}",
@@ -449,7 +460,7 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
         per = {"bits/dim": np.log(2), "nats/dim": 1.0}.get(unit)
         panels = [("kl", "KL (nats)"), ("active_units", "active units"), ("psnr", "mean per-image PSNR (dB)")]
         if per is not None:
-            dims = lt2["dataset"].map(lambda d: int(np.prod(vdata.spec(d).shape)))
+            dims = lt2["dataset"].map(lambda d: _n_dims(done, d))
             for col in ("neg_elbo", "recon"):
                 for suffix in ("", "_std", "_ci"):
                     if f"{col}{suffix}" in lt2:
@@ -503,7 +514,7 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
                          "(_pca) and chance, the test set's most frequent class (chance_accuracy). What training "
                          "did is the gap to its own initial weights.")
         page.add("table", *_table_rows(lt, ["dataset", "latent_dim"], org))
-    for ds_name in sorted(done["dataset"].unique()):
+    for ds_name in sorted(set(done["dataset"]) & available):
         sub = done[(done["dataset"] == ds_name) & (done["beta"] == 1.0)]
         for z in sorted({int(sub["latent_dim"].min()), int(sub["latent_dim"].max())}) if len(sub) else []:
             rid = _representative(df, ds_name, latent_dim=z, beta=1.0)
@@ -519,6 +530,8 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
                      "training images.")
     for label, run_dir in shown:
         rid = run_dir.name
+        if Run(run_dir).config.dataset not in available:
+            continue
         figs, _ = latent.explore(run_dir, data_dir, out_dir=fig_dir / f"{rid}__explore")
         for fname, caption in figs:
             page.add("fig", f"fig/{rid}__explore/{fname}", f"{label}: {caption}")
