@@ -60,11 +60,11 @@ def cmd_train(args) -> int:
     last = train(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=None)
     val = (f"val_neg_elbo={last['val_neg_elbo']:.4g}" if "val_neg_elbo" in last
            else "no validation set (val_size 0)")
-    history = load_checkpoint(out)["history"]
+    trained_s = sum(h["seconds"] for h in load_checkpoint(out)["history"])
     why = (f", stopped early (best epoch {last['best_epoch']})" if last.get("stopped_early") else
-           ", time budget spent" if cfg.time_budget and sum(h["seconds"] for h in history) >= cfg.time_budget else "")
+           ", time budget spent" if cfg.time_budget and trained_s >= cfg.time_budget else "")
     print(f"trained {out}: epoch {last['epoch']}{why}  {val}  images/s={last['images_per_s']:.0f}  "
-          f"training {sum(h['seconds'] for h in history):.0f} s")
+          f"training {trained_s:.0f} s")
     if not args.no_eval:
         t0 = time.perf_counter()
         result = evaluate(out, data_dir=args.data_dir)
@@ -95,13 +95,11 @@ def _check_count(name: str, value: int, most: int) -> None:
 
 
 def cmd_sample(args) -> int:
-
+    from .export import is_export, load
     from .generate import Sampler
     from .plots import image_grid, save_image
     from .run import Run
     from .train import check_fits, resolve_device
-
-    from .export import is_export, load
 
     exported = is_export(args.run)  # a model file from `vaelab export`, or a run directory
     run = Path(args.run) if exported else check_run_dir(Path(args.run))

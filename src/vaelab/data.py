@@ -449,9 +449,12 @@ def spec(name: str) -> DatasetSpec:
 
 
 def locate(name: str, data_dir: str | Path | None = None) -> Path | None:
-    found_spec = spec(name)
+    return _locate(spec(name), data_dir)
+
+
+def _locate(the_spec: DatasetSpec, data_dir: str | Path | None) -> Path | None:
     for root in search_roots(data_dir):
-        found = found_spec.locate(root)
+        found = the_spec.locate(root)
         if found is not None:
             return found
     return None
@@ -499,8 +502,8 @@ def _cached_load(spec: DatasetSpec, source: Path) -> Dataset:
 
 def load(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
     """Load a dataset by name, searching the usual places, downloading only when it is nowhere."""
-    the_spec = spec(name)
-    source = locate(name, data_dir)
+    the_spec = spec(name)  # once: for a user's npz it reads the file's headers and labels
+    source = _locate(the_spec, data_dir)
     if source is None:
         roots = search_roots(data_dir)
         where = ", ".join(str(r) for r in roots)
