@@ -141,6 +141,20 @@ def test_ssim_invariants_and_reference():
         assert ssim(a[i:i + 1], noisy[i:i + 1]).item() == pytest.approx(want, abs=2e-4)
 
 
+def test_ssim_on_images_smaller_than_its_window_matches_scikit_image():
+    """8x8 images (possible in a user's npz): a 7x7 window, sigma 1.5 * 7/11, which scikit-image builds from the
+    same sigma; identical images score 1."""
+    torch.manual_seed(0)
+    a = torch.rand(3, 1, 8, 8)
+    noisy = (a + 0.2 * torch.randn_like(a)).clamp(0, 1)
+    assert torch.allclose(ssim(a, a), torch.ones(3), atol=1e-6) and torch.all(ssim(a, noisy) < 1)
+    skimage = pytest.importorskip("skimage.metrics")
+    for i in range(3):
+        want = skimage.structural_similarity(a[i, 0].numpy(), noisy[i, 0].numpy(), data_range=1.0,
+                                             gaussian_weights=True, sigma=1.5 * 7 / 11, use_sample_covariance=False)
+        assert ssim(a[i:i + 1], noisy[i:i + 1]).item() == pytest.approx(want, abs=2e-4)
+
+
 def test_active_units_count_dimensions_whose_mean_varies():
     model = _constant_model()
     with torch.no_grad():  # mu_0 = sum of the hidden units: varies with x; mu_1, mu_2 stay 0

@@ -20,6 +20,8 @@ from .run import Run
 from .train import check_fits, resolve_device
 
 AU_THRESHOLD = 0.01  # Burda et al. 2016, section 5.2
+# which weights a run's model holds, by (--ema, --patience): eval.json says which it scored
+WEIGHT_LABELS = {(False, False): "last", (True, False): "ema", (False, True): "best", (True, True): "best ema"}
 
 
 @torch.no_grad()
@@ -41,9 +43,13 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Mean SSIM per image (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, valid region."""
+    """Mean SSIM per image (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, valid region.
+    Images smaller than 11 pixels (a user's npz may hold them) get the largest odd window that fits, its sigma
+    scaled alike (as scikit-image does for a sigma whose window is that size)."""
     c = a.shape[1]
-    w = _gaussian_window().to(a)[None, None].expand(c, 1, 11, 11)
+    size = min(11, a.shape[-2], a.shape[-1])
+    size -= 1 - size % 2  # odd: the window is centred on a pixel
+    w = _gaussian_window(size, 1.5 * size / 11).to(a)[None, None].expand(c, 1, size, size)
     filt = lambda t: F.conv2d(t, w, groups=c)  # noqa: E731
     mu_a, mu_b = filt(a), filt(b)
     var_a = filt(a * a) - mu_a ** 2
@@ -174,7 +180,7 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     untrained = build_model(cfg, model.shape, len(ckpt["classes"])).to(dev).eval()
     result = evaluate_model(model, split, iwae_samples, probe=probe_split(cfg, ds, dev), untrained=untrained)
     result.update(dataset=name, epoch=ckpt["epoch"], eval_seconds=time.perf_counter() - t0,
-                  weights="raw" if raw else ("ema" if cfg.ema else "best" if cfg.patience else "last"))
+                  weights="raw" if raw else WEIGHT_LABELS[bool(cfg.ema), bool(cfg.patience)])
     bad = [k for k in ("neg_elbo", "iwae_nll") if not math.isfinite(result[k])]
     if bad:  # a model that gives NaN is a diverged run, never a result
         raise VaelabError(f"{run_dir}: the model gives a non-finite {' and '.join(bad)} on the test set; "
