@@ -3,23 +3,18 @@ groups of latents at several resolutions, each group's prior conditioned on the 
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import make_likelihood
+from ..losses import log_normal, make_likelihood
 from .nets import ImageModel, ResBlock, need_multiple_of_4, res_stage
 
 
 def gaussian_kl(qm, qlv, pm, plv) -> torch.Tensor:
     """KL(N(qm, e^qlv) || N(pm, e^plv)) elementwise."""
     return 0.5 * (plv - qlv + (torch.exp(qlv) + (qm - pm) ** 2) * torch.exp(-plv) - 1.0)
-
-
-def gaussian_log_prob(z, m, lv) -> torch.Tensor:
-    return -0.5 * (math.log(2 * math.pi) + lv + (z - m) ** 2 * torch.exp(-lv))
 
 
 class TopDownGroup(nn.Module):
@@ -57,7 +52,8 @@ class TopDownGroup(nn.Module):
             qm, qlv = self.posterior_params(h, a)
             z = qm if mean else qm + torch.exp(0.5 * qlv) * torch.randn_like(qm)
             kl = gaussian_kl(qm, qlv, pm, plv).flatten(1).sum(1)
-            log_ratio = (gaussian_log_prob(z, qm, qlv) - gaussian_log_prob(z, pm, plv)).flatten(1).sum(1)
+            zf = z.flatten(1)
+            log_ratio = log_normal(zf, qm.flatten(1), qlv.flatten(1)) - log_normal(zf, pm.flatten(1), plv.flatten(1))
             stats = (kl, log_ratio, qm, qlv)
         elif z is None:
             z = pm if mean else pm + temperature * torch.exp(0.5 * plv) * torch.randn_like(pm)
@@ -86,7 +82,7 @@ class TopPrior(nn.Module):
 
     def log_prob(self, z):
         pm, plv = self._params()
-        return gaussian_log_prob(z, pm, plv).sum(-1)
+        return log_normal(z, pm, plv)
 
     def sample(self, n, generator=None):
         pm, plv = self._params()
