@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from . import VaelabError
+from .data import SPLIT_SEED  # fixed, independent of any training seed: the carved test split never moves
 
 PREFIX = "npz:"
 TEST_SHARE = 0.1  # the test split carved from x when the file brings no x_test
-SPLIT_SEED = 20240607  # as data.SPLIT_SEED: fixed, independent of any training seed
 
 
 def is_user_dataset(name: str) -> bool:
@@ -64,6 +64,19 @@ def _labels(path: Path, z, key: str, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _x_shape(path: Path) -> tuple[int, int, int]:
+    shape = _image_shape(path, "x")
+    if shape is None:
+        raise VaelabError(f"{path}: no array 'x' (expected x: uint8 images (N, H, W[, C]), optional y, x_test, "
+                          "y_test, classes)")
+    return shape
+
+
+def _n_labels(labels: list[np.ndarray]) -> int:
+    """How many classes the labels imply: one more than the largest (one class when there are none)."""
+    return max((int(y.max()) for y in labels if y.size), default=0) + 1
+
+
 def _classes(path: Path, z, n_labels: int) -> tuple[str, ...]:
     if "classes" in z.files:
         names = tuple(str(c) for c in z["classes"].tolist())
@@ -78,10 +91,7 @@ def load_npz(path: Path):
     from .data import Dataset
 
     path = Path(path)
-    shape = _image_shape(path, "x")
-    if shape is None:
-        raise VaelabError(f"{path}: no array 'x' (expected x: uint8 images (N, H, W[, C]), optional y, x_test, "
-                          "y_test, classes)")
+    shape = _x_shape(path)
     test_shape = _image_shape(path, "x_test")
     if test_shape is not None and test_shape != shape:
         raise VaelabError(f"{path}: x_test images are {test_shape} (C, H, W) but x images are {shape}")
@@ -105,8 +115,7 @@ def load_npz(path: Path):
             n_test = max(1, int(round(TEST_SHARE * len(x))))
             test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
             x, y, x_test, y_test = x[train], y[train], x[test], y[test]
-        n_labels = int(max(y.max(initial=0), y_test.max(initial=0))) + 1
-        classes = _classes(path, z, n_labels)
+        classes = _classes(path, z, _n_labels([y, y_test]))
     return Dataset(f"{PREFIX}{path}", x, y, x_test, y_test, classes, str(path))
 
 
@@ -117,13 +126,9 @@ def spec(name: str):
     path = path_of(name)
     if not path.is_file():
         raise VaelabError(f"dataset '{name}': {path} is not a file")
-    shape = _image_shape(path, "x")
-    if shape is None:
-        raise VaelabError(f"{path}: no array 'x' (expected x: uint8 images (N, H, W[, C]))")
+    shape = _x_shape(path)
     with np.load(path, allow_pickle=False) as z:  # labels only: the images stay on disk
-        labels = [z[k] for k in ("y", "y_test") if k in z.files and z[k].size]
-        n_labels = int(max(int(y.max()) for y in labels)) + 1 if labels else 1
-        classes = _classes(path, z, n_labels)
+        classes = _classes(path, z, _n_labels([z[k] for k in ("y", "y_test") if k in z.files]))
     return DatasetSpec(name, shape, str(path), lambda root: path, load_npz, None, classes,
                        mirror=False,  # nothing says a user's images may be mirrored
                        cache=False)  # arrays already: loading is as fast as a cache
