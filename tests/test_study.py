@@ -303,3 +303,15 @@ def test_ray_cells_ask_for_their_gpus(monkeypatch):
     assert study.ray_options(1) == {"num_cpus": 1, "num_gpus": 1}
     with pytest.raises(VaelabError, match="gpus-per-run"):
         study.run(study.preset_spec("quick"), "/tmp/never", gpus_per_run=-1)
+
+
+def test_threads_per_run_reach_every_cell(tmp_path, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(study, "run_cell", lambda run_dir, cfg, data_dir=None, threads=None, gpu=None:
+                        seen.append(threads))
+    spec = study.load_spec(write(tmp_path, TINY_TOML))
+    study.run(spec, tmp_path / "S", threads=1)
+    assert seen == [1, 1]
+    assert main(["study", str(write(tmp_path, TINY_TOML)), "--out", str(tmp_path / "T"), "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads must be in 1..1024, got 0" in err and err.count("\n") == 1

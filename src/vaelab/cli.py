@@ -202,7 +202,8 @@ def cmd_study(args) -> int:
     spec = study.load_spec(args.target[0]) if args.target else study.preset_spec(args.preset)
     t0 = time.perf_counter()
     counts = study.run(spec, args.out, jobs=args.jobs, executor=args.executor, address=args.address,
-                       data_dir=args.data_dir, retrain_stale=args.retrain_stale, gpus_per_run=args.gpus_per_run)
+                       data_dir=args.data_dir, retrain_stale=args.retrain_stale, gpus_per_run=args.gpus_per_run,
+                       threads=args.threads)
     wall = time.perf_counter() - t0
     print(f"study {spec.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f" of {len(spec.cells)} runs in {wall:.0f}s; results in {Path(args.out) / 'results.csv'}")
@@ -340,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(posteriors, priors, objectives) or architectures (conv, resnet, hierarchical)")
     st.add_argument("--out", help="study directory (runs/, study.json, results.csv)")
     st.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (processes)")
+    st.add_argument("--threads", type=int, default=None,
+                    help="CPU threads per run (default: the cores shared evenly among --jobs); e.g. --jobs 1 "
+                         "--threads 1 leaves a core free and gives every run the same compute")
     st.add_argument("--executor", choices=["local", "ray"], default="local")
     st.add_argument("--address", help="Ray cluster address for --executor ray (default auto; 'local' starts one)")
     st.add_argument("--gpus-per-run", type=float, default=0.0, metavar="G",

@@ -366,8 +366,10 @@ def _set_aside(run_dir: Path) -> Path:
 
 def run(spec: StudySpec | str | Path, out: str | Path, jobs: int = 1, executor: str = "local",
         address: str | None = None, data_dir: str | None = None, retrain_stale: bool = False,
-        gpus_per_run: float = 0.0) -> dict[str, int]:
+        gpus_per_run: float = 0.0, threads: int | None = None) -> dict[str, int]:
     """Run (or resume) every cell of a study into out/runs/<run-id>/; returns counts by final status.
+
+    threads: CPU threads each run uses (default: the machine's cores shared evenly among the jobs).
 
     One process at a time works on a study directory (a lock; a second one exits with a one-line message).
     A cell whose run directory was trained with another config is an error naming the cell and the fields,
@@ -378,6 +380,8 @@ def run(spec: StudySpec | str | Path, out: str | Path, jobs: int = 1, executor: 
         spec = load_spec(spec) if Path(spec).suffix else preset_spec(str(spec))
     if not 1 <= jobs <= 1024:
         raise VaelabError(f"--jobs must be in 1..1024, got {jobs}")
+    if threads is not None and not 1 <= threads <= 1024:
+        raise VaelabError(f"--threads must be in 1..1024, got {threads}")
     if not 0 <= gpus_per_run <= 64:
         raise VaelabError(f"--gpus-per-run must be in 0..64, got {gpus_per_run}")
     if executor not in ("local", "ray"):
@@ -409,9 +413,9 @@ def run(spec: StudySpec | str | Path, out: str | Path, jobs: int = 1, executor: 
             from tqdm.auto import tqdm
 
             for run_dir, cfg in tqdm(args, desc=spec.name, unit="run", disable=None):
-                run_cell(run_dir, cfg, data_dir)
+                run_cell(run_dir, cfg, data_dir, threads)
         else:
-            _run_pool(args, jobs, data_dir)
+            _run_pool(args, jobs, data_dir, threads)
         write_results(out)
     counts: dict[str, int] = {}
     for c in spec.cells:
@@ -432,14 +436,14 @@ def _worker_init() -> None:
     tqdm.set_lock(threading.RLock())
 
 
-def _run_pool(args: list[tuple[str, dict]], jobs: int, data_dir: str | None) -> None:
+def _run_pool(args: list[tuple[str, dict]], jobs: int, data_dir: str | None, threads: int | None = None) -> None:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     import torch
     from tqdm.auto import tqdm
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools or CUDA state
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
     try:
