@@ -70,11 +70,18 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
-    """A data root with tiny Fashion-MNIST (IDX .gz) and CIFAR-10 (tar.gz of the pickle batches)."""
+    """A data root with tiny Fashion-MNIST (IDX .gz), CIFAR-10 (tar.gz of the pickle batches) and shapes2d (its
+    renderer on a small factor grid, in dSprites' npz layout)."""
+    from vaelab.factors import generate
+
     root = tmp_path_factory.mktemp("data")
     write_fashion(root / "fashion-mnist")
     write_cifar_tar(root / "cifar-10-python.tar.gz", cifar_members())
+    generate(root, TINY_SHAPES)
     return root
+
+
+TINY_SHAPES = (3, 2, 4, 4, 4)  # shapes2d's factor grid in tests: 384 images
 
 
 REAL_DATA = os.environ.get("VAELAB_DATA")  # read at import, before the autouse fixture hides it

@@ -68,7 +68,7 @@ def _stop_after(n):
     return hook
 
 
-@pytest.mark.parametrize("extra", [{}, {"cosine": True, "warmup_epochs": 2.0}])
+@pytest.mark.parametrize("extra", [{}, {"cosine": True, "warmup_epochs": 2.0}, {"objective": "factor_vae"}])
 def test_resume_reaches_the_same_result(ds, tmp_path, extra):
     cfg = tiny_config(epochs=3, **extra)
     full = train(cfg, tmp_path / "full", dataset=ds)

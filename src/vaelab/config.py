@@ -35,7 +35,8 @@ class TrainConfig:
     prior_components: int = 10  # K of the mog and vamp priors
     # objective (losses.OBJECTIVES): elbo = recon + beta_t * KL; free_bits floors each dimension's KL at free_bits
     # nats; capacity = recon + capacity_gamma * |KL - C|, C rising to capacity_max; beta_tcvae = recon +
-    # tc_alpha * MI + beta_t * TC + tc_gamma * dimension-wise KL. beta_t follows kl_schedule:
+    # tc_alpha * MI + beta_t * TC + tc_gamma * dimension-wise KL; factor_vae and dip_vae_i/ii add factor_gamma * TC
+    # (by a critic) or dip_lambda * the covariance penalty to the beta-ELBO. beta_t follows kl_schedule:
     # linear (rising over warmup_epochs, Bowman et al. 2016; 0 = constant) or cyclical (Fu et al. 2019).
     objective: str = "elbo"
     beta: float = 1.0
@@ -48,6 +49,8 @@ class TrainConfig:
     capacity_gamma: float = 1000.0
     tc_alpha: float = 1.0  # beta_tcvae: weight of the index-code mutual information (beta weighs the TC)
     tc_gamma: float = 1.0  # beta_tcvae: weight of the dimension-wise KL
+    factor_gamma: float = 10.0  # factor_vae: weight of the critic's total-correlation estimate (Kim & Mnih 2018)
+    dip_lambda: float = 10.0  # dip_vae_i / dip_vae_ii: weight of the off-diagonal covariance (Kumar et al. 2018)
     perceptual_weight: float = 0.0  # > 0 adds DFC-VAE's feature loss in the reference classifier's features
     # optimisation
     epochs: int = 20
@@ -154,7 +157,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     """Reject impossible values before anything trains."""
     from .data import DATASETS
     from .userdata import is_user_dataset
-    from .losses import KL_SCHEDULES, LIKELIHOODS, OBJECTIVES
+    from .losses import KL_SCHEDULES, LIKELIHOODS, NEEDS_GAUSSIAN_CODE, OBJECTIVES
     # the registries' own modules, not the models package: this runs while that package may still be importing
     from .models.hierarchical import MODELS
     from .models.nets import ARCHS
@@ -193,10 +196,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0 < cfg.kl_cycle_ratio <= 1, f"kl_cycle_ratio must be in (0, 1], got {cfg.kl_cycle_ratio}")
     need(cfg.free_bits >= 0, f"free_bits must be >= 0, got {cfg.free_bits}")
     need(cfg.capacity_max >= 0 and cfg.capacity_gamma >= 0, "capacity_max and capacity_gamma must be >= 0")
-    need(cfg.objective not in ("free_bits", "beta_tcvae") or cfg.arch == "hierarchical"
+    need(cfg.objective not in NEEDS_GAUSSIAN_CODE or cfg.arch == "hierarchical"
          or (cfg.prior == "standard" and cfg.posterior == "gaussian"),
          f"the {cfg.objective} objective needs the factorised standard prior and the gaussian posterior")
     need(cfg.tc_alpha >= 0 and cfg.tc_gamma >= 0, "tc_alpha and tc_gamma must be >= 0")
+    need(cfg.factor_gamma >= 0 and cfg.dip_lambda >= 0, "factor_gamma and dip_lambda must be >= 0")
     need(cfg.perceptual_weight >= 0, f"perceptual_weight must be >= 0, got {cfg.perceptual_weight}")
     need(1 <= cfg.prior_components <= 10_000, f"prior_components must be in 1..10000, got {cfg.prior_components}")
     need(not (cfg.prior == "vamp" and cfg.conditional), "the vamp prior needs an unconditional model (no --conditional)")

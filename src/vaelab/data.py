@@ -1,4 +1,4 @@
-"""Datasets: find, validate, decode and cache Fashion-MNIST and CIFAR-10; splits and on-device batching."""
+"""Datasets: find, validate, decode and cache Fashion-MNIST, CIFAR-10 and the factor datasets; splits and batching."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import struct
 import tarfile
 import urllib.request
 import zlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -59,6 +60,10 @@ class Dataset:
     y_test: np.ndarray
     classes: tuple[str, ...]
     source: str = ""
+    # factor datasets (shapes2d, dsprites): the generating factors' classes per image, (N, n_factors) int64
+    factors_train: np.ndarray | None = None
+    factors_test: np.ndarray | None = None
+    factor_names: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -338,6 +343,8 @@ class DatasetSpec:
     mirror: bool = True  # horizontal flips are a valid augmentation for its reference classifier
     classifier_epochs: int = 10
     cache: bool = True  # keep a decoded copy (formats that are slow to decode)
+    generate: Callable[[Path], Path] | None = None  # made here, not downloaded: renders into the folder it gets
+    factor_names: tuple[str, ...] = ()  # a factor dataset's generating factors (the disentanglement metrics)
 
     @property
     def chance(self) -> float:
@@ -403,6 +410,30 @@ def _download_cifar(root: Path) -> Path:
 
 
 _CIFAR_PAIRS = (("automobile", "truck"), ("cat", "dog"))
+SHAPES2D_FILE, DSPRITES_FILE = "shapes2d_64x64.npz", "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
+SHAPES, FACTOR_NAMES = ("square", "ellipse", "heart"), ("shape", "scale", "orientation", "pos_x", "pos_y")
+
+
+# The factor datasets live in factors.py (imported when used: it imports this module).
+def _locate_shapes2d(root: Path) -> Path | None:
+    from .factors import locate_shapes2d
+    return locate_shapes2d(root)
+
+
+def _locate_dsprites(root: Path) -> Path | None:
+    from .factors import locate_dsprites
+    return locate_dsprites(root)
+
+
+def _load_factor_npz(path: Path, name: str) -> Dataset:
+    from .factors import load_npz
+    return load_npz(path, name)
+
+
+def _generate_shapes2d(root: Path) -> Path:
+    from .factors import generate, locate_shapes2d
+    generate(root)
+    return locate_shapes2d(root)
 DATASETS: dict[str, DatasetSpec] = {
     # Fashion-MNIST's shoes all point left and its garments sit centred: mirroring adds no useful variety there.
     "fashion-mnist": DatasetSpec("fashion-mnist", (1, 28, 28), "fashion-mnist/{" + ",".join(FASHION_FILES) + "}",
@@ -416,6 +447,14 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar10-lossless": DatasetSpec("cifar10-lossless", (3, 32, 32), str(LOSSLESS_FILE), _locate_lossless,
                                     load_lossless, None, CIFAR_CLASSES, attribute_pairs=_CIFAR_PAIRS,
                                     classifier_epochs=30),
+    # Factor datasets (the disentanglement issue): binary 64x64 sprites, the shape as class. shapes2d is rendered
+    # here on first use; a real dSprites file is read where it is put.
+    "shapes2d": DatasetSpec("shapes2d", (1, 64, 64), f"shapes2d/{SHAPES2D_FILE} (rendered on first use)",
+                            _locate_shapes2d, lambda p: _load_factor_npz(p, "shapes2d"), None, SHAPES,
+                            classifier_epochs=2, generate=_generate_shapes2d, factor_names=FACTOR_NAMES),
+    "dsprites": DatasetSpec("dsprites", (1, 64, 64), f"dsprites/{DSPRITES_FILE}", _locate_dsprites,
+                            lambda p: _load_factor_npz(p, "dsprites"), None, SHAPES, classifier_epochs=2,
+                            factor_names=FACTOR_NAMES),
 }
 
 
@@ -471,30 +510,35 @@ def _source_key(source: Path) -> str:
 
 
 _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+_FACTOR_ARRAYS = ("factors_train", "factors_test")
 
 
 def _cached_load(spec: DatasetSpec, source: Path) -> Dataset:
     if not spec.cache:
         ds = spec.load(source)
-        return Dataset(spec.name, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.classes, ds.source)
+        return dataclasses.replace(ds, name=spec.name)
     folder = cache_dir() / "decoded" / f"{spec.name}-{_source_key(source)}"
     meta_path = folder / "meta.json"
     if meta_path.is_file():  # meta.json is written last: its presence means every array is complete
         try:
             meta = read_json(meta_path)
-            arrays = [np.load(folder / f"{k}.npy") for k in _ARRAYS]
-            return Dataset(spec.name, *arrays, tuple(meta["classes"]), meta["source"])
+            # memory-mapped: a run reads only the rows its splits take (shapes2d's grid is 3 GB)
+            arrays = [np.load(folder / f"{k}.npy", mmap_mode="r") for k in _ARRAYS]
+            factors = [np.load(folder / f"{k}.npy") for k in _FACTOR_ARRAYS] if meta.get("factor_names") else [None] * 2
+            return Dataset(spec.name, *arrays, tuple(meta["classes"]), meta["source"], *factors,
+                           tuple(meta.get("factor_names", ())))
         except (OSError, ValueError, KeyError, VaelabError):
             pass  # a damaged cache is rebuilt from the source
     ds = spec.load(source)
     if ds.shape != spec.shape:
         raise VaelabError(f"{source}: images are {ds.shape}, expected {spec.shape}")
     try:
-        for k in _ARRAYS:
+        for k in _ARRAYS + (_FACTOR_ARRAYS if ds.factor_names else ()):
             buf = io.BytesIO()
             np.save(buf, getattr(ds, k))
             atomic_write_bytes(folder / f"{k}.npy", buf.getvalue())
-        atomic_write_json(meta_path, {"classes": list(ds.classes), "source": ds.source})
+        atomic_write_json(meta_path, {"classes": list(ds.classes), "source": ds.source,
+                                      "factor_names": list(ds.factor_names)})
     except OSError:
         pass  # an unwritable cache only costs speed
     return ds
@@ -504,6 +548,8 @@ def load(name: str, data_dir: str | Path | None = None, download: bool = True) -
     """Load a dataset by name, searching the usual places, downloading only when it is nowhere."""
     the_spec = spec(name)  # once: for a user's npz it reads the file's headers and labels
     source = _locate(the_spec, data_dir)
+    if source is None and the_spec.generate is not None:  # rendered, not downloaded: into the user cache
+        source = the_spec.locate(cache_dir() / "data") or the_spec.generate(cache_dir() / "data")
     if source is None:
         roots = search_roots(data_dir)
         where = ", ".join(str(r) for r in roots)

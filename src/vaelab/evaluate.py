@@ -1,4 +1,4 @@
-"""Test-set evaluation: ELBO terms, KL per dimension, active units, IWAE bound, bits/dim, PSNR and SSIM."""
+"""Test-set evaluation: ELBO terms, KL per dimension, active units, IWAE, bits/dim, PSNR, SSIM, disentanglement."""
 
 from __future__ import annotations
 
@@ -148,12 +148,14 @@ def probe_split(cfg, ds: vdata.Dataset, device) -> vdata.Split:
 
 def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, iwae_samples: int | None = None,
              device: str | None = None, dataset: vdata.Dataset | None = None, write: bool = True,
-             on: str | None = None, raw: bool = False) -> dict:
+             on: str | None = None, raw: bool = False, disentanglement_sizes=None) -> dict:
     """Evaluate a trained run on its dataset's test set and write eval.json atomically.
 
     `on` names another dataset of the same image shape to test on (e.g. the CIFAR-10 model on the real pixels
     of cifar10-lossless); its result goes to eval-<on>.json so the run's own eval.json is kept. `raw` evaluates
     the raw latest weights of a run trained with --ema or --patience instead of its model, into eval[-<on>]-raw.json.
+    On a factor dataset eval.json also holds the disentanglement scores, from `disentanglement_sizes` samples
+    (default disentangle.Sizes()).
     """
     run_dir = check_run_dir(Path(run_dir))
     dev = resolve_device(device or "auto")
@@ -179,6 +181,13 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     torch.manual_seed(cfg.seed)  # as train() does before building the model: the run's own initial weights
     untrained = build_model(cfg, model.shape, len(ckpt["classes"])).to(dev).eval()
     result = evaluate_model(model, split, iwae_samples, probe=probe_split(cfg, ds, dev), untrained=untrained)
+    if ds.factors_train is not None:  # a factor dataset: how disentangled the code is (vaelab.disentangle)
+        from .disentangle import Sizes, model_scores
+        from .factors import FactorGrid
+
+        t1 = time.perf_counter()
+        result["disentanglement"] = model_scores(model, FactorGrid(ds), disentanglement_sizes or Sizes(), seed=0)
+        result["disentanglement"]["seconds"] = time.perf_counter() - t1
     result.update(dataset=name, epoch=ckpt["epoch"], eval_seconds=time.perf_counter() - t0,
                   weights="raw" if raw else WEIGHT_LABELS[bool(cfg.ema), bool(cfg.patience)])
     bad = [k for k in ("neg_elbo", "iwae_nll") if not math.isfinite(result[k])]

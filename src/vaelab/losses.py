@@ -306,8 +306,65 @@ def beta_tcvae(terms, beta, cfg, progress=0.0, n_data: int = 0) -> torch.Tensor:
     return (terms["recon"] + cfg.tc_alpha * parts["mi"] + beta * parts["tc"] + cfg.tc_gamma * parts["dwkl"]).mean()
 
 
-OBJECTIVES = {"elbo": beta_elbo, "free_bits": free_bits, "capacity": capacity, "beta_tcvae": beta_tcvae}
+def _dip_regularizer(cov: torch.Tensor, lambda_od: float, lambda_d: float) -> torch.Tensor:
+    """DIP-VAE's moment matching (Kumar et al. 2018, eq. 6-7): off-diagonal covariance to 0, diagonal to 1."""
+    diag = torch.diagonal(cov)
+    return lambda_od * (cov - torch.diag(diag)).pow(2).sum() + lambda_d * (diag - 1).pow(2).sum()
+
+
+def dip_vae_i(terms, beta, cfg, progress=0.0) -> torch.Tensor:
+    """DIP-VAE-I (Kumar et al. 2018, eq. 6): the beta-ELBO plus matching Cov[mu(x)] over the batch to I;
+    lambda_od = dip_lambda and lambda_d = 10 dip_lambda (disentanglement_lib's factor for DIP-VAE-I)."""
+    mu = terms["mu"].float()
+    cov = torch.cov(mu.T, correction=0)
+    return beta_elbo(terms, beta) + _dip_regularizer(cov, cfg.dip_lambda, 10 * cfg.dip_lambda)
+
+
+def dip_vae_ii(terms, beta, cfg, progress=0.0) -> torch.Tensor:
+    """DIP-VAE-II (Kumar et al. 2018, eq. 7): matches Cov_q(z) = Cov[mu(x)] + E[diag sigma^2(x)], the aggregate
+    posterior's covariance, to I; lambda_od = lambda_d = dip_lambda."""
+    mu, var = terms["mu"].float(), terms["logvar"].float().exp()
+    cov = torch.cov(mu.T, correction=0) + torch.diag(var.mean(0))
+    return beta_elbo(terms, beta) + _dip_regularizer(cov, cfg.dip_lambda, cfg.dip_lambda)
+
+
+def factor_vae(terms, beta, cfg, progress=0.0) -> torch.Tensor:
+    """FactorVAE (Kim & Mnih 2018, eq. 2): the beta-ELBO plus factor_gamma times the total correlation, estimated
+    by the density-ratio trick as the critic's logit log D(z) / (1 - D(z)) (`tc`, put in the terms by the trainer
+    from its TCCritic; the critic has its own optimizer)."""
+    return beta_elbo(terms, beta) + cfg.factor_gamma * terms["tc"].mean()
+
+
+class TCCritic(nn.Module):
+    """FactorVAE's discriminator: tells codes z ~ q(z) from codes whose dimensions were shuffled across the batch
+    (samples of prod_j q(z_j)). Kim & Mnih use 6 x 1000 units; 3 x 256 keeps a CPU step cheap at 10 dimensions."""
+
+    def __init__(self, latent_dim: int, hidden: int = 256, layers: int = 3):
+        super().__init__()
+        dims = [latent_dim] + [hidden] * layers
+        net: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            net += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*net, nn.Linear(hidden, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The logit of 'z came from q(z)': per example, the total correlation's density-ratio estimate."""
+        return self.net(z).squeeze(1)
+
+    def loss(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Binary cross-entropy on the batch's codes (label 1) and their dimension-wise shuffle (label 0, Kim &
+        Mnih's algorithm 2; here from the same batch, as disentanglement_lib does)."""
+        order = torch.rand(z.shape, generator=generator, device=z.device).argsort(0)
+        z_perm = torch.gather(z, 0, order)
+        return F.softplus(-self(z)).mean() + F.softplus(self(z_perm)).mean()
+
+
+OBJECTIVES = {"elbo": beta_elbo, "free_bits": free_bits, "capacity": capacity, "beta_tcvae": beta_tcvae,
+              "factor_vae": factor_vae, "dip_vae_i": dip_vae_i, "dip_vae_ii": dip_vae_ii}
 NEEDS_DATA_SIZE = {"beta_tcvae"}  # objectives that also get the training set's size (minibatch-weighted sampling)
+NEEDS_CRITIC = {"factor_vae"}  # objectives that train a TCCritic beside the model (the trainer makes and steps it)
+# objectives that read a flat Gaussian code (mu, logvar, z) and assume the factorised N(0, I) prior
+NEEDS_GAUSSIAN_CODE = {"free_bits", "beta_tcvae", "factor_vae", "dip_vae_i", "dip_vae_ii"}
 
 
 def perceptual_term(features, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from . import VaelabError, __version__
 from . import data as vdata
 from .config import TrainConfig, config_diff, from_dict
-from .losses import objective, perceptual_term, scheduled_beta
+from .losses import NEEDS_CRITIC, TCCritic, objective, perceptual_term, scheduled_beta
 from .models import VAE
 from .models import build as build_model
 from .tracking import Tracker
@@ -293,6 +293,10 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
     if cfg.ema:
         with torch.random.fork_rng(devices=[]):  # its throwaway initialisation must not move the run's random stream
             ema = build_model(cfg, ds.shape, len(ds.classes)).to(device).requires_grad_(False)
+    # FactorVAE's critic: its own weights and optimizer (Kim & Mnih 2018: Adam 1e-4, betas 0.5, 0.9), made after the
+    # model so the model's initial weights do not depend on the objective
+    critic = TCCritic(cfg.latent_dim).to(device) if cfg.objective in NEEDS_CRITIC else None
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-4, betas=(0.5, 0.9)) if critic is not None else None
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     history: list[dict] = []
     start_epoch, step, total_bad, bad_in_row = 0, 0, 0, 0
@@ -302,6 +306,9 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
         _set_rng_state(ckpt["rng"], gen)
         history, start_epoch, step, total_bad = ckpt["history"], ckpt["epoch"], ckpt["step"], ckpt["bad_steps"]
         bad_in_row = ckpt.get("bad_in_row", 0)
+        if critic is not None:
+            critic.load_state_dict(ckpt["critic"])
+            critic_opt.load_state_dict(ckpt["critic_optimizer"])
     if ema is not None:
         ema.load_state_dict(ckpt.get("ema_model", ckpt["model"]) if ckpt is not None else model.state_dict())
     evaluated = ema if ema is not None else model  # the weights validation (and so early stopping) reads
@@ -342,6 +349,8 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
                 beta_t = scheduled_beta(cfg, step, steps_per_epoch, done)
                 with autocast:
                     terms = forward(x, y)
+                if critic is not None:
+                    terms["tc"] = critic(terms["z"].float())
                 if features is not None:
                     terms["perceptual"] = perceptual_term(features, x, model.x_hat(terms["params"]))
                 loss = objective(terms, beta_t, cfg, done, n_data=n)
@@ -366,6 +375,11 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, done)
                 opt.step()
+                if critic is not None:  # then the critic learns on this batch's codes (the model's are detached)
+                    critic_loss = critic.loss(terms["z"].detach().float(), gen)
+                    critic_opt.zero_grad(set_to_none=True)
+                    critic_loss.backward()
+                    critic_opt.step()
                 if ema is not None:
                     torch._foreach_lerp_(*pairs, 1.0 - cfg.ema)  # ema += (1 - decay) * (w - ema), one fused pass
                 step += 1
@@ -423,6 +437,8 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
                 "model": best_state if best_state is not None else evaluated.state_dict(), "optimizer": opt.state_dict(),
                 **({"train_model": model.state_dict()} if evaluated is not model or best_state is not None else {}),
                 **({"ema_model": ema.state_dict()} if ema is not None and best_state is not None else {}),
+                **({"critic": critic.state_dict(), "critic_optimizer": critic_opt.state_dict()}
+                   if critic is not None else {}),
                 "rng": _rng_state(gen), "history": history, "shape": list(ds.shape), "classes": list(ds.classes),
                 "versions": {"vaelab": __version__, "torch": torch.__version__}})
             _write_metrics(out, history)

@@ -1,4 +1,4 @@
-"""Encoder and decoder networks, by architecture: the study's conv net, an MLP and a residual net (ARCHS)."""
+"""Encoder and decoder networks by architecture (ARCHS): the study's conv net, an MLP, a residual net, conv4."""
 
 from __future__ import annotations
 
@@ -165,6 +165,48 @@ class ResNetDecoder(nn.Module):
         return self.net(self.fc(z).view(-1, *self.grid))
 
 
+class Conv4Encoder(nn.Module):
+    """The encoder of the disentanglement studies (Higgins et al. 2017; Locatello et al. 2019, table 1): four 4x4
+    stride-2 convs (32, 32, 64, 64 channels) + ReLU, Dense 256 + ReLU. Sized for 64x64 sprites: the Dense layer
+    sees 64 x H/16 x W/16 (1,024 numbers) where the study's conv net would see 16,384."""
+
+    def __init__(self, shape: tuple[int, int, int], n_cond: int = 0, hidden: int = 256):
+        super().__init__()
+        c, h, w = shape
+        if h % 16 or w % 16:
+            raise VaelabError(f"the conv4 network needs image height and width divisible by 16, got {h}x{w}")
+        chans = (c, 32, 32, 64, 64)
+        layers: list[nn.Module] = []
+        for a, b in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(a, b, 4, stride=2, padding=1), nn.ReLU()]
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(64 * (h // 16) * (w // 16) + n_cond, hidden), nn.ReLU())
+        self.out_dim = hidden
+
+    def forward(self, x, cond=None):
+        h = self.conv(x)
+        return self.fc(h if cond is None else torch.cat([h, cond], 1))
+
+
+class Conv4Decoder(nn.Module):
+    """Its mirror: Dense 256, Dense to 64 x H/16 x W/16, four 4x4 stride-2 transposed convs (64, 32, 32, out)."""
+
+    def __init__(self, shape: tuple[int, int, int], in_dim: int, out_channels: int, hidden: int = 256):
+        super().__init__()
+        c, h, w = shape
+        self.grid = (64, h // 16, w // 16)
+        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 64 * (h // 16) * (w // 16)),
+                                nn.ReLU())
+        chans = (64, 64, 32, 32, out_channels)
+        layers: list[nn.Module] = []
+        for a, b in zip(chans[:-1], chans[1:]):
+            layers += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.ReLU()]
+        self.deconv = nn.Sequential(*layers[:-1])  # no ReLU after the last: it emits the likelihood's parameters
+
+    def forward(self, z):
+        return self.deconv(self.fc(z).view(-1, *self.grid))
+
+
 @dataclass(frozen=True)
 class Arch:
     """An encoder/decoder pair; `sized` ones take the config's width and depth."""
@@ -178,4 +220,5 @@ ARCHS: dict[str, Arch] = {
     "conv": Arch(ConvEncoder, ConvDecoder),
     "mlp": Arch(MLPEncoder, MLPDecoder),
     "resnet": Arch(ResNetEncoder, ResNetDecoder, sized=True),
+    "conv4": Arch(Conv4Encoder, Conv4Decoder),
 }
