@@ -283,3 +283,86 @@ def test_the_learned_prior_sample_quality_finding(fd_vamp, want):
     t.loc[vamp, "fd_prior"] = fd_vamp
     [f] = [f for f in F.families(t) if "Fréchet" in f.claim]
     assert f.verdict == want and "VampPrior" in f.claim
+
+
+# ---------------------------------------------------------------- disentanglement claims
+
+def dis_runs(mig_of, dci_of, sd: float, seeds=(0, 1, 2), betas=(1.0, 4.0, 16.0)) -> pd.DataFrame:
+    """β-VAE runs on shapes2d whose MIG and DCI disentanglement follow mig_of(β), dci_of(β) plus seed noise."""
+    rows = []
+    for i, b in enumerate(betas):
+        for s in seeds:
+            e = noise(100 * i + s, 2, sd)
+            rows.append(dict(dataset="shapes2d", objective="elbo", beta=b, seed=s, mig=mig_of(b) + e[0],
+                             dci_disentanglement=dci_of(b) + e[1]))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("mig_of, dci_of, sd, verdict", [
+    (lambda b: 0.05 * math.log2(b), lambda b: 0.04 * math.log2(b), 0.01, F.HOLDS),
+    (lambda b: 0.05 * math.log2(b), lambda b: 0.3, 0.01, F.MIXED),  # MIG rises, DCI flat
+    (lambda b: 0.2 - 0.03 * math.log2(b), lambda b: 0.3 - 0.03 * math.log2(b), 0.01, F.FAILS),  # both fall
+    (lambda b: 0.1, lambda b: 0.1, 0.08, F.FAILS),  # flat while the seeds spread widely: the seed matters more
+])
+def test_larger_beta_disentangles_every_verdict(mig_of, dci_of, sd, verdict):
+    (f,) = F.beta_disentangles("shapes2d", dis_runs(mig_of, dci_of, sd))
+    assert f.verdict == verdict, f.evidence
+    assert "slope per doubling of β" in f.evidence
+
+
+def test_larger_beta_disentangles_inconclusive():
+    """Means rise by 0.2 over the β range, more than the seeds' sd (~0.13), but the slope is not significant."""
+    values = {1.0: [0.0, 0.1, 0.2], 4.0: [0.05, 0.2, 0.35], 16.0: [0.15, 0.3, 0.45]}
+    df = pd.DataFrame([dict(dataset="shapes2d", objective="elbo", beta=b, seed=s, mig=v, dci_disentanglement=v)
+                       for b, vs in values.items() for s, v in enumerate(vs)])
+    (f,) = F.beta_disentangles("shapes2d", df)
+    assert f.verdict == F.INCONCLUSIVE, f.evidence
+
+
+def test_larger_beta_disentangles_without_statistics_and_without_data():
+    rising = dis_runs(lambda b: 0.05 * math.log2(b), lambda b: 0.04 * math.log2(b), 0.0, seeds=(0,))
+    (f,) = F.beta_disentangles("shapes2d", rising)
+    assert f.verdict == F.HOLDS and "no confidence interval" in f.evidence
+    (f,) = F.beta_disentangles("shapes2d", rising[rising["beta"] == 1.0])
+    assert f.verdict == F.UNKNOWN
+
+
+def obj_runs(level: dict[str, float | tuple[float, float]], sd: float, k: int = 3) -> pd.DataFrame:
+    """Two objectives at two weights each; level: the objective's mean score, or one per weight."""
+    weights = {"elbo": ("beta", [1.0, 4.0]), "factor_vae": ("factor_gamma", [10.0, 30.0])}
+    rows = []
+    for j, (o, means) in enumerate(level.items()):
+        key, ws = weights[o]
+        for w, mean in zip(ws, means if isinstance(means, tuple) else (means, means)):
+            for s in range(k):
+                e = noise(1000 * j + 10 * int(w) + s, 2, sd)
+                rows.append(dict(dataset="shapes2d", objective=o, **{key: w}, seed=s, mig=mean + e[0],
+                                 dci_disentanglement=mean + e[1]))
+    df = pd.DataFrame(rows)
+    return df.fillna({"beta": 1.0, "factor_gamma": 10.0})
+
+
+@pytest.mark.parametrize("level, sd, k, verdict", [
+    ({"elbo": 0.1, "factor_vae": 0.4}, 0.02, 3, F.HOLDS),
+    ({"elbo": 0.1, "factor_vae": 0.12}, 0.1, 3, F.FAILS),  # the seeds spread more than the objectives differ
+    # the weights move the scores more than the objectives do: the ANOVA across objectives cannot tell
+    ({"elbo": (0.0, 0.4), "factor_vae": (0.3, 0.5)}, 0.02, 3, F.INCONCLUSIVE),
+    ({"elbo": 0.1, "factor_vae": 0.4}, 0.02, 2, F.HOLDS),  # two seeds: spreads compared without a test
+])
+def test_objective_matters_more_than_the_seed_every_verdict(level, sd, k, verdict):
+    (f,) = F.objective_vs_seed("shapes2d", obj_runs(level, sd, k))
+    assert f.verdict == verdict, f.evidence
+    assert ("ANOVA" in f.evidence) == (k >= 3)
+
+
+def test_objective_vs_seed_partly_and_unknown():
+    df = obj_runs({"elbo": 0.1, "factor_vae": 0.4}, 0.02)
+    df.loc[df["objective"] == "factor_vae", "dci_disentanglement"] -= 0.3  # DCI: no difference between objectives
+    (f,) = F.objective_vs_seed("shapes2d", df)
+    assert f.verdict == F.MIXED
+    (f,) = F.objective_vs_seed("shapes2d", df[df["objective"] == "elbo"])
+    assert f.verdict == F.UNKNOWN
+    # the main weight of each objective is its own column, the default where a table lacks it
+    w = F.main_weight(df)
+    assert set(w[df["objective"] == "factor_vae"]) == {10.0, 30.0} and set(w[df["objective"] == "elbo"]) == {1.0, 4.0}
+    assert F.disentanglement(df.drop(columns=["mig"])) == []

@@ -413,12 +413,122 @@ def kl_groups(latent: pd.DataFrame) -> list[Finding]:
     return out
 
 
-def compute(latent: pd.DataFrame, beta: pd.DataFrame) -> list[Finding]:
-    """All findings from per-run rows: `latent` the finished β = 1 runs, `beta` the finished runs of the β sweep.
-    The original study's claims read the reference VAE's runs; the family findings compare the others with it."""
+def compute(latent: pd.DataFrame, beta: pd.DataFrame, done: pd.DataFrame | None = None) -> list[Finding]:
+    """All findings from per-run rows: `latent` the finished β = 1 runs, `beta` the finished runs of the β sweep,
+    `done` every finished run (for the disentanglement claims). The original study's claims read the reference
+    VAE's runs; the family findings compare the others with it."""
     fams = (families(latent) + kl_groups(latent)) if latent is not None else []
+    fams += disentanglement(done)
     latent, beta = reference_only(latent), reference_only(beta)
     if latent is None or len(latent) == 0:
         return [Finding("The study's claims", "no finished runs at β = 1 yet", UNKNOWN)] + fams
     return (dataset_complexity(latent) + latent_size(latent) + beta_tradeoff(beta) + organisation(latent)
             + generation(latent) + fams)
+
+
+# ---------------------------------------------------------------- disentanglement (the `disentangle` preset)
+
+# Each objective's main weight: the knob a disentanglement study sweeps (Locatello et al. 2019, table 2).
+MAIN_WEIGHT = {"elbo": "beta", "beta_tcvae": "beta", "factor_vae": "factor_gamma", "dip_vae_i": "dip_lambda",
+               "dip_vae_ii": "dip_lambda", "capacity": "capacity_max", "free_bits": "free_bits"}
+DISENTANGLEMENT_CLAIM_METRICS = ("mig", "dci_disentanglement")
+
+
+def main_weight(rows: pd.DataFrame) -> pd.Series:
+    """Each run's value of its objective's main weight (a column the table lacks counts as the default)."""
+    from .config import FIELDS
+
+    objective = rows["objective"] if "objective" in rows else pd.Series("elbo", index=rows.index)
+    return pd.Series([float(rows.at[i, MAIN_WEIGHT.get(o, "beta")]) if MAIN_WEIGHT.get(o, "beta") in rows
+                      else float(FIELDS[MAIN_WEIGHT.get(o, "beta")].default) for i, o in objective.items()],
+                     index=rows.index, dtype=float)
+
+
+def _combine(signs: list[int]) -> str:
+    """Verdict over the claim's metrics: all for it -> holds; some -> partly; none for and some against -> does not
+    hold; else inconclusive."""
+    if signs and all(s > 0 for s in signs):
+        return HOLDS
+    if any(s > 0 for s in signs):
+        return MIXED
+    return FAILS if any(s < 0 for s in signs) else INCONCLUSIVE
+
+
+def beta_disentangles(ds: str, rows: pd.DataFrame) -> list[Finding]:
+    """'Larger β gives more disentangled codes' on the β-VAE runs, by MIG and DCI disentanglement. With 3 or more
+    seeds: the slope per doubling of β and its test; a slope that is not significant and whose change over the β
+    range is smaller than the seeds' spread at one β does not hold: the seed matters more (Locatello et al. 2019)."""
+    claim = f"{ds}: larger β gives more disentangled codes (MIG and DCI disentanglement rise with β)."
+    if rows.empty or rows["beta"].nunique() < 2:
+        return [Finding(claim, "needs β-VAE runs (objective elbo) at two or more values of β", UNKNOWN)]
+    k = min_seeds(rows, ["beta"])
+    lo, hi = float(rows["beta"].min()), float(rows["beta"].max())
+    parts, signs = [], []
+    for m in DISENTANGLEMENT_CLAIM_METRICS:
+        means = rows.groupby("beta")[m].mean().sort_index()
+        seed_sd = float(rows.groupby("beta")[m].std(ddof=1).mean()) if k > 1 else math.nan
+        head = f"{m} {_f(means.iloc[0])} → {_f(means.iloc[-1])} as β goes {lo:g} → {hi:g}"
+        if k >= MIN_SEEDS:
+            eff = trend(rows["beta"], rows[m])
+            s = eff.sign(+1)
+            change = abs(eff.estimate) * math.log2(hi / lo)
+            swamped = s == 0 and change < seed_sd
+            signs.append(-1 if swamped else s)
+            parts.append(f"{head}; slope per doubling of β {eff.text()}; seeds' spread (sd at one β) {_f(seed_sd)}"
+                         + (" exceeds the change over the β range" if swamped else ""))
+        else:
+            rises = means.iloc[-1] > means.iloc[0]
+            steps, n = _steps(list(means), decreasing=False)
+            signs.append(1 if rises and steps == n else -1 if not rises else 0)
+            parts.append(f"{head}, rising in {steps} of {n} steps")
+    note = "" if k >= MIN_SEEDS else no_stats_note(k)
+    return [Finding(claim, "; ".join(parts) + f"{note}.", _combine(signs))]
+
+
+def objective_vs_seed(ds: str, rows: pd.DataFrame) -> list[Finding]:
+    """'The objective matters more than the seed': the spread of the objectives' mean scores (each over its weights
+    and seeds) against the seeds' spread within one setting (objective, weight), by MIG and DCI disentanglement.
+    With 3 or more seeds it holds for a metric when a one-way ANOVA across objectives gives p < 0.05 and the
+    objectives' spread exceeds the seeds'; it does not hold when the seeds' spread is at least as large."""
+    from scipy import stats
+
+    claim = f"{ds}: the objective matters more than the seed for disentanglement (Locatello et al. 2019: often not)."
+    if "objective" not in rows or rows["objective"].nunique() < 2:
+        return [Finding(claim, "needs runs of two or more objectives", UNKNOWN)]
+    rows = rows.assign(weight=main_weight(rows))
+    k = min_seeds(rows, ["objective", "weight"])
+    if k < 2:
+        return [Finding(claim, "needs two or more seeds per setting to measure the seeds' spread", UNKNOWN)]
+    parts, signs = [], []
+    for m in DISENTANGLEMENT_CLAIM_METRICS:
+        by_obj = rows.groupby("objective")[m]
+        between = float(by_obj.mean().std(ddof=1))
+        seed_sd = float(rows.groupby(["objective", "weight"])[m].std(ddof=1).mean())
+        means = ", ".join(f"{o} {_f(v)}" for o, v in by_obj.mean().sort_values(ascending=False).items())
+        head = f"{m}: objectives' means {means} (sd between objectives {_f(between)}; seeds' sd within a setting {_f(seed_sd)})"
+        if k >= MIN_SEEDS:
+            p = float(stats.f_oneway(*[g.to_numpy(float) for _, g in by_obj]).pvalue)
+            s = 1 if (p < ALPHA and between > seed_sd) else -1 if between <= seed_sd else 0
+            parts.append(f"{head}, ANOVA across objectives p {_p(p)}")
+        else:
+            s = 1 if between > 2 * seed_sd else -1 if between <= seed_sd else 0
+            parts.append(head)
+        signs.append(s)
+    note = "" if k >= MIN_SEEDS else no_stats_note(k)
+    return [Finding(claim, "; ".join(parts) + f"{note}.", _combine(signs))]
+
+
+def disentanglement(done: pd.DataFrame | None) -> list[Finding]:
+    """The disentanglement study's claims, per factor dataset: runs scored with the metrics (eval.json)."""
+    if done is None or "mig" not in done:
+        return []
+    rows = done.dropna(subset=list(DISENTANGLEMENT_CLAIM_METRICS))
+    if rows.empty:
+        return []
+    if "objective" not in rows:
+        rows = rows.assign(objective="elbo")
+    out = []
+    for ds, sub in rows.groupby("dataset"):
+        out += beta_disentangles(ds, sub[sub["objective"] == "elbo"])
+        out += objective_vs_seed(ds, sub)
+    return out

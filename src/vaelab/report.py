@@ -403,7 +403,7 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     if "perceptual_weight" in df and (df["perceptual_weight"] > 0).any():
         page.add("text", "Some runs trained with a perceptual term (DFC-VAE): their objective is no likelihood bound. "
                          "Every ELBO, IWAE and bits/dim number here comes from the likelihood terms alone.")
-    for f in vfindings.compute(study.latent_rows(df), study.beta_rows(df)):
+    for f in vfindings.compute(study.latent_rows(df), study.beta_rows(df), df[df["status"] == "done"]):
         page.add("finding", f)
 
     page.section("Datasets")
