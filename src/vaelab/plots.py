@@ -271,3 +271,21 @@ def kl_per_group_bars(kl_per_group: dict[str, list[float]], title: str = ""):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def recon_vs_disentanglement(rows, metrics: list[str]):
+    """Reconstruction (nats) against each disentanglement score, one point per run, a colour per objective and a
+    marker size growing with the objective's main weight (rows carry 'objective' and 'weight')."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, m in zip(axes[0], metrics):
+        for i, (obj, sub) in enumerate(rows.groupby("objective")):
+            rank = sub["weight"].rank(method="dense")
+            ax.scatter(sub[m], sub["recon"], s=12 + 18 * rank, color=colors(i), alpha=0.75, label=obj,
+                       edgecolors="none")
+        ax.set_xlabel(m.replace("_", " "))
+        ax.set_ylabel("reconstruction (nats)")
+        ax.set_title(f"reconstruction vs {m.replace('_', ' ')}")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

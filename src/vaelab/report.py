@@ -199,15 +199,20 @@ def run_figures(run_dir: Path, fig_dir: Path, data_dir=None, prefix: str = "",
         save(plots.image_rows(rows, labels), "interpolations.png", "Latent space",
              "Interpolations between test images' posterior means: linear and spherical, each pair.")
     if ev and want("traversals.png"):  # the dimensions that carry most: highest KL, else most varying means
-        top = list(np.argsort(-np.asarray(ev.get("kl_per_dim") or ev["au_variance"]))[: min(6, cfg.latent_dim)])
+        # on a factor dataset every dimension (up to 10), each labelled with the factor it tells most about
+        dis = ev.get("disentanglement") or {}
+        top = list(np.argsort(-np.asarray(ev.get("kl_per_dim") or ev["au_variance"]))[: min(10 if dis else 6,
+                                                                                           cfg.latent_dim)])
         vals = torch.linspace(-3, 3, 9)
         z = latent.traverse(mu[0], [int(d) for d in top], vals)
         yy = None if yc is None else torch.full((len(z),), int(y_np[0]))
         imgs = decode_mean(model, z, yy)
-        save(plots.image_rows([imgs[k * 9:(k + 1) * 9] for k in range(len(top))], [f"z{d}" for d in top],
+        labels = [f"z{d}" + (f" {dis['dim_factor'][d]}\n(MI {dis['dim_mi'][d]:.2f})" if dis else "") for d in top]
+        save(plots.image_rows([imgs[k * 9:(k + 1) * 9] for k in range(len(top))], labels,
                               col_labels=[f"{v:g}" for v in vals.tolist()]),
              "traversals.png", "Latent space", "Traversals of the highest-KL (or, under a learned prior, most "
-             "varying) dimensions from −3 to 3, others fixed.")
+             "varying) dimensions from −3 to 3, others fixed"
+             + ("; each labelled with the factor it tells most about (mutual information in nats)." if dis else "."))
     return out
 
 
@@ -381,6 +386,45 @@ def _architectures_section(page: Page, out: Path, df, done, fig_dir: Path, data_
                          f"{ds_name}: {kind} per architecture (seed 0).")
 
 
+DISENTANGLEMENT_METRICS = ["mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "beta_vae",
+                           "factor_vae", "recon", "kl", "active_units"]
+
+
+def _disentanglement_section(page: Page, out: Path, done, fig_dir: Path, data_dir, available: set) -> None:
+    """Objectives × their main weight on a factor dataset: the metrics with error bars over seeds, reconstruction
+    against disentanglement, and per objective the traversals of one model with each dimension's factor."""
+    page.section("Disentanglement")
+    rows = done.dropna(subset=["mig"]).assign(weight=lambda d: vfindings.main_weight(d))
+    if "objective" not in rows:
+        rows = rows.assign(objective="elbo")
+    tab = study.summarize(rows, ["dataset", "objective", "weight"], DISENTANGLEMENT_METRICS)
+    page.add("text", "Each objective at three values of its main weight (β for the β-VAE and β-TCVAE, γ for "
+                     "FactorVAE, λ_od for DIP-VAE), on a dataset whose generating factors are known. Scores of the "
+                     "posterior mean (vaelab.disentangle, sample sizes in the README): MIG (Chen et al. 2018), DCI "
+                     "disentanglement, completeness and informativeness (Eastwood & Williams 2018), SAP (Kumar et al. "
+                     "2018), BetaVAE (Higgins et al. 2017) and FactorVAE (Kim & Mnih 2018) scores; recon and kl in "
+                     "nats. Mean ± std over seeds.")
+    page.add("table", *_table_rows(tab, ["dataset", "objective", "weight"],
+                                   [m for m in DISENTANGLEMENT_METRICS if m in tab]))
+    for ds_name in sorted(rows["dataset"].unique()):
+        sub = rows[rows["dataset"] == ds_name]
+        fig = plots.recon_vs_disentanglement(sub, ["mig", "dci_disentanglement"])
+        page.add("fig", f"fig/{plots.save_fig(fig, fig_dir / f'recon_disentanglement_{ds_name}.png').name}",
+                 f"{ds_name}: reconstruction against disentanglement, one point per run; larger markers for larger "
+                 "weights. Up and left is better on both.")
+        if ds_name not in available:
+            continue
+        for obj in sorted(sub["objective"].unique()):
+            o = sub[sub["objective"] == obj].sort_values(["mig", "seed"], ascending=[False, True])
+            r = o.iloc[0]  # the objective's most disentangled run (by MIG): what the objective can do at best
+            figs = run_figures(out / "runs" / r["run_id"], fig_dir, data_dir, prefix=f"{r['run_id']}__",
+                               only={"traversals.png"})
+            for _, fname, _caption in figs:
+                page.add("fig", f"fig/{fname}", f"{ds_name}, {obj} (weight {r['weight']:g}, seed {int(r['seed'])}, "
+                                                f"MIG {r['mig']:.2f}): traversals of each dimension from −3 to 3, "
+                                                "labelled with the factor it tells most about.")
+
+
 def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     spec = read_json(out / "study.json")
     df = study.write_results(out)
@@ -438,6 +482,8 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     short = ["neg_elbo", "recon", "kl", "bpd_elbo", "bpd_iwae", "active_units", "psnr", "ssim"]
     if "arch" in done and done["arch"].nunique() > 1:
         _architectures_section(page, out, df, done, fig_dir, data_dir)
+    if "mig" in done and done["mig"].notna().any():
+        _disentanglement_section(page, out, done, fig_dir, data_dir, available)
     family_keys = [k for k in vfindings.REFERENCE if k in lt and lt[k].nunique() > 1 and k != "arch"]
     if family_keys:
         page.section("Model families")
