@@ -179,6 +179,7 @@ def test_status_reports_found_and_missing(tiny_root):
     # tiny files are no official release and ship no SHA256SUMS: found, but no hash speaks for them
     assert rows["fashion-mnist"]["status"] == "unverified" and rows["cifar10"]["status"] == "unverified"
     assert rows["cifar10-lossless"]["status"] == "missing"
+    assert rows["shapes2d"]["status"] == "generated" and rows["dsprites"]["status"] == "missing"
 
 
 def test_a_malicious_cifar_pickle_never_runs(tmp_path):

@@ -264,3 +264,14 @@ def test_a_disentanglement_study_reports_its_metrics_findings_and_traversals(tin
     assert "larger β gives more disentangled codes" in md and "the objective matters more than the seed" in md
     assert "recon_disentanglement_shapes2d.png" in md and md.count("labelled with the factor it tells most") >= 2
     assert (out / "report" / "fig" / "recon_disentanglement_shapes2d.png").is_file()
+
+
+def test_shapes2d_is_rendered_into_the_cache_when_nowhere_else(tmp_path, monkeypatch):
+    monkeypatch.setattr(factors, "FACTOR_SIZES", TINY_SHAPES)  # the full grid is 3 GB: the same code, smaller
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert {r["dataset"]: r for r in vdata.status()}["shapes2d"]["status"] == "not yet rendered"
+    ds = vdata.load("shapes2d", empty)  # offline and with an explicit folder: rendering needs no download
+    assert len(ds.x_train) + len(ds.x_test) == int(np.prod(TINY_SHAPES))
+    assert (vdata.cache_dir() / "data" / "shapes2d" / vdata.SHAPES2D_FILE).is_file()
+    assert {r["dataset"]: r for r in vdata.status()}["shapes2d"]["status"] == "generated"
