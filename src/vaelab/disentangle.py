@@ -15,9 +15,9 @@ Represent = Callable[[np.ndarray], np.ndarray]
 @dataclass(frozen=True)
 class Sizes:
     """Sample sizes. disentanglement_lib's (Locatello et al. 2019) are BetaVAE 10,000/5,000 points of 64 pairs,
-    FactorVAE 10,000/5,000 votes of 64 and 10,000 codes for MIG, SAP and DCI: about 2.4 M encodings, hours of a
-    CPU core. vaelab's defaults are about 63,000 encodings (about 20 s of one core for the conv4 encoder); the
-    estimates keep the papers' batch sizes and estimators, with wider sampling error."""
+    FactorVAE 10,000/5,000 votes of 64 and 10,000-15,000 codes for MIG, SAP and DCI: about 2.9 M encodings, hours
+    of a CPU core. vaelab's defaults are about 73,000 encodings (about 20 s of one core for the conv4 encoder);
+    the estimates keep the papers' batch sizes and estimators, with wider sampling error."""
 
     batch: int = 64  # images per BetaVAE point (pairs) and per FactorVAE vote (Higgins et al.: L = 64)
     beta_train: int = 200
