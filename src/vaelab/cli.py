@@ -57,6 +57,10 @@ def cmd_train(args) -> int:
         if args.config:
             base.update(read_json_object(Path(args.config), "a JSON object of config fields"))
         cfg = from_dict({**base, **overrides})
+    if args.image_size is not None or args.image_mode or args.skip_bad_images:
+        from .imagefolder import with_options
+
+        cfg = cfg.replace(dataset=with_options(cfg.dataset, args.image_size, args.image_mode, args.skip_bad_images))
     last = train(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=None)
     val = (f"val_neg_elbo={last['val_neg_elbo']:.4g}" if "val_neg_elbo" in last
            else "no validation set (val_size 0)")
@@ -286,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     t.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
     t.add_argument("--data-dir", **data_arg)
+    t.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="folder:PATH datasets: resize (shorter side) and centre-crop to N x N (a multiple of 4; "
+                        "default the images' median size); same as folder:PATH?size=N")
+    t.add_argument("--image-mode", choices=["auto", "grey", "rgb"], default=None,
+                   help="folder:PATH datasets: force grey or colour (default auto: grey when every image is)")
+    t.add_argument("--skip-bad-images", action="store_true",
+                   help="folder:PATH datasets: leave out files that do not decode (default: the first is an error)")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 

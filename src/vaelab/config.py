@@ -169,7 +169,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise VaelabError(msg)
 
     need(cfg.dataset in DATASETS or is_user_dataset(cfg.dataset),
-         f"unknown dataset '{cfg.dataset}' (known: {', '.join(DATASETS)}, or npz:PATH for your own images)")
+         f"unknown dataset '{cfg.dataset}' (known: {', '.join(DATASETS)}, or npz:PATH or folder:PATH for your own "
+         "images)")
     need(cfg.arch in ARCHS or cfg.arch in MODELS, f"unknown arch '{cfg.arch}' (known: {', '.join([*ARCHS, *MODELS])})")
     need(1 <= cfg.width <= 4096 and 0 <= cfg.depth <= 256, "width must be in 1..4096 and depth in 0..256")
     sized = cfg.arch in MODELS or ARCHS[cfg.arch].sized

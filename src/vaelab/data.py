@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import struct
 import tarfile
 import urllib.request
@@ -484,7 +485,8 @@ def spec(name: str) -> DatasetSpec:
 
     if is_user_dataset(name):
         return user_spec(name)
-    raise VaelabError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)}, or npz:PATH for your own images)")
+    raise VaelabError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)}, or npz:PATH or folder:PATH for your "
+                      "own images)")
 
 
 def locate(name: str, data_dir: str | Path | None = None) -> Path | None:
@@ -517,7 +519,11 @@ def _cached_load(spec: DatasetSpec, source: Path) -> Dataset:
     if not spec.cache:
         ds = spec.load(source)
         return dataclasses.replace(ds, name=spec.name)
-    folder = cache_dir() / "decoded" / f"{spec.name}-{_source_key(source)}"
+    # a user's dataset is named by its path (and options): a file-name-safe stem plus a hash of the whole name
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name)[-60:]
+    if stem != spec.name:
+        stem += "-" + hashlib.sha1(spec.name.encode()).hexdigest()[:8]
+    folder = cache_dir() / "decoded" / f"{stem}-{_source_key(source)}"
     meta_path = folder / "meta.json"
     if meta_path.is_file():  # meta.json is written last: its presence means every array is complete
         try:

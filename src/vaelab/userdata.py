@@ -1,5 +1,4 @@
-"""Users' own images as vaelab datasets: `npz:PATH` (uint8 arrays x and optional labels y), validated, with the test
-split carved deterministically when the file has none."""
+"""Users' own images as datasets: `npz:PATH` (uint8 arrays) and `folder:PATH` (image files), validated, test split carved."""
 
 from __future__ import annotations
 
@@ -12,11 +11,12 @@ from . import VaelabError
 from .data import SPLIT_SEED  # fixed, independent of any training seed: the carved test split never moves
 
 PREFIX = "npz:"
+FOLDER = "folder:"
 TEST_SHARE = 0.1  # the test split carved from x when the file brings no x_test
 
 
 def is_user_dataset(name: str) -> bool:
-    return isinstance(name, str) and name.startswith(PREFIX)
+    return isinstance(name, str) and name.startswith((PREFIX, FOLDER))
 
 
 def path_of(name: str) -> Path:
@@ -109,20 +109,30 @@ def load_npz(path: Path):
             x_test = nchw(z["x_test"])
             y_test = _labels(path, z, "y_test", len(x_test))
         else:
-            if len(x) < 2:
-                raise VaelabError(f"{path}: {len(x)} image; need at least 2 to carve a test split (or give x_test)")
-            order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
-            n_test = max(1, int(round(TEST_SHARE * len(x))))
-            test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
-            x, y, x_test, y_test = x[train], y[train], x[test], y[test]
+            x, y, x_test, y_test = _carve(x, y, f"{path} (or give x_test)")
         classes = _classes(path, z, _n_labels([y, y_test]))
     return Dataset(f"{PREFIX}{path}", x, y, x_test, y_test, classes, str(path))
 
 
+def _carve(x: np.ndarray, y: np.ndarray, where: str):
+    """A fixed tenth of the images as the test split (the same every time): x, y, x_test, y_test."""
+    if len(x) < 2:
+        raise VaelabError(f"{where}: {len(x)} image; need at least 2 to carve a test split")
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+    n_test = max(1, int(round(TEST_SHARE * len(x))))
+    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    return x[train], y[train], x[test], y[test]
+
+
 def spec(name: str):
-    """A DatasetSpec for `npz:PATH`, from the file's headers (its shape) and labels (its classes)."""
+    """A DatasetSpec for `npz:PATH`, from the file's headers (its shape) and labels (its classes), or for
+    `folder:PATH[?size=N&mode=grey|rgb&skip_bad=1]`, from a scan of its image files."""
     from .data import DatasetSpec
 
+    if name.startswith(FOLDER):
+        from .imagefolder import folder_spec
+
+        return folder_spec(name)
     path = path_of(name)
     if not path.is_file():
         raise VaelabError(f"dataset '{name}': {path} is not a file")
