@@ -46,3 +46,31 @@ def test_foreign_or_newer_files_are_refused_in_one_line(tiny_root, tmp_path, cap
     header = json.loads((tmp_path / "m.safetensors").read_bytes()[8:8 + int.from_bytes(
         (tmp_path / "m.safetensors").read_bytes()[:8], "little")])
     assert "vaelab" in header["__metadata__"]  # config and facts travel as JSON metadata, never as pickle
+
+
+def test_every_command_that_takes_a_run_takes_an_exported_file(tiny_root, tmp_path, capsys):
+    """evaluate, reconstruct, explore and report unpack the file once into a run directory under the user cache and
+    give the same numbers as on the run itself; training cannot continue from it."""
+    from vaelab.evaluate import evaluate
+
+    train(tiny_config(epochs=1, train_size=64), tmp_path / "r", data_dir=tiny_root)
+    want = evaluate(tmp_path / "r", data_dir=tiny_root, write=False)
+    main(["export", str(tmp_path / "r"), str(tmp_path / "m.safetensors")])
+    capsys.readouterr()
+    m = str(tmp_path / "m.safetensors")
+    assert main(["evaluate", m, "--data-dir", str(tiny_root), "--json"]) == 0
+    out, err = capsys.readouterr()
+    got = json.loads(out)
+    assert got["neg_elbo"] == pytest.approx(want["neg_elbo"]) and got["iwae_nll"] == pytest.approx(want["iwae_nll"])
+    unpacked = err.split("unpacked to ")[1].split(" (outputs")[0]
+    assert (tmp_path / "r" / "config.json").read_text() != "" and json.loads(
+        open(f"{unpacked}/config.json").read()) == json.loads((tmp_path / "r" / "config.json").read_text())
+    assert main(["reconstruct", m, "--data-dir", str(tiny_root), "--n", "4"]) == 0
+    assert main(["explore", m, "--data-dir", str(tiny_root), "--no-classifier"]) == 0
+    assert main(["report", m, "--data-dir", str(tiny_root), "--no-classifier"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", m, "--data-dir", str(tiny_root)]) == 0  # the second time: the same directory, reused
+    assert unpacked in capsys.readouterr().err
+    cfg = tiny_config(epochs=2, train_size=64)
+    with pytest.raises(VaelabError, match="no optimizer state"):
+        train(cfg, unpacked, data_dir=tiny_root, resume=True)

@@ -146,7 +146,8 @@ def test_capacity_objective_known_value_and_neutral_setting():
 
 
 @pytest.mark.parametrize("fields,msg", [
-    ({"objective": "tcvae"}, "unknown objective 'tcvae' (known: elbo, free_bits, capacity, beta_tcvae)"),
+    ({"objective": "tcvae"}, "unknown objective 'tcvae' (known: elbo, free_bits, capacity, beta_tcvae, "
+                             "factor_vae, dip_vae_i, dip_vae_ii)"),
     ({"kl_schedule": "sigmoid"}, "unknown kl_schedule"),
     ({"objective": "free_bits", "prior": "mog"}, "needs the factorised standard prior"),
     ({"objective": "free_bits", "posterior": "iaf"}, "and the gaussian posterior"),

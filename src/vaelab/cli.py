@@ -79,7 +79,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
-    result = evaluate(args.run, data_dir=args.data_dir, test_size=args.test_size, iwae_samples=args.iwae_samples,
+    result = evaluate(_run_arg(args.run), data_dir=args.data_dir, test_size=args.test_size, iwae_samples=args.iwae_samples,
                       device=args.device, on=args.on, raw=args.raw)
     print(json.dumps({k: v for k, v in result.items() if k not in ("kl_per_dim", "au_variance")}, indent=2)
           if args.json else f"{args.run}: {_fmt(result)}")
@@ -132,10 +132,21 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _run_arg(arg: str) -> Path:
+    """A run directory, or an exported model file (unpacked once into a run directory under the user cache)."""
+    from .export import is_export, unpack
+
+    if is_export(arg):
+        run = unpack(arg)
+        print(f"{arg}: an exported model, unpacked to {run} (outputs go there)", file=sys.stderr)
+        return run
+    return check_run_dir(Path(arg))
+
+
 def cmd_explore(args) -> int:
     from .latent import explore
 
-    run = check_run_dir(Path(args.run))
+    run = _run_arg(args.run)
     figs, measures = explore(run, data_dir=args.data_dir)
     if not args.no_classifier:
         from .classifier import score_run
@@ -159,7 +170,7 @@ def cmd_reconstruct(args) -> int:
     from .run import Run
     from .train import resolve_device
 
-    run = check_run_dir(Path(args.run))
+    run = _run_arg(args.run)
     _check_count("--n", args.n, 10_000)
     dev = resolve_device(args.device or "auto")
     cfg, model, _ = Run(run).load(dev)
@@ -216,10 +227,12 @@ def cmd_study(args) -> int:
 
 def cmd_score(args) -> int:
     from .classifier import score_target
+    from .export import is_export
 
     if not 1 <= args.samples <= 100_000:
         raise VaelabError(f"--samples must be in 1..100,000, got {args.samples}")
-    for label, s in score_target(args.target, args.data_dir, args.samples, every=args.all):
+    target = _run_arg(args.target) if is_export(args.target) else args.target
+    for label, s in score_target(target, args.data_dir, args.samples, every=args.all):
         print(f"{label}: " + (s if isinstance(s, str) else f"conditional accuracy {s['conditional_accuracy']:.1%}, "
                               f"Fréchet distance p(z) {s['fd_prior']:.3g}, GMM {s['fd_gmm']:.3g}"))
     return 0
@@ -241,9 +254,10 @@ def cmd_convert(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .export import is_export
     from .report import report
 
-    path = report(args.target, data_dir=args.data_dir, classifier=not args.no_classifier)
+    path = report(_run_arg(args.target) if is_export(args.target) else args.target, data_dir=args.data_dir, classifier=not args.no_classifier)
     print(f"report written: {path}  (and {path.parent / 'summary.md'})")
     return 0
 

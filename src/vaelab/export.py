@@ -40,6 +40,35 @@ def is_export(path) -> bool:
     return Path(path).is_file() and Path(path).suffix == ".safetensors"
 
 
+def unpack(path) -> Path:
+    """An exported file as a run directory, so that every command that takes a run takes the file too: unpacked
+    once (atomically) under the user cache, keyed by the file's content, and reused. Outputs (eval.json, figures,
+    a report) land there; the commands print where. It holds no optimizer state, so it cannot resume training."""
+    import hashlib
+    import json
+
+    from .data import cache_dir
+    from .store import CHECKPOINT, CONFIG, METRICS, atomic_write_json, atomic_write_text, load_tree, save_tree
+    from .train import CHECKPOINT_FORMAT
+
+    path = Path(path)
+    load(path)  # validated like any load: format, version, weights that fit the config
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    run = cache_dir() / "models" / f"{path.stem[:60]}-{digest}"
+    if (run / CHECKPOINT).is_file():
+        return run
+    blob = load_tree(path)
+    trained = blob.get("trained", {})
+    history = trained.get("history", [])
+    atomic_write_json(run / CONFIG, blob["config"])
+    atomic_write_text(run / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    save_tree(run / CHECKPOINT, {  # written last: its presence means the directory is complete
+        "format": CHECKPOINT_FORMAT, "config": blob["config"], "epoch": int(trained.get("epoch", 0)), "step": 0,
+        "bad_steps": 0, "model": blob["model"], "history": history, "shape": blob["dataset"]["shape"],
+        "classes": blob["dataset"]["classes"], "versions": blob.get("versions", {}), "exported_from": str(path)})
+    return run
+
+
 def load(path, device: str = "cpu"):
     """An exported model in eval mode; `.config`, `.classes` and `.dataset` say what it is. Only JSON and raw
     tensor bytes are read, so loading a file from anyone cannot run code."""

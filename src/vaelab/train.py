@@ -267,6 +267,9 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
     ckpt = None
     if ckpt_path.exists() or (out / LEGACY_CHECKPOINT).exists():
         ckpt = load_checkpoint(out)
+        if "exported_from" in ckpt:
+            raise VaelabError(f"{out}: a model unpacked from {ckpt['exported_from']} (vaelab export) for evaluation; "
+                              "it holds no optimizer state, so training cannot continue from it")
         stored = from_dict(ckpt["config"])
         if stored != cfg:
             raise VaelabError(f"{out}: resume with a different config than the run's ({config_diff(stored, cfg)})")
