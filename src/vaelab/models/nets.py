@@ -36,7 +36,18 @@ class ImageModel(nn.Module):
         return self.likelihood.mean(params)
 
 
-class ConvEncoder(nn.Module):
+class ConvNetEncoder(nn.Module):
+    """A conv stack `self.conv` (ending in Flatten), then Dense `hidden` + ReLU on its features and the condition."""
+
+    conv: nn.Module
+    fc: nn.Module
+
+    def forward(self, x, cond=None):
+        h = self.conv(x)
+        return self.fc(h if cond is None else torch.cat([h, cond], 1))
+
+
+class ConvEncoder(ConvNetEncoder):
     """The study's reference encoder: Conv(C->32,3,s2)+ReLU, Conv(32->64,3,s2)+ReLU, Dense 256+ReLU."""
 
     def __init__(self, shape: tuple[int, int, int], n_cond: int = 0, hidden: int = 256):
@@ -48,10 +59,6 @@ class ConvEncoder(nn.Module):
             nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten())
         self.fc = nn.Sequential(nn.Linear(64 * (h // 4) * (w // 4) + n_cond, hidden), nn.ReLU())
         self.out_dim = hidden
-
-    def forward(self, x, cond=None):
-        h = self.conv(x)
-        return self.fc(h if cond is None else torch.cat([h, cond], 1))
 
 
 class ConvDecoder(nn.Module):
@@ -165,7 +172,7 @@ class ResNetDecoder(nn.Module):
         return self.net(self.fc(z).view(-1, *self.grid))
 
 
-class Conv4Encoder(nn.Module):
+class Conv4Encoder(ConvNetEncoder):
     """The encoder of the disentanglement studies (Higgins et al. 2017; Locatello et al. 2019, table 1): four 4x4
     stride-2 convs (32, 32, 64, 64 channels) + ReLU, Dense 256 + ReLU. Sized for 64x64 sprites: the Dense layer
     sees 64 x H/16 x W/16 (1,024 numbers) where the study's conv net would see 16,384."""
@@ -182,10 +189,6 @@ class Conv4Encoder(nn.Module):
         self.conv = nn.Sequential(*layers, nn.Flatten())
         self.fc = nn.Sequential(nn.Linear(64 * (h // 16) * (w // 16) + n_cond, hidden), nn.ReLU())
         self.out_dim = hidden
-
-    def forward(self, x, cond=None):
-        h = self.conv(x)
-        return self.fc(h if cond is None else torch.cat([h, cond], 1))
 
 
 class Conv4Decoder(nn.Module):
