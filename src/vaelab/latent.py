@@ -160,6 +160,9 @@ def probe_baselines(untrained: VAE, probe: vdata.Split, test: vdata.Split, seed:
 
 # ---------------------------------------------------------------- `vaelab explore`
 
+NN_POOL = 60_000  # training images searched for each GMM sample's nearest neighbour
+
+
 @torch.no_grad()
 def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]], dict]:
     """Figures of latent exploration and conditional generation into RUN/explore/; returns (files, measures)."""
@@ -208,8 +211,12 @@ def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]]
                                           "a full-covariance Gaussian fitted to each class's codes, decoded."))
     if not model.num_classes:
         prior, mixture = gen.images(10, "prior"), gen.images(10, "gmm")
-        nn_idx = nearest_neighbours((mixture.numpy() * 255), ds.x_train.astype(np.float32))
-        save(plots.image_rows([prior, mixture, torch.from_numpy(ds.x_train[nn_idx])],
+        # the images the run trained on, at most NN_POOL of them (shapes2d's 663,552 would be 11 GB as floats)
+        pool, _ = vdata.split_indices(len(ds.x_train), cfg.val_size, cfg.train_size)
+        pool = vdata.subsample(pool, NN_POOL)
+        train_x = np.asarray(ds.x_train[pool])
+        nn_idx = nearest_neighbours((mixture.numpy() * 255), train_x.astype(np.float32))
+        save(plots.image_rows([prior, mixture, torch.from_numpy(train_x[nn_idx])],
                               [f"z ~ p(z) ({cfg.prior})", "z ~ GMM", "nearest train"]), "prior_vs_mixture.png",
              "Samples from the model's prior p(z) vs from a 10-component GMM fitted to the aggregate posterior (Ghosh et al. 2020), "
              "with each GMM sample's nearest training image (pixel L2) — a memorisation check.")
