@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import dataclasses
 import hashlib
 import io
 import os
@@ -12,7 +13,6 @@ import struct
 import tarfile
 import urllib.request
 import zlib
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -582,13 +582,12 @@ def status(data_dir: str | Path | None = None) -> list[dict]:
         if spec.generate is not None:  # rendered here: no hash to check, and nothing to fetch when absent
             found = found or (spec.locate(cache_dir() / "data") if data_dir is None else None)
             state, why = ("generated", "rendered by vaelab") if found else ("not yet rendered", "")
-            rows.append({"dataset": name, "shape": "x".join(map(str, spec.shape)), "status": state, "why": why,
-                         "where": str(found) if found else "rendered into the user cache on first use"})
-            continue
-        state, why = verify(found) if found else ("missing", "")
+            expected = "rendered into the user cache on first use"
+        else:
+            state, why = verify(found) if found else ("missing", "")
+            expected = f"expected {spec.what} in one of: " + ", ".join(str(r) for r in search_roots(data_dir))
         rows.append({"dataset": name, "shape": "x".join(map(str, spec.shape)), "status": state, "why": why,
-                     "where": str(found) if found else f"expected {spec.what} in one of: "
-                     + ", ".join(str(r) for r in search_roots(data_dir))})
+                     "where": str(found) if found else expected})
     return rows
 
 
@@ -602,6 +601,14 @@ def _subset(n: int, size: int, seed: int) -> np.ndarray:
 def subsample(idx: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     """A fixed subset of at most `size` of `idx` (all of it when size is 0 or larger), in the original order."""
     return idx if not size or size >= len(idx) else idx[_subset(len(idx), size, seed)]
+
+
+def held_out(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices, sorted, for a source without a test split: a fixed `share` of n images (at least one
+    when n > 1) by a permutation that only `seed` decides, so the carved split never moves."""
+    n_test = max(1, int(round(share * n))) if n > 1 else 0
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
 def split_indices(n_train: int, val_size: int, train_size: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -104,15 +104,16 @@ def mutual_info_matrix(z: np.ndarray, factors: np.ndarray, bins: int) -> np.ndar
                      for i in range(z.shape[1])])
 
 
-def mig(z: np.ndarray, factors: np.ndarray, bins: int = 20) -> float:
+def mig(z: np.ndarray, factors: np.ndarray, bins: int = 20, mi: np.ndarray | None = None) -> float:
     """Mutual information gap (Chen et al. 2018, eq. 6): per factor, the gap between the two code dimensions most
     informative about it, over the factor's entropy; averaged over factors. 1 for a code that copies each factor
-    into one dimension (with at most `bins` values), 0 when no dimension stands out."""
+    into one dimension (with at most `bins` values), 0 when no dimension stands out. `mi`: the
+    mutual_info_matrix of z and factors, when the caller has it already."""
     from sklearn.metrics import mutual_info_score
 
     if z.shape[1] < 2:
         return 0.0
-    m = np.sort(mutual_info_matrix(z, factors, bins), axis=0)[::-1]
+    m = np.sort(mutual_info_matrix(z, factors, bins) if mi is None else mi, axis=0)[::-1]
     h = np.array([mutual_info_score(factors[:, k], factors[:, k]) for k in range(factors.shape[1])])
     keep = h > 0
     return float(np.mean((m[0, keep] - m[1, keep]) / h[keep]))
@@ -183,11 +184,11 @@ def scores(represent: Represent, grid, sizes: Sizes = Sizes(), seed: int = 0) ->
            "factor_vae": factor_vae_score(represent, grid, sizes, np.random.default_rng([seed, 2]))}
     f = grid.sample_factors(sizes.codes, np.random.default_rng([seed, 3]))
     z = _codes(represent, grid, f)
-    out["mig"] = mig(z, f, sizes.bins)
+    mi = mutual_info_matrix(z, f, sizes.bins)  # once: MIG and each dimension's factor read it
+    out["mig"] = mig(z, f, sizes.bins, mi)
     n_tr = 2 * len(z) // 3
     out["sap"] = sap(z[:n_tr], f[:n_tr], z[n_tr:], f[n_tr:])
     out.update(dci(z[:n_tr], f[:n_tr], z[n_tr:], f[n_tr:], seed))
-    mi = mutual_info_matrix(z, f, sizes.bins)
     out["dim_factor"] = [grid.names[k] for k in mi.argmax(1)]
     out["dim_mi"] = [float(v) for v in mi.max(1)]
     return out

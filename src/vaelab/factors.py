@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import VaelabError
-from .data import DSPRITES_FILE, FACTOR_NAMES, SHAPES, SHAPES2D_FILE, SPLIT_SEED, Dataset
+from .data import DSPRITES_FILE, FACTOR_NAMES, SHAPES, SHAPES2D_FILE, SPLIT_SEED, Dataset, held_out
 from .store import atomic_write_bytes
 
 # dSprites' layout (Matthey et al. 2017): every combination of the factors once, in C order of latents_classes,
@@ -125,9 +125,7 @@ def load_npz(path: Path, name: str) -> Dataset:
         raise VaelabError(f"{path}: the factors do not form a complete grid {sizes} (each combination once)")
     if sizes[0] > len(SHAPES):
         raise VaelabError(f"{path}: {sizes[0]} shapes; the layout has {len(SHAPES)}")
-    n_test = max(1, int(round(TEST_SHARE * len(imgs)))) if len(imgs) > 1 else 0
-    perm = np.random.default_rng(SPLIT_SEED + 2).permutation(len(imgs))
-    te, tr = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    tr, te = held_out(len(imgs), TEST_SHARE, SPLIT_SEED + 2)
     x = imgs[:, None]
     x *= 255  # in place: 0/1 -> 0/255, the pixel values every other dataset uses
     return Dataset(name, x[tr], classes[tr, 0], x[te], classes[te, 0], SHAPES[:sizes[0]], str(path),

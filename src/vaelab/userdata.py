@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import VaelabError
-from .data import SPLIT_SEED  # fixed, independent of any training seed: the carved test split never moves
+from .data import SPLIT_SEED, held_out  # fixed, independent of any training seed: the carved test split never moves
 
 PREFIX = "npz:"
 FOLDER = "folder:"
@@ -118,9 +118,7 @@ def _carve(x: np.ndarray, y: np.ndarray, where: str):
     """A fixed tenth of the images as the test split (the same every time): x, y, x_test, y_test."""
     if len(x) < 2:
         raise VaelabError(f"{where}: {len(x)} image; need at least 2 to carve a test split")
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
-    n_test = max(1, int(round(TEST_SHARE * len(x))))
-    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    train, test = held_out(len(x), TEST_SHARE, SPLIT_SEED)
     return x[train], y[train], x[test], y[test]
 
 
