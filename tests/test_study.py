@@ -83,6 +83,20 @@ def test_presets_have_the_study_shape():
     assert len(study.preset_spec("quick").cells) < len(seed.cells)
 
 
+def test_standard_preset_spans_the_grid_on_full_training_sets_with_early_stopping():
+    cfgs = [c.config for c in study.preset_spec("standard").cells]
+    assert len(cfgs) == 45  # 2 x 4 latent sizes + beta sweeps (cifar10's beta 1 at latent 128 is shared), x 3 seeds
+    assert {c.latent_dim for c in cfgs if c.beta == 1.0} == {2, 8, 16, 32, 128}
+    assert {c.beta for c in cfgs} == {0.5, 1.0, 4.0, 16.0}
+    for d, latent in study.BETA_LATENT.items():  # every beta at the dataset's reference latent size, 3 seeds each
+        assert sorted((c.beta, c.seed) for c in cfgs if c.dataset == d and c.latent_dim == latent) == \
+            [(b, s) for b in (0.5, 1.0, 4.0, 16.0) for s in (0, 1, 2)]
+    assert all(c.train_size == 0 and c.test_size == 0 and c.patience > 0 and c.time_budget > 0 for c in cfgs)
+    # the budget: one core per run (--jobs 2) on 2 cores, evaluation included, fits two hours
+    train_core_s = sum(c.time_budget for c in cfgs)
+    assert train_core_s / 2 < 1.6 * 3600
+
+
 @pytest.mark.parametrize("edit,line,msg", [
     (("latent_dim = [2, 8]", "latnt_dim = [2, 8]"), 11, "unknown field 'latnt_dim' (did you mean 'latent_dim'?)"),
     (("latent_dim = [2, 8]", "latent_dim = [2, 0]"), 11, "latent_dim must be >= 1"),

@@ -362,8 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     st = add("study", "Run or resume a comparative study (a grid of runs), or show its status.")
     st.add_argument("target", nargs="*", metavar="SPEC | status STUDY",
                     help="a .toml/.yaml/.json study spec, or 'status' and a study directory")
-    st.add_argument("--preset", help="a built-in study: quick (minutes on a laptop), seed (the full study), families "
-                                     "(posteriors, priors, objectives) or architectures (conv, resnet, hierarchical)")
+    st.add_argument("--preset", help="a built-in study: quick (minutes on a laptop), standard (the study's span in two hours on "
+                                     "2 cores), seed (the full study, 40 epochs a run), families (posteriors, priors, "
+                                     "objectives), architectures (conv, resnet, hierarchical) or disentangle "
+                                     "(objectives on shapes2d)")
     st.add_argument("--out", help="study directory (runs/, study.json, results.csv)")
     st.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (processes)")
     st.add_argument("--threads", type=int, default=None,
