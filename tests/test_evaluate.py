@@ -270,3 +270,55 @@ def test_evaluation_numbers_do_not_depend_on_the_memory_layout():
     got = evaluate_model(model, split, iwae_samples=3, seed=1)
     assert got["neg_elbo"] == pytest.approx(want["neg_elbo"], rel=1e-5)
     assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+
+
+def _sharp_model(likelihood: str) -> VAE:
+    """A model whose decoder is confident (scale e^-4 against pixel bins of 2/255): where bf16 rounding shows."""
+    torch.manual_seed(0)
+    model = VAE((1, 28, 28), 8, "conv", likelihood).eval()
+    last = model.decoder.deconv[-1]
+    with torch.no_grad():
+        last.weight.mul_(0.1)
+        last.bias.copy_(torch.tensor([0.3, -4.0]) if likelihood == "discretized_logistic" else torch.tensor([2.0]))
+    return model
+
+
+@pytest.mark.parametrize("likelihood", ["discretized_logistic", "bernoulli"])
+def test_bf16_iwae_stays_within_monte_carlo_noise_of_fp32(likelihood, monkeypatch):
+    """The IWAE under bf16 autocast shifts the test mean by less than 3 standard errors of its own Monte-Carlo noise
+    (two fp32 seeds); with the output layer in bf16 too, the discretized logistic's shift is hundreds of them."""
+    from vaelab.models import nets
+
+    model = _sharp_model(likelihood)
+    x = torch.randint(60, 120, (300, 1, 28, 28), dtype=torch.uint8)
+
+    def nll(bf16, seed):
+        torch.manual_seed(seed)
+        return iwae_nll(model, x, None, 20, bf16=bf16).double()
+
+    fp32_a, fp32_b = nll(False, 0), nll(False, 1)
+    se = (fp32_a - fp32_b).std().item() / math.sqrt(2 * len(x))  # standard error of one seed's test mean
+    assert abs((nll(True, 0) - fp32_a).mean().item()) < 3 * se
+    if likelihood == "discretized_logistic":
+        monkeypatch.setattr(nets, "fp32_out", lambda layer, h: layer(h))
+        assert abs((nll(True, 0) - fp32_a).mean().item()) > 30 * se
+
+
+def test_precision_auto_follows_the_device_and_is_recorded(tiny_root, tmp_path, monkeypatch):
+    from vaelab import VaelabError
+    from vaelab import evaluate as ev
+
+    assert ev.iwae_precision("fp32", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(ev, "bf16_native", lambda device: False)
+    assert ev.iwae_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(ev, "bf16_native", lambda device: True)
+    assert ev.iwae_precision("auto", torch.device("cpu")) == "bf16"
+    with pytest.raises(VaelabError, match="unknown precision 'fp16'"):
+        ev.iwae_precision("fp16", torch.device("cpu"))
+    run = tmp_path / "r"
+    train(tiny_config(epochs=1), run, data_dir=str(tiny_root))
+    a = evaluate(run, data_dir=str(tiny_root), precision="fp32", write=False)
+    b = evaluate(run, data_dir=str(tiny_root), precision="bf16", write=False)
+    assert (a["iwae_precision"], b["iwae_precision"]) == ("fp32", "bf16")
+    assert a["neg_elbo"] == b["neg_elbo"]  # only the IWAE's passes change precision
+    assert b["iwae_nll"] == pytest.approx(a["iwae_nll"], rel=2e-3)

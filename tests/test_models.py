@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from vaelab.config import TrainConfig
 from vaelab.losses import log_normal
@@ -287,3 +288,29 @@ def test_every_network_likelihood_and_part_gives_finite_terms(arch, likelihood, 
         with torch.no_grad():
             assert torch.isfinite(model.log_weights(x, None, 3)).all()
             assert Sampler(model).images(2).shape == (2, *shape)
+
+
+@pytest.mark.parametrize("cin,cout,hw", [(32, 1, 14), (32, 2, 16), (32, 6, 8), (64, 32, 7), (8, 2, 5)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upconv_computes_the_transposed_convolution(cin, cout, hw, channels_last):
+    """In inference the sub-pixel path (few output channels) gives ConvTranspose2d's outputs; with gradients it is
+    ConvTranspose2d itself (same parameters, same state-dict keys)."""
+    from vaelab.models.nets import UpConv
+
+    torch.manual_seed(0)
+    up, ref = UpConv(cin, cout), nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
+    assert up.subpixel == (4 * cout <= cin)
+    ref.load_state_dict(up.state_dict())
+    x = torch.randn(3, cin, hw, hw)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        a, b = up(x), ref(x)
+    assert a.shape == b.shape == (3, cout, 2 * hw, 2 * hw)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    w, bias = up.subpixel_weight()  # the sub-pixel weights hold each kernel tap exactly once per phase
+    assert torch.equal(w.flatten().abs().sort().values[-up.weight.numel():], up.weight.flatten().abs().sort().values)
+    assert torch.equal(bias[::4], up.bias)
+    with torch.no_grad():
+        up.subpixel = False  # a wrong sub-pixel form would show here as a mismatch with the plain path
+        torch.testing.assert_close(up(x), a, rtol=1e-5, atol=1e-5)

@@ -80,7 +80,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
     result = evaluate(_run_arg(args.run), data_dir=args.data_dir, test_size=args.test_size, iwae_samples=args.iwae_samples,
-                      device=args.device, on=args.on, raw=args.raw)
+                      device=args.device, on=args.on, raw=args.raw, precision=args.precision)
     print(json.dumps({k: v for k, v in result.items() if k not in ("kl_per_dim", "au_variance")}, indent=2)
           if args.json else f"{args.run}: {_fmt(result)}")
     return 0
@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. cifar10-lossless: real CIFAR-10 pixels); writes RUN/eval-DATASET.json")
     e.add_argument("--raw", action="store_true", help="evaluate the raw latest weights of a run trained with --ema "
                    "or --patience (not its EMA / best epoch); writes RUN/eval[-DATASET]-raw.json")
+    e.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="the IWAE's decoder passes: auto = bf16 where the device computes it natively (CUDA, CPUs "
+                   "with avx512_bf16/AMX), with the output layer and likelihood in fp32; fp32 = full precision")
     e.add_argument("--data-dir", **data_arg)
     e.set_defaults(func=cmd_evaluate)
 

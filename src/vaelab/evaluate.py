@@ -24,10 +24,36 @@ AU_THRESHOLD = 0.01  # Burda et al. 2016, section 5.2
 WEIGHT_LABELS = {(False, False): "last", (True, False): "ema", (False, True): "best", (True, True): "best ema"}
 
 
-@torch.no_grad()
-def iwae_nll(model: VAE, x: torch.Tensor, y: torch.Tensor | None, k: int, max_batch: int = 4096) -> torch.Tensor:
-    """-log p(x) bound per image from K importance samples (Burda et al. 2016, eq. 8), in nats."""
-    return -(torch.logsumexp(model.log_weights(x, y, k, max_batch), dim=1) - math.log(k))
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether bf16 matrix products run natively here: a CUDA GPU that supports them, or a CPU with avx512_bf16 or
+    AMX (elsewhere bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def iwae_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise VaelabError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
+    return ("bf16" if bf16_native(device) else "fp32") if precision == "auto" else precision
+
+
+@torch.inference_mode()
+def iwae_nll(model: VAE, x: torch.Tensor, y: torch.Tensor | None, k: int, max_batch: int = 4096,
+             bf16: bool = False) -> torch.Tensor:
+    """-log p(x) bound per image from K importance samples (Burda et al. 2016, eq. 8), in nats. With `bf16` the
+    networks run under bf16 autocast; the decoder's output layer, the likelihood and the log-weights stay fp32
+    (models.nets.fp32_out), which keeps the bound within Monte-Carlo noise of fp32 (tests/test_evaluate.py)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        log_w = model.log_weights(x, y, k, max_batch)
+    return -(torch.logsumexp(log_w.float(), dim=1) - math.log(k))
 
 
 def active_units(mu: torch.Tensor, threshold: float = AU_THRESHOLD) -> tuple[int, torch.Tensor]:
@@ -67,13 +93,16 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 
 @torch.no_grad()
 def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batch_size: int = 500,
-                   seed: int = 0, probe: vdata.Split | None = None, untrained: VAE | None = None) -> dict:
+                   seed: int = 0, probe: vdata.Split | None = None, untrained: VAE | None = None,
+                   precision: str = "fp32") -> dict:
     """All test-set metrics for a model, per image in nats (and bits/dim where the likelihood is discrete).
 
     With `probe` (labelled training images), also the latent organisation: linear-probe and k-NN accuracy of
     classifiers fit on the probe images' codes, and the silhouette of the test codes, with chance levels; with
-    `untrained` (the same architecture at its initial weights) also the probe's baselines.
+    `untrained` (the same architecture at its initial weights) also the probe's baselines. `precision`
+    (auto, bf16, fp32) is the IWAE's: its K decoder passes per image are ~85 % of the time.
     """
+    precision = iwae_precision(precision, split.x.device)
     model.eval()
     # channels-last convolutions: 1.35x faster decoding on this CPU with identical numbers (bench: the IWAE's
     # decoder passes are ~85 % of evaluation); a no-op for dense layers
@@ -95,7 +124,7 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
         if "kl_per_group" in t:  # a hierarchical model: KL and active units per group of latents
             kl_groups = kl_groups + t["kl_per_group"].double().sum(0)
             group_mus.append([m.double() for m in model.group_means(x)])
-        sums["iwae"] += iwae_nll(model, x, y, iwae_samples).double().sum().item()
+        sums["iwae"] += iwae_nll(model, x, y, iwae_samples, bf16=precision == "bf16").double().sum().item()
         xf, xr = vdata.to_float(x), model.reconstruct(x, y)
         sums["psnr"] += psnr(xf, xr).double().sum().item()
         sums["ssim"] += ssim(xf, xr).double().sum().item()
@@ -104,7 +133,7 @@ def evaluate_model(model: VAE, split: vdata.Split, iwae_samples: int = 100, batc
     n_active, au_var = active_units(mu)
     out = {
         "neg_elbo": mean["recon"] + mean["kl"], "recon": mean["recon"], "kl": mean["kl"],
-        "iwae_nll": mean["iwae"], "iwae_samples": iwae_samples,
+        "iwae_nll": mean["iwae"], "iwae_samples": iwae_samples, "iwae_precision": precision,
         **({"kl_per_dim": (kl_dims / n).tolist()} if model.analytic_kl else {}),
         "active_units": n_active, "au_variance": au_var.tolist(),
         "latent_dim": model.latent_dim,
@@ -148,17 +177,18 @@ def probe_split(cfg, ds: vdata.Dataset, device) -> vdata.Split:
 
 def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, iwae_samples: int | None = None,
              device: str | None = None, dataset: vdata.Dataset | None = None, write: bool = True,
-             on: str | None = None, raw: bool = False, disentanglement_sizes=None) -> dict:
+             on: str | None = None, raw: bool = False, disentanglement_sizes=None, precision: str = "auto") -> dict:
     """Evaluate a trained run on its dataset's test set and write eval.json atomically.
 
     `on` names another dataset of the same image shape to test on (e.g. the CIFAR-10 model on the real pixels
     of cifar10-lossless); its result goes to eval-<on>.json so the run's own eval.json is kept. `raw` evaluates
     the raw latest weights of a run trained with --ema or --patience instead of its model, into eval[-<on>]-raw.json.
     On a factor dataset eval.json also holds the disentanglement scores, from `disentanglement_sizes` samples
-    (default disentangle.Sizes()).
+    (default disentangle.Sizes()). `precision` is the IWAE's: auto is bf16 where this device computes it natively.
     """
     run_dir = check_run_dir(Path(run_dir))
     dev = resolve_device(device or "auto")
+    precision = iwae_precision(precision, dev)
     cfg, model, ckpt = Run(run_dir).load(dev, "train_model" if raw else "model")
     test_size = cfg.test_size if test_size is None else test_size
     iwae_samples = cfg.iwae_samples if iwae_samples is None else iwae_samples
@@ -180,7 +210,8 @@ def evaluate(run_dir: str | Path, data_dir=None, test_size: int | None = None, i
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)  # as train() does before building the model: the run's own initial weights
     untrained = build_model(cfg, model.shape, len(ckpt["classes"])).to(dev).eval()
-    result = evaluate_model(model, split, iwae_samples, probe=probe_split(cfg, ds, dev), untrained=untrained)
+    result = evaluate_model(model, split, iwae_samples, probe=probe_split(cfg, ds, dev), untrained=untrained,
+                            precision=precision)
     if ds.factors_train is not None:  # a factor dataset: how disentangled the code is (vaelab.disentangle)
         from .disentangle import Sizes, model_scores
         from .factors import FactorGrid

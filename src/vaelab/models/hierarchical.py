@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import log_normal, make_likelihood
-from .nets import ImageModel, ResBlock, need_multiple_of_4, res_stage
+from .nets import ImageModel, ResBlock, fp32_out, need_multiple_of_4, res_stage
 
 
 def gaussian_kl(qm, qlv, pm, plv) -> torch.Tensor:
@@ -148,7 +148,7 @@ class HierarchicalVAE(ImageModel):
                 stats.append(st)
                 i += 1
             h = cells(h)
-        return self.out(h).float(), (stats if acts is not None else None), z_top
+        return fp32_out(self.out[-1], self.out[:-1](h)), (stats if acts is not None else None), z_top
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         params, stats, z_top = self._top_down(len(x), self.features(x))
