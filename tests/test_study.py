@@ -329,3 +329,19 @@ def test_threads_per_run_reach_every_cell(tmp_path, monkeypatch, capsys):
     assert main(["study", str(write(tmp_path, TINY_TOML)), "--out", str(tmp_path / "T"), "--threads", "0"]) == 2
     err = capsys.readouterr().err
     assert "--threads must be in 1..1024, got 0" in err and err.count("\n") == 1
+
+
+def test_threads_per_run_also_limit_the_blas_of_the_probes(tiny_root, tmp_path):
+    """--threads caps numpy/scipy's BLAS as well as torch: a worker's scikit-learn probes must not spin on the
+    other workers' cores."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    before = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+    try:
+        assert study.run(study.load_spec(write(tmp_path, TINY_TOML)), tmp_path / "S", data_dir=str(tiny_root),
+                         threads=1) == {"done": 2}
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(n == 1 for n in blas)
+    finally:
+        for info in threadpool_info():
+            threadpool_limits({info["prefix"]: before.get(info["filepath"], info["num_threads"])})

@@ -335,6 +335,11 @@ def run_cell(run_dir: str | Path, config: dict, data_dir: str | None = None, thr
         return "done"
     if threads:
         torch.set_num_threads(threads)
+        # numpy's and scipy's BLAS too (the latent probes' scikit-learn fits): by default each worker's BLAS takes
+        # every core, and with --jobs 2 their spinning threads made the probes 20x slower (47 s instead of 2.4 s)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
     if gpu is not None and torch.cuda.is_available():
         torch.cuda.set_device(gpu % torch.cuda.device_count())
     run_dir.mkdir(parents=True, exist_ok=True)
