@@ -81,13 +81,15 @@ class GaussianPosterior(nn.Module):
     def gaussian(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.to_mu(h), self.to_logvar(h)
 
-    def rsample(self, h: torch.Tensor, k: int | None = None):
+    def rsample(self, h: torch.Tensor, k: int | None = None, eps: torch.Tensor | None = None):
         """z ~ q(z|x): k=None gives (B, D), else (B, k, D). Returns (z, log_q, mu, logvar), mu and logvar those of
-        the base Gaussian."""
+        the base Gaussian. `eps` is the standard-normal noise when the caller draws it (multirun: one stream per run),
+        else it comes from torch's global generator."""
         mu, logvar = self.gaussian(h)
         m, lv = (mu, logvar) if k is None else (mu[:, None], logvar[:, None])
-        z = m + torch.exp(0.5 * lv) * torch.randn(m.shape if k is None else (mu.shape[0], k, mu.shape[1]),
-                                                  device=mu.device, dtype=mu.dtype)
+        if eps is None:
+            eps = torch.randn(m.shape if k is None else (mu.shape[0], k, mu.shape[1]), device=mu.device, dtype=mu.dtype)
+        z = m + torch.exp(0.5 * lv) * eps
         return z, log_normal(z.float(), m.float(), lv.float()), mu, logvar
 
     def mean(self, h: torch.Tensor) -> torch.Tensor:
@@ -105,8 +107,8 @@ class IAFPosterior(GaussianPosterior):
         self.to_context = nn.Linear(features, hidden)
         self.flow = IAF(latent_dim, hidden, steps, hidden)
 
-    def rsample(self, h, k=None):
-        z, log_q, mu, logvar = super().rsample(h, k)
+    def rsample(self, h, k=None, eps=None):
+        z, log_q, mu, logvar = super().rsample(h, k, eps)
         ctx = self.to_context(h)
         z, logdet = self.flow(z, ctx if k is None else ctx[:, None].expand(-1, k, -1))
         return z, log_q - logdet.float(), mu, logvar

@@ -76,10 +76,11 @@ class VAE(ImageModel):
         h = self.features(x, y)
         return self.posterior.mean(h), self.posterior.gaussian(h)[1]
 
-    def posterior_sample(self, x: torch.Tensor, y: torch.Tensor | None, k: int | None = None):
+    def posterior_sample(self, x: torch.Tensor, y: torch.Tensor | None, k: int | None = None,
+                         eps: torch.Tensor | None = None):
         """z ~ q(z|x) with its log-density, by reparameterisation: k=None gives (B, D), else (B, k, D).
         Returns (z, log_q, mu, logvar) with mu, logvar those of the Gaussian the flow (if any) starts from."""
-        return self.posterior.rsample(self.features(x, y), k)
+        return self.posterior.rsample(self.features(x, y), k, eps)
 
     def encode_float(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Intensities in [0, 1] -> (mu, logvar) of the base Gaussian; the VampPrior's pseudo-inputs go through here."""
@@ -90,10 +91,12 @@ class VAE(ImageModel):
         cond = self._cond(y)
         return self.decoder(z if cond is None else torch.cat([z, cond], 1))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,
+                eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Named per-example terms of the ELBO. KL(q || p) is analytic where the prior allows it (N(0, I); then
-        also per dimension, `kl_per_dim`), else the one-sample estimate log q(z|x) - log p(z) at the same z."""
-        z, log_q, mu, logvar = self.posterior_sample(x, y)
+        also per dimension, `kl_per_dim`), else the one-sample estimate log q(z|x) - log p(z) at the same z.
+        `eps` (B, D): the posterior's standard-normal noise, when the caller draws it."""
+        z, log_q, mu, logvar = self.posterior_sample(x, y, eps=eps)
         params = self.decode(z, y).float()
         recon = -self.likelihood.log_prob(params, x)
         terms = dict(mu=mu, logvar=logvar, z=z, params=params, recon=recon)

@@ -1,0 +1,256 @@
+"""Several runs of one architecture trained as one (stacked weights, torch.func.vmap): many small cells per device.
+
+A study's cells are small models that leave a GPU idle. Runs that differ only in `seed` and `beta` share every
+shape, so their weights stack into one batch of models and one vmapped step trains them all. Each run keeps what
+`train` gives it: its initial weights (from its seed), its data order and posterior noise (its own generators, in
+the order `train` draws them), its KL weight, its Adam state, gradient clipping and NaN guard. Each run's directory
+gets the checkpoint, metrics and config `train` would write, so evaluation, reports and `vaelab train --resume`
+treat it as any other run (an interrupted group resumes run by run, exactly). tests/test_multirun.py checks the
+numbers against training the runs one by one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from . import VaelabError, __version__
+from . import data as vdata
+from .config import TrainConfig
+from .losses import objective, scheduled_beta
+from .models import build as build_model
+from .store import FolderLock, atomic_write_json, check_can_create, ensure_writable_dir
+from .train import (CHECKPOINT, CONFIG, _write_metrics, average_terms, lr_factor, make_optimizer, resolve_device,
+                    save_checkpoint)
+
+VARY = ("seed", "beta")  # what may differ between the runs of a group; every other field is shared
+
+
+def unsupported(cfg: TrainConfig) -> str | None:
+    """Why a config cannot train in a group (None if it can): the stacked step covers the flat VAE with a Gaussian
+    posterior, the standard prior and the beta-ELBO, for a fixed number of epochs."""
+    checks = [
+        (cfg.arch in ("conv", "mlp", "resnet", "conv4"), f"arch {cfg.arch}"),
+        (cfg.posterior == "gaussian" and cfg.prior == "standard", "a flow posterior or a learned prior"),
+        (cfg.objective == "elbo" and cfg.free_bits == 0, f"objective {cfg.objective}"),
+        (not cfg.conditional and cfg.perceptual_weight == 0, "a conditional model or the perceptual term"),
+        (not cfg.ema and not cfg.patience and not cfg.time_budget, "ema, patience or a time budget"),
+        (not cfg.compile and not cfg.channels_last and cfg.optimizer == "adam", "compile, channels_last or adamw"),
+        (cfg.skip_grad_norm == 0 and cfg.weight_decay == 0, "skip_grad_norm or weight_decay"),
+    ]
+    bad = [why for ok, why in checks if not ok]
+    return ", ".join(bad) if bad else None
+
+
+def group_key(cfg: TrainConfig) -> tuple:
+    """Configs with equal keys can train together."""
+    return tuple(sorted((k, v) for k, v in cfg.to_dict().items() if k not in VARY))
+
+
+def groups(cfgs: list[TrainConfig]) -> list[list[int]]:
+    """Indices of the configs that can train together (groups of two or more), in first-seen order."""
+    by_key: dict[tuple, list[int]] = {}
+    for i, c in enumerate(cfgs):
+        if unsupported(c) is None:
+            by_key.setdefault(group_key(c), []).append(i)
+    return [g for g in by_key.values() if len(g) > 1]
+
+
+class _Run:
+    """One run's own state besides its weights: generators, step count, history, its module for validation."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, model: torch.nn.Module, device: torch.device):
+        self.cfg, self.out, self.model = cfg, out, model
+        self.batches = torch.Generator(device=device).manual_seed(cfg.seed)  # train's data order
+        # train draws the posterior's noise from torch's global generator, seeded before the model is built
+        self.noise = torch.Generator(device=device)
+        self.noise.set_state(torch.get_rng_state() if device.type == "cpu" else
+                             torch.Generator(device=device).manual_seed(cfg.seed).get_state())
+        self.cpu_state = torch.get_rng_state()
+        self.step, self.bad_in_row, self.history = 0, 0, []
+
+    def with_global_noise(self, fn):
+        """Run fn with this run's noise generator as torch's global one (validation draws from the global)."""
+        dev = self.noise.device
+        saved = torch.get_rng_state() if dev.type == "cpu" else torch.cuda.get_rng_state(dev)
+        if dev.type == "cpu":
+            torch.set_rng_state(self.noise.get_state())
+        else:
+            torch.cuda.set_rng_state(self.noise.get_state(), dev)
+        try:
+            return fn()
+        finally:
+            state = torch.get_rng_state() if dev.type == "cpu" else torch.cuda.get_rng_state(dev)
+            self.noise.set_state(state)
+            if dev.type == "cpu":
+                torch.set_rng_state(saved)
+            else:
+                torch.cuda.set_rng_state(saved, dev)
+
+    def rng(self) -> dict:
+        """The checkpoint's RNG record, as train writes it, so that `vaelab train --resume` continues exactly."""
+        on_cpu = self.noise.device.type == "cpu"
+        return {"torch": self.noise.get_state() if on_cpu else self.cpu_state, "batches": self.batches.get_state(),
+                "cuda": None if on_cpu else [self.noise.get_state()]}
+
+
+def train_together(cfgs: list[TrainConfig], outs: list[str | Path], data_dir: str | Path | None = None,
+                   dataset: vdata.Dataset | None = None) -> list[dict]:
+    """Train runs that differ only in seed and beta as one stacked model; returns each run's last history row."""
+    if len(cfgs) != len(outs) or not cfgs:
+        raise VaelabError("train_together needs one output directory per config")
+    for c in cfgs:
+        if (why := unsupported(c)) is not None:
+            raise VaelabError(f"runs cannot train together with {why} (train them one by one)")
+    if len({group_key(c) for c in cfgs}) > 1:
+        raise VaelabError(f"runs train together only when their configs differ in {' and '.join(VARY)} alone")
+    outs = [Path(o) for o in outs]
+    if len(set(outs)) < len(outs):
+        raise VaelabError("train_together: two runs share an output directory")
+    for o in outs:
+        if (o / CHECKPOINT).exists() or (o / CONFIG).exists():
+            raise VaelabError(f"{o}: already holds a run; continue it with vaelab train --resume")
+        check_can_create(o)
+    cfg0 = cfgs[0]
+    device = resolve_device(cfg0.device)
+    ds = dataset if dataset is not None else vdata.load(cfg0.dataset, data_dir)
+    splits = vdata.make_splits(ds, cfg0.val_size, cfg0.train_size, cfg0.test_size, device)
+    for o in outs:
+        ensure_writable_dir(o)
+    locks = [FolderLock(o, "this run directory") for o in outs]
+    for lock in locks:
+        lock.__enter__()
+    try:
+        return _train_group(cfgs, outs, ds, device, splits["train"], splits["val"])
+    finally:
+        for lock in reversed(locks):
+            lock.__exit__(None, None, None)
+
+
+def _train_group(cfgs, outs, ds, device, train_split, val_split) -> list[dict]:
+    cfg0, n = cfgs[0], len(train_split)
+    runs = []
+    for cfg, out in zip(cfgs, outs):
+        atomic_write_json(out / CONFIG, cfg.to_dict())
+        torch.manual_seed(cfg.seed)  # as train: the run's initial weights, then its noise stream continues from here
+        runs.append(_Run(cfg, out, build_model(cfg, ds.shape, len(ds.classes)).to(device), device))
+    params, buffers = stack_module_state([r.model for r in runs])
+    names = list(params)
+    base = copy.deepcopy(runs[0].model).to("meta")
+    exp_avg = {k: torch.zeros_like(v) for k, v in params.items()}
+    exp_avg_sq = {k: torch.zeros_like(v) for k, v in params.items()}
+    steps = torch.zeros(len(runs), device=device)  # Adam's step per run (a skipped update does not count)
+    beta1, beta2, adam_eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which train uses
+    steps_per_epoch = math.ceil(n / cfg0.batch_size)
+    total_steps = max(cfg0.epochs * steps_per_epoch, 1)
+    clip = cfg0.grad_clip if cfg0.grad_clip > 0 else math.inf
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg0.bf16)
+    noise_dtype = torch.bfloat16 if cfg0.bf16 else torch.float32  # the dtype train's posterior draws in
+
+    def loss_of(p, b, x, eps, beta):
+        with autocast:
+            terms = functional_call(base, (p, b), (x,), {"eps": eps})
+        loss = objective(terms, beta, cfg0)
+        return loss, torch.stack([terms["recon"].mean(), terms["kl"].mean()])
+
+    step_fn = vmap(grad_and_value(loss_of, has_aux=True))
+    shape = (len(runs),) + (1,) * 8
+    for epoch in range(cfg0.epochs):
+        t0 = time.perf_counter()
+        sums = torch.zeros(len(runs), 3, device=device, dtype=torch.float64)
+        seen = torch.zeros(len(runs), device=device, dtype=torch.float64)
+        bad_epoch = [0] * len(runs)
+        orders = [list(vdata.minibatches(n, cfg0.batch_size, r.batches, device)) for r in runs]
+        for i in range(steps_per_epoch):
+            idx = [o[i] for o in orders]
+            x = torch.stack([train_split.x[j] for j in idx])
+            eps = torch.stack([torch.randn(len(j), cfg0.latent_dim, generator=r.noise, device=device,
+                                           dtype=noise_dtype) for j, r in zip(idx, runs)])
+            done = [r.step / total_steps for r in runs]
+            beta_t = torch.tensor([scheduled_beta(r.cfg, r.step, steps_per_epoch, d) for r, d in zip(runs, done)],
+                                  device=device)
+            grads, (loss, aux) = step_fn(params, buffers, x, eps, beta_t)
+            # per-run gradient norm over all parameters, then train's guards: NaN skip and clipping
+            norm = torch.sqrt(sum(g.float().pow(2).flatten(1).sum(1) for g in grads.values()))
+            ok = torch.isfinite(loss) & torch.isfinite(norm)
+            coef = torch.where(norm > clip, clip / (norm + 1e-6), torch.ones_like(norm))
+            coef = torch.where(ok, coef, torch.zeros_like(coef))
+            lr = torch.tensor([r.cfg.lr * lr_factor(r.cfg, d) for r, d in zip(runs, done)], device=device)
+            steps += ok.float()
+            upd = ok.float()
+            bc1 = 1 - beta1 ** steps.clamp(min=1)
+            bc2 = 1 - beta2 ** steps.clamp(min=1)
+            for k in names:
+                s = shape[:params[k].dim()]
+                g = torch.nan_to_num(grads[k]) * coef.view(s)
+                u = upd.view(s)
+                # torch.optim.Adam's update, per run; a run whose step was skipped keeps weights and moments
+                exp_avg[k].copy_(torch.where(u > 0, exp_avg[k].lerp(g, 1 - beta1), exp_avg[k]))
+                exp_avg_sq[k].copy_(torch.where(u > 0, exp_avg_sq[k] * beta2 + (1 - beta2) * g * g, exp_avg_sq[k]))
+                denom = (exp_avg_sq[k].sqrt() / bc2.sqrt().view(s)).add_(adam_eps)
+                params[k].data.sub_(u * (lr / bc1).view(s) * exp_avg[k] / denom)
+            ok_list = ok.tolist()
+            for r_i, (r, good) in enumerate(zip(runs, ok_list)):
+                if good:
+                    r.step += 1
+                    r.bad_in_row = 0
+                else:
+                    r.bad_in_row += 1
+                    bad_epoch[r_i] += 1
+                    if r.bad_in_row >= r.cfg.max_bad_steps:
+                        raise VaelabError(f"{r.out}: training diverged in epoch {epoch + 1} ({r.bad_in_row} "
+                                          "non-finite steps in a row); lower --lr")
+            b = torch.tensor([len(j) for j in idx], device=device, dtype=torch.float64)
+            good = ok.double()
+            seen += b * good
+            sums += torch.stack([loss.double() * b, aux[:, 0].double() * b, aux[:, 1].double() * b], 1) * good[:, None]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        for r_i, r in enumerate(runs):
+            _end_epoch(r, r_i, epoch, params, buffers, exp_avg, exp_avg_sq, steps, sums, seen, bad_epoch, seconds,
+                       n, steps_per_epoch, total_steps, ds, val_split)
+    return [r.history[-1] for r in runs]
+
+
+def _end_epoch(r: _Run, r_i, epoch, params, buffers, exp_avg, exp_avg_sq, steps, sums, seen, bad_epoch, seconds,
+               n, steps_per_epoch, total_steps, ds, val_split) -> None:
+    """Copy run r's slice into its module, validate it on its own noise stream and write its checkpoint."""
+    cfg = r.cfg
+    if bad_epoch[r_i] and bad_epoch[r_i] > cfg.max_skip_share * steps_per_epoch:
+        raise VaelabError(f"{r.out}: training diverged in epoch {epoch + 1} ({bad_epoch[r_i]} of {steps_per_epoch} "
+                          "steps were non-finite); lower --lr")
+    with torch.no_grad():
+        for k, p in r.model.named_parameters():
+            p.copy_(params[k][r_i])
+        for k, b in r.model.named_buffers():
+            b.copy_(buffers[k][r_i])
+    if not all(bool(torch.isfinite(p).all()) for p in r.model.parameters()):
+        raise VaelabError(f"{r.out}: training diverged in epoch {epoch + 1} (the weights are no longer finite)")
+    val = r.with_global_noise(lambda: average_terms(r.model, val_split)) if len(val_split) else {}
+    opt = make_optimizer(cfg, r.model)  # train's optimizer, holding this run's Adam state, for its checkpoint
+    lr = cfg.lr * lr_factor(cfg, max(r.step - 1, 0) / total_steps) if r.step else cfg.lr
+    for (k, p) in r.model.named_parameters():
+        opt.state[p] = {"step": torch.tensor(float(steps[r_i]), dtype=torch.float32, device=p.device),
+                        "exp_avg": exp_avg[k][r_i].clone(), "exp_avg_sq": exp_avg_sq[k][r_i].clone()}
+    for group in opt.param_groups:
+        group["lr"] = lr
+    tr = (sums[r_i] / max(float(seen[r_i]), 1)).tolist()
+    row = {"epoch": epoch + 1, "step": r.step,
+           "beta": scheduled_beta(cfg, r.step, steps_per_epoch, r.step / total_steps), "lr": lr,
+           "train_loss": tr[0], "train_recon": tr[1], "train_kl": tr[2], **{f"val_{k}": v for k, v in val.items()},
+           "seconds": seconds, "images_per_s": float(seen[r_i]) / seconds if seconds > 0 else 0.0,
+           "skipped_steps": bad_epoch[r_i], "skipped_large_grad": 0, "trained_with": "multirun"}
+    r.history.append(row)
+    save_checkpoint(r.out, {
+        "config": cfg.to_dict(), "epoch": epoch + 1, "step": r.step, "bad_steps": sum(h["skipped_steps"] for h in
+                                                                                          r.history),
+        "bad_in_row": r.bad_in_row, "model": r.model.state_dict(), "optimizer": opt.state_dict(), "rng": r.rng(),
+        "history": r.history, "shape": list(ds.shape), "classes": list(ds.classes),
+        "versions": {"vaelab": __version__, "torch": torch.__version__}})
+    _write_metrics(r.out, r.history)
