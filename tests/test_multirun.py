@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from conftest import tiny_config
 
 from vaelab import VaelabError
@@ -100,3 +99,24 @@ def test_what_cannot_train_together_is_refused(tiny_root, tmp_path):
     cfgs = [tiny_config(seed=s, beta=b) for s in (0, 1) for b in (1.0, 2.0)] + [tiny_config(latent_dim=8),
                                                                                  tiny_config(ema=0.9, seed=5)]
     assert multirun.groups(cfgs) == [[0, 1, 2, 3]]
+
+
+def test_study_together_trains_groups_then_evaluates_every_cell(tiny_root, tmp_path, capsys):
+    from vaelab import study
+    from vaelab.cli import main
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "g"\n[base]\ndataset = "fashion-mnist"\nepochs = 1\ntrain_size = 64\nval_size = 40\n'
+                    'test_size = 20\niwae_samples = 2\nbatch_size = 16\nlatent_dim = 3\n'
+                    '[grid]\nbeta = [1.0, 4.0]\nseed = [0, 1]\n')
+    assert main(["study", str(spec), "--out", str(tmp_path / "S"), "--together", "--data-dir", str(tiny_root)]) == 0
+    runs = sorted((tmp_path / "S" / "runs").iterdir())
+    assert len(runs) == 4 and all((r / "eval.json").is_file() for r in runs)
+    assert all(load_checkpoint(r)["history"][-1]["trained_with"] == "multirun" for r in runs)
+    alone = tmp_path / "alone"
+    study.run(study.load_spec(spec), alone, data_dir=str(tiny_root))
+    for r in runs:
+        a = load_checkpoint(alone / "runs" / r.name)
+        assert "trained_with" not in a["history"][-1]
+        assert load_checkpoint(r)["history"][-1]["val_neg_elbo"] == pytest.approx(
+            a["history"][-1]["val_neg_elbo"], rel=RTOL_ELBO)

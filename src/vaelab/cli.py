@@ -218,7 +218,7 @@ def cmd_study(args) -> int:
     t0 = time.perf_counter()
     counts = study.run(spec, args.out, jobs=args.jobs, executor=args.executor, address=args.address,
                        data_dir=args.data_dir, retrain_stale=args.retrain_stale, gpus_per_run=args.gpus_per_run,
-                       threads=args.threads)
+                       threads=args.threads, together=args.together)
     wall = time.perf_counter() - t0
     print(f"study {spec.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f" of {len(spec.cells)} runs in {wall:.0f}s; results in {Path(args.out) / 'results.csv'}")
@@ -370,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "objectives), architectures (conv, resnet, hierarchical) or disentangle "
                                      "(objectives on shapes2d)")
     st.add_argument("--out", help="study directory (runs/, study.json, results.csv)")
+    st.add_argument("--together", action="store_true",
+                    help="train cells that differ only in seed and beta as one stacked model each (vmap: many small "
+                    "runs fill a GPU); same numbers as one by one, within float rounding")
     st.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (processes)")
     st.add_argument("--threads", type=int, default=None,
                     help="CPU threads per run (default: the cores shared evenly among --jobs); e.g. --jobs 1 "

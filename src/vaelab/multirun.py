@@ -140,12 +140,13 @@ def _train_group(cfgs, outs, ds, device, train_split, val_split) -> list[dict]:
         torch.manual_seed(cfg.seed)  # as train: the run's initial weights, then its noise stream continues from here
         runs.append(_Run(cfg, out, build_model(cfg, ds.shape, len(ds.classes)).to(device), device))
     params, buffers = stack_module_state([r.model for r in runs])
-    names = list(params)
+    # plain tensors: torch.func differentiates inside the step; grads on the stacked leaves would chain every
+    # update into one autograd graph that grows with each step
+    params = {k: v.detach() for k, v in params.items()}
     base = copy.deepcopy(runs[0].model).to("meta")
     exp_avg = {k: torch.zeros_like(v) for k, v in params.items()}
     exp_avg_sq = {k: torch.zeros_like(v) for k, v in params.items()}
     steps = torch.zeros(len(runs), device=device)  # Adam's step per run (a skipped update does not count)
-    beta1, beta2, adam_eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which train uses
     steps_per_epoch = math.ceil(n / cfg0.batch_size)
     total_steps = max(cfg0.epochs * steps_per_epoch, 1)
     clip = cfg0.grad_clip if cfg0.grad_clip > 0 else math.inf
@@ -159,7 +160,6 @@ def _train_group(cfgs, outs, ds, device, train_split, val_split) -> list[dict]:
         return loss, torch.stack([terms["recon"].mean(), terms["kl"].mean()])
 
     step_fn = vmap(grad_and_value(loss_of, has_aux=True))
-    shape = (len(runs),) + (1,) * 8
     for epoch in range(cfg0.epochs):
         t0 = time.perf_counter()
         sums = torch.zeros(len(runs), 3, device=device, dtype=torch.float64)
@@ -175,25 +175,8 @@ def _train_group(cfgs, outs, ds, device, train_split, val_split) -> list[dict]:
             beta_t = torch.tensor([scheduled_beta(r.cfg, r.step, steps_per_epoch, d) for r, d in zip(runs, done)],
                                   device=device)
             grads, (loss, aux) = step_fn(params, buffers, x, eps, beta_t)
-            # per-run gradient norm over all parameters, then train's guards: NaN skip and clipping
-            norm = torch.sqrt(sum(g.float().pow(2).flatten(1).sum(1) for g in grads.values()))
-            ok = torch.isfinite(loss) & torch.isfinite(norm)
-            coef = torch.where(norm > clip, clip / (norm + 1e-6), torch.ones_like(norm))
-            coef = torch.where(ok, coef, torch.zeros_like(coef))
             lr = torch.tensor([r.cfg.lr * lr_factor(r.cfg, d) for r, d in zip(runs, done)], device=device)
-            steps += ok.float()
-            upd = ok.float()
-            bc1 = 1 - beta1 ** steps.clamp(min=1)
-            bc2 = 1 - beta2 ** steps.clamp(min=1)
-            for k in names:
-                s = shape[:params[k].dim()]
-                g = torch.nan_to_num(grads[k]) * coef.view(s)
-                u = upd.view(s)
-                # torch.optim.Adam's update, per run; a run whose step was skipped keeps weights and moments
-                exp_avg[k].copy_(torch.where(u > 0, exp_avg[k].lerp(g, 1 - beta1), exp_avg[k]))
-                exp_avg_sq[k].copy_(torch.where(u > 0, exp_avg_sq[k] * beta2 + (1 - beta2) * g * g, exp_avg_sq[k]))
-                denom = (exp_avg_sq[k].sqrt() / bc2.sqrt().view(s)).add_(adam_eps)
-                params[k].data.sub_(u * (lr / bc1).view(s) * exp_avg[k] / denom)
+            ok = _adam_step(params, grads, loss, exp_avg, exp_avg_sq, steps, lr, clip)
             ok_list = ok.tolist()
             for r_i, (r, good) in enumerate(zip(runs, ok_list)):
                 if good:
@@ -216,6 +199,29 @@ def _train_group(cfgs, outs, ds, device, train_split, val_split) -> list[dict]:
             _end_epoch(r, r_i, epoch, params, buffers, exp_avg, exp_avg_sq, steps, sums, seen, bad_epoch, seconds,
                        n, steps_per_epoch, total_steps, ds, val_split)
     return [r.history[-1] for r in runs]
+
+
+@torch.no_grad()
+def _adam_step(params, grads, loss, exp_avg, exp_avg_sq, steps, lr, clip, beta1=0.9, beta2=0.999, adam_eps=1e-8):
+    """train's guards and torch.optim.Adam's update (its defaults, which train uses), per run on stacked tensors:
+    a run whose loss or gradient is not finite skips the step (weights, moments and step count kept); a gradient
+    norm above `clip` is scaled to it. Returns which runs stepped."""
+    norm = torch.sqrt(sum(g.float().pow(2).flatten(1).sum(1) for g in grads.values()))
+    ok = torch.isfinite(loss) & torch.isfinite(norm)
+    coef = torch.where(norm > clip, clip / (norm + 1e-6), torch.ones_like(norm))
+    coef = torch.where(ok, coef, torch.zeros_like(coef))
+    steps += ok.float()
+    bc1 = 1 - beta1 ** steps.clamp(min=1)
+    bc2 = 1 - beta2 ** steps.clamp(min=1)
+    for k, p in params.items():
+        s = (-1,) + (1,) * (p.dim() - 1)
+        g = torch.nan_to_num(grads[k]) * coef.view(s)
+        u = ok.view(s)
+        exp_avg[k].copy_(torch.where(u, exp_avg[k].lerp(g, 1 - beta1), exp_avg[k]))
+        exp_avg_sq[k].copy_(torch.where(u, exp_avg_sq[k] * beta2 + (1 - beta2) * g * g, exp_avg_sq[k]))
+        denom = (exp_avg_sq[k].sqrt() / bc2.sqrt().view(s)).add_(adam_eps)
+        p.sub_(u.float() * (lr / bc1).view(s) * exp_avg[k] / denom)
+    return ok
 
 
 def _end_epoch(r: _Run, r_i, epoch, params, buffers, exp_avg, exp_avg_sq, steps, sums, seen, bad_epoch, seconds,

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field, fields
@@ -414,10 +415,12 @@ def _set_aside(run_dir: Path) -> Path:
 
 def run(spec: StudySpec | str | Path, out: str | Path, jobs: int = 1, executor: str = "local",
         address: str | None = None, data_dir: str | None = None, retrain_stale: bool = False,
-        gpus_per_run: float = 0.0, threads: int | None = None) -> dict[str, int]:
+        gpus_per_run: float = 0.0, threads: int | None = None, together: bool = False) -> dict[str, int]:
     """Run (or resume) every cell of a study into out/runs/<run-id>/; returns counts by final status.
 
     threads: CPU threads each run uses (default: the machine's cores shared evenly among the jobs).
+    together: first train the not-yet-started cells that differ only in seed and beta as one stacked model each
+    (vaelab.multirun: small models fill a GPU); every cell is then evaluated (and any other trained) as usual.
 
     One process at a time works on a study directory (a lock; a second one exits with a one-line message).
     A cell whose run directory was trained with another config is an error naming the cell and the fields,
@@ -455,6 +458,8 @@ def run(spec: StudySpec | str | Path, out: str | Path, jobs: int = 1, executor: 
         _write_study_json(out, spec)
         todo = [c for c in spec.cells if cell_status(out / "runs" / c.run_id) != "done"]
         args = [(str(out / "runs" / c.run_id), c.config.to_dict()) for c in todo]
+        if together:
+            _train_groups(todo, out, data_dir)
         if executor == "ray":
             _run_ray(args, address, data_dir, gpus_per_run)
         elif jobs == 1 or len(args) <= 1:
@@ -470,6 +475,22 @@ def run(spec: StudySpec | str | Path, out: str | Path, jobs: int = 1, executor: 
         s = cell_status(out / "runs" / c.run_id)
         counts[s] = counts.get(s, 0) + 1
     return counts
+
+
+def _train_groups(todo: list, out: Path, data_dir: str | None) -> None:
+    """Train each group of not-yet-started cells that can share a stacked model (multirun.groups) together. A group
+    that fails leaves its checkpoints; run_cell then resumes (or records the failure of) each cell on its own."""
+    from . import multirun
+    from .train import CHECKPOINT, CONFIG
+
+    fresh = [c for c in todo if not ((out / "runs" / c.run_id / CHECKPOINT).exists()
+                                     or (out / "runs" / c.run_id / CONFIG).exists())]
+    for group in multirun.groups([c.config for c in fresh]):
+        cells = [fresh[i] for i in group]
+        try:
+            multirun.train_together([c.config for c in cells], [out / "runs" / c.run_id for c in cells], data_dir)
+        except VaelabError as e:
+            print(f"vaelab: {len(cells)} runs trained together stopped ({e}); each goes on alone", file=sys.stderr)
 
 
 def _worker_init() -> None:
