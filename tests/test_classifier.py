@@ -33,6 +33,47 @@ def test_classifier_learns_and_is_cached(tiny_root, monkeypatch):
     assert np.allclose(classifier.predict(model, x)[0].numpy(), classifier.predict(again, x)[0].numpy(), atol=1e-5)
 
 
+def test_a_shipped_classifier_serves_exactly_its_data(tiny_root, tmp_path, monkeypatch):
+    """A classifier shipped under the data's content key is used without training; other data trains its own."""
+    import dataclasses
+    import shutil
+
+    ds = vdata.load("fashion-mnist", tiny_root)
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache1"))
+    model, info = classifier.reference_classifier("fashion-mnist", tiny_root, epochs=2, ds=ds)
+    trained = next((tmp_path / "cache1" / "classifiers").iterdir())
+    ship = tmp_path / "shipped"
+    ship.mkdir()
+    name = f"fashion-mnist-{classifier.content_key(ds)}-e2-v{classifier.VERSION}.safetensors"
+    shutil.copy(trained, ship / name)
+    monkeypatch.setattr(classifier, "SHIPPED", ship)
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache2"))  # a newcomer: nothing cached
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("trained a shipped classifier"))
+    again, info2 = classifier.reference_classifier("fashion-mnist", tiny_root, epochs=2, ds=ds)
+    assert info2 == info
+    # the content key follows the pixels, not paths or times: one changed pixel means other data
+    x = ds.x_train.copy()
+    x[0, 0, 0, 0] ^= 1
+    other = dataclasses.replace(ds, x_train=x)
+    assert classifier.content_key(other) != classifier.content_key(ds)
+    with pytest.raises(pytest.fail.Exception, match="trained a shipped classifier"):
+        classifier.reference_classifier("fashion-mnist", tiny_root, epochs=2, ds=other)
+
+
+def test_the_shipped_classifiers_load():
+    """The files in the package are whole networks with their recorded accuracy (weights only: safetensors)."""
+    from vaelab.store import load_tree
+
+    files = sorted(classifier.SHIPPED.glob("*.safetensors"))
+    assert {f.name.split("-")[0] for f in files} == {"fashion", "cifar10"}
+    for f in files:
+        blob = load_tree(f)
+        channels = 1 if f.name.startswith("fashion") else 3
+        model = classifier.SmallCNN(channels, widths=tuple(blob["info"]["widths"]))
+        model.load_state_dict(blob["model"])
+        assert blob["info"]["test_accuracy"] > (0.9 if channels == 1 else 0.75)
+
+
 def test_generation_scores(tiny_root, tmp_path, monkeypatch):
     quick_classifier(monkeypatch)
     ds = vdata.load("fashion-mnist", tiny_root)
