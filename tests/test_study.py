@@ -345,3 +345,23 @@ def test_threads_per_run_also_limit_the_blas_of_the_probes(tiny_root, tmp_path):
     finally:
         for info in threadpool_info():
             threadpool_limits({info["prefix"]: before.get(info["filepath"], info["num_threads"])})
+
+
+def test_results_say_how_far_from_convergence_each_run_stopped(tiny_root, tmp_path):
+    from vaelab import report
+
+    spec = study.load_spec(write(tmp_path, TINY_TOML.replace("epochs = 1", "epochs = 3")))
+    out = tmp_path / "S"
+    study.run(spec, out, data_dir=str(tiny_root))
+    df = study.collect(out)
+    for _, row in df.iterrows():
+        val = [json.loads(line)["val_neg_elbo"] for line in (out / "runs" / row["run_id"] / "metrics.jsonl").open()]
+        assert row["epochs_done"] == 3
+        assert row["last_val_change"] == pytest.approx((val[-1] - val[-2]) / val[-2])
+    page = report.Page("t")
+    page.section("Setup")
+    report._convergence_table(page, df)
+    kind, (head, rows) = page.sections[0][1][-1]
+    assert kind == "table" and head[-1].startswith("last epoch's change") and len(rows) == 2  # one per latent size
+    assert rows[0][:3] == ["fashion-mnist", 2, 1.0] and rows[0][-2] == "0 of 1"
+    assert rows[0][-1].startswith(f"{df['last_val_change'].iloc[0] * 100:+.3f} %")

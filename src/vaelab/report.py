@@ -425,6 +425,26 @@ def _disentanglement_section(page: Page, out: Path, done, fig_dir: Path, data_di
                                                 "labelled with the factor it tells most about.")
 
 
+def _convergence_table(page: Page, done) -> None:
+    """How far from convergence each cell stopped: epochs, best epoch, early stops, the last epoch's change."""
+    if done.empty or "last_val_change" not in done or done["last_val_change"].isna().all():
+        return
+    keys = [k for k in ("dataset", "latent_dim", "beta") if k in done]
+    rows = []
+    for key, g in done.groupby(keys, sort=True):
+        ch = g["last_val_change"].dropna() * 100
+        rows.append([*(key if isinstance(key, tuple) else (key,)), len(g), f"{g['epochs_done'].mean():.1f}",
+                     f"{g['best_epoch'].mean():.1f}" if g["best_epoch"].notna().any() else "-",
+                     f"{int(g['stopped_early'].sum())} of {len(g)}",
+                     f"{ch.mean():+.3f} % ({ch.min():+.3f} … {ch.max():+.3f})" if len(ch) else "-"])
+    page.add("text", "How far from convergence each cell stopped, over its seeds: epochs trained, the best validation "
+                     "epoch (the model kept when early stopping is on), how many runs the patience rule stopped, and "
+                     "the last epoch's relative change of the validation negative ELBO (negative: still improving). "
+                     "Under a cosine schedule the last epochs run at a small learning rate, so a small last change "
+                     "there says the schedule ended, not that more training would not help.")
+    page.add("table", [*keys, "runs", "epochs", "best epoch", "stopped early", "last epoch's change (min … max)"], rows)
+
+
 def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     spec = read_json(out / "study.json")
     df = study.write_results(out)
@@ -468,6 +488,7 @@ def study_report(out: Path, data_dir=None, classifier: bool = True) -> Path:
     page.section("Setup")
     page.add("text", f"{len(df)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
              + ". Each run is an ordinary vaelab run directory under runs/.")
+    _convergence_table(page, done)
     page.add("table", ["field", "value"], [[k, v] for k, v in spec["base"].items()])
     sweeps = [f"{', '.join(f'{k} ∈ {v}' for k, v in {**s.get('zip', {}), **s.get('grid', {})}.items())}"
               + (" (zipped: " + ", ".join(s["zip"]) + ")" if s.get("zip") else "") for s in spec["sweep"]]

@@ -594,6 +594,9 @@ def collect(out: str | Path):
         # how far from convergence: the last epoch whose validation ELBO improved (early stopping records it)
         row["best_epoch"] = hist[-1].get("best_epoch") if hist else None
         row["stopped_early"] = bool(hist and hist[-1].get("stopped_early"))
+        val = [h["val_neg_elbo"] for h in hist if "val_neg_elbo" in h]
+        # the last epoch's relative change of the validation negative ELBO (< 0: still improving)
+        row["last_val_change"] = (val[-1] - val[-2]) / abs(val[-2]) if len(val) > 1 and val[-2] else None
         if (d / EVAL).is_file():
             ev = read_json(d / EVAL)
             ev = {**ev, **(ev.get("disentanglement") or {})}  # a factor dataset's scores sit in their own block
