@@ -80,7 +80,9 @@ class VAE(ImageModel):
                          eps: torch.Tensor | None = None):
         """z ~ q(z|x) with its log-density, by reparameterisation: k=None gives (B, D), else (B, k, D).
         Returns (z, log_q, mu, logvar) with mu, logvar those of the Gaussian the flow (if any) starts from."""
-        return self.posterior.rsample(self.features(x, y), k, eps)
+        h = self.features(x, y)
+        # a posterior added by a user may take (h, k) only: eps is passed when a caller draws it (multirun)
+        return self.posterior.rsample(h, k) if eps is None else self.posterior.rsample(h, k, eps)
 
     def encode_float(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Intensities in [0, 1] -> (mu, logvar) of the base Gaussian; the VampPrior's pseudo-inputs go through here."""
