@@ -99,6 +99,52 @@ class _Run:
                 "cuda": None if on_cpu else [self.noise.get_state()]}
 
 
+class _Stack:
+    """The runs' weights stacked along a leading run dimension, with their Adam moments and step counts."""
+
+    def __init__(self, models: list[torch.nn.Module], device: torch.device):
+        params, self.buffers = stack_module_state(models)
+        # plain tensors: torch.func differentiates inside the step; grads on the stacked leaves would chain every
+        # update into one autograd graph that grows with each step
+        self.params = {k: v.detach() for k, v in params.items()}
+        self.exp_avg = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.steps = torch.zeros(len(models), device=device)  # Adam's step per run (a skipped update does not count)
+
+    @torch.no_grad()
+    def adam_step(self, grads, loss, lr, clip, beta1=0.9, beta2=0.999, adam_eps=1e-8) -> torch.Tensor:
+        """train's guards and torch.optim.Adam's update (its defaults, which train uses), per run: a run whose loss
+        or gradient is not finite skips the step (weights, moments and step count kept); a gradient norm above
+        `clip` is scaled to it. Returns which runs stepped."""
+        norm = torch.sqrt(sum(g.float().pow(2).flatten(1).sum(1) for g in grads.values()))
+        ok = torch.isfinite(loss) & torch.isfinite(norm)
+        coef = torch.where(norm > clip, clip / (norm + 1e-6), torch.ones_like(norm))
+        coef = torch.where(ok, coef, torch.zeros_like(coef))
+        self.steps += ok.float()
+        bc1 = 1 - beta1 ** self.steps.clamp(min=1)
+        bc2 = 1 - beta2 ** self.steps.clamp(min=1)
+        for k, p in self.params.items():
+            s = (-1,) + (1,) * (p.dim() - 1)
+            g = torch.nan_to_num(grads[k]) * coef.view(s)
+            u = ok.view(s)
+            m, v = self.exp_avg[k], self.exp_avg_sq[k]
+            m.copy_(torch.where(u, m.lerp(g, 1 - beta1), m))
+            v.copy_(torch.where(u, v * beta2 + (1 - beta2) * g * g, v))
+            denom = (v.sqrt() / bc2.sqrt().view(s)).add_(adam_eps)
+            p.sub_(u.float() * (lr / bc1).view(s) * m / denom)
+        return ok
+
+    @torch.no_grad()
+    def unstack(self, i: int, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        """Run i's weights into its module and its Adam state into `opt` (train's optimizer over that module)."""
+        for k, p in model.named_parameters():
+            p.copy_(self.params[k][i])
+            opt.state[p] = {"step": torch.tensor(float(self.steps[i]), dtype=torch.float32, device=p.device),
+                            "exp_avg": self.exp_avg[k][i].clone(), "exp_avg_sq": self.exp_avg_sq[k][i].clone()}
+        for k, b in model.named_buffers():
+            b.copy_(self.buffers[k][i])
+
+
 def train_together(cfgs: list[TrainConfig], outs: list[str | Path], data_dir: str | Path | None = None,
                    dataset: vdata.Dataset | None = None) -> list[dict]:
     """Train runs that differ only in seed and beta as one stacked model; returns each run's last history row."""
@@ -139,14 +185,8 @@ def _train_group(cfgs, outs, ds, device, train_split, val_split) -> list[dict]:
         atomic_write_json(out / CONFIG, cfg.to_dict())
         torch.manual_seed(cfg.seed)  # as train: the run's initial weights, then its noise stream continues from here
         runs.append(_Run(cfg, out, build_model(cfg, ds.shape, len(ds.classes)).to(device), device))
-    params, buffers = stack_module_state([r.model for r in runs])
-    # plain tensors: torch.func differentiates inside the step; grads on the stacked leaves would chain every
-    # update into one autograd graph that grows with each step
-    params = {k: v.detach() for k, v in params.items()}
-    base = copy.deepcopy(runs[0].model).to("meta")
-    exp_avg = {k: torch.zeros_like(v) for k, v in params.items()}
-    exp_avg_sq = {k: torch.zeros_like(v) for k, v in params.items()}
-    steps = torch.zeros(len(runs), device=device)  # Adam's step per run (a skipped update does not count)
+    stack = _Stack([r.model for r in runs], device)
+    base = copy.deepcopy(runs[0].model).to("meta")  # the architecture, for functional_call on stacked weights
     steps_per_epoch = math.ceil(n / cfg0.batch_size)
     total_steps = max(cfg0.epochs * steps_per_epoch, 1)
     clip = cfg0.grad_clip if cfg0.grad_clip > 0 else math.inf
@@ -174,9 +214,9 @@ def _train_group(cfgs, outs, ds, device, train_split, val_split) -> list[dict]:
             done = [r.step / total_steps for r in runs]
             beta_t = torch.tensor([scheduled_beta(r.cfg, r.step, steps_per_epoch, d) for r, d in zip(runs, done)],
                                   device=device)
-            grads, (loss, aux) = step_fn(params, buffers, x, eps, beta_t)
+            grads, (loss, aux) = step_fn(stack.params, stack.buffers, x, eps, beta_t)
             lr = torch.tensor([r.cfg.lr * lr_factor(r.cfg, d) for r, d in zip(runs, done)], device=device)
-            ok = _adam_step(params, grads, loss, exp_avg, exp_avg_sq, steps, lr, clip)
+            ok = stack.adam_step(grads, loss, lr, clip)
             ok_list = ok.tolist()
             for r_i, (r, good) in enumerate(zip(runs, ok_list)):
                 if good:
@@ -196,67 +236,37 @@ def _train_group(cfgs, outs, ds, device, train_split, val_split) -> list[dict]:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         for r_i, r in enumerate(runs):
-            _end_epoch(r, r_i, epoch, params, buffers, exp_avg, exp_avg_sq, steps, sums, seen, bad_epoch, seconds,
-                       n, steps_per_epoch, total_steps, ds, val_split)
+            stats = {"sums": sums[r_i], "seen": float(seen[r_i]), "bad": bad_epoch[r_i], "seconds": seconds}
+            _end_epoch(r, r_i, epoch, stack, stats, (steps_per_epoch, total_steps), ds, val_split)
     return [r.history[-1] for r in runs]
 
 
-@torch.no_grad()
-def _adam_step(params, grads, loss, exp_avg, exp_avg_sq, steps, lr, clip, beta1=0.9, beta2=0.999, adam_eps=1e-8):
-    """train's guards and torch.optim.Adam's update (its defaults, which train uses), per run on stacked tensors:
-    a run whose loss or gradient is not finite skips the step (weights, moments and step count kept); a gradient
-    norm above `clip` is scaled to it. Returns which runs stepped."""
-    norm = torch.sqrt(sum(g.float().pow(2).flatten(1).sum(1) for g in grads.values()))
-    ok = torch.isfinite(loss) & torch.isfinite(norm)
-    coef = torch.where(norm > clip, clip / (norm + 1e-6), torch.ones_like(norm))
-    coef = torch.where(ok, coef, torch.zeros_like(coef))
-    steps += ok.float()
-    bc1 = 1 - beta1 ** steps.clamp(min=1)
-    bc2 = 1 - beta2 ** steps.clamp(min=1)
-    for k, p in params.items():
-        s = (-1,) + (1,) * (p.dim() - 1)
-        g = torch.nan_to_num(grads[k]) * coef.view(s)
-        u = ok.view(s)
-        exp_avg[k].copy_(torch.where(u, exp_avg[k].lerp(g, 1 - beta1), exp_avg[k]))
-        exp_avg_sq[k].copy_(torch.where(u, exp_avg_sq[k] * beta2 + (1 - beta2) * g * g, exp_avg_sq[k]))
-        denom = (exp_avg_sq[k].sqrt() / bc2.sqrt().view(s)).add_(adam_eps)
-        p.sub_(u.float() * (lr / bc1).view(s) * exp_avg[k] / denom)
-    return ok
-
-
-def _end_epoch(r: _Run, r_i, epoch, params, buffers, exp_avg, exp_avg_sq, steps, sums, seen, bad_epoch, seconds,
-               n, steps_per_epoch, total_steps, ds, val_split) -> None:
-    """Copy run r's slice into its module, validate it on its own noise stream and write its checkpoint."""
-    cfg = r.cfg
-    if bad_epoch[r_i] and bad_epoch[r_i] > cfg.max_skip_share * steps_per_epoch:
-        raise VaelabError(f"{r.out}: training diverged in epoch {epoch + 1} ({bad_epoch[r_i]} of {steps_per_epoch} "
+def _end_epoch(r: _Run, r_i: int, epoch: int, stack: _Stack, stats: dict, schedule: tuple[int, int], ds,
+               val_split) -> None:
+    """Run r's slice into its module, validated on its own noise stream, and its checkpoint as train writes it."""
+    cfg, (steps_per_epoch, total_steps) = r.cfg, schedule
+    if stats["bad"] > cfg.max_skip_share * steps_per_epoch:
+        raise VaelabError(f"{r.out}: training diverged in epoch {epoch + 1} ({stats['bad']} of {steps_per_epoch} "
                           "steps were non-finite); lower --lr")
-    with torch.no_grad():
-        for k, p in r.model.named_parameters():
-            p.copy_(params[k][r_i])
-        for k, b in r.model.named_buffers():
-            b.copy_(buffers[k][r_i])
+    opt = make_optimizer(cfg, r.model)  # train's optimizer, holding this run's Adam state, for its checkpoint
+    stack.unstack(r_i, r.model, opt)
     if not all(bool(torch.isfinite(p).all()) for p in r.model.parameters()):
         raise VaelabError(f"{r.out}: training diverged in epoch {epoch + 1} (the weights are no longer finite)")
     val = r.with_global_noise(lambda: average_terms(r.model, val_split)) if len(val_split) else {}
-    opt = make_optimizer(cfg, r.model)  # train's optimizer, holding this run's Adam state, for its checkpoint
-    lr = cfg.lr * lr_factor(cfg, max(r.step - 1, 0) / total_steps) if r.step else cfg.lr
-    for (k, p) in r.model.named_parameters():
-        opt.state[p] = {"step": torch.tensor(float(steps[r_i]), dtype=torch.float32, device=p.device),
-                        "exp_avg": exp_avg[k][r_i].clone(), "exp_avg_sq": exp_avg_sq[k][r_i].clone()}
+    lr = cfg.lr * lr_factor(cfg, max(r.step - 1, 0) / total_steps) if r.step else cfg.lr  # the last step's
     for group in opt.param_groups:
         group["lr"] = lr
-    tr = (sums[r_i] / max(float(seen[r_i]), 1)).tolist()
+    tr = (stats["sums"] / max(stats["seen"], 1)).tolist()
     row = {"epoch": epoch + 1, "step": r.step,
            "beta": scheduled_beta(cfg, r.step, steps_per_epoch, r.step / total_steps), "lr": lr,
            "train_loss": tr[0], "train_recon": tr[1], "train_kl": tr[2], **{f"val_{k}": v for k, v in val.items()},
-           "seconds": seconds, "images_per_s": float(seen[r_i]) / seconds if seconds > 0 else 0.0,
-           "skipped_steps": bad_epoch[r_i], "skipped_large_grad": 0, "trained_with": "multirun"}
+           "seconds": stats["seconds"], "images_per_s": stats["seen"] / stats["seconds"] if stats["seconds"] else 0.0,
+           "skipped_steps": stats["bad"], "skipped_large_grad": 0, "trained_with": "multirun"}
     r.history.append(row)
     save_checkpoint(r.out, {
-        "config": cfg.to_dict(), "epoch": epoch + 1, "step": r.step, "bad_steps": sum(h["skipped_steps"] for h in
-                                                                                          r.history),
-        "bad_in_row": r.bad_in_row, "model": r.model.state_dict(), "optimizer": opt.state_dict(), "rng": r.rng(),
-        "history": r.history, "shape": list(ds.shape), "classes": list(ds.classes),
+        "config": cfg.to_dict(), "epoch": epoch + 1, "step": r.step,
+        "bad_steps": sum(h["skipped_steps"] for h in r.history), "bad_in_row": r.bad_in_row,
+        "model": r.model.state_dict(), "optimizer": opt.state_dict(), "rng": r.rng(), "history": r.history,
+        "shape": list(ds.shape), "classes": list(ds.classes),
         "versions": {"vaelab": __version__, "torch": torch.__version__}})
     _write_metrics(r.out, r.history)
