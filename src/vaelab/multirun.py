@@ -208,7 +208,7 @@ def _train_group(cfgs, outs, ds, device, train_split, val_split) -> list[dict]:
         orders = [list(vdata.minibatches(n, cfg0.batch_size, r.batches, device)) for r in runs]
         for i in range(steps_per_epoch):
             idx = [o[i] for o in orders]
-            x = torch.stack([train_split.x[j] for j in idx])
+            x = train_split.x[torch.stack(idx)]  # (runs, batch, C, H, W): one gather (every run's batch is as long)
             eps = torch.stack([torch.randn(len(j), cfg0.latent_dim, generator=r.noise, device=device,
                                            dtype=noise_dtype) for j, r in zip(idx, runs)])
             done = [r.step / total_steps for r in runs]
