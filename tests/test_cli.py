@@ -25,6 +25,10 @@ def test_train_evaluate_sample_reconstruct(tiny_root, tmp_path, capsys):
     assert json.loads((run / "eval.json").read_text())["latent_dim"] == 2
     assert main(["evaluate", str(run), "--test-size", "10", "--iwae-samples", "2", "--json", "--data-dir", str(tiny_root)]) == 0
     assert json.loads(capsys.readouterr().out)["test_size"] == 10
+    assert main(["evaluate", str(run), "--test-size", "10", "--iwae-samples", "3", "--precision", "fp32",
+                 "--data-dir", str(tiny_root)]) == 0
+    assert "IWAE K = 3 in fp32)" in capsys.readouterr().out
+    assert json.loads((run / "eval.json").read_text())["iwae_precision"] == "fp32"
     assert main(["sample", str(run), "--n", "12", "--nrow", "4"]) == 0
     img = Image.open(run / "samples.png")
     assert img.size == (2 * (4 * 30 + 2), 2 * (3 * 30 + 2))  # 4x3 grid of 28px tiles, 2px gutters, x2 scale

@@ -82,7 +82,8 @@ def cmd_evaluate(args) -> int:
     result = evaluate(_run_arg(args.run), data_dir=args.data_dir, test_size=args.test_size, iwae_samples=args.iwae_samples,
                       device=args.device, on=args.on, raw=args.raw, precision=args.precision)
     print(json.dumps({k: v for k, v in result.items() if k not in ("kl_per_dim", "au_variance")}, indent=2)
-          if args.json else f"{args.run}: {_fmt(result)}")
+          if args.json else f"{args.run}: {_fmt(result)}  (evaluation {result['eval_seconds']:.0f} s, IWAE K = "
+                            f"{result['iwae_samples']} in {result['iwae_precision']})")
     return 0
 
 
