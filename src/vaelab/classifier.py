@@ -124,6 +124,19 @@ def content_key(ds: vdata.Dataset) -> str:
     return h.hexdigest()[:16]
 
 
+def _load_classifier(path: Path, channels: int) -> tuple[SmallCNN, dict] | None:
+    """A stored classifier and its info, or None when the file is absent or damaged (then it is retrained)."""
+    if not path.is_file():
+        return None
+    try:  # safetensors: a cache entry someone planted cannot run code
+        blob = load_tree(path)
+        model = SmallCNN(channels, widths=tuple(blob["info"]["widths"]))
+        model.load_state_dict(blob["model"])
+        return model.eval(), blob["info"]
+    except (VaelabError, KeyError, TypeError, RuntimeError):
+        return None
+
+
 def reference_classifier(dataset: str, data_dir=None, epochs: int | None = None,
                          ds: vdata.Dataset | None = None, device: str = "auto") -> tuple[SmallCNN, dict]:
     """The dataset's reference classifier (on the CPU): loaded from the user cache, trained once when absent
@@ -134,16 +147,11 @@ def reference_classifier(dataset: str, data_dir=None, epochs: int | None = None,
     epochs = epochs or vdata.spec(dataset).classifier_epochs
     key = f"{dataset}-n{len(ds.x_train)}-{vdata._source_key(Path(ds.source)) if Path(ds.source).exists() else 'mem'}"
     path = vdata.cache_dir() / "classifiers" / f"{key}-e{epochs}-v{VERSION}.safetensors"
-    shipped = SHIPPED / f"{dataset}-{content_key(ds)}-e{epochs}-v{VERSION}.safetensors"
-    for candidate in (path, shipped):
-        if candidate.is_file():  # safetensors: a cache entry someone planted cannot run code
-            try:
-                blob = load_tree(candidate)
-                model = SmallCNN(ds.shape[0], widths=tuple(blob["info"]["widths"]))
-                model.load_state_dict(blob["model"])
-                return model.eval(), blob["info"]
-            except (VaelabError, KeyError, TypeError, RuntimeError):
-                pass  # a damaged cache entry is retrained and replaced
+    # the user's cache first; the shipped file's name needs the data's fingerprint, hashed only on a cache miss
+    found = _load_classifier(path, ds.shape[0]) or _load_classifier(
+        SHIPPED / f"{dataset}-{content_key(ds)}-e{epochs}-v{VERSION}.safetensors", ds.shape[0])
+    if found is not None:
+        return found
     t0 = time.perf_counter()
     model, acc = train_classifier(ds, epochs, device=str(resolve_device(device)))
     info = {"dataset": dataset, "epochs": epochs, "widths": list(model.widths), "test_accuracy": acc,

@@ -11,6 +11,7 @@ numbers against training the runs one by one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -68,29 +69,24 @@ class _Run:
         self.cfg, self.out, self.model = cfg, out, model
         self.batches = torch.Generator(device=device).manual_seed(cfg.seed)  # train's data order
         # train draws the posterior's noise from torch's global generator, seeded before the model is built
-        self.noise = torch.Generator(device=device)
-        self.noise.set_state(torch.get_rng_state() if device.type == "cpu" else
-                             torch.Generator(device=device).manual_seed(cfg.seed).get_state())
         self.cpu_state = torch.get_rng_state()
+        self.noise = torch.Generator(device=device)
+        self.noise.set_state(self.cpu_state if device.type == "cpu" else
+                             torch.Generator(device=device).manual_seed(cfg.seed).get_state())
         self.step, self.bad_in_row, self.history = 0, 0, []
 
     def with_global_noise(self, fn):
         """Run fn with this run's noise generator as torch's global one (validation draws from the global)."""
         dev = self.noise.device
-        saved = torch.get_rng_state() if dev.type == "cpu" else torch.cuda.get_rng_state(dev)
-        if dev.type == "cpu":
-            torch.set_rng_state(self.noise.get_state())
-        else:
-            torch.cuda.set_rng_state(self.noise.get_state(), dev)
+        get, put = ((torch.get_rng_state, torch.set_rng_state) if dev.type == "cpu" else
+                    (lambda: torch.cuda.get_rng_state(dev), lambda s: torch.cuda.set_rng_state(s, dev)))
+        saved = get()
+        put(self.noise.get_state())
         try:
             return fn()
         finally:
-            state = torch.get_rng_state() if dev.type == "cpu" else torch.cuda.get_rng_state(dev)
-            self.noise.set_state(state)
-            if dev.type == "cpu":
-                torch.set_rng_state(saved)
-            else:
-                torch.cuda.set_rng_state(saved, dev)
+            self.noise.set_state(get())
+            put(saved)
 
     def rng(self) -> dict:
         """The checkpoint's RNG record, as train writes it, so that `vaelab train --resume` continues exactly."""
@@ -166,16 +162,11 @@ def train_together(cfgs: list[TrainConfig], outs: list[str | Path], data_dir: st
     device = resolve_device(cfg0.device)
     ds = dataset if dataset is not None else vdata.load(cfg0.dataset, data_dir)
     splits = vdata.make_splits(ds, cfg0.val_size, cfg0.train_size, cfg0.test_size, device)
-    for o in outs:
-        ensure_writable_dir(o)
-    locks = [FolderLock(o, "this run directory") for o in outs]
-    for lock in locks:
-        lock.__enter__()
-    try:
+    with contextlib.ExitStack() as locks:
+        for o in outs:
+            ensure_writable_dir(o)
+            locks.enter_context(FolderLock(o, "this run directory"))
         return _train_group(cfgs, outs, ds, device, splits["train"], splits["val"])
-    finally:
-        for lock in reversed(locks):
-            lock.__exit__(None, None, None)
 
 
 def _train_group(cfgs, outs, ds, device, train_split, val_split) -> list[dict]:
