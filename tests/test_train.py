@@ -420,3 +420,13 @@ def test_tensorboard_tracker_writes_what_metrics_jsonl_says(ds, tmp_path):
 def test_an_unknown_tracker_is_refused():
     with pytest.raises(VaelabError, match="unknown tracker 'wandb'"):
         tiny_config(tracker="wandb")
+
+
+def test_a_run_whose_every_step_is_skipped_for_its_gradient_norm_is_refused_not_trained_forever(ds, tmp_path):
+    """skip_grad_norm below every step's gradient norm leaves no update: the epoch ends as a divergence naming
+    skip_grad_norm, and the time budget still ends training (the cifar10-hvae-gpu preset once trained 48 epochs
+    of skipped steps on an H200)."""
+    cfg = tiny_config(epochs=3, skip_grad_norm=1e-9)
+    with pytest.raises(TrainingDiverged, match="skip_grad_norm"):
+        train(cfg, tmp_path / "r", dataset=ds)
+    assert not (tmp_path / "r" / "checkpoint.safetensors").exists()  # no epoch without an update is saved

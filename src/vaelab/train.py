@@ -370,11 +370,15 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
                     bad_epoch += 1
                     if bad_in_row >= cfg.max_bad_steps:
                         raise _diverged(epoch + 1, f"{bad_in_row} non-finite steps in a row", out / CHECKPOINT)
+                elif float(grad_norm) > skip_above:  # a rare huge gradient (VDVAE's skip_threshold): no update
+                    bad_in_row = 0
+                    skipped_large += 1
+                if not ok or float(grad_norm) > skip_above:
+                    if cfg.time_budget and trained_s + time.perf_counter() - t0 >= cfg.time_budget:
+                        out_of_time = True  # a skipped step spends the budget too
+                        break
                     continue
                 bad_in_row = 0
-                if float(grad_norm) > skip_above:  # a rare huge gradient (VDVAE's skip_threshold): no update, no harm
-                    skipped_large += 1
-                    continue
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, done)
                 opt.step()
@@ -405,6 +409,10 @@ def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epo
             seconds = time.perf_counter() - t0
             # An epoch that went bad never overwrites the last good checkpoint: too many skipped steps, weights that
             # are no longer finite, or validation terms that are not.
+            if steps_epoch and seen == 0 and skipped_large:  # no update at all: the model would never train
+                raise _diverged(epoch + 1, f"all {skipped_large} steps had a gradient norm above skip_grad_norm "
+                                           f"{cfg.skip_grad_norm:g} and were skipped (raise it, or 0 = off)",
+                                out / CHECKPOINT)
             if bad_epoch and (bad_epoch > cfg.max_skip_share * steps_epoch or seen == 0):
                 raise _diverged(epoch + 1, f"{bad_epoch} of {steps_epoch} steps were non-finite and skipped "
                                            f"(more than max_skip_share {cfg.max_skip_share:g})", out / CHECKPOINT)
