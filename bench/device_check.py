@@ -30,7 +30,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import synthetic  # noqa: E402
-
 from vaelab import data as vdata  # noqa: E402
 from vaelab.config import PRESETS, TrainConfig  # noqa: E402
 from vaelab.evaluate import evaluate  # noqa: E402
@@ -39,9 +38,14 @@ from vaelab.train import load_checkpoint, resolve_device, train  # noqa: E402
 
 def _facts() -> dict:
     dev = resolve_device("auto")
-    return {"device": str(dev), "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
-            "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
-            "date": time.strftime("%Y-%m-%d")}
+    return {
+        "device": str(dev),
+        "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def _train_rate(cfg: TrainConfig, ds: vdata.Dataset) -> dict:
@@ -57,10 +61,11 @@ def throughput(args) -> dict:
     n = 2000 if args.small else 30000
     hvae = PRESETS["cifar10-hvae-gpu"].replace(time_budget=0.0, epochs=2, val_size=10, width=16 if args.small else 128)
     models = {
-        "conv_fashion-mnist_latent16_bernoulli": (TrainConfig(dataset="fashion-mnist", latent_dim=16,
-                                                              likelihood="bernoulli", epochs=2, val_size=10), n),
-        "conv_cifar10_latent128_dlogistic": (TrainConfig(dataset="cifar10", latent_dim=128, epochs=2,
-                                                         val_size=10), n),
+        "conv_fashion-mnist_latent16_bernoulli": (
+            TrainConfig(dataset="fashion-mnist", latent_dim=16, likelihood="bernoulli", epochs=2, val_size=10),
+            n,
+        ),
+        "conv_cifar10_latent128_dlogistic": (TrainConfig(dataset="cifar10", latent_dim=128, epochs=2, val_size=10), n),
         "hierarchical_cifar10_hvae_gpu": (hvae, n // 6),
     }
     rows = {}
@@ -75,8 +80,16 @@ def throughput(args) -> dict:
 
 
 def multirun(args) -> dict:
-    cmd = [sys.executable, str(Path(__file__).parent / "multirun_throughput.py"), "--runs", str(4 if args.small else args.runs),
-           "--images", "1000" if args.small else "20000", "--epochs", "2"]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).parent / "multirun_throughput.py"),
+        "--runs",
+        str(4 if args.small else args.runs),
+        "--images",
+        "1000" if args.small else "20000",
+        "--epochs",
+        "2",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -87,40 +100,67 @@ def evaluate_time(args) -> dict:
         ds = vdata.Dataset(ds.name, ds.x_train[:3000], ds.y_train[:3000], ds.x_test[:500], ds.y_test[:500], ds.classes)
     k = 5 if args.small else 100
     with tempfile.TemporaryDirectory() as tmp:
-        train(TrainConfig(dataset="fashion-mnist", latent_dim=16, likelihood="bernoulli", epochs=1, val_size=500),
-              tmp, dataset=ds, progress=False)
+        train(
+            TrainConfig(dataset="fashion-mnist", latent_dim=16, likelihood="bernoulli", epochs=1, val_size=500),
+            tmp,
+            dataset=ds,
+            progress=False,
+        )
         rows = {}
         for precision in ("fp32", "bf16", "fp32"):  # the first call pays CUDA's warm-up; the repeat shows it
             t0 = time.perf_counter()
             r = evaluate(tmp, dataset=ds, test_size=0, iwae_samples=k, write=False, precision=precision)
-            rows.setdefault(precision, []).append({"seconds": round(time.perf_counter() - t0, 2),
-                                                   "iwae_nll": r["iwae_nll"]})
-    return {"dataset": "fashion-mnist", "test_images": len(ds.x_test), "iwae_samples": k, "runs": rows,
-            "includes": "data to device, ELBO terms, KL per dimension, active units, IWAE, PSNR, SSIM, latent probes"}
+            rows.setdefault(precision, []).append(
+                {"seconds": round(time.perf_counter() - t0, 2), "iwae_nll": r["iwae_nll"]}
+            )
+    return {
+        "dataset": "fashion-mnist",
+        "test_images": len(ds.x_test),
+        "iwae_samples": k,
+        "runs": rows,
+        "includes": "data to device, ELBO terms, KL per dimension, active units, IWAE, PSNR, SSIM, latent probes",
+    }
 
 
 def seed_study(args) -> dict:
     from vaelab import study
 
-    seeds, latents, betas = ([0, 1], [2, 16], [0.5, 1.0]) if args.small else \
-        ([0, 1, 2], [2, 4, 8, 16, 32, 64, 128], [0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
-    spec = study.parse_spec({
-        "name": "seed-fashion-mnist", "base": {"epochs": args.epochs, "iwae_samples": 5 if args.small else 100,
-                                               "dataset": "fashion-mnist",
-                                               **({"train_size": 2000, "test_size": 300, "val_size": 300}
-                                                  if args.small else {})},
-        "sweep": [{"grid": {"latent_dim": latents, "seed": seeds}},
-                  {"base": {"latent_dim": study.BETA_LATENT["fashion-mnist"]},
-                   "grid": {"beta": betas, "seed": seeds}}]}, "device_check")
+    seeds, latents, betas = (
+        ([0, 1], [2, 16], [0.5, 1.0])
+        if args.small
+        else ([0, 1, 2], [2, 4, 8, 16, 32, 64, 128], [0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
+    )
+    spec = study.parse_spec(
+        {
+            "name": "seed-fashion-mnist",
+            "base": {
+                "epochs": args.epochs,
+                "iwae_samples": 5 if args.small else 100,
+                "dataset": "fashion-mnist",
+                **({"train_size": 2000, "test_size": 300, "val_size": 300} if args.small else {}),
+            },
+            "sweep": [
+                {"grid": {"latent_dim": latents, "seed": seeds}},
+                {"base": {"latent_dim": study.BETA_LATENT["fashion-mnist"]}, "grid": {"beta": betas, "seed": seeds}},
+            ],
+        },
+        "device_check",
+    )
     out = Path(args.workdir) / "seed-study"
     t0 = time.perf_counter()
     # The study in a child process under --seconds: a cut study keeps its finished cells (it resumes), which are
     # then counted and summarised here.
-    script = ("import json, sys; from vaelab import study; spec = study.parse_spec(json.loads(sys.argv[1]), 'check');"
-              f" study.run(spec, sys.argv[2], jobs={args.jobs}, together=True)")
+    script = (
+        "import json, sys; from vaelab import study; spec = study.parse_spec(json.loads(sys.argv[1]), 'check');"
+        f" study.run(spec, sys.argv[2], jobs={args.jobs}, together=True)"
+    )
     try:
-        subprocess.run([sys.executable, "-c", script, json.dumps(spec.to_dict()), str(out)], timeout=args.study_seconds,
-                       check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-c", script, json.dumps(spec.to_dict()), str(out)],
+            timeout=args.study_seconds,
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
         cut = False
     except subprocess.TimeoutExpired:
         cut = True
@@ -129,10 +169,16 @@ def seed_study(args) -> dict:
     for c in spec.cells:
         s = study.cell_status(out / "runs" / c.run_id)
         counts[s] = counts.get(s, 0) + 1
-    result = {"cells": len(spec.cells), "counts": counts, "cut_at_limit": cut, "jobs": args.jobs,
-              "epochs": args.epochs, "seconds_all": round(wall, 1),
-              "note": "the seed preset's Fashion-MNIST half with epochs cut to fit; the CIFAR-10 stand-in is not on "
-                      "the device machine"}
+    result = {
+        "cells": len(spec.cells),
+        "counts": counts,
+        "cut_at_limit": cut,
+        "jobs": args.jobs,
+        "epochs": args.epochs,
+        "seconds_all": round(wall, 1),
+        "note": "the seed preset's Fashion-MNIST half with epochs cut to fit; the CIFAR-10 stand-in is not on "
+        "the device machine",
+    }
     if counts.get("done"):
         res = study.write_results(out)
         result["bpd_iwae_by_latent"] = res[res.beta == 1.0].groupby("latent_dim")["bpd_iwae"].mean().round(4).to_dict()
@@ -140,26 +186,38 @@ def seed_study(args) -> dict:
 
 
 def hvae(args) -> dict:
-    cfg = PRESETS["cifar10-hvae-gpu"].replace(dataset="cifar10-lossless", val_size=500, time_budget=args.seconds,
-                                              **({} if args.skip_grad_norm < 0 else {"skip_grad_norm": args.skip_grad_norm}),
-                                              iwae_samples=5 if args.small else 100,
-                                              **({"width": 16, "train_size": 300, "test_size": 100, "epochs": 1} if args.small else {}))
+    cfg = PRESETS["cifar10-hvae-gpu"].replace(
+        dataset="cifar10-lossless",
+        val_size=500,
+        time_budget=args.seconds,
+        **({} if args.skip_grad_norm < 0 else {"skip_grad_norm": args.skip_grad_norm}),
+        iwae_samples=5 if args.small else 100,
+        **({"width": 16, "train_size": 300, "test_size": 100, "epochs": 1} if args.small else {}),
+    )
     out = Path(args.workdir) / "hvae"
     t0 = time.perf_counter()
     last = train(cfg, out, progress=False)
     t1 = time.perf_counter()
     r = evaluate(out)
     hist = load_checkpoint(out)["history"]
-    return {"preset": "cifar10-hvae-gpu", "skip_grad_norm": cfg.skip_grad_norm, "dataset": "cifar10-lossless (3,500 real train images, 1,000 real test)",
-            "time_budget_s": args.seconds, "train_wall_s": round(t1 - t0, 1), "epochs": len(hist),
-            "images_per_s_last_epoch": round(last["images_per_s"], 1), "bpd_iwae": r["bpd_iwae"],
-            "bpd_elbo": r["bpd_elbo"], "iwae_samples": r["iwae_samples"],
-            "eval_seconds": round(time.perf_counter() - t1, 1),
-            "steps": hist[-1]["step"], "skipped_large_grad": sum(h["skipped_large_grad"] for h in hist)}
+    return {
+        "preset": "cifar10-hvae-gpu",
+        "skip_grad_norm": cfg.skip_grad_norm,
+        "dataset": "cifar10-lossless (3,500 real train images, 1,000 real test)",
+        "time_budget_s": args.seconds,
+        "train_wall_s": round(t1 - t0, 1),
+        "epochs": len(hist),
+        "images_per_s_last_epoch": round(last["images_per_s"], 1),
+        "bpd_iwae": r["bpd_iwae"],
+        "bpd_elbo": r["bpd_elbo"],
+        "iwae_samples": r["iwae_samples"],
+        "eval_seconds": round(time.perf_counter() - t1, 1),
+        "steps": hist[-1]["step"],
+        "skipped_large_grad": sum(h["skipped_large_grad"] for h in hist),
+    }
 
 
-SECTIONS = {"throughput": throughput, "multirun": multirun, "evaluate": evaluate_time, "seed": seed_study,
-            "hvae": hvae}
+SECTIONS = {"throughput": throughput, "multirun": multirun, "evaluate": evaluate_time, "seed": seed_study, "hvae": hvae}
 
 
 def main() -> None:
@@ -179,8 +237,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         args.workdir = args.workdir or tmp
         t0 = time.perf_counter()
-        result = {"section": args.section, **_facts(), "small": args.small, **SECTIONS[args.section](args),
-                  "section_seconds": round(time.perf_counter() - t0, 1)}
+        result = {
+            "section": args.section,
+            **_facts(),
+            "small": args.small,
+            **SECTIONS[args.section](args),
+            "section_seconds": round(time.perf_counter() - t0, 1),
+        }
     Path(args.json).write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps(result, default=str))
 

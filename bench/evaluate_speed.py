@@ -37,7 +37,7 @@ def mc_standard_error(run_dir: str, ds: vdata.Dataset, k: int, n: int = 2000) ->
     runs = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        runs.append(torch.cat([iwae_nll(model.eval(), x[i:i + 500], None, k) for i in range(0, len(x), 500)]))
+        runs.append(torch.cat([iwae_nll(model.eval(), x[i : i + 500], None, k) for i in range(0, len(x), 500)]))
     return ((runs[0] - runs[1]).double().std() / math.sqrt(2 * len(ds.x_test))).item()
 
 
@@ -57,27 +57,54 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or tmp
         if not args.run:
-            train(TrainConfig(dataset="fashion-mnist", latent_dim=16, likelihood=args.likelihood, epochs=args.epochs,
-                              device="cpu"), tmp, dataset=ds, progress=False)
+            train(
+                TrainConfig(
+                    dataset="fashion-mnist", latent_dim=16, likelihood=args.likelihood, epochs=args.epochs, device="cpu"
+                ),
+                tmp,
+                dataset=ds,
+                progress=False,
+            )
         rows: dict[str, list[dict]] = {"fp32": [], "bf16": []}
         for _ in range(args.reps):
             for precision in rows:
                 t0 = time.perf_counter()
-                r = evaluate(run, data_dir=args.data_dir, test_size=0, iwae_samples=args.iwae_samples,
-                             device="cpu", write=False, precision=precision)
-                rows[precision].append({"seconds": time.perf_counter() - t0, "iwae_nll": r["iwae_nll"],
-                                        "eval_seconds": r["eval_seconds"]})
+                r = evaluate(
+                    run,
+                    data_dir=args.data_dir,
+                    test_size=0,
+                    iwae_samples=args.iwae_samples,
+                    device="cpu",
+                    write=False,
+                    precision=precision,
+                )
+                rows[precision].append(
+                    {"seconds": time.perf_counter() - t0, "iwae_nll": r["iwae_nll"], "eval_seconds": r["eval_seconds"]}
+                )
         se = mc_standard_error(run, ds, args.iwae_samples)
     best = {p: min(r["seconds"] for r in v) for p, v in rows.items()}
-    print(json.dumps({
-        "bench": "evaluate_speed", "dataset": "fashion-mnist", "likelihood": args.likelihood,
-        "test_images": len(ds.x_test), "iwae_samples": args.iwae_samples, "runs": rows, "best_seconds": best,
-        "speedup_bf16": best["fp32"] / best["bf16"],
-        "iwae_bf16_minus_fp32": rows["bf16"][0]["iwae_nll"] - rows["fp32"][0]["iwae_nll"],
-        "iwae_mc_standard_error": se, "target_seconds": 30.0, "met": best["bf16"] <= 30.0,
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "bench": "evaluate_speed",
+                "dataset": "fashion-mnist",
+                "likelihood": args.likelihood,
+                "test_images": len(ds.x_test),
+                "iwae_samples": args.iwae_samples,
+                "runs": rows,
+                "best_seconds": best,
+                "speedup_bf16": best["fp32"] / best["bf16"],
+                "iwae_bf16_minus_fp32": rows["bf16"][0]["iwae_nll"] - rows["fp32"][0]["iwae_nll"],
+                "iwae_mc_standard_error": se,
+                "target_seconds": 30.0,
+                "met": best["bf16"] <= 30.0,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "machine": platform.processor() or platform.machine(),
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

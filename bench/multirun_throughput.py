@@ -21,7 +21,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import synthetic  # noqa: E402
-
 from vaelab.config import TrainConfig  # noqa: E402
 from vaelab.multirun import train_together  # noqa: E402
 from vaelab.train import load_checkpoint, resolve_device, train  # noqa: E402
@@ -39,14 +38,35 @@ def main() -> None:
     args = ap.parse_args()
     device = resolve_device(args.device)
     ds = synthetic("fashion-mnist", args.images + 1000)
-    cfgs = [TrainConfig(dataset="fashion-mnist", latent_dim=16, likelihood="bernoulli", epochs=args.epochs,
-                        batch_size=args.batch_size, val_size=1000, device=args.device, bf16=args.bf16,
-                        seed=i % 3, beta=[0.5, 1.0, 2.0, 4.0, 8.0, 16.0][i // 3 % 6]) for i in range(args.runs)]
+    cfgs = [
+        TrainConfig(
+            dataset="fashion-mnist",
+            latent_dim=16,
+            likelihood="bernoulli",
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            val_size=1000,
+            device=args.device,
+            bf16=args.bf16,
+            seed=i % 3,
+            beta=[0.5, 1.0, 2.0, 4.0, 8.0, 16.0][i // 3 % 6],
+        )
+        for i in range(args.runs)
+    ]
     n = args.images
-    result = {"bench": "multirun_throughput", "runs": args.runs, "images_per_run_epoch": n, "epochs": args.epochs,
-              "batch_size": args.batch_size, "bf16": args.bf16, "device": str(device),
-              "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine()}
+    result = {
+        "bench": "multirun_throughput",
+        "runs": args.runs,
+        "images_per_run_epoch": n,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "bf16": args.bf16,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         outs = [Path(tmp) / f"together{i}" for i in range(args.runs)]
         train_together(cfgs, outs, dataset=ds)

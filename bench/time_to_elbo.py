@@ -68,11 +68,13 @@ def vaelab_recipe(cfg: TrainConfig, ds: vdata.Dataset, test: vdata.Split, target
 
     seen: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
+
         def check(epoch: int, row: dict) -> None:
             _, model, _ = Run(tmp).load()
             seen.update(epoch=epoch, neg_elbo=test_neg_elbo(model, test))
             if seen["neg_elbo"] <= target:
                 raise Reached
+
         try:
             train(cfg, tmp, dataset=ds, progress=False, on_epoch_end=check)
             reached = False
@@ -102,20 +104,46 @@ def main() -> None:
     test = vdata.to_split(ds.x_test, ds.y_test, "cpu")
     rows = []
     for rep in range(args.reps):
-        cfg = TrainConfig(dataset="fashion-mnist", latent_dim=16, likelihood="bernoulli", epochs=args.max_epochs,
-                          val_size=0, iwae_samples=1, device="cpu", seed=rep, bf16=args.bf16, lr=args.lr,
-                          cosine=args.cosine, batch_size=args.batch_size)
+        cfg = TrainConfig(
+            dataset="fashion-mnist",
+            latent_dim=16,
+            likelihood="bernoulli",
+            epochs=args.max_epochs,
+            val_size=0,
+            iwae_samples=1,
+            device="cpu",
+            seed=rep,
+            bf16=args.bf16,
+            lr=args.lr,
+            cosine=args.cosine,
+            batch_size=args.batch_size,
+        )
         mine = vaelab_recipe(cfg, ds, test, args.target)
         ref = minimal_loop(ds, test, args.target, args.max_epochs, rep)
-        rows.append({"rep": rep, "vaelab": mine, "minimal": ref,
-                     "ratio": mine["seconds"] / ref["seconds"] if mine["reached"] and ref["reached"] else None})
+        rows.append(
+            {
+                "rep": rep,
+                "vaelab": mine,
+                "minimal": ref,
+                "ratio": mine["seconds"] / ref["seconds"] if mine["reached"] and ref["reached"] else None,
+            }
+        )
     ratios = sorted(r["ratio"] for r in rows if r["ratio"] is not None)
-    print(json.dumps({
-        "bench": "time_to_elbo", "target_nats": args.target, "recipe": {k: getattr(args, k) for k in
-                                                                      ("bf16", "lr", "cosine", "batch_size")},
-        "median_ratio": ratios[len(ratios) // 2] if ratios else None, "runs": rows,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "bench": "time_to_elbo",
+                "target_nats": args.target,
+                "recipe": {k: getattr(args, k) for k in ("bf16", "lr", "cosine", "batch_size")},
+                "median_ratio": ratios[len(ratios) // 2] if ratios else None,
+                "runs": rows,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "machine": platform.processor() or platform.machine(),
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

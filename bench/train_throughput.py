@@ -30,9 +30,14 @@ from vaelab.train import resolve_device, train
 def synthetic(name: str, n: int) -> Dataset:
     rng = np.random.default_rng(0)
     shape = DATASETS[name].shape
-    return Dataset(name, rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, 10, n),
-                   rng.integers(0, 256, (100, *shape), dtype=np.uint8), rng.integers(0, 10, 100),
-                   tuple(str(i) for i in range(10)))
+    return Dataset(
+        name,
+        rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+        rng.integers(0, 10, n),
+        rng.integers(0, 256, (100, *shape), dtype=np.uint8),
+        rng.integers(0, 10, 100),
+        tuple(str(i) for i in range(10)),
+    )
 
 
 def minimal_loop(ds: Dataset, latent_dim: int, batch_size: int, device: torch.device, epochs: int) -> float:
@@ -74,12 +79,25 @@ def _child(conn, kind: str, name: str, latent_dim: int, likelihood: str, lever: 
     if kind == "minimal":
         rate = minimal_loop(ds, latent_dim, args.batch_size, device, args.epochs)
     else:
-        cfg = TrainConfig(dataset=name, latent_dim=latent_dim, likelihood=likelihood, epochs=args.epochs,
-                          batch_size=args.batch_size, val_size=10, device=args.device, **LEVERS[lever])
+        cfg = TrainConfig(
+            dataset=name,
+            latent_dim=latent_dim,
+            likelihood=likelihood,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            val_size=10,
+            device=args.device,
+            **LEVERS[lever],
+        )
         with tempfile.TemporaryDirectory() as tmp:
             rate = train(cfg, tmp, dataset=ds, progress=False)["images_per_s"]  # the last (warm) epoch
-    conn.send({"rate": rate, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               "peak_gpu_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None})
+    conn.send(
+        {
+            "rate": rate,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        }
+    )
 
 
 def measure(*spec) -> dict:
@@ -108,11 +126,19 @@ def main() -> None:
     if not levers or any(v not in LEVERS for v in levers) or levers[0] != "fp32":
         raise SystemExit(f"--levers: fp32 first, then any of {', '.join(LEVERS)}")
     device = resolve_device(args.device)
-    result = {"bench": "train_throughput", "device": str(device), "torch": torch.__version__,
-              "threads": args.threads or torch.get_num_threads(), "machine": platform.machine(),
-              "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-              "batch_size": args.batch_size, "images": args.images, "epochs": args.epochs, "repeats": args.repeats,
-              "results": []}
+    result = {
+        "bench": "train_throughput",
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": args.threads or torch.get_num_threads(),
+        "machine": platform.machine(),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "batch_size": args.batch_size,
+        "images": args.images,
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "results": [],
+    }
     for name, latent_dim in (("fashion-mnist", 16), ("cifar10", 128)):
         for likelihood in ("bernoulli", "discretized_logistic"):
             runs: dict[str, list[dict]] = {}
@@ -123,18 +149,23 @@ def main() -> None:
             rate = {k: np.array([m["rate"] for m in v]) for k, v in runs.items()}
             # Each repeat's ratio pairs runs made seconds apart, so slow drifts of a shared machine cancel.
             paired = rate["fp32"] / rate["minimal"]
-            row = {"dataset": name, "latent_dim": latent_dim, "likelihood": likelihood,
-                   "vaelab_images_per_s": round(float(np.median(rate["fp32"])), 1),
-                   "minimal_loop_images_per_s": round(float(np.median(rate["minimal"])), 1),
-                   "ratio": round(float(np.median(paired)), 3),
-                   "ratio_min_max": [round(float(paired.min()), 3), round(float(paired.max()), 3)],
-                   "peak_rss_mb": round(max(m["peak_rss_mb"] for m in runs["fp32"]), 1),
-                   "levers": {}}
+            row = {
+                "dataset": name,
+                "latent_dim": latent_dim,
+                "likelihood": likelihood,
+                "vaelab_images_per_s": round(float(np.median(rate["fp32"])), 1),
+                "minimal_loop_images_per_s": round(float(np.median(rate["minimal"])), 1),
+                "ratio": round(float(np.median(paired)), 3),
+                "ratio_min_max": [round(float(paired.min()), 3), round(float(paired.max()), 3)],
+                "peak_rss_mb": round(max(m["peak_rss_mb"] for m in runs["fp32"]), 1),
+                "levers": {},
+            }
             for lever in levers:
                 row["levers"][lever] = {
                     "images_per_s": round(float(np.median(rate[lever])), 1),
                     "speedup_vs_fp32": round(float(np.median(rate[lever] / rate["fp32"])), 3),
-                    "peak_rss_mb": round(max(m["peak_rss_mb"] for m in runs[lever]), 1)}
+                    "peak_rss_mb": round(max(m["peak_rss_mb"] for m in runs[lever]), 1),
+                }
                 if runs[lever][0]["peak_gpu_mem_mb"] is not None:
                     row["levers"][lever]["peak_gpu_mem_mb"] = round(max(m["peak_gpu_mem_mb"] for m in runs[lever]), 1)
             result["results"].append(row)

@@ -25,7 +25,7 @@ def make_images(rng, n, shape, labels):
     x = rng.integers(0, 40, (n, *shape), dtype=np.int64)
     c, h, w = shape
     for i, y in enumerate(labels):
-        x[i, :, (y * h) // 10:(y * h) // 10 + h // 3, :] += 200
+        x[i, :, (y * h) // 10 : (y * h) // 10 + h // 3, :] += 200
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
@@ -72,7 +72,7 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 def tiny_root(tmp_path_factory) -> Path:
     """A data root with tiny Fashion-MNIST (IDX .gz), CIFAR-10 (tar.gz of the pickle batches) and shapes2d (its
     renderer on a small factor grid, in dSprites' npz layout)."""
-    from vaelab.factors import generate
+    from vaelab.data.factors import generate
 
     root = tmp_path_factory.mktemp("data")
     write_fashion(root / "fashion-mnist")
@@ -96,8 +96,16 @@ def real_data_dir() -> Path | None:
 def tiny_config(**kw):
     from vaelab.config import TrainConfig
 
-    base = dict(dataset="fashion-mnist", latent_dim=4, epochs=1, batch_size=32, val_size=40, test_size=0,
-                iwae_samples=5, device="cpu")
+    base = dict(
+        dataset="fashion-mnist",
+        latent_dim=4,
+        epochs=1,
+        batch_size=32,
+        val_size=40,
+        test_size=0,
+        iwae_samples=5,
+        device="cpu",
+    )
     return TrainConfig(**{**base, **kw})
 
 

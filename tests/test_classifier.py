@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import quick_classifier, tiny_config
 
-from vaelab import classifier
+from conftest import quick_classifier, tiny_config
+from vaelab import classifier, scoring
 from vaelab import data as vdata
 from vaelab.train import train
 
@@ -78,7 +78,7 @@ def test_generation_scores(tiny_root, tmp_path, monkeypatch):
     quick_classifier(monkeypatch)
     ds = vdata.load("fashion-mnist", tiny_root)
     train(tiny_config(latent_dim=3, epochs=2), tmp_path / "r", dataset=ds)
-    s = classifier.generation_scores(tmp_path / "r", tiny_root, n=50)
+    s = scoring.generation_scores(tmp_path / "r", tiny_root, n=50)
     for sampler in ("prior", "gmm"):
         assert s[f"fd_{sampler}"] > 0 and sum(s[f"class_histogram_{sampler}"]) == pytest.approx(1.0)
         assert all(h * 50 == pytest.approx(round(h * 50)) for h in s[f"class_histogram_{sampler}"])  # counts of 50
@@ -113,13 +113,13 @@ def test_score_run_merges_into_eval_json_and_reuses(tiny_root, tmp_path, monkeyp
     ds = vdata.load("fashion-mnist", tiny_root)
     train(tiny_config(latent_dim=3, epochs=1), tmp_path / "r", dataset=ds)
     evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2)
-    first = classifier.score_run(tmp_path / "r", tiny_root, n=30)
+    first = scoring.score_run(tmp_path / "r", tiny_root, n=30)
     ev = json.loads((tmp_path / "r" / "eval.json").read_text())
     assert ev["fd_gmm"] == first["fd_gmm"] and "neg_elbo" in ev
-    monkeypatch.setattr(classifier, "generation_scores", lambda *a, **k: pytest.fail("recomputed stored scores"))
-    assert classifier.score_run(tmp_path / "r", tiny_root, n=30) == first
+    monkeypatch.setattr(scoring, "generation_scores", lambda *a, **k: pytest.fail("recomputed stored scores"))
+    assert scoring.score_run(tmp_path / "r", tiny_root, n=30) == first
     with pytest.raises(pytest.fail.Exception):
-        classifier.score_run(tmp_path / "r", tiny_root, n=40)  # another sample count is another measurement
+        scoring.score_run(tmp_path / "r", tiny_root, n=40)  # another sample count is another measurement
 
 
 def test_random_crop_translates_each_image():

@@ -8,13 +8,25 @@ import subprocess
 import sys
 
 import pytest
-from conftest import count
 from PIL import Image
 
+from conftest import count
 from vaelab.cli import main
 
-TINY = ["--epochs", "1", "--latent-dim", "2", "--batch-size", "32", "--val-size", "40", "--iwae-samples", "3",
-        "--device", "cpu"]
+TINY = [
+    "--epochs",
+    "1",
+    "--latent-dim",
+    "2",
+    "--batch-size",
+    "32",
+    "--val-size",
+    "40",
+    "--iwae-samples",
+    "3",
+    "--device",
+    "cpu",
+]
 
 
 def test_train_evaluate_sample_reconstruct(tiny_root, tmp_path, capsys):
@@ -23,16 +35,37 @@ def test_train_evaluate_sample_reconstruct(tiny_root, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "test: neg_elbo=" in out and "bpd_elbo=" in out
     assert json.loads((run / "eval.json").read_text())["latent_dim"] == 2
-    assert main(["evaluate", str(run), "--test-size", "10", "--iwae-samples", "2", "--json", "--data-dir", str(tiny_root)]) == 0
+    assert (
+        main(["evaluate", str(run), "--test-size", "10", "--iwae-samples", "2", "--json", "--data-dir", str(tiny_root)])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["test_size"] == 10
-    assert main(["evaluate", str(run), "--test-size", "10", "--iwae-samples", "3", "--precision", "fp32",
-                 "--data-dir", str(tiny_root)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--test-size",
+                "10",
+                "--iwae-samples",
+                "3",
+                "--precision",
+                "fp32",
+                "--data-dir",
+                str(tiny_root),
+            ]
+        )
+        == 0
+    )
     assert "IWAE K = 3 in fp32)" in capsys.readouterr().out
     assert json.loads((run / "eval.json").read_text())["iwae_precision"] == "fp32"
     assert main(["sample", str(run), "--n", "12", "--nrow", "4"]) == 0
     img = Image.open(run / "samples.png")
     assert img.size == (2 * (4 * 30 + 2), 2 * (3 * 30 + 2))  # 4x3 grid of 28px tiles, 2px gutters, x2 scale
-    assert main(["reconstruct", str(run), "--n", "5", "--png", str(tmp_path / "rec.png"), "--data-dir", str(tiny_root)]) == 0
+    assert (
+        main(["reconstruct", str(run), "--n", "5", "--png", str(tmp_path / "rec.png"), "--data-dir", str(tiny_root)])
+        == 0
+    )
     assert Image.open(tmp_path / "rec.png").size == (2 * (5 * 30 + 2), 2 * (2 * 30 + 2))
 
 
@@ -45,17 +78,20 @@ def test_resume_from_cli_continues_the_stored_config(tiny_root, tmp_path, capsys
     assert "--resume" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["train", "--dataset", "mnist", "--out", "{tmp}/x"], "unknown dataset 'mnist'"),
-    (["train", "--latent-dim", "0", "--out", "{tmp}/x"], "latent_dim must be >= 1"),
-    (["train", "--beta", "-1", "--out", "{tmp}/x"], "beta must be >= 0"),
-    (["train", "--out", "/proc/vaelab-x"], "cannot create output directory"),
-    (["evaluate", "{tmp}/missing"], "no such run directory"),
-    (["evaluate", "{tmp}"], "not a vaelab run directory"),
-    (["sample", "{tmp}"], "not a vaelab run directory"),
-    (["train", "--epochs", "many", "--out", "{tmp}/x"], "invalid int value"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["train", "--dataset", "mnist", "--out", "{tmp}/x"], "unknown dataset 'mnist'"),
+        (["train", "--latent-dim", "0", "--out", "{tmp}/x"], "latent_dim must be >= 1"),
+        (["train", "--beta", "-1", "--out", "{tmp}/x"], "beta must be >= 0"),
+        (["train", "--out", "/proc/vaelab-x"], "cannot create output directory"),
+        (["evaluate", "{tmp}/missing"], "no such run directory"),
+        (["evaluate", "{tmp}"], "not a vaelab run directory"),
+        (["sample", "{tmp}"], "not a vaelab run directory"),
+        (["train", "--epochs", "many", "--out", "{tmp}/x"], "invalid int value"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, msg):
     code = exit_code([a.replace("{tmp}", str(tmp_path)) for a in argv])
     err = capsys.readouterr().err
@@ -73,8 +109,23 @@ def exit_code(argv) -> int:
 def test_missing_data_offline_is_one_line(tmp_path):
     env = {**os.environ, "VAELAB_NO_DOWNLOAD": "1", "VAELAB_CACHE": str(tmp_path / "c")}
     env.pop("VAELAB_DATA", None)
-    r = subprocess.run([sys.executable, "-m", "vaelab.cli", "train", "--dataset", "cifar10", "--out", str(tmp_path / "r"),
-                        "--data-dir", str(tmp_path)], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vaelab.cli",
+            "train",
+            "--dataset",
+            "cifar10",
+            "--out",
+            str(tmp_path / "r"),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cifar-10-python.tar.gz" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -105,19 +156,34 @@ def test_a_malicious_checkpoint_never_runs(tiny_root, tmp_path, capsys, command)
     from vaelab import study
 
     marker = tmp_path / "PWNED"
-    spec = study.parse_spec({"name": "s", "base": {"epochs": 1, "latent_dim": 2, "val_size": 40, "batch_size": 32,
-                                                   "device": "cpu", "iwae_samples": 2}, "grid": {"seed": [0]}})
+    spec = study.parse_spec(
+        {
+            "name": "s",
+            "base": {
+                "epochs": 1,
+                "latent_dim": 2,
+                "val_size": 40,
+                "batch_size": 32,
+                "device": "cpu",
+                "iwae_samples": 2,
+            },
+            "grid": {"seed": [0]},
+        }
+    )
     sdir = tmp_path / "S"
     run = sdir / "runs" / spec.cells[0].run_id
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(spec.cells[0].config.to_dict()))
     torch.save({"config": {}, "evil": _Boom(marker)}, run / "checkpoint.pt")
-    argv = {"sample": ["sample", str(run)], "evaluate": ["evaluate", str(run), "--data-dir", str(tiny_root)],
-            "reconstruct": ["reconstruct", str(run), "--data-dir", str(tiny_root)],
-            "report": ["report", str(run), "--no-classifier", "--data-dir", str(tiny_root)],
-            "train-resume": ["train", "--resume", "--out", str(run), "--data-dir", str(tiny_root)]}
+    argv = {
+        "sample": ["sample", str(run)],
+        "evaluate": ["evaluate", str(run), "--data-dir", str(tiny_root)],
+        "reconstruct": ["reconstruct", str(run), "--data-dir", str(tiny_root)],
+        "report": ["report", str(run), "--no-classifier", "--data-dir", str(tiny_root)],
+        "train-resume": ["train", "--resume", "--out", str(run), "--data-dir", str(tiny_root)],
+    }
     if command == "study-resume":
-        study._write_study_json(sdir, spec)
+        study.execution._write_study_json(sdir, spec)
         assert study.run(spec, sdir, data_dir=str(tiny_root)) == {"failed": 1}
         assert "vaelab convert" in json.loads((run / "error.json").read_text())["error"]
     else:
@@ -163,9 +229,14 @@ def test_datasets_command(tiny_root, capsys):
     assert "fashion-mnist" in out and "unverified" in out and "missing" in out and "no known hash" in out
 
 
-@pytest.mark.parametrize("flags", [["--prior", "mog", "--prior-components", "3"],
-                                   ["--prior", "vamp", "--prior-components", "3"],
-                                   ["--posterior", "iaf", "--flow-steps", "2", "--flow-hidden", "16"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--prior", "mog", "--prior-components", "3"],
+        ["--prior", "vamp", "--prior-components", "3"],
+        ["--posterior", "iaf", "--flow-steps", "2", "--flow-hidden", "16"],
+    ],
+)
 def test_model_parts_train_evaluate_and_sample_from_the_command_line(tiny_root, tmp_path, capsys, flags):
     run = tmp_path / "run"
     assert main(["train", *TINY, *flags, "--out", str(run), "--data-dir", str(tiny_root)]) == 0
@@ -176,3 +247,77 @@ def test_model_parts_train_evaluate_and_sample_from_the_command_line(tiny_root, 
     capsys.readouterr()
     assert main(["train", "--prior", "flow", "--out", str(tmp_path / "x"), "--data-dir", str(tiny_root)]) == 2
     assert "unknown prior 'flow' (known: standard, mog, vamp)" in capsys.readouterr().err
+
+
+def test_resume_where_there_is_no_run_is_refused_and_creates_nothing(tmp_path, capsys):
+    target = tmp_path / "typo"
+    assert main(["train", "--resume", "--out", str(target), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds no run to resume" in err and len(err.splitlines()) == 1
+    assert not target.exists()
+
+
+def test_a_study_whose_dataset_is_missing_fails_before_any_cell(tmp_path, capsys):
+    spec = tmp_path / "s.json"
+    spec.write_text(
+        json.dumps({"name": "s", "base": {"dataset": f"npz:{tmp_path / 'missing.npz'}"}, "grid": {"seed": [0, 1]}})
+    )
+    assert main(["study", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing.npz is not a file" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_study_with_failed_cells_prints_the_first_reason(tiny_root, tmp_path, capsys):
+    spec = tmp_path / "s.json"  # latent_dim 100,000 fails in every cell (too big for memory), after the data checks
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "s",
+                "base": {"epochs": 1, "train_size": 50, "val_size": 10, "test_size": 20, "latent_dim": 2_000_000_000},
+                "grid": {"seed": [0]},
+            }
+        )
+    )
+    assert main(["study", str(spec), "--out", str(tmp_path / "out"), "--data-dir", str(tiny_root)]) == 1
+    err = capsys.readouterr().err
+    assert "first failure: seed-0: " in err and "GiB" in err
+
+
+@pytest.mark.parametrize("where", ["config", "spec"])
+def test_booleans_are_not_integers(tmp_path, capsys, where):
+    if where == "config":
+        (tmp_path / "c.json").write_text('{"epochs": true}')
+        argv = ["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")]
+    else:
+        (tmp_path / "s.json").write_text('{"name": "s", "grid": {"epochs": [true]}}')
+        argv = ["study", str(tmp_path / "s.json"), "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "field 'epochs' must be int, got True" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_version_names_the_checkpoint_format(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == "vaelab 0.2.0"
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+    from dataclasses import fields
+
+    from vaelab.cli import build_parser
+    from vaelab.config import HELP, TrainConfig
+
+    assert set(HELP) == {f.name for f in fields(TrainConfig)}
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    silent = [
+        f"{name} {a.option_strings or a.dest}"
+        for name, parser in sub.choices.items()
+        for a in parser._actions
+        if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()
+    ]
+    assert not silent, f"options without help text: {silent}"
+    for parser in sub.choices.values():  # and each command's help renders (argparse reads % as a format)
+        assert "--help" in parser.format_help()

@@ -22,23 +22,26 @@ def test_round_trip_through_dict():
     assert from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("bad,msg", [
-    ({"latnt_dim": 3}, "did you mean 'latent_dim'"),
-    ({"latent_dim": 0}, "latent_dim must be >= 1"),
-    ({"beta": -1}, "beta must be >= 0"),
-    ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
-    ({"likelihood": "poisson"}, "unknown likelihood"),
-    ({"latent_dim": 2.5}, "must be int"),
-    ({"cosine": "yes"}, "must be bool"),
-    ({"epochs": 0}, "epochs must be >= 1"),
-    ({"arch": "conv", "width": 32}, "the conv network has a fixed size"),
-    ({"arch": "hierarchical", "prior": "vamp"}, "its own per-group posteriors and priors"),
-    ({"arch": "hierarchical", "objective": "beta_tcvae"}, "supports the elbo, capacity and free_bits"),
-    ({"time_budget": "ten minutes"}, "not a duration"),
-    ({"time_budget": -5}, "time_budget must be between"),
-    ({"ema": 1.0}, r"ema must be in \[0, 1\)"),
-    ({"likelihood_components": 0}, "likelihood_components must be in 1..100"),
-])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        ({"latnt_dim": 3}, "did you mean 'latent_dim'"),
+        ({"latent_dim": 0}, "latent_dim must be >= 1"),
+        ({"beta": -1}, "beta must be >= 0"),
+        ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
+        ({"likelihood": "poisson"}, "unknown likelihood"),
+        ({"latent_dim": 2.5}, "must be int"),
+        ({"cosine": "yes"}, "must be bool"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"arch": "conv", "width": 32}, "the conv network has a fixed size"),
+        ({"arch": "hierarchical", "prior": "vamp"}, "its own per-group posteriors and priors"),
+        ({"arch": "hierarchical", "objective": "beta_tcvae"}, "supports the elbo, free_bits and capacity"),
+        ({"time_budget": "ten minutes"}, "not a duration"),
+        ({"time_budget": -5}, "time_budget must be between"),
+        ({"ema": 1.0}, r"ema must be in \[0, 1\)"),
+        ({"likelihood_components": 0}, "likelihood_components must be in 1..100"),
+    ],
+)
 def test_bad_values_raise(bad, msg):
     with pytest.raises(VaelabError, match=msg):
         from_dict(bad)

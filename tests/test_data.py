@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import count, cifar_members, write_cifar_tar, write_fashion, write_idx
 
+from conftest import cifar_members, count, write_cifar_tar, write_fashion, write_idx
 from vaelab import VaelabError
 from vaelab import data as vdata
 
@@ -23,11 +23,14 @@ def test_idx_round_trip(tmp_path):
     assert np.array_equal(vdata.read_idx(tmp_path / "b", 3), arr)
 
 
-@pytest.mark.parametrize("damage,msg", [
-    (lambda raw: b"\x00\x00\x09\x03" + raw[4:], "bad IDX magic"),
-    (lambda raw: raw[:-10], "truncated"),
-    (lambda raw: raw[:6], "truncated IDX header"),
-])
+@pytest.mark.parametrize(
+    "damage,msg",
+    [
+        (lambda raw: b"\x00\x00\x09\x03" + raw[4:], "bad IDX magic"),
+        (lambda raw: raw[:-10], "truncated"),
+        (lambda raw: raw[:6], "truncated IDX header"),
+    ],
+)
 def test_idx_rejects_damaged_files(tmp_path, damage, msg):
     arr = np.zeros((3, 28, 28), np.uint8)
     write_idx(tmp_path / "x", arr, compress=False)
@@ -116,7 +119,7 @@ def test_truncated_archive_is_refused_not_half_loaded(tmp_path):
 
 def test_second_load_comes_from_cache_and_is_identical(tiny_root, monkeypatch):
     a = vdata.load("fashion-mnist", tiny_root)
-    monkeypatch.setattr(vdata, "read_idx", lambda *a: pytest.fail("re-decoded the IDX files"))
+    monkeypatch.setattr(vdata.idx, "read_idx", lambda *a: pytest.fail("re-decoded the IDX files"))
     t0 = time.perf_counter()
     b = vdata.load("fashion-mnist", tiny_root)
     assert time.perf_counter() - t0 < 1.0
@@ -214,6 +217,7 @@ def test_cifar_pickles_of_any_protocol_still_load(tmp_path):
 
 
 # ---------------------------------------------------------------- integrity
+
 
 def _sums(folder):
     import hashlib

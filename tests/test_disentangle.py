@@ -7,17 +7,17 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SHAPES, tiny_config
 
+from conftest import TINY_SHAPES, tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
 from vaelab import disentangle as D
-from vaelab import factors
 from vaelab.cli import main
+from vaelab.data import factors
 from vaelab.losses import OBJECTIVES, TCCritic, objective
 
-
 # ---------------------------------------------------------------- shapes2d
+
 
 def test_sprites_are_binary_deterministic_and_translate_exactly():
     f = np.array([[2, 1, 3, 0, 0], [2, 1, 3, 31, 0], [2, 1, 3, 0, 31], [0, 5, 0, 10, 20]])
@@ -95,6 +95,7 @@ def test_a_missing_dsprites_file_is_one_line(tmp_path, capsys):
 
 # ---------------------------------------------------------------- metrics with known answers
 
+
 class FactorsAsImages:
     """A factor source whose 'images' are the factor values themselves, so a representation is any map of them."""
 
@@ -113,9 +114,11 @@ def _codes():
     q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(5, 5)))
     mean = np.array([(s - 1) / 2 for s in g.sizes])
     std = np.array([np.sqrt((s * s - 1) / 12) for s in g.sizes])
-    return g, {"identity": lambda f: f.copy(),
-               "rotation": lambda f: ((f - mean) / std) @ q,  # every dimension mixes every factor
-               "noise": lambda f: np.random.default_rng(len(f)).normal(size=f.shape)}
+    return g, {
+        "identity": lambda f: f.copy(),
+        "rotation": lambda f: ((f - mean) / std) @ q,  # every dimension mixes every factor
+        "noise": lambda f: np.random.default_rng(len(f)).normal(size=f.shape),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -168,11 +171,12 @@ def test_mig_by_hand():
 
 # ---------------------------------------------------------------- objectives
 
+
 def _terms(b=32, d=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     mu, logvar = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g) * 0.1
     z = mu + torch.randn(b, d, generator=g) * (0.5 * logvar).exp()
-    kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1)
+    kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
     return dict(mu=mu, logvar=logvar, z=z, recon=torch.full((b,), 10.0), kl=kl)
 
 
@@ -186,12 +190,18 @@ def test_dip_vae_penalties_by_hand():
     want_i = base + 2.0 * off + 20.0 * (torch.diagonal(cov) - 1).pow(2).sum()
     assert OBJECTIVES["dip_vae_i"](t, 1.0, cfg) == pytest.approx(float(want_i), rel=1e-5)
     cov2 = cov + torch.diag(t["logvar"].exp().mean(0))
-    want_ii = base + 2.0 * ((cov2 - torch.diag(torch.diagonal(cov2))).pow(2).sum()
-                            + (torch.diagonal(cov2) - 1).pow(2).sum())
+    want_ii = base + 2.0 * (
+        (cov2 - torch.diag(torch.diagonal(cov2))).pow(2).sum() + (torch.diagonal(cov2) - 1).pow(2).sum()
+    )
     assert OBJECTIVES["dip_vae_ii"](t, 1.0, cfg) == pytest.approx(float(want_ii), rel=1e-5)
     # a code already decorrelated with unit variance pays nothing
-    white = dict(t, mu=torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]]),
-                 logvar=torch.full((4, 2), -30.0), recon=torch.zeros(4), kl=torch.zeros(4))
+    white = dict(
+        t,
+        mu=torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]]),
+        logvar=torch.full((4, 2), -30.0),
+        recon=torch.zeros(4),
+        kl=torch.zeros(4),
+    )
     assert float(OBJECTIVES["dip_vae_i"](white, 1.0, cfg)) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -221,8 +231,9 @@ def test_every_disentangling_objective_trains_on_shapes2d_and_is_scored(tiny_roo
     from vaelab.evaluate import evaluate
     from vaelab.train import train
 
-    cfg = tiny_config(dataset="shapes2d", arch="conv4", likelihood="bernoulli", objective=obj, val_size=40,
-                      latent_dim=4, epochs=1)
+    cfg = tiny_config(
+        dataset="shapes2d", arch="conv4", likelihood="bernoulli", objective=obj, val_size=40, latent_dim=4, epochs=1
+    )
     train(cfg, tmp_path / "r", data_dir=tiny_root)
     small = D.Sizes(batch=8, beta_train=20, beta_eval=20, factor_train=20, factor_eval=20, variance=200, codes=300)
     ev = evaluate(tmp_path / "r", data_dir=tiny_root, disentanglement_sizes=small)
@@ -249,11 +260,27 @@ def test_a_disentanglement_study_reports_its_metrics_findings_and_traversals(tin
 
     small = D.Sizes(batch=8, beta_train=20, beta_eval=20, factor_train=20, factor_eval=20, variance=200, codes=300)
     monkeypatch.setattr(D, "Sizes", lambda: small)
-    spec = study.parse_spec({
-        "name": "dis", "base": {"dataset": "shapes2d", "arch": "conv4", "likelihood": "bernoulli", "latent_dim": 3,
-                                "epochs": 1, "batch_size": 32, "val_size": 40, "test_size": 30, "iwae_samples": 2},
-        "sweep": [{"grid": {"beta": [1.0, 4.0], "seed": [0, 1]}},
-                  {"grid": {"factor_gamma": [10.0], "seed": [0, 1]}, "base": {"objective": "factor_vae"}}]}, "t")
+    spec = study.parse_spec(
+        {
+            "name": "dis",
+            "base": {
+                "dataset": "shapes2d",
+                "arch": "conv4",
+                "likelihood": "bernoulli",
+                "latent_dim": 3,
+                "epochs": 1,
+                "batch_size": 32,
+                "val_size": 40,
+                "test_size": 30,
+                "iwae_samples": 2,
+            },
+            "sweep": [
+                {"grid": {"beta": [1.0, 4.0], "seed": [0, 1]}},
+                {"grid": {"factor_gamma": [10.0], "seed": [0, 1]}, "base": {"objective": "factor_vae"}},
+            ],
+        },
+        "t",
+    )
     out = tmp_path / "S"
     assert study.run(spec, out, data_dir=str(tiny_root)) == {"done": 6}
     df = pd.read_csv(out / "results.csv")

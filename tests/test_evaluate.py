@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
+from conftest import tiny_config
 from vaelab import data as vdata
 from vaelab.evaluate import evaluate, evaluate_model, iwae_nll, psnr, ssim
 from vaelab.models import VAE
@@ -66,14 +66,14 @@ class LinearGaussian(torch.nn.Module):
         self.W = torch.randn(d, latent_dim, generator=g, dtype=torch.float64) * 0.3
         self.b = torch.full((d,), 0.5, dtype=torch.float64)
         self.likelihood = Gaussian(sigma)
-        post_cov = torch.linalg.inv(torch.eye(latent_dim, dtype=torch.float64) + self.W.T @ self.W / sigma ** 2)
-        self.A = post_cov @ self.W.T / sigma ** 2  # exact posterior mean: A (t - b)
+        post_cov = torch.linalg.inv(torch.eye(latent_dim, dtype=torch.float64) + self.W.T @ self.W / sigma**2)
+        self.A = post_cov @ self.W.T / sigma**2  # exact posterior mean: A (t - b)
         self.logvar = torch.log(torch.diagonal(post_cov)) if exact else torch.zeros(latent_dim, dtype=torch.float64)
         if exact:  # the exact posterior must be diagonal for q to equal it: rotate W so that W^T W is diagonal
             _, vecs = torch.linalg.eigh(self.W.T @ self.W)
             self.W = self.W @ vecs
-            post_cov = torch.linalg.inv(torch.eye(latent_dim, dtype=torch.float64) + self.W.T @ self.W / sigma ** 2)
-            self.A = post_cov @ self.W.T / sigma ** 2
+            post_cov = torch.linalg.inv(torch.eye(latent_dim, dtype=torch.float64) + self.W.T @ self.W / sigma**2)
+            self.A = post_cov @ self.W.T / sigma**2
             self.logvar = torch.log(torch.diagonal(post_cov))
         else:
             self.A = self.A * 0.5  # shrunk means and unit variances: a poor but valid q
@@ -95,7 +95,7 @@ class LinearGaussian(torch.nn.Module):
 
     def log_px(self, x) -> torch.Tensor:
         t = x.flatten(1).double() / 255.0
-        cov = self.W @ self.W.T + self.sigma ** 2 * torch.eye(len(self.b), dtype=torch.float64)
+        cov = self.W @ self.W.T + self.sigma**2 * torch.eye(len(self.b), dtype=torch.float64)
         return torch.distributions.MultivariateNormal(self.b, cov).log_prob(t)
 
 
@@ -113,8 +113,10 @@ def test_elbo_below_iwae_below_log_px_tightening_with_k():
     x = torch.randint(60, 200, (6, 1, 2, 3), dtype=torch.uint8)
     exact = model.log_px(x)
     torch.manual_seed(0)
-    bound = {k: torch.stack([-iwae_nll(model, x, None, k).double() for _ in range(40 if k < 100 else 4)]).mean(0)
-             for k in (1, 10, 1000)}
+    bound = {
+        k: torch.stack([-iwae_nll(model, x, None, k).double() for _ in range(40 if k < 100 else 4)]).mean(0)
+        for k in (1, 10, 1000)
+    }
     gap = {k: exact - v for k, v in bound.items()}
     assert torch.all(gap[1] > 0.05)  # a poor q: the ELBO (K = 1) is clearly below log p(x)
     assert torch.all(gap[1] > gap[10]) and torch.all(gap[10] > gap[1000]) and torch.all(gap[1000] > -0.1)
@@ -136,9 +138,15 @@ def test_ssim_invariants_and_reference():
     assert torch.allclose(ssim(a, noisy), ssim(noisy, a), atol=1e-6)
     skimage = pytest.importorskip("skimage.metrics")
     for i in range(3):
-        want = skimage.structural_similarity(a[i, 0].numpy(), noisy[i, 0].numpy(), data_range=1.0,
-                                             gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-        assert ssim(a[i:i + 1], noisy[i:i + 1]).item() == pytest.approx(want, abs=2e-4)
+        want = skimage.structural_similarity(
+            a[i, 0].numpy(),
+            noisy[i, 0].numpy(),
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+        assert ssim(a[i : i + 1], noisy[i : i + 1]).item() == pytest.approx(want, abs=2e-4)
 
 
 def test_ssim_on_images_smaller_than_its_window_matches_scikit_image():
@@ -150,9 +158,15 @@ def test_ssim_on_images_smaller_than_its_window_matches_scikit_image():
     assert torch.allclose(ssim(a, a), torch.ones(3), atol=1e-6) and torch.all(ssim(a, noisy) < 1)
     skimage = pytest.importorskip("skimage.metrics")
     for i in range(3):
-        want = skimage.structural_similarity(a[i, 0].numpy(), noisy[i, 0].numpy(), data_range=1.0,
-                                             gaussian_weights=True, sigma=1.5 * 7 / 11, use_sample_covariance=False)
-        assert ssim(a[i:i + 1], noisy[i:i + 1]).item() == pytest.approx(want, abs=2e-4)
+        want = skimage.structural_similarity(
+            a[i, 0].numpy(),
+            noisy[i, 0].numpy(),
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5 * 7 / 11,
+            use_sample_covariance=False,
+        )
+        assert ssim(a[i : i + 1], noisy[i : i + 1]).item() == pytest.approx(want, abs=2e-4)
 
 
 def test_active_units_count_dimensions_whose_mean_varies():
@@ -162,8 +176,9 @@ def test_active_units_count_dimensions_whose_mean_varies():
         model.encoder.conv[0].weight.normal_(0, 0.5)
         model.encoder.conv[2].weight.normal_(0, 0.5)
         model.posterior.to_mu.weight[0].fill_(1.0)
-    split = vdata.to_split(np.random.default_rng(0).integers(0, 256, (50, 1, 28, 28), dtype=np.uint8),
-                           np.zeros(50, np.int64), "cpu")
+    split = vdata.to_split(
+        np.random.default_rng(0).integers(0, 256, (50, 1, 28, 28), dtype=np.uint8), np.zeros(50, np.int64), "cpu"
+    )
     out = evaluate_model(model, split, iwae_samples=2)
     assert out["active_units"] == 1 and out["au_variance"][1] == 0.0
     assert out["bpd_elbo"] == pytest.approx(out["neg_elbo"] / (784 * math.log(2)))
@@ -179,7 +194,9 @@ def test_evaluate_run_writes_eval_json(tiny_root, tmp_path):
     assert saved["kl"] == pytest.approx(sum(saved["kl_per_dim"]), rel=1e-6)  # float32 per-image sums
     assert saved["active_units"] == sum(v > 0.01 for v in saved["au_variance"])
     assert saved["bpd_iwae"] == pytest.approx(saved["iwae_nll"] / (784 * math.log(2)), rel=1e-6)
-    assert saved["chance_accuracy"] == pytest.approx(np.bincount(ds.y_test[vdata.test_indices(len(ds.x_test), 30)]).max() / 30)
+    assert saved["chance_accuracy"] == pytest.approx(
+        np.bincount(ds.y_test[vdata.test_indices(len(ds.x_test), 30)]).max() / 30
+    )
     assert out["neg_elbo"] == saved["neg_elbo"]
     again = evaluate(tmp_path / "r", data_dir=tiny_root, test_size=30, iwae_samples=10, write=False)
     assert again["neg_elbo"] == out["neg_elbo"]  # seeded: the same numbers twice
@@ -211,9 +228,13 @@ def test_cifar_model_on_the_lossless_subset(tmp_path):
     write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", cifar_members())
     rng = np.random.default_rng(0)
     (tmp_path / "cifar10-lossless-subset").mkdir()
-    np.savez(tmp_path / "cifar10-lossless-subset" / "cifar10.npz",
-             x_train=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), y_train=rng.integers(0, 10, 20),
-             x_test=rng.integers(0, 256, (15, 32, 32, 3), dtype=np.uint8), y_test=rng.integers(0, 10, 15))
+    np.savez(
+        tmp_path / "cifar10-lossless-subset" / "cifar10.npz",
+        x_train=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 20),
+        x_test=rng.integers(0, 256, (15, 32, 32, 3), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 15),
+    )
     ds = vdata.load("cifar10", tmp_path)
     train(tiny_config(dataset="cifar10", train_size=60), tmp_path / "r", dataset=ds)
     out = evaluate(tmp_path / "r", data_dir=tmp_path, iwae_samples=2, on="cifar10-lossless")
@@ -228,8 +249,9 @@ def test_active_units_threshold_is_burdas_0_01():
     from vaelab.evaluate import active_units
 
     base = torch.tensor([-1.0, 1.0]).repeat(500)[:, None]  # unbiased variance 1000/999
-    mu = torch.cat([base * math.sqrt(0.0101 * 999 / 1000), base * math.sqrt(0.0099 * 999 / 1000),
-                    torch.zeros(1000, 1)], 1)
+    mu = torch.cat(
+        [base * math.sqrt(0.0101 * 999 / 1000), base * math.sqrt(0.0099 * 999 / 1000), torch.zeros(1000, 1)], 1
+    )
     n, var = active_units(mu)
     assert n == 1 and var[0].item() == pytest.approx(0.0101) and var[1].item() == pytest.approx(0.0099)
 
@@ -250,8 +272,9 @@ def test_raw_weights_evaluate_separately_from_the_ema(tiny_root, tmp_path, capsy
     assert "holds no separate raw weights" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fields,want", [({}, "analytic"), ({"posterior": "iaf"}, "monte carlo"),
-                                         ({"prior": "mog"}, "monte carlo")])
+@pytest.mark.parametrize(
+    "fields,want", [({}, "analytic"), ({"posterior": "iaf"}, "monte carlo"), ({"prior": "mog"}, "monte carlo")]
+)
 def test_eval_says_how_the_kl_was_computed(tiny_root, tmp_path, fields, want):
     train(tiny_config(epochs=1, train_size=64, **fields), tmp_path / "r", data_dir=tiny_root)
     ev = evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2)

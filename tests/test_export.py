@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
 
 import vaelab
+from conftest import tiny_config
 from vaelab import VaelabError
 from vaelab.cli import main
 from vaelab.run import Run
@@ -16,8 +16,9 @@ from vaelab.store import load_tree, save_tree
 from vaelab.train import train
 
 
-@pytest.mark.parametrize("fields", [{}, {"arch": "hierarchical", "width": 4, "depth": 1, "latent_groups": 1,
-                                         "ema": 0.5}])
+@pytest.mark.parametrize(
+    "fields", [{}, {"arch": "hierarchical", "width": 4, "depth": 1, "latent_groups": 1, "ema": 0.5}]
+)
 def test_an_exported_model_loads_with_the_runs_weights_config_and_facts(tiny_root, tmp_path, fields):
     train(tiny_config(epochs=1, train_size=64, **fields), tmp_path / "r", data_dir=tiny_root)
     assert main(["export", str(tmp_path / "r"), str(tmp_path / "m.safetensors")]) == 0
@@ -43,8 +44,11 @@ def test_foreign_or_newer_files_are_refused_in_one_line(tiny_root, tmp_path, cap
     assert "is a .safetensors file" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "m.safetensors"), "--sampler", "gmm"]) == 2
     assert "no training codes" in capsys.readouterr().err
-    header = json.loads((tmp_path / "m.safetensors").read_bytes()[8:8 + int.from_bytes(
-        (tmp_path / "m.safetensors").read_bytes()[:8], "little")])
+    header = json.loads(
+        (tmp_path / "m.safetensors").read_bytes()[
+            8 : 8 + int.from_bytes((tmp_path / "m.safetensors").read_bytes()[:8], "little")
+        ]
+    )
     assert "vaelab" in header["__metadata__"]  # config and facts travel as JSON metadata, never as pickle
 
 
@@ -64,7 +68,8 @@ def test_every_command_that_takes_a_run_takes_an_exported_file(tiny_root, tmp_pa
     assert got["neg_elbo"] == pytest.approx(want["neg_elbo"]) and got["iwae_nll"] == pytest.approx(want["iwae_nll"])
     unpacked = err.split("unpacked to ")[1].split(" (outputs")[0]
     assert (tmp_path / "r" / "config.json").read_text() != "" and json.loads(
-        open(f"{unpacked}/config.json").read()) == json.loads((tmp_path / "r" / "config.json").read_text())
+        open(f"{unpacked}/config.json").read()
+    ) == json.loads((tmp_path / "r" / "config.json").read_text())
     assert main(["reconstruct", m, "--data-dir", str(tiny_root), "--n", "4"]) == 0
     assert main(["explore", m, "--data-dir", str(tiny_root), "--no-classifier"]) == 0
     assert main(["report", m, "--data-dir", str(tiny_root), "--no-classifier"]) == 0

@@ -16,8 +16,12 @@ from vaelab.models.nets import ResBlock
 def _trained_ish(shape=(1, 28, 28), seed=0) -> HierarchicalVAE:
     """A small model with every zero-initialised layer perturbed, so priors and posteriors differ from N(0, I)."""
     torch.manual_seed(seed)
-    model = build(TrainConfig(arch="hierarchical", latent_dim=3, width=8, depth=1, latent_groups=1,
-                              likelihood="discretized_logistic"), shape)
+    model = build(
+        TrainConfig(
+            arch="hierarchical", latent_dim=3, width=8, depth=1, latent_groups=1, likelihood="discretized_logistic"
+        ),
+        shape,
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -83,12 +87,22 @@ def test_generation_goes_through_the_top_group_prior():
 
 def test_a_hierarchical_model_trains_and_evaluates_with_active_units_per_group(tiny_root, tmp_path):
     from conftest import tiny_config
-
     from vaelab.evaluate import evaluate
     from vaelab.train import train
 
-    cfg = tiny_config(arch="hierarchical", latent_dim=2, width=8, depth=1, latent_groups=1, likelihood="dmol",
-                      likelihood_components=2, epochs=2, ema=0.9, skip_grad_norm=1e9, iwae_samples=3)
+    cfg = tiny_config(
+        arch="hierarchical",
+        latent_dim=2,
+        width=8,
+        depth=1,
+        latent_groups=1,
+        likelihood="dmol",
+        likelihood_components=2,
+        epochs=2,
+        ema=0.9,
+        skip_grad_norm=1e9,
+        iwae_samples=3,
+    )
     last = train(cfg, tmp_path / "h", data_dir=tiny_root)
     assert last["epoch"] == 2 and last["skipped_large_grad"] == 0
     ev = evaluate(tmp_path / "h", data_dir=tiny_root)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from PIL import Image
 
-from vaelab import data as vdata
+from conftest import tiny_config
 from vaelab import VaelabError, generate, latent
+from vaelab import data as vdata
 from vaelab.cli import main
 from vaelab.models import VAE
 from vaelab.train import train
@@ -34,7 +34,9 @@ def test_centroids_and_attribute_vectors():
 def test_class_gaussians_recover_mean_and_covariance():
     rng = np.random.default_rng(1)
     cov = np.array([[2.0, 0.8], [0.8, 1.0]])
-    mu = np.concatenate([rng.multivariate_normal([3, -1], cov, 4000), rng.multivariate_normal([-3, 2], np.eye(2), 4000)])
+    mu = np.concatenate(
+        [rng.multivariate_normal([3, -1], cov, 4000), rng.multivariate_normal([-3, 2], np.eye(2), 4000)]
+    )
     y = np.repeat([0, 1], 4000)
     g = generate.ClassGaussians(mu, y, 2)
     assert np.allclose(g.means[0], [3, -1], atol=0.08) and np.allclose(g.covs[0], cov, atol=0.12)
@@ -48,7 +50,6 @@ def test_mixture_on_aggregate_posterior_finds_the_clusters():
     mu, y, centres = clusters(600)
     gmm = generate.fit_mixture(mu, n_components=3)
     assert np.allclose(np.sort(gmm.means_, axis=0), np.sort(centres, axis=0), atol=0.05)
-
 
 
 def test_sampler_fits_once_and_draws_reproducibly():
@@ -131,14 +132,44 @@ def test_explore_sample_class_and_cvae(tiny_root, tmp_path, capsys):
     for name in ("attribute_arithmetic.png", "class_conditional.png", "prior_vs_mixture.png"):
         assert_real_figure(tmp_path / "r" / "explore" / name)
     assert list((tmp_path / "r").glob("latents-train-*.npz"))  # encodings cached in the run directory
-    assert main(["sample", str(tmp_path / "r"), "--class", "Sneaker", "--n", "4", "--nrow", "4",
-                 "--data-dir", str(tiny_root)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(tmp_path / "r"),
+                "--class",
+                "Sneaker",
+                "--n",
+                "4",
+                "--nrow",
+                "4",
+                "--data-dir",
+                str(tiny_root),
+            ]
+        )
+        == 0
+    )
     assert main(["sample", str(tmp_path / "r"), "--class", "Sneakers", "--data-dir", str(tiny_root)]) == 2
     assert "unknown class 'Sneakers'" in capsys.readouterr().err
     train(tiny_config(latent_dim=3, conditional=True), tmp_path / "c", dataset=ds)
     for cls in ds.classes:
-        assert main(["sample", str(tmp_path / "c"), "--class", cls, "--n", "2", "--nrow", "2",
-                     "--png", str(tmp_path / "c.png")]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    str(tmp_path / "c"),
+                    "--class",
+                    cls,
+                    "--n",
+                    "2",
+                    "--nrow",
+                    "2",
+                    "--png",
+                    str(tmp_path / "c.png"),
+                ]
+            )
+            == 0
+        )
         assert Image.open(tmp_path / "c.png").size[0] > 0
     assert main(["explore", str(tmp_path / "c"), "--data-dir", str(tiny_root), "--no-classifier"]) == 0
 
@@ -149,8 +180,14 @@ def test_eval_json_has_latent_organisation(tiny_root, tmp_path):
     ds = vdata.load("fashion-mnist", tiny_root)
     train(tiny_config(epochs=2), tmp_path / "r", dataset=ds)
     ev = evaluate(tmp_path / "r", data_dir=tiny_root, iwae_samples=2)
-    for k in ("probe_accuracy", "knn_accuracy", "silhouette", "chance_accuracy", "probe_accuracy_untrained",
-              "probe_accuracy_pca"):
+    for k in (
+        "probe_accuracy",
+        "knn_accuracy",
+        "silhouette",
+        "chance_accuracy",
+        "probe_accuracy_untrained",
+        "probe_accuracy_pca",
+    ):
         assert k in ev
     counts = np.bincount(ds.y_test)
     assert ev["chance_accuracy"] == pytest.approx(counts.max() / counts.sum())  # the measured share, not 0.1
@@ -160,7 +197,6 @@ def test_probe_baselines_on_images_whose_class_is_in_the_pixels():
     """Class = which band is bright: PCA of the pixels separates it perfectly; the untrained encoder is a fixed,
     reproducible baseline (same value twice), computed without changing the model's weights."""
     from conftest import make_images
-
     from vaelab.models import VAE
 
     rng = np.random.default_rng(0)

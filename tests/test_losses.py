@@ -8,9 +8,18 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from vaelab.losses import (Bernoulli, DiscretizedLogistic, Gaussian, MixtureOfLogistics, bits_per_dim, kl_per_dim,
-                           kl_weight,
-                           log_normal, make_likelihood, objective)
+from vaelab.losses import (
+    Bernoulli,
+    DiscretizedLogistic,
+    Gaussian,
+    MixtureOfLogistics,
+    bits_per_dim,
+    kl_per_dim,
+    kl_weight,
+    log_normal,
+    make_likelihood,
+    objective,
+)
 
 
 def test_discretized_logistic_is_a_distribution_over_256_values():
@@ -29,7 +38,9 @@ def test_discretized_logistic_known_value():
     params = torch.tensor([0.0, math.log(0.1)]).view(1, 2, 1, 1)
     got = lik.log_prob(params, torch.tensor([[[[128]]]], dtype=torch.uint8)).item()
     xs = 128 * 2 / 255 - 1
-    want = math.log(torch.sigmoid(torch.tensor((xs + 1 / 255) / 0.1)) - torch.sigmoid(torch.tensor((xs - 1 / 255) / 0.1)))
+    want = math.log(
+        torch.sigmoid(torch.tensor((xs + 1 / 255) / 0.1)) - torch.sigmoid(torch.tensor((xs - 1 / 255) / 0.1))
+    )
     assert got == pytest.approx(want, rel=1e-5)
 
 
@@ -39,7 +50,9 @@ def test_discretized_logistic_tail_uses_density_times_bin_width():
     lik = DiscretizedLogistic()
     s, x = 0.01, 250
     c = x * 2 / 255 - 1  # 0.96, 96 scales from mu = 0
-    got = lik.log_prob(torch.tensor([0.0, math.log(s)]).view(1, 2, 1, 1), torch.tensor([[[[x]]]], dtype=torch.uint8)).item()
+    got = lik.log_prob(
+        torch.tensor([0.0, math.log(s)]).view(1, 2, 1, 1), torch.tensor([[[[x]]]], dtype=torch.uint8)
+    ).item()
     a, b = (c - 1 / 255) / s, (c + 1 / 255) / s  # mass = sigmoid(b) - sigmoid(a) = e^-a - e^-b for large a, b
     exact = -a + math.log1p(-math.exp(a - b))
     assert exact == pytest.approx(-96.296, abs=1e-3)
@@ -145,17 +158,23 @@ def test_capacity_objective_known_value_and_neutral_setting():
     assert OBJECTIVES["capacity"](terms, 1.0, cfg, 0.0).item() == pytest.approx(OBJECTIVES["elbo"](terms, 2.0).item())
 
 
-@pytest.mark.parametrize("fields,msg", [
-    ({"objective": "tcvae"}, "unknown objective 'tcvae' (known: elbo, free_bits, capacity, beta_tcvae, "
-                             "factor_vae, dip_vae_i, dip_vae_ii)"),
-    ({"kl_schedule": "sigmoid"}, "unknown kl_schedule"),
-    ({"objective": "free_bits", "prior": "mog"}, "needs the factorised standard prior"),
-    ({"objective": "free_bits", "posterior": "iaf"}, "and the gaussian posterior"),
-    ({"posterior": "iaf", "prior": "vamp"}, "use it with --posterior gaussian"),
-    ({"posterior": "planar"}, "unknown posterior .planar."),
-    ({"objective": "beta_tcvae", "prior": "vamp"}, "needs the factorised standard prior"),
-    ({"kl_cycle_ratio": 0.0}, "kl_cycle_ratio"),
-])
+@pytest.mark.parametrize(
+    "fields,msg",
+    [
+        (
+            {"objective": "tcvae"},
+            "unknown objective 'tcvae' (known: elbo, free_bits, capacity, beta_tcvae, "
+            "factor_vae, dip_vae_i, dip_vae_ii)",
+        ),
+        ({"kl_schedule": "sigmoid"}, "unknown kl_schedule"),
+        ({"objective": "free_bits", "prior": "mog"}, "needs the factorised standard prior"),
+        ({"objective": "free_bits", "posterior": "iaf"}, "and the gaussian posterior"),
+        ({"posterior": "iaf", "prior": "vamp"}, "use it with --posterior gaussian"),
+        ({"posterior": "planar"}, "unknown posterior .planar."),
+        ({"objective": "beta_tcvae", "prior": "vamp"}, "needs the factorised standard prior"),
+        ({"kl_cycle_ratio": 0.0}, "kl_cycle_ratio"),
+    ],
+)
 def test_objective_fields_are_validated(fields, msg):
     from vaelab import VaelabError
     from vaelab.config import from_dict
@@ -221,8 +240,8 @@ def test_dmol_matches_a_direct_computation_of_the_bin_masses(c):
     for x in ([[0]], [[37]], [[255]], [[128]]) if c == 1 else ([[0, 200, 255]], [[12, 130, 77]], [[255, 0, 64]]):
         xt = torch.tensor(x, dtype=torch.uint8).view(1, c, 1, 1)
         p = params[0, :, 0, 0].double()
-        logits, mu, log_s = p[:k], p[k:k + k * c].view(k, c), p[k + k * c:k + 2 * k * c].view(k, c).clamp(min=-7)
-        coef = torch.tanh(p[k + 2 * k * c:]).view(k, -1)
+        logits, mu, log_s = p[:k], p[k : k + k * c].view(k, c), p[k + k * c : k + 2 * k * c].view(k, c).clamp(min=-7)
+        coef = torch.tanh(p[k + 2 * k * c :]).view(k, -1)
         pi = torch.softmax(logits, 0)
         vals = [v * 2.0 / 255.0 - 1.0 for v in x[0]]
         total = 0.0
@@ -264,3 +283,28 @@ def test_dmol_samples_follow_the_mixture_and_the_mean_is_its_mean():
     assert (hist.cumsum(0) - probs.cumsum(0)).abs().max().item() < 0.02  # Kolmogorov-Smirnov distance
     exact_mean = (probs * torch.arange(256) / 255.0).sum().item()
     assert lik.mean(params).item() == pytest.approx(exact_mean, abs=0.02)  # edge clipping aside
+
+
+def test_an_objective_is_added_by_registration_alone(tiny_root, tmp_path, monkeypatch):
+    """One entry in OBJECTIVES, with its facts: the config accepts it, the trainer trains with it (and the facts say
+    whether the stacked trainer and the hierarchical model may), and its main weight is what findings sweep."""
+    from conftest import tiny_config
+    from vaelab import data as vdata
+    from vaelab import multirun
+    from vaelab.findings import main_weight
+    from vaelab.losses import OBJECTIVES, Objective, beta_elbo
+    from vaelab.train import train
+
+    def elbo_l1(terms, beta, cfg=None, progress=0.0):
+        return beta_elbo(terms, beta) + 1e-3 * terms["mu"].abs().sum(1).mean()
+
+    monkeypatch.setitem(OBJECTIVES, "elbo_l1", Objective(elbo_l1, main_weight="beta"))
+    cfg = tiny_config(epochs=1, objective="elbo_l1")
+    last = train(cfg, tmp_path / "r", dataset=vdata.load("fashion-mnist", tiny_root))
+    assert math.isfinite(last["train_loss"])
+    assert multirun.unsupported(cfg) == "objective elbo_l1"  # not stackable unless its entry says so
+    import pandas as pd
+
+    assert main_weight(pd.DataFrame({"objective": ["elbo_l1"], "beta": [4.0]})).tolist() == [4.0]
+    with pytest.raises(Exception, match="hierarchical model supports"):
+        tiny_config(arch="hierarchical", objective="elbo_l1")

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from vaelab.config import TrainConfig
-from vaelab.losses import log_normal
 from vaelab.generate import Sampler
+from vaelab.losses import log_normal
 from vaelab.models import VAE
 
 
@@ -33,8 +33,10 @@ def test_forward_terms_and_shapes(arch, likelihood, shape):
 def test_latent_dim_one_and_reference_layers():
     model = VAE((1, 28, 28), 1, "conv", "bernoulli")
     convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == \
-        [(1, 32, (3, 3), (2, 2)), (32, 64, (3, 3), (2, 2))]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (1, 32, (3, 3), (2, 2)),
+        (32, 64, (3, 3), (2, 2)),
+    ]
     deconvs = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert [(d.in_channels, d.out_channels, d.kernel_size) for d in deconvs] == [(64, 32, (4, 4)), (32, 1, (4, 4))]
     assert model(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))["z"].shape == (2, 1)
@@ -52,6 +54,7 @@ def test_conditional_vae_needs_labels_and_uses_them():
 
 
 # ---------------------------------------------------------------- priors p(z)
+
 
 def _grid_integral(prior, lim=8.0, n=401) -> float:
     """Integrate exp(log_prob) over a 2-D grid (trapezoid rule)."""
@@ -138,6 +141,7 @@ def test_the_standard_prior_adds_nothing_to_a_checkpoint():
 
 # ---------------------------------------------------------------- the IAF posterior
 
+
 def test_iaf_log_det_is_the_log_det_of_its_jacobian_and_each_step_is_autoregressive():
     from vaelab.models import IAF
 
@@ -179,7 +183,9 @@ def test_iaf_posterior_terms_log_weights_and_codes():
 
 
 def test_a_gaussian_posterior_model_has_no_flow_parameters():
-    assert not [k for k in VAE((1, 28, 28), 4).state_dict() if k.startswith(("posterior.flow.", "posterior.to_context."))]
+    assert not [
+        k for k in VAE((1, 28, 28), 4).state_dict() if k.startswith(("posterior.flow.", "posterior.to_context."))
+    ]
 
 
 @pytest.mark.parametrize("posterior", ["gaussian", "iaf"])
@@ -275,9 +281,19 @@ def test_every_network_likelihood_and_part_gives_finite_terms(arch, likelihood, 
     parts = _PARTS if arch != "hierarchical" else [("gaussian", "standard")]
     sized = dict(width=4, depth=1) if arch in ("resnet", "hierarchical") else {}
     for posterior, prior in parts:
-        cfg = TrainConfig(arch=arch, likelihood=likelihood, latent_dim=2, posterior=posterior, prior=prior,
-                          flow_steps=1, flow_hidden=8, prior_components=2, likelihood_components=2,
-                          latent_groups=1, **sized)
+        cfg = TrainConfig(
+            arch=arch,
+            likelihood=likelihood,
+            latent_dim=2,
+            posterior=posterior,
+            prior=prior,
+            flow_steps=1,
+            flow_hidden=8,
+            prior_components=2,
+            likelihood_components=2,
+            latent_groups=1,
+            **sized,
+        )
         torch.manual_seed(0)
         model = build(cfg, shape)
         x = torch.randint(0, 256, (3, *shape), dtype=torch.uint8)
@@ -309,7 +325,7 @@ def test_upconv_computes_the_transposed_convolution(cin, cout, hw, channels_last
     assert a.shape == b.shape == (3, cout, 2 * hw, 2 * hw)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     w, bias = up.subpixel_weight()  # the sub-pixel weights hold each kernel tap exactly once per phase
-    assert torch.equal(w.flatten().abs().sort().values[-up.weight.numel():], up.weight.flatten().abs().sort().values)
+    assert torch.equal(w.flatten().abs().sort().values[-up.weight.numel() :], up.weight.flatten().abs().sort().values)
     assert torch.equal(bias[::4], up.bias)
     with torch.no_grad():
         up.subpixel = False  # a wrong sub-pixel form would show here as a mismatch with the plain path

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_config
 
-from vaelab import VaelabError
-from vaelab import multirun
+from conftest import tiny_config
+from vaelab import VaelabError, multirun
 from vaelab.train import load_checkpoint, train
 
 # Tolerance: the stacked step computes the same sums in another order (batched matmuls and convolutions, Adam's
@@ -27,8 +26,11 @@ def _assert_same_weights(got: dict, want: dict) -> None:
 
 def _cfgs(**kw):
     base = dict(train_size=64, val_size=40, batch_size=16, epochs=2, latent_dim=3, **kw)
-    return [tiny_config(seed=0, beta=1.0, **base), tiny_config(seed=1, beta=1.0, **base),
-            tiny_config(seed=0, beta=4.0, **base)]
+    return [
+        tiny_config(seed=0, beta=1.0, **base),
+        tiny_config(seed=1, beta=1.0, **base),
+        tiny_config(seed=0, beta=4.0, **base),
+    ]
 
 
 def _weights(run):
@@ -82,7 +84,8 @@ def test_an_interrupted_group_resumes_run_by_run_with_train(tiny_root, tmp_path,
         train(c, ref, data_dir=str(tiny_root), progress=False)
         _assert_same_weights(_weights(o), _weights(ref))
         assert load_checkpoint(o)["history"][-1]["val_neg_elbo"] == pytest.approx(
-            load_checkpoint(ref)["history"][-1]["val_neg_elbo"], rel=RTOL_ELBO)
+            load_checkpoint(ref)["history"][-1]["val_neg_elbo"], rel=RTOL_ELBO
+        )
 
 
 def test_what_cannot_train_together_is_refused(tiny_root, tmp_path):
@@ -96,8 +99,10 @@ def test_what_cannot_train_together_is_refused(tiny_root, tmp_path):
     train(a, tmp_path / "held", data_dir=str(tiny_root), progress=False)
     with pytest.raises(VaelabError, match="already holds a run"):
         multirun.train_together([a, a.replace(seed=3)], [tmp_path / "held", tmp_path / "c"], data_dir=str(tiny_root))
-    cfgs = [tiny_config(seed=s, beta=b) for s in (0, 1) for b in (1.0, 2.0)] + [tiny_config(latent_dim=8),
-                                                                                 tiny_config(ema=0.9, seed=5)]
+    cfgs = [tiny_config(seed=s, beta=b) for s in (0, 1) for b in (1.0, 2.0)] + [
+        tiny_config(latent_dim=8),
+        tiny_config(ema=0.9, seed=5),
+    ]
     assert multirun.groups(cfgs) == [[0, 1, 2, 3]]
 
 
@@ -106,9 +111,11 @@ def test_study_together_trains_groups_then_evaluates_every_cell(tiny_root, tmp_p
     from vaelab.cli import main
 
     spec = tmp_path / "s.toml"
-    spec.write_text('name = "g"\n[base]\ndataset = "fashion-mnist"\nepochs = 1\ntrain_size = 64\nval_size = 40\n'
-                    'test_size = 20\niwae_samples = 2\nbatch_size = 16\nlatent_dim = 3\n'
-                    '[grid]\nbeta = [1.0, 4.0]\nseed = [0, 1]\n')
+    spec.write_text(
+        'name = "g"\n[base]\ndataset = "fashion-mnist"\nepochs = 1\ntrain_size = 64\nval_size = 40\n'
+        "test_size = 20\niwae_samples = 2\nbatch_size = 16\nlatent_dim = 3\n"
+        "[grid]\nbeta = [1.0, 4.0]\nseed = [0, 1]\n"
+    )
     assert main(["study", str(spec), "--out", str(tmp_path / "S"), "--together", "--data-dir", str(tiny_root)]) == 0
     runs = sorted((tmp_path / "S" / "runs").iterdir())
     assert len(runs) == 4 and all((r / "eval.json").is_file() for r in runs)
@@ -119,4 +126,5 @@ def test_study_together_trains_groups_then_evaluates_every_cell(tiny_root, tmp_p
         a = load_checkpoint(alone / "runs" / r.name)
         assert "trained_with" not in a["history"][-1]
         assert load_checkpoint(r)["history"][-1]["val_neg_elbo"] == pytest.approx(
-            a["history"][-1]["val_neg_elbo"], rel=RTOL_ELBO)
+            a["history"][-1]["val_neg_elbo"], rel=RTOL_ELBO
+        )

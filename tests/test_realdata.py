@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
 
+from conftest import tiny_config
 from vaelab import data as vdata
 from vaelab.evaluate import evaluate, evaluate_model
 from vaelab.models import VAE

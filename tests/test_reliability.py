@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import count, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import count, tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
 from vaelab.cli import main
@@ -25,14 +25,24 @@ from vaelab.store import save_tree
 from vaelab.study import load_spec, parse_spec
 from vaelab.train import train
 
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 # ---------------------------------------------------------------- generated values
 
-junk = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2 ** 70, max_value=2 ** 70),
-                 st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
-                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 keys = st.one_of(st.sampled_from(sorted(FIELDS)), st.text(max_size=10))
 
 
@@ -50,8 +60,9 @@ def test_any_config_dict_is_accepted_or_refused_in_one_line(d):
     count("bad_inputs_clean")
 
 
-spec_values = st.recursive(junk, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                         st.dictionaries(keys, inner, max_size=3)), max_leaves=8)
+spec_values = st.recursive(
+    junk, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=3)), max_leaves=8
+)
 
 
 @SETTINGS
@@ -83,6 +94,7 @@ def test_any_bytes_as_a_spec_file_are_refused_in_one_line(tmp_path_factory, blob
 
 # ---------------------------------------------------------------- the command line, generated
 
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_root, tmp_path_factory):
     run = tmp_path_factory.mktemp("trained") / "run"
@@ -110,11 +122,35 @@ def tree(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.exists() else set()
 
 
-numbers = st.sampled_from(["-5", "0", "1", "3", "2", "1e3", "inf", "nan", "-inf", "x", str(2 ** 70), "1.5", ""])
-train_flags = st.lists(st.tuples(st.sampled_from(
-    ["--epochs", "--latent-dim", "--beta", "--lr", "--warmup-epochs", "--seed", "--val-size", "--train-size",
-     "--test-size", "--batch-size", "--iwae-samples", "--max-skip-share", "--grad-clip", "--likelihood", "--device",
-     "--dataset", "--preset", "--gaussian-sigma"]), numbers), max_size=4)
+numbers = st.sampled_from(["-5", "0", "1", "3", "2", "1e3", "inf", "nan", "-inf", "x", str(2**70), "1.5", ""])
+train_flags = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "--epochs",
+                "--latent-dim",
+                "--beta",
+                "--lr",
+                "--warmup-epochs",
+                "--seed",
+                "--val-size",
+                "--train-size",
+                "--test-size",
+                "--batch-size",
+                "--iwae-samples",
+                "--max-skip-share",
+                "--grad-clip",
+                "--likelihood",
+                "--device",
+                "--dataset",
+                "--preset",
+                "--gaussian-sigma",
+            ]
+        ),
+        numbers,
+    ),
+    max_size=4,
+)
 
 
 @SETTINGS
@@ -124,7 +160,7 @@ def test_generated_train_commands_succeed_or_fail_cleanly_without_debris(tiny_ro
     out = base / "run"
     argv = ["train", "--out", str(out), "--data-dir", str(tiny_root), "--no-eval"]
     for flag, value in flags:
-        if flag == "--epochs" and value not in ("-5", "0", "x", "inf", "nan", "-inf", "", "1.5", "1e3", str(2 ** 70)):
+        if flag == "--epochs" and value not in ("-5", "0", "x", "inf", "nan", "-inf", "", "1.5", "1e3", str(2**70)):
             value = "1"  # valid epoch counts stay small: a run that trains must be quick
         if flag in ("--train-size",) and value in ("1", "2", "3"):
             value = "0"
@@ -139,9 +175,13 @@ def test_generated_train_commands_succeed_or_fail_cleanly_without_debris(tiny_ro
         assert tree(base) == set(), f"debris after a refused command: {tree(base)}"
 
 
-run_args = st.lists(st.tuples(st.sampled_from(["--n", "--nrow", "--seed", "--test-size", "--iwae-samples", "--png"]),
-                              st.sampled_from(["-5", "0", "2", "7", str(2 ** 40), "x", "DIR", "DEV", "LINK", "OK"])),
-                    max_size=3)
+run_args = st.lists(
+    st.tuples(
+        st.sampled_from(["--n", "--nrow", "--seed", "--test-size", "--iwae-samples", "--png"]),
+        st.sampled_from(["-5", "0", "2", "7", str(2**40), "x", "DIR", "DEV", "LINK", "OK"]),
+    ),
+    max_size=3,
+)
 
 
 @SETTINGS
@@ -151,7 +191,12 @@ def test_generated_run_commands_succeed_or_fail_cleanly(trained_run, tiny_root, 
     (base / "dir.png").mkdir()
     (base / "target").write_text("keep")
     (base / "link.png").symlink_to(base / "target")
-    paths = {"DIR": str(base / "dir.png"), "DEV": "/dev/null", "LINK": str(base / "link.png"), "OK": str(base / "ok.png")}
+    paths = {
+        "DIR": str(base / "dir.png"),
+        "DEV": "/dev/null",
+        "LINK": str(base / "link.png"),
+        "OK": str(base / "ok.png"),
+    }
     argv = [cmd, str(trained_run), "--data-dir", str(tiny_root)]
     for flag, value in args:
         # a plain --png value names a file inside the test's folder, never the current directory
@@ -164,6 +209,7 @@ def test_generated_run_commands_succeed_or_fail_cleanly(trained_run, tiny_root, 
 
 
 # ---------------------------------------------------------------- damaged and foreign files
+
 
 def _damage(kind: str, run: Path, study_dir: Path, tmp: Path) -> list[str]:
     if kind == "checkpoint-dict":
@@ -212,15 +258,30 @@ def _damage(kind: str, run: Path, study_dir: Path, tmp: Path) -> list[str]:
         (tmp / "s.toml").write_bytes(b"\xff\xfe[grid]\n")
         return ["study", str(tmp / "s.toml"), "--out", str(tmp / "S")]
     if kind == "huge-latent":
-        return ["train", "--latent-dim", str(2 ** 30), "--out", str(tmp / "x")]
+        return ["train", "--latent-dim", str(2**30), "--out", str(tmp / "x")]
     if kind == "huge-iwae":
-        return ["evaluate", str(run), "--iwae-samples", str(2 ** 30)]
+        return ["evaluate", str(run), "--iwae-samples", str(2**30)]
     raise AssertionError(kind)
 
 
-DAMAGE = ["checkpoint-dict", "checkpoint-tensor-only", "checkpoint-other-architecture", "config-list", "config-folder",
-          "config-binary", "metrics-damaged", "study-json-damaged", "study-json-list", "spec-base-5", "spec-grid-list",
-          "spec-sweep-5", "spec-empty", "spec-not-utf8", "huge-latent", "huge-iwae"]
+DAMAGE = [
+    "checkpoint-dict",
+    "checkpoint-tensor-only",
+    "checkpoint-other-architecture",
+    "config-list",
+    "config-folder",
+    "config-binary",
+    "metrics-damaged",
+    "study-json-damaged",
+    "study-json-list",
+    "spec-base-5",
+    "spec-grid-list",
+    "spec-sweep-5",
+    "spec-empty",
+    "spec-not-utf8",
+    "huge-latent",
+    "huge-iwae",
+]
 
 
 @pytest.mark.parametrize("kind", DAMAGE)
@@ -245,8 +306,16 @@ def test_damaged_and_foreign_files_are_one_line_errors(tiny_root, tmp_path, caps
 
 
 def test_val_size_0_says_there_is_no_validation_set(tiny_root, tmp_path, capsys):
-    code = main(["train", *"--epochs 1 --latent-dim 2 --val-size 0 --iwae-samples 2 --device cpu".split(),
-                 "--out", str(tmp_path / "r"), "--data-dir", str(tiny_root)])
+    code = main(
+        [
+            "train",
+            *"--epochs 1 --latent-dim 2 --val-size 0 --iwae-samples 2 --device cpu".split(),
+            "--out",
+            str(tmp_path / "r"),
+            "--data-dir",
+            str(tiny_root),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "no validation set (val_size 0)" in out and "nan" not in out
 
@@ -255,7 +324,9 @@ def test_val_size_0_says_there_is_no_validation_set(tiny_root, tmp_path, capsys)
 @pytest.mark.parametrize("flag", ["--lr", "--beta", "--warmup-epochs"])
 def test_non_finite_numbers_are_refused_before_training(tiny_root, tmp_path, capsys, flag, value):
     count("bad_inputs_tried")
-    code, err = run_cli(["train", f"{flag}={value}", "--out", str(tmp_path / "r"), "--data-dir", str(tiny_root)], capsys)
+    code, err = run_cli(
+        ["train", f"{flag}={value}", "--out", str(tmp_path / "r"), "--data-dir", str(tiny_root)], capsys
+    )
     assert code == 2 and "finite" in err and not (tmp_path / "r").exists()
     assert_clean(code, err)
 
@@ -292,8 +363,17 @@ def _wait_for(pred, timeout: float) -> bool:
 def test_a_second_study_process_on_the_same_folder_is_refused(tiny_root, tmp_path):
     (tmp_path / "slow.toml").write_text(SLOW_SPEC)
     out = tmp_path / "S"
-    cmd = [sys.executable, "-m", "vaelab.cli", "study", str(tmp_path / "slow.toml"), "--out", str(out),
-           "--data-dir", str(tiny_root)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vaelab.cli",
+        "study",
+        str(tmp_path / "slow.toml"),
+        "--out",
+        str(out),
+        "--data-dir",
+        str(tiny_root),
+    ]
     first = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _wait_for(lambda: list(out.glob("runs/*/metrics.jsonl")), 120)
@@ -303,9 +383,23 @@ def test_a_second_study_process_on_the_same_folder_is_refused(tiny_root, tmp_pat
             assert second.returncode == 2 and "in use by another vaelab process" in second.stderr
             assert second.stderr.count("\n") == 1
             run = next(out.glob("runs/*/metrics.jsonl")).parent
-            other = subprocess.run([sys.executable, "-m", "vaelab.cli", "train", "--resume", "--out", str(run),
-                                    "--data-dir", str(tiny_root)], env=_env(tmp_path), capture_output=True, text=True,
-                                   timeout=120)
+            other = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "vaelab.cli",
+                    "train",
+                    "--resume",
+                    "--out",
+                    str(run),
+                    "--data-dir",
+                    str(tiny_root),
+                ],
+                env=_env(tmp_path),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert other.returncode == 2 and "in use by another vaelab process" in other.stderr
             count("concurrent_writers_refused", 2)
     finally:
@@ -317,10 +411,22 @@ def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tm
     spec = tmp_path / "slow.toml"
     spec.write_text(SLOW_SPEC)
     out = tmp_path / "S"
-    cmd = [sys.executable, "-m", "vaelab.cli", "study", str(spec), "--out", str(out), "--jobs", "2",
-           "--data-dir", str(tiny_root)]
-    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "vaelab.cli",
+        "study",
+        str(spec),
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
+        "--data-dir",
+        str(tiny_root),
+    ]
+    proc = subprocess.Popen(
+        cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     assert _wait_for(lambda: len(list(out.glob("runs/*/checkpoint.safetensors"))) >= 2, 180)
     markers = [json.loads(p.read_text())["pid"] for p in out.glob("runs/*/RUNNING")]
     t0 = time.monotonic()
@@ -347,6 +453,8 @@ def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tm
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_one_writes_nothing(tiny_root, tmp_path, capsys):
     count("bad_inputs_tried")
-    code, err = run_cli(["train", "--device", "cuda", "--out", str(tmp_path / "r"), "--data-dir", str(tiny_root)], capsys)
+    code, err = run_cli(
+        ["train", "--device", "cuda", "--out", str(tmp_path / "r"), "--data-dir", str(tiny_root)], capsys
+    )
     assert code == 2 and "CUDA is not available" in err and not (tmp_path / "r").exists()
     assert_clean(code, err)

@@ -11,7 +11,6 @@ import pytest
 
 from conftest import quick_classifier
 from test_latent import assert_real_figure
-
 from vaelab import study
 from vaelab.cli import main
 from vaelab.report import report
@@ -50,7 +49,7 @@ def mini_report(mini_study, tiny_root):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VAELAB_CACHE", str(mini_study.parent / "cache"))
         before = report(mini_study, data_dir=tiny_root).read_text()  # not scored yet: the report says how
-        assert "not scored yet: run &#x27;vaelab score" in before or "not scored yet: run 'vaelab score" in before
+        assert re.search(r"not scored yet: run (&#x27;|&#39;|')vaelab score", before)
         assert main(["score", str(mini_study), "--data-dir", str(tiny_root), "--samples", "200"]) == 0
         return report(mini_study, data_dir=tiny_root)
 
@@ -63,8 +62,16 @@ def test_study_report_files(mini_study, mini_report):
     index = mini_report
     assert index == mini_study / "report" / "index.html"
     text = index.read_text()
-    for section in ("Findings", "Datasets", "Setup", "Latent dimensionality", "β-VAE", "Samples and reconstructions",
-                    "Latent-space organisation", "Conditional generation"):
+    for section in (
+        "Findings",
+        "Datasets",
+        "Setup",
+        "Latent dimensionality",
+        "β-VAE",
+        "Samples and reconstructions",
+        "Latent-space organisation",
+        "Conditional generation",
+    ):
         assert f">{section}</h2>" in text
     imgs = _images_of(index)
     assert len(imgs) >= 12
@@ -78,8 +85,10 @@ def test_study_report_files(mini_study, mini_report):
     assert sum("class_histogram_" in p for p in imgs) == 2  # one scored run per dataset
     df = study.collect(mini_study)
     scored = df.dropna(subset=["fd_prior"])
-    assert sorted(scored["run_id"]) == ["dataset-cifar10__latent_dim-4__beta-1__seed-0",
-                                        "dataset-fashion-mnist__latent_dim-4__beta-1__seed-0"]
+    assert sorted(scored["run_id"]) == [
+        "dataset-cifar10__latent_dim-4__beta-1__seed-0",
+        "dataset-fashion-mnist__latent_dim-4__beta-1__seed-0",
+    ]
     for r in scored.itertuples():  # results.csv carries exactly what the report scored into each eval.json
         ev = json.loads((mini_study / "runs" / r.run_id / "eval.json").read_text())
         assert (ev["conditional_accuracy"], ev["fd_gmm"]) == pytest.approx((r.conditional_accuracy, r.fd_gmm))
@@ -109,8 +118,18 @@ def test_run_report_and_cli(mini_study, tiny_root, capsys):
     index = run / "report" / "index.html"
     imgs = _images_of(index)
     names = {Path(p).name for p in imgs}
-    assert {"reconstructions.png", "samples.png", "curves.png", "kl_per_dim.png", "latent_map.png", "manifold.png",
-            "interpolations.png", "traversals.png", "class_conditional.png", "prior_vs_mixture.png"} <= names
+    assert {
+        "reconstructions.png",
+        "samples.png",
+        "curves.png",
+        "kl_per_dim.png",
+        "latent_map.png",
+        "manifold.png",
+        "interpolations.png",
+        "traversals.png",
+        "class_conditional.png",
+        "prior_vs_mixture.png",
+    } <= names
     assert "Fréchet dist., z ~ p(z)" in index.read_text()
     assert main(["report", str(run), "--data-dir", str(tiny_root), "--no-classifier"]) == 0
     assert "Fréchet dist." not in index.read_text()
@@ -122,7 +141,9 @@ def _chrome():
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver:
-        pytest.skip("headless Chromium not installed (Debian packages chromium and chromium-driver; .ci/run installs them)")
+        pytest.skip(
+            "headless Chromium not installed (Debian packages chromium and chromium-driver; .ci/run installs them)"
+        )
     return webdriver, chromium, driver
 
 
@@ -133,9 +154,18 @@ def test_report_in_headless_chromium(mini_study, mini_report, tmp_path):
     index = mini_report
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,2000",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = webdriver.Chrome(service=Service(driver_path), options=opts)
@@ -143,7 +173,8 @@ def test_report_in_headless_chromium(mini_study, mini_report, tmp_path):
         browser.get(index.resolve().as_uri())
         n, bad = browser.execute_script(
             "const im=[...document.images];"
-            "return [im.length, im.filter(i=>!(i.complete && i.naturalWidth>0)).map(i=>i.src)];")
+            "return [im.length, im.filter(i=>!(i.complete && i.naturalWidth>0)).map(i=>i.src)];"
+        )
         assert n == len(_images_of(index)) and n >= 12
         assert bad == [], f"images that did not load: {bad}"
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
@@ -196,11 +227,79 @@ def test_an_architectures_study_reports_its_networks(tiny_root, tmp_path, monkey
     assert "fd_prior" in html
     assert "<h2>Architectures</h2>" in html or ">Architectures<" in html
     names = {Path(p).name for p in _images_of(out / "report" / "index.html")}
-    assert {"bpd_time_fashion-mnist.png", "kl_groups_fashion-mnist.png", "samples_arch_fashion-mnist.png",
-            "reconstructions_arch_fashion-mnist.png"} <= names
+    assert {
+        "bpd_time_fashion-mnist.png",
+        "kl_groups_fashion-mnist.png",
+        "samples_arch_fashion-mnist.png",
+        "reconstructions_arch_fashion-mnist.png",
+    } <= names
     for name in ("bpd_time_fashion-mnist.png", "samples_arch_fashion-mnist.png"):
         assert_real_figure(out / "report" / "fig" / name)
     assert "hierarchical VAE lowers bits/dim" in html and "residual network lowers bits/dim" in html
     assert "finest latent groups" in html
     ev = json.loads(next((out / "runs").glob("*hierarchical*seed-0")).joinpath("eval.json").read_text())
     assert len(ev["kl_per_group"]) == 3 and 0 <= ev["kl_share_finest"] <= 1 and ev["n_params"] > 0
+
+
+def test_the_report_renders_without_a_model_or_data(mini_study, mini_report, monkeypatch):
+    """Rendering reads report/page.json and the templates alone: with every module's forward pass, every scikit-learn
+    fit and every dataset load made to fail, it writes the same page the full report wrote."""
+    import torch
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.manifold import TSNE
+    from sklearn.mixture import GaussianMixture
+
+    from vaelab import data as vdata
+    from vaelab.report import render
+
+    def forbidden(*a, **k):
+        raise AssertionError("the report computed something")
+
+    md_before = (mini_study / "report" / "summary.md").read_text()
+    html_before = mini_report.read_text()
+    monkeypatch.setattr(torch.nn.Module, "__call__", forbidden)
+    for estimator in (PCA, TSNE, LogisticRegression, GaussianMixture):
+        monkeypatch.setattr(estimator, "fit", forbidden)
+        monkeypatch.setattr(estimator, "fit_transform", forbidden, raising=False)
+    monkeypatch.setattr(vdata, "load", forbidden)
+    index = render(mini_study)
+    assert (mini_study / "report" / "summary.md").read_text() == md_before
+    footer = re.compile(r"made by vaelab on [0-9: -]+")
+    assert footer.sub("", index.read_text()) == footer.sub("", html_before)
+    assert "## Findings" in md_before and "<table>" in html_before
+    with pytest.raises(AssertionError, match="computed"):  # the guard itself works
+        torch.nn.Linear(2, 2)(torch.zeros(1, 2))
+
+
+def test_render_without_an_analysis_says_what_to_run(tmp_path, capsys):
+    (tmp_path / "study.json").write_text("{}")
+    assert main(["report", str(tmp_path), "--render-only"]) == 2
+    assert "run 'vaelab analyze" in capsys.readouterr().err
+
+
+def test_render_escapes_html_but_not_markdown(tmp_path):
+    """Run names and errors reach the page: the HTML escapes them, summary.md keeps them as written."""
+    from vaelab.report import render
+
+    page = {
+        "title": "t <b>",
+        "sections": [
+            {
+                "title": "S",
+                "items": [
+                    {"kind": "text", "text": "p < 0.05 <script>alert(1)</script>"},
+                    {"kind": "table", "head": ["a", "b"], "rows": [["1", "<i>2</i>"]]},
+                    {"kind": "finding", "claim": "c", "verdict": "holds", "evidence": "e & f"},
+                    {"kind": "fig", "src": "fig/x.png", "caption": "cap"},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "page.json").write_text(json.dumps(page))
+    html = render(tmp_path).read_text()
+    assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;i&gt;2&lt;/i&gt;" in html
+    assert '<div class="finding ok"><b>c</b>' in html and 'src="fig/x.png"' in html
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert md.startswith("# t <b>\n") and "| 1 | <i>2</i> |" in md and "- **c** — *holds*: e & f" in md

@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-from conftest import tiny_config
 
+from conftest import tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
 from vaelab.run import Run
@@ -15,18 +15,21 @@ from vaelab.train import train
 
 
 def test_run_layout_and_model_loaded_once(tiny_root, tmp_path, monkeypatch):
-    import vaelab.train as vtrain
 
     ds = vdata.load("fashion-mnist", tiny_root)
     cfg = tiny_config(epochs=1)
     train(cfg, tmp_path / "r", dataset=ds)
     run = Run(tmp_path / "r")
     assert run.config == cfg and [m["epoch"] for m in run.metrics] == [1] and run.eval() is None
-    assert run.checkpoint_path.name == "checkpoint.safetensors" and run.eval_path("cifar10-lossless").name == \
-        "eval-cifar10-lossless.json"
+    assert (
+        run.checkpoint_path.name == "checkpoint.safetensors"
+        and run.eval_path("cifar10-lossless").name == "eval-cifar10-lossless.json"
+    )
     calls = []
-    real = vtrain.load_model
-    monkeypatch.setattr(vtrain, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    import vaelab.run as vrun
+
+    real = vrun.load_model
+    monkeypatch.setattr(vrun, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
     first = Run(tmp_path / "r").model
     assert Run(tmp_path / "r").model is first and run.classes == list(ds.classes) and len(calls) == 1
     ck = run.checkpoint_path  # a rewritten checkpoint (here: a newer mtime) is loaded again

@@ -10,27 +10,39 @@ import pytest
 import torch
 
 from vaelab import VaelabError
-from vaelab.store import (FolderLock, atomic_write_bytes, load_tree, read_safetensors, safetensors_bytes, save_tree)
+from vaelab.store import FolderLock, atomic_write_bytes, load_tree, read_safetensors, safetensors_bytes, save_tree
 
 
 def test_our_safetensors_files_match_the_reference_library(tmp_path):
     st = pytest.importorskip("safetensors.torch")
-    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64), "c": torch.tensor(2.5, dtype=torch.float64),
-               "d": torch.randint(0, 255, (7,), dtype=torch.uint8), "e": torch.randn(2, 2).to(torch.bfloat16),
-               "f": torch.tensor([True, False]), "g": torch.zeros(0, 3)}
+    tensors = {
+        "a": torch.randn(3, 4),
+        "b": torch.arange(5, dtype=torch.int64),
+        "c": torch.tensor(2.5, dtype=torch.float64),
+        "d": torch.randint(0, 255, (7,), dtype=torch.uint8),
+        "e": torch.randn(2, 2).to(torch.bfloat16),
+        "f": torch.tensor([True, False]),
+        "g": torch.zeros(0, 3),
+    }
     (tmp_path / "ours.safetensors").write_bytes(safetensors_bytes(tensors, {"k": "v"}))
     theirs = st.load_file(str(tmp_path / "ours.safetensors"))  # the reference reader accepts our file
     assert set(theirs) == set(tensors) and all(torch.equal(theirs[k], tensors[k]) for k in tensors)
     st.save_file(tensors, str(tmp_path / "theirs.safetensors"), metadata={"k": "v"})
     back, meta = read_safetensors(tmp_path / "theirs.safetensors")  # and we read theirs
-    assert meta == {"k": "v"} and all(torch.equal(back[k], tensors[k]) and back[k].dtype == tensors[k].dtype
-                                      for k in tensors)
+    assert meta == {"k": "v"} and all(
+        torch.equal(back[k], tensors[k]) and back[k].dtype == tensors[k].dtype for k in tensors
+    )
 
 
 def test_tree_round_trip_keeps_structure_and_key_types(tmp_path):
-    tree = {"model": {"w": torch.randn(2, 3)}, "state": {0: {"step": torch.tensor(3.0)}, 1: {}},
-            "groups": [{"betas": (0.9, 0.999), "lr": 1e-3, "params": [0, 1]}], "none": None, "name": "x",
-            "history": [{"epoch": 1, "loss": float("nan")}]}
+    tree = {
+        "model": {"w": torch.randn(2, 3)},
+        "state": {0: {"step": torch.tensor(3.0)}, 1: {}},
+        "groups": [{"betas": (0.9, 0.999), "lr": 1e-3, "params": [0, 1]}],
+        "none": None,
+        "name": "x",
+        "history": [{"epoch": 1, "loss": float("nan")}],
+    }
     save_tree(tmp_path / "t.safetensors", tree)
     back = load_tree(tmp_path / "t.safetensors")
     assert torch.equal(back["model"]["w"], tree["model"]["w"])
@@ -43,14 +55,17 @@ def _file(header: bytes, body: bytes = b"") -> bytes:
     return len(header).to_bytes(8, "little") + header + body
 
 
-@pytest.mark.parametrize("blob,msg", [
-    (b"\x01\x02", "truncated"),
-    ((10**9).to_bytes(8, "little") + b"{}", "header length"),
-    ((4).to_bytes(8, "little") + b"nope", "not JSON"),
-    ((2).to_bytes(8, "little") + b"[]", "not a mapping"),
-    (_file(b'{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', b"\0" * 8), "byte range"),
-    (_file(b'{"x":{"dtype":"OBJ","shape":[],"data_offsets":[0,0]}}'), "bad entry"),
-])
+@pytest.mark.parametrize(
+    "blob,msg",
+    [
+        (b"\x01\x02", "truncated"),
+        ((10**9).to_bytes(8, "little") + b"{}", "header length"),
+        ((4).to_bytes(8, "little") + b"nope", "not JSON"),
+        ((2).to_bytes(8, "little") + b"[]", "not a mapping"),
+        (_file(b'{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', b"\0" * 8), "byte range"),
+        (_file(b'{"x":{"dtype":"OBJ","shape":[],"data_offsets":[0,0]}}'), "bad entry"),
+    ],
+)
 def test_malformed_safetensors_are_one_line_errors(tmp_path, blob, msg):
     (tmp_path / "f").write_bytes(blob)
     with pytest.raises(VaelabError, match=msg):
@@ -98,15 +113,17 @@ def test_a_real_file_size_limit_is_reported_the_same_way(tmp_path):
     import subprocess
     import sys
 
-    code = ("import resource, signal, torch\n"
-            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "from vaelab.store import save_tree\n"
-            f"save_tree(r'{tmp_path}/c.safetensors', {{'w': torch.ones(4)}})\n"
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
-            "from vaelab import VaelabError\n"
-            "try:\n"
-            f"    save_tree(r'{tmp_path}/c.safetensors', {{'w': torch.zeros(100000)}})\n"
-            "except VaelabError as e:\n    print('ERR', e)\n")
+    code = (
+        "import resource, signal, torch\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "from vaelab.store import save_tree\n"
+        f"save_tree(r'{tmp_path}/c.safetensors', {{'w': torch.ones(4)}})\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "from vaelab import VaelabError\n"
+        "try:\n"
+        f"    save_tree(r'{tmp_path}/c.safetensors', {{'w': torch.zeros(100000)}})\n"
+        "except VaelabError as e:\n    print('ERR', e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "ERR" in out.stdout and "cannot write" in out.stdout, out.stderr
     assert load_tree(tmp_path / "c.safetensors")["w"].numel() == 4

@@ -11,10 +11,9 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import count
 
-from vaelab import VaelabError
-from vaelab import study
+from conftest import count
+from vaelab import VaelabError, study
 from vaelab.cli import main
 from vaelab.train import load_checkpoint
 
@@ -89,23 +88,27 @@ def test_standard_preset_spans_the_grid_on_full_training_sets_with_early_stoppin
     assert {c.latent_dim for c in cfgs if c.beta == 1.0} == {2, 8, 16, 32, 128}
     assert {c.beta for c in cfgs} == {0.5, 1.0, 4.0, 16.0}
     for d, latent in study.BETA_LATENT.items():  # every beta at the dataset's reference latent size, 3 seeds each
-        assert sorted((c.beta, c.seed) for c in cfgs if c.dataset == d and c.latent_dim == latent) == \
-            [(b, s) for b in (0.5, 1.0, 4.0, 16.0) for s in (0, 1, 2)]
+        assert sorted((c.beta, c.seed) for c in cfgs if c.dataset == d and c.latent_dim == latent) == [
+            (b, s) for b in (0.5, 1.0, 4.0, 16.0) for s in (0, 1, 2)
+        ]
     assert all(c.train_size == 0 and c.test_size == 0 and c.patience > 0 and c.time_budget > 0 for c in cfgs)
     # the budget: one core per run (--jobs 2) on 2 cores, evaluation included, fits two hours
     train_core_s = sum(c.time_budget for c in cfgs)
     assert train_core_s / 2 < 1.6 * 3600
 
 
-@pytest.mark.parametrize("edit,line,msg", [
-    (("latent_dim = [2, 8]", "latnt_dim = [2, 8]"), 11, "unknown field 'latnt_dim' (did you mean 'latent_dim'?)"),
-    (("latent_dim = [2, 8]", "latent_dim = [2, 0]"), 11, "latent_dim must be >= 1"),
-    (("epochs = 1", "epochs = -3"), 4, "epochs must be >= 1"),
-    (("dataset = \"fashion-mnist\"", "dataset = \"mnist\""), 3, "unknown dataset 'mnist'"),
-    (("[grid]", "[gird]"), 10, "unknown key 'gird' (did you mean 'grid'?)"),
-    (("seed = [0]", "seed = 0"), 12, "[grid] seed must be a non-empty list"),
-    (("seed = [0]", "seed = [0.5]"), 12, "[grid] field 'seed' must be int"),
-])
+@pytest.mark.parametrize(
+    "edit,line,msg",
+    [
+        (("latent_dim = [2, 8]", "latnt_dim = [2, 8]"), 11, "unknown field 'latnt_dim' (did you mean 'latent_dim'?)"),
+        (("latent_dim = [2, 8]", "latent_dim = [2, 0]"), 11, "latent_dim must be >= 1"),
+        (("epochs = 1", "epochs = -3"), 4, "epochs must be >= 1"),
+        (('dataset = "fashion-mnist"', 'dataset = "mnist"'), 3, "unknown dataset 'mnist'"),
+        (("[grid]", "[gird]"), 10, "unknown key 'gird' (did you mean 'grid'?)"),
+        (("seed = [0]", "seed = 0"), 12, "[grid] seed must be a non-empty list"),
+        (("seed = [0]", "seed = [0.5]"), 12, "[grid] field 'seed' must be int"),
+    ],
+)
 def test_bad_specs_name_the_line(tmp_path, edit, line, msg):
     path = write(tmp_path, TINY_TOML.replace(*edit))
     with pytest.raises(VaelabError) as e:
@@ -119,12 +122,26 @@ def test_run_resume_and_results(tiny_root, tmp_path, monkeypatch):
     assert study.run(spec, out, data_dir=str(tiny_root)) == {"done": 2}
     df = pd.read_csv(out / "results.csv")
     assert list(df["run_id"]) == ["latent_dim-2__seed-0", "latent_dim-8__seed-0"]
-    for col in ("latent_dim", "seed", "dataset", "beta", "neg_elbo", "recon", "kl", "bpd_elbo", "iwae_nll",
-                "active_units", "psnr", "ssim", "train_seconds", "images_per_s"):
+    for col in (
+        "latent_dim",
+        "seed",
+        "dataset",
+        "beta",
+        "neg_elbo",
+        "recon",
+        "kl",
+        "bpd_elbo",
+        "iwae_nll",
+        "active_units",
+        "psnr",
+        "ssim",
+        "train_seconds",
+        "images_per_s",
+    ):
         assert df[col].notna().all(), col
     assert json.loads((out / "study.json").read_text())["name"] == "tiny"
     # a finished run is never retrained
-    monkeypatch.setattr("vaelab.train.train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    monkeypatch.setattr("vaelab.study.execution.train", lambda *a, **k: pytest.fail("retrained a finished run"))
     assert study.run(spec, out, data_dir=str(tiny_root)) == {"done": 2}
 
 
@@ -174,7 +191,9 @@ def test_jobs_2_matches_jobs_1(tiny_root, tmp_path):
 
 
 def test_sigkill_mid_study_then_rerun_completes(tiny_root, tmp_path):
-    spec_path = write(tmp_path, TINY_TOML.replace("epochs = 1", "epochs = 40").replace("train_size = 100", "train_size = 200"))
+    spec_path = write(
+        tmp_path, TINY_TOML.replace("epochs = 1", "epochs = 40").replace("train_size = 100", "train_size = 200")
+    )
     out = tmp_path / "S"
     cmd = [sys.executable, "-m", "vaelab.cli", "study", str(spec_path), "--out", str(out), "--data-dir", str(tiny_root)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -210,8 +229,20 @@ def test_ray_executor_on_a_local_ray(tiny_root, tmp_path):
 
 def test_ray_unreachable_cluster_is_one_line(tiny_root, tmp_path, capsys):
     pytest.importorskip("ray")
-    code = main(["study", str(write(tmp_path, TINY_TOML)), "--out", str(tmp_path / "S"), "--executor", "ray",
-                 "--address", "127.0.0.1:1", "--data-dir", str(tiny_root)])
+    code = main(
+        [
+            "study",
+            str(write(tmp_path, TINY_TOML)),
+            "--out",
+            str(tmp_path / "S"),
+            "--executor",
+            "ray",
+            "--address",
+            "127.0.0.1:1",
+            "--data-dir",
+            str(tiny_root),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Ray" in err and err.count("\n") == 1
 
@@ -240,8 +271,10 @@ def test_cli_study_errors(tmp_path, capsys):
 def test_conditional_vae_runs_in_a_study(tiny_root, tmp_path):
     text = TINY_TOML.replace("latent_dim = [2, 8]", "latent_dim = [2]\nconditional = [false, true]")
     spec = study.load_spec(write(tmp_path, text))
-    assert [c.run_id for c in spec.cells] == ["latent_dim-2__conditional-False__seed-0",
-                                              "latent_dim-2__conditional-True__seed-0"]
+    assert [c.run_id for c in spec.cells] == [
+        "latent_dim-2__conditional-False__seed-0",
+        "latent_dim-2__conditional-True__seed-0",
+    ]
     assert study.run(spec, tmp_path / "S", data_dir=str(tiny_root)) == {"done": 2}
     from vaelab.train import load_model
 
@@ -279,10 +312,19 @@ def test_collect_marks_a_run_with_another_config_stale(tiny_root, tmp_path):
 
 
 def test_tables_group_by_every_varied_key_except_the_seed():
-    df = pd.DataFrame({"run_id": list("abcdefgh"), "status": ["done"] * 8, "dataset": ["fashion-mnist"] * 8,
-                       "latent_dim": [8] * 8, "beta": [1.0] * 8, "seed": [0, 1, 0, 1, 0, 1, 0, 1],
-                       "likelihood": ["bernoulli"] * 4 + ["discretized_logistic"] * 4,
-                       "lr": [1e-3, 1e-3, 1e-2, 1e-2] * 2, "neg_elbo": [100.0, 102, 110, 112, 2000, 2002, 2100, 2106]})
+    df = pd.DataFrame(
+        {
+            "run_id": list("abcdefgh"),
+            "status": ["done"] * 8,
+            "dataset": ["fashion-mnist"] * 8,
+            "latent_dim": [8] * 8,
+            "beta": [1.0] * 8,
+            "seed": [0, 1, 0, 1, 0, 1, 0, 1],
+            "likelihood": ["bernoulli"] * 4 + ["discretized_logistic"] * 4,
+            "lr": [1e-3, 1e-3, 1e-2, 1e-2] * 2,
+            "neg_elbo": [100.0, 102, 110, 112, 2000, 2002, 2100, 2106],
+        }
+    )
     t = study.latent_table(df)
     assert len(t) == 4 and set(t.columns) >= {"likelihood", "lr"} and list(t["n"]) == [2, 2, 2, 2]
     assert sorted(t["neg_elbo"]) == [101.0, 111.0, 2001.0, 2103.0]
@@ -312,7 +354,7 @@ def test_ray_cells_ask_for_their_gpus(monkeypatch):
             seen["n"] = len(refs)
 
     monkeypatch.setitem(sys.modules, "ray", FakeRay())
-    study._run_ray([("r1", {}), ("r2", {})], None, None, gpus_per_run=0.5)
+    study.execution._run_ray([("r1", {}), ("r2", {})], None, None, gpus_per_run=0.5)
     assert seen == {"num_cpus": 1, "num_gpus": 0.5, "n": 2}
     assert study.ray_options(1) == {"num_cpus": 1, "num_gpus": 1}
     with pytest.raises(VaelabError, match="gpus-per-run"):
@@ -321,8 +363,9 @@ def test_ray_cells_ask_for_their_gpus(monkeypatch):
 
 def test_threads_per_run_reach_every_cell(tmp_path, monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(study, "run_cell", lambda run_dir, cfg, data_dir=None, threads=None, gpu=None:
-                        seen.append(threads))
+    monkeypatch.setattr(
+        study.execution, "run_cell", lambda run_dir, cfg, data_dir=None, threads=None, gpu=None: seen.append(threads)
+    )
     spec = study.load_spec(write(tmp_path, TINY_TOML))
     study.run(spec, tmp_path / "S", threads=1)
     assert seen == [1, 1]
@@ -338,8 +381,9 @@ def test_threads_per_run_also_limit_the_blas_of_the_probes(tiny_root, tmp_path):
 
     before = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
     try:
-        assert study.run(study.load_spec(write(tmp_path, TINY_TOML)), tmp_path / "S", data_dir=str(tiny_root),
-                         threads=1) == {"done": 2}
+        assert study.run(
+            study.load_spec(write(tmp_path, TINY_TOML)), tmp_path / "S", data_dir=str(tiny_root), threads=1
+        ) == {"done": 2}
         blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
         assert blas and all(n == 1 for n in blas)
     finally:
@@ -348,7 +392,7 @@ def test_threads_per_run_also_limit_the_blas_of_the_probes(tiny_root, tmp_path):
 
 
 def test_results_say_how_far_from_convergence_each_run_stopped(tiny_root, tmp_path):
-    from vaelab import report
+    from vaelab.study import analysis
 
     spec = study.load_spec(write(tmp_path, TINY_TOML.replace("epochs = 1", "epochs = 3")))
     out = tmp_path / "S"
@@ -358,10 +402,11 @@ def test_results_say_how_far_from_convergence_each_run_stopped(tiny_root, tmp_pa
         val = [json.loads(line)["val_neg_elbo"] for line in (out / "runs" / row["run_id"] / "metrics.jsonl").open()]
         assert row["epochs_done"] == 3
         assert row["last_val_change"] == pytest.approx((val[-1] - val[-2]) / val[-2])
-    page = report.Page("t")
+    page = analysis.Page("t")
     page.section("Setup")
-    report._convergence_table(page, df)
-    kind, (head, rows) = page.sections[0][1][-1]
-    assert kind == "table" and head[-1].startswith("last epoch's change") and len(rows) == 2  # one per latent size
-    assert rows[0][:3] == ["fashion-mnist", 2, 1.0] and rows[0][-2] == "0 of 1"
+    analysis._convergence_table(page, df)
+    table = page.sections[0]["items"][-1]
+    head, rows = table["head"], table["rows"]
+    assert table["kind"] == "table" and head[-1].startswith("last epoch's change") and len(rows) == 2  # per latent
+    assert rows[0][:3] == ["fashion-mnist", "2", "1.0"] and rows[0][-2] == "0 of 1"
     assert rows[0][-1].startswith(f"{df['last_val_change'].iloc[0] * 100:+.3f} %")

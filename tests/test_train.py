@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from conftest import count, quick_classifier, tiny_config
 
+from conftest import count, quick_classifier, tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
 from vaelab.models import VAE
@@ -39,7 +39,16 @@ def test_run_directory_contents(ds, tmp_path):
     assert json.loads((tmp_path / "r" / "config.json").read_text()) == cfg.to_dict()
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("train_loss", "train_recon", "train_kl", "val_neg_elbo", "val_recon", "val_kl", "seconds", "images_per_s"):
+    for key in (
+        "train_loss",
+        "train_recon",
+        "train_kl",
+        "val_neg_elbo",
+        "val_recon",
+        "val_kl",
+        "seconds",
+        "images_per_s",
+    ):
         assert key in rows[0]
 
 
@@ -65,6 +74,7 @@ def _stop_after(n):
     def hook(epoch, row):
         if epoch == n:
             raise Interrupt
+
     return hook
 
 
@@ -224,13 +234,16 @@ def test_a_failed_start_leaves_nothing_behind(ds, tmp_path):
     train(tiny_config(), tmp_path / "r", dataset=ds)  # the corrected run is not blocked
 
 
-@pytest.mark.parametrize("fields,beta_rows", [
-    ({"objective": "free_bits", "free_bits": 0.5}, [1.0, 1.0]),
-    ({"objective": "capacity", "capacity_max": 5.0, "capacity_gamma": 10.0}, [1.0, 1.0]),
-    ({"objective": "beta_tcvae", "beta": 6.0, "tc_alpha": 1.0, "tc_gamma": 1.0}, [6.0, 6.0]),
-    ({"kl_schedule": "cyclical", "kl_cycles": 2, "kl_cycle_ratio": 0.5, "beta": 2.0}, [0.0, 0.0]),
-    ({"kl_schedule": "cyclical", "kl_cycles": 1, "kl_cycle_ratio": 1.0, "beta": 2.0}, [1.0, 0.0]),
-])
+@pytest.mark.parametrize(
+    "fields,beta_rows",
+    [
+        ({"objective": "free_bits", "free_bits": 0.5}, [1.0, 1.0]),
+        ({"objective": "capacity", "capacity_max": 5.0, "capacity_gamma": 10.0}, [1.0, 1.0]),
+        ({"objective": "beta_tcvae", "beta": 6.0, "tc_alpha": 1.0, "tc_gamma": 1.0}, [6.0, 6.0]),
+        ({"kl_schedule": "cyclical", "kl_cycles": 2, "kl_cycle_ratio": 0.5, "beta": 2.0}, [0.0, 0.0]),
+        ({"kl_schedule": "cyclical", "kl_cycles": 1, "kl_cycle_ratio": 1.0, "beta": 2.0}, [1.0, 0.0]),
+    ],
+)
 def test_every_objective_and_schedule_trains(ds, tmp_path, fields, beta_rows):
     """7 steps per epoch, 14 in all: one cycle rising over all of it is at 1.0 after epoch 1 and starts again at
     step 14; two cycles of 7 are back at 0 at each epoch's end."""
@@ -289,8 +302,9 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_what_evaluation_reads(ds, 
     w2 = load_checkpoint(tmp_path / "raw")["model"]
     train(cfg2, tmp_path / "ema2", dataset=ds)
     e2 = load_checkpoint(tmp_path / "ema2")["model"]
-    assert torch.equal(load_checkpoint(tmp_path / "ema2")["train_model"]["posterior.to_mu.weight"],
-                       w2["posterior.to_mu.weight"])  # the EMA never feeds back into training
+    assert torch.equal(
+        load_checkpoint(tmp_path / "ema2")["train_model"]["posterior.to_mu.weight"], w2["posterior.to_mu.weight"]
+    )  # the EMA never feeds back into training
     k = "posterior.to_mu.bias"
     assert not torch.allclose(e2[k], w2[k]) and not torch.allclose(e2[k], w0[k])
 
@@ -329,8 +343,16 @@ def test_a_time_budget_stops_cleanly_and_counts_time_already_trained(ds, tmp_pat
 
     monkeypatch.setattr(vtrain.time, "perf_counter", fake_perf_counter)
     monkeypatch.setattr(torch.optim.Adam, "step", step)
-    cfg = tiny_config(epochs=100, batch_size=16, train_size=160, time_budget=5.0, cosine=True,  # 10 steps an epoch
-                      kl_schedule="cyclical", kl_cycles=1, kl_cycle_ratio=1.0)
+    cfg = tiny_config(
+        epochs=100,
+        batch_size=16,
+        train_size=160,
+        time_budget=5.0,
+        cosine=True,  # 10 steps an epoch
+        kl_schedule="cyclical",
+        kl_cycles=1,
+        kl_cycle_ratio=1.0,
+    )
     last = train(cfg, tmp_path / "t", dataset=ds)
     ck = load_checkpoint(tmp_path / "t")
     assert ck["epoch"] == 1 and ck["step"] == 5 and last.get("partial") is True and last["seconds"] == 5.0

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_config
 
+from conftest import tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
 from vaelab.cli import main
@@ -39,21 +39,27 @@ def test_an_npz_of_grey_images_with_labels_loads_and_carves_a_fixed_test_split(t
 
 def test_colour_npz_with_its_own_test_split_and_no_labels(tmp_path):
     rng = np.random.default_rng(1)
-    name = _write(tmp_path / "c.npz", x=rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8),
-                  x_test=rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+    name = _write(
+        tmp_path / "c.npz",
+        x=rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8),
+        x_test=rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+    )
     ds = vdata.load(name)
     assert ds.shape == (3, 8, 8) and len(ds.x_test) == 4 and set(ds.y_train) == {0} and ds.classes == ("0",)
 
 
-@pytest.mark.parametrize("arrays,msg", [
-    (dict(images=np.zeros((4, 8, 8), np.uint8)), "no array 'x'"),
-    (dict(x=np.zeros((4, 8, 8), np.float32)), "expected uint8 images"),
-    (dict(x=np.zeros((4, 8, 8, 2), np.uint8)), "C = 1 or 3"),
-    (dict(x=np.zeros((4, 8, 8), np.uint8), y=np.array([0, 1, -1, 0])), "non-negative integer labels"),
-    (dict(x=np.zeros((4, 8, 8), np.uint8), y=np.array([0, 1])), "4 non-negative integer labels"),
-    (dict(x=np.zeros((4, 8, 8), np.uint8), x_test=np.zeros((2, 4, 4), np.uint8)), "x_test images are"),
-    (dict(x=np.zeros((1, 8, 8), np.uint8)), "need at least 2"),
-])
+@pytest.mark.parametrize(
+    "arrays,msg",
+    [
+        (dict(images=np.zeros((4, 8, 8), np.uint8)), "no array 'x'"),
+        (dict(x=np.zeros((4, 8, 8), np.float32)), "expected uint8 images"),
+        (dict(x=np.zeros((4, 8, 8, 2), np.uint8)), "C = 1 or 3"),
+        (dict(x=np.zeros((4, 8, 8), np.uint8), y=np.array([0, 1, -1, 0])), "non-negative integer labels"),
+        (dict(x=np.zeros((4, 8, 8), np.uint8), y=np.array([0, 1])), "4 non-negative integer labels"),
+        (dict(x=np.zeros((4, 8, 8), np.uint8), x_test=np.zeros((2, 4, 4), np.uint8)), "x_test images are"),
+        (dict(x=np.zeros((1, 8, 8), np.uint8)), "need at least 2"),
+    ],
+)
 def test_bad_npz_files_get_one_clear_error(tmp_path, arrays, msg):
     name = _write(tmp_path / "bad.npz", **arrays)
     with pytest.raises(VaelabError, match=msg):
@@ -87,8 +93,27 @@ def test_images_the_conv_net_cannot_halve_twice_get_a_clear_error(tmp_path, caps
     name = _write(tmp_path / "odd.npz", x=np.zeros((30, 10, 10), np.uint8))
     assert main(["train", "--out", str(tmp_path / "r"), "--dataset", name, "--epochs", "1", "--val-size", "5"]) == 2
     assert "divisible by 4, got 10x10" in capsys.readouterr().err and not (tmp_path / "r").exists()
-    assert main(["train", "--out", str(tmp_path / "m"), "--dataset", name, "--arch", "mlp", "--epochs", "1",
-                 "--val-size", "5", "--iwae-samples", "2", "--no-eval"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(tmp_path / "m"),
+                "--dataset",
+                name,
+                "--arch",
+                "mlp",
+                "--epochs",
+                "1",
+                "--val-size",
+                "5",
+                "--iwae-samples",
+                "2",
+                "--no-eval",
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_study_on_an_npz_reports_from_its_run_directories_after_the_file_is_gone(tmp_path):
@@ -97,11 +122,16 @@ def test_a_study_on_an_npz_reports_from_its_run_directories_after_the_file_is_go
     from vaelab.report import report
 
     rng = np.random.default_rng(3)
-    name = _write(tmp_path / "blobs.npz", x=((rng.random((80, 8, 8)) < 0.3) * 255).astype(np.uint8),
-                  y=np.arange(80) % 2)
-    spec = study.parse_spec({"name": "npz", "base": {"dataset": name, "epochs": 1, "val_size": 10, "iwae_samples": 2,
-                                                      "batch_size": 20, "arch": "mlp"},
-                             "grid": {"latent_dim": [2, 4], "seed": [0]}})
+    name = _write(
+        tmp_path / "blobs.npz", x=((rng.random((80, 8, 8)) < 0.3) * 255).astype(np.uint8), y=np.arange(80) % 2
+    )
+    spec = study.parse_spec(
+        {
+            "name": "npz",
+            "base": {"dataset": name, "epochs": 1, "val_size": 10, "iwae_samples": 2, "batch_size": 20, "arch": "mlp"},
+            "grid": {"latent_dim": [2, 4], "seed": [0]},
+        }
+    )
     assert study.run(spec, tmp_path / "S") == {"done": 2}
     (tmp_path / "blobs.npz").rename(tmp_path / "moved.npz")
     html = report(tmp_path / "S", classifier=False).read_text()
@@ -109,6 +139,7 @@ def test_a_study_on_an_npz_reports_from_its_run_directories_after_the_file_is_go
 
 
 # ---------------------------------------------------------------- folder:PATH
+
 
 def _image_folder(root, classes=("cats", "dogs"), n=6, size=(20, 14), mode="RGB", seed=0):
     from PIL import Image
@@ -168,8 +199,25 @@ def test_broken_images_name_the_file_unless_skipped(tmp_path, capsys):
     with pytest.raises(VaelabError, match="cut.jpg: not a readable image"):
         vdata.load(f"folder:{tmp_path / 'pets'}?skip_bad=0")
     out = tmp_path / "r"
-    argv = ["train", "--dataset", f"folder:{tmp_path / 'pets'}", "--out", str(out), "--epochs", "1",
-            "--val-size", "2", "--batch-size", "4", "--latent-dim", "2", "--iwae-samples", "2", "--device", "cpu"]
+    argv = [
+        "train",
+        "--dataset",
+        f"folder:{tmp_path / 'pets'}",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--val-size",
+        "2",
+        "--batch-size",
+        "4",
+        "--latent-dim",
+        "2",
+        "--iwae-samples",
+        "2",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cut.jpg: not a readable image" in err and "--skip-bad-images" in err
@@ -179,15 +227,18 @@ def test_broken_images_name_the_file_unless_skipped(tmp_path, capsys):
     assert json.loads((out / "eval.json").read_text())["n_dims"] == 3 * 8 * 8
 
 
-@pytest.mark.parametrize("name, msg", [
-    ("folder:", "give the folder"),
-    ("folder:{tmp}/nowhere", "not a folder"),
-    ("folder:{tmp}/empty", "no image files"),
-    ("folder:{tmp}/mixed", "mixes 1 images at its top level"),
-    ("folder:{tmp}/pets?size=10", "size must be a multiple of 4"),
-    ("folder:{tmp}/pets?mode=cmyk", "mode must be one of"),
-    ("folder:{tmp}/pets?colour=1", "unknown option"),
-])
+@pytest.mark.parametrize(
+    "name, msg",
+    [
+        ("folder:", "give the folder"),
+        ("folder:{tmp}/nowhere", "not a folder"),
+        ("folder:{tmp}/empty", "no image files"),
+        ("folder:{tmp}/mixed", "mixes 1 images at its top level"),
+        ("folder:{tmp}/pets?size=10", "size must be a multiple of 4"),
+        ("folder:{tmp}/pets?mode=cmyk", "mode must be one of"),
+        ("folder:{tmp}/pets?colour=1", "unknown option"),
+    ],
+)
 def test_bad_folders_and_options_get_one_clear_error(tmp_path, name, msg):
     _image_folder(tmp_path / "pets", n=2)
     (tmp_path / "empty").mkdir()
@@ -201,8 +252,19 @@ def test_a_study_trains_on_an_image_folder(tmp_path):
     from vaelab import study
 
     _image_folder(tmp_path / "pets", n=10)
-    spec = study.parse_spec({"name": "f", "base": {"dataset": f"folder:{tmp_path / 'pets'}?size=8", "epochs": 1,
-                                                   "val_size": 2, "batch_size": 4, "iwae_samples": 2,
-                                                   "device": "cpu"},
-                             "grid": {"latent_dim": [2, 3]}}, "t")
+    spec = study.parse_spec(
+        {
+            "name": "f",
+            "base": {
+                "dataset": f"folder:{tmp_path / 'pets'}?size=8",
+                "epochs": 1,
+                "val_size": 2,
+                "batch_size": 4,
+                "iwae_samples": 2,
+                "device": "cpu",
+            },
+            "grid": {"latent_dim": [2, 3]},
+        },
+        "t",
+    )
     assert study.run(spec, tmp_path / "S") == {"done": 2}

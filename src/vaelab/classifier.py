@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import warnings
@@ -10,10 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import linalg
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import data as vdata
-from .store import VaelabError, load_tree, save_tree
+from .checkpoint import resolve_device
+from .errors import VaelabError
+from .optim import fused_optimizer
+from .store import load_tree, save_tree
 
 VERSION = 2  # bump when the network or its training recipe changes: old cache entries are then ignored
 # Reference classifiers shipped with vaelab, trained by the recipe below on the data whose content key names the
@@ -34,8 +40,15 @@ class SmallCNN(nn.Module):
     def __init__(self, channels: int, n_classes: int = 10, widths: tuple[int, int, int] = WIDTHS):
         super().__init__()
         a, b, c = widths
-        self.net = nn.Sequential(_block(channels, a), nn.MaxPool2d(2), _block(a, b), nn.MaxPool2d(2),
-                                 _block(b, c), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.net = nn.Sequential(
+            _block(channels, a),
+            nn.MaxPool2d(2),
+            _block(a, b),
+            nn.MaxPool2d(2),
+            _block(b, c),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Linear(c, n_classes)
         self.widths = tuple(widths)
 
@@ -51,10 +64,15 @@ def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.
     """Per-image random translation by up to `pad` pixels (zero padding, then crop back to size)."""
     b, _, h, w = x.shape
     xp = F.pad(x, (pad, pad, pad, pad))
-    oy, ox = (torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=x.device))
+    oy, ox = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
-    return xp[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+    return xp[
+        torch.arange(b, device=x.device)[:, None, None, None],
+        torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+        rows,
+        cols,
+    ]
 
 
 @torch.no_grad()
@@ -63,7 +81,7 @@ def predict(model: SmallCNN, x: torch.Tensor, batch_size: int = 1000) -> tuple[t
     model.eval()
     logits, feats = [], []
     for i in range(0, len(x), batch_size):
-        f = model.features(x[i:i + batch_size].float())
+        f = model.features(x[i : i + batch_size].float())
         feats.append(f)
         logits.append(model.head(f))
     return torch.cat(logits), torch.cat(feats)
@@ -72,14 +90,11 @@ def predict(model: SmallCNN, x: torch.Tensor, batch_size: int = 1000) -> tuple[t
 MAX_TRAIN, MAX_TEST = 60_000, 10_000
 
 
-def train_classifier(ds: vdata.Dataset, epochs: int, seed: int = 0, batch_size: int = 128,
-                     device: str = "cpu") -> tuple[SmallCNN, float]:
+def train_classifier(
+    ds: vdata.Dataset, epochs: int, seed: int = 0, batch_size: int = 128, device: str = "cpu"
+) -> tuple[SmallCNN, float]:
     """Adam + one-cycle schedule, random 2-pixel translations (and flips where the dataset's spec allows mirroring); returns the model and its
     test accuracy. Progress bar on a terminal: on a 2-core CPU this takes minutes, on a GPU seconds."""
-    from tqdm.auto import tqdm
-
-    from .train import fused_optimizer
-
     torch.manual_seed(seed)
     model = SmallCNN(ds.shape[0]).to(device)
     model = model.to(memory_format=torch.channels_last)
@@ -116,8 +131,6 @@ def train_classifier(ds: vdata.Dataset, epochs: int, seed: int = 0, batch_size: 
 def content_key(ds: vdata.Dataset) -> str:
     """A fingerprint of the training images and labels themselves (not of file paths or times), for shipped
     classifiers: about 0.1 s per 50 MB."""
-    import hashlib
-
     h = hashlib.sha256()
     for a in (ds.x_train, ds.y_train):
         h.update(np.ascontiguousarray(a).tobytes())
@@ -137,25 +150,31 @@ def _load_classifier(path: Path, channels: int) -> tuple[SmallCNN, dict] | None:
         return None
 
 
-def reference_classifier(dataset: str, data_dir=None, epochs: int | None = None,
-                         ds: vdata.Dataset | None = None, device: str = "auto") -> tuple[SmallCNN, dict]:
+def reference_classifier(
+    dataset: str, data_dir=None, epochs: int | None = None, ds: vdata.Dataset | None = None, device: str = "auto"
+) -> tuple[SmallCNN, dict]:
     """The dataset's reference classifier (on the CPU): loaded from the user cache, trained once when absent
     (on `device`; 'auto' takes a GPU when there is one)."""
-    from .train import resolve_device
-
     ds = ds if ds is not None else vdata.load(dataset, data_dir)
     epochs = epochs or vdata.spec(dataset).classifier_epochs
-    key = f"{dataset}-n{len(ds.x_train)}-{vdata._source_key(Path(ds.source)) if Path(ds.source).exists() else 'mem'}"
+    key = f"{dataset}-n{len(ds.x_train)}-{vdata.source_key(Path(ds.source)) if Path(ds.source).exists() else 'mem'}"
     path = vdata.cache_dir() / "classifiers" / f"{key}-e{epochs}-v{VERSION}.safetensors"
     # the user's cache first; the shipped file's name needs the data's fingerprint, hashed only on a cache miss
     found = _load_classifier(path, ds.shape[0]) or _load_classifier(
-        SHIPPED / f"{dataset}-{content_key(ds)}-e{epochs}-v{VERSION}.safetensors", ds.shape[0])
+        SHIPPED / f"{dataset}-{content_key(ds)}-e{epochs}-v{VERSION}.safetensors", ds.shape[0]
+    )
     if found is not None:
         return found
     t0 = time.perf_counter()
     model, acc = train_classifier(ds, epochs, device=str(resolve_device(device)))
-    info = {"dataset": dataset, "epochs": epochs, "widths": list(model.widths), "test_accuracy": acc,
-            "train_seconds": time.perf_counter() - t0, "device": str(next(model.parameters()).device)}
+    info = {
+        "dataset": dataset,
+        "epochs": epochs,
+        "widths": list(model.widths),
+        "test_accuracy": acc,
+        "train_seconds": time.perf_counter() - t0,
+        "device": str(next(model.parameters()).device),
+    }
     model = model.cpu()
     save_tree(path, {"model": model.state_dict(), "info": info})
     return model.eval(), info
@@ -164,8 +183,6 @@ def reference_classifier(dataset: str, data_dir=None, epochs: int | None = None,
 def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between Gaussians fitted to two feature sets
     (Heusel et al. 2017). Computed in the reference classifier's features, so: not Inception FID."""
-    from scipy import linalg
-
     mu_a, mu_b = feat_a.mean(0), feat_b.mean(0)
     s_a, s_b = np.cov(feat_a, rowvar=False), np.cov(feat_b, rowvar=False)
     with warnings.catch_warnings():
@@ -179,86 +196,3 @@ def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
         eps = 1e-6 * np.eye(len(s_a))
         covmean = linalg.sqrtm((s_a + eps) @ (s_b + eps))
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean.real))
-
-
-def generation_scores(run_dir, data_dir=None, n: int = 2000, seed: int = 0) -> dict:
-    """Score a run's samples with the reference classifier: conditional accuracy, class histogram, Fréchet distance."""
-    from .run import Run
-
-    cfg, model, ckpt = Run(run_dir).load()
-    ds = vdata.load(cfg.dataset, data_dir)
-    clf, info = reference_classifier(cfg.dataset, data_dir, ds=ds)  # trains (with gradients) on first use
-    with torch.no_grad():
-        return _scores(model, clf, info, ds, ckpt, run_dir, data_dir, n, seed)
-
-
-GENERATION_KEYS = ("conditional_accuracy", "fd_prior", "fd_gmm", "class_histogram_prior", "class_histogram_gmm")
-SCORE_KEYS = ("classifier_test_accuracy", "n_samples", *GENERATION_KEYS)
-
-
-def score_run(run_dir, data_dir=None, n: int = 2000, reuse: bool = True) -> dict:
-    """generation_scores, merged into the run's eval.json so that study results carry them; with reuse, scores
-    already there (from the same number of samples) are returned without recomputing."""
-    from .store import EVAL, atomic_write_json, read_json
-
-    path = Path(run_dir) / EVAL
-    ev = read_json(path) if path.is_file() else None
-    if reuse and ev is not None and ev.get("n_samples") == n and all(k in ev for k in GENERATION_KEYS):
-        return {k: ev[k] for k in SCORE_KEYS}
-    scores = generation_scores(run_dir, data_dir, n)
-    if ev is not None:  # the generation scores join the run's other test-set measures
-        atomic_write_json(path, {**ev, **scores})
-    return scores
-
-
-def _scores(model, clf, info, ds, ckpt, run_dir, data_dir, n, seed) -> dict:
-    from .generate import Sampler
-
-    te = vdata.test_indices(len(ds.x_test), min(n, len(ds.x_test)))
-    _, f_test = predict(clf, vdata.to_float(torch.from_numpy(ds.x_test[te])))
-    n_classes = len(ckpt["classes"])
-    out: dict = {"classifier_test_accuracy": info["test_accuracy"], "n_samples": n}
-    gen = Sampler.for_run(run_dir, model, data_dir, dataset=ds)
-    for sampler in ("prior", "gmm"):
-        logits, feats = predict(clf, gen.images(n, sampler, seed=seed))
-        hist = torch.bincount(logits.argmax(1), minlength=n_classes).float() / n
-        out[f"fd_{sampler}"] = frechet_distance(feats.double().numpy(), f_test.double().numpy())
-        out[f"class_histogram_{sampler}"] = hist.tolist()
-    per_class = n // n_classes
-    hits = 0
-    for k in range(n_classes):  # class-conditional: the CVAE's decoder, or per-class Gaussians on the codes
-        sampler = "prior" if model.num_classes else "class-gaussian"
-        logits, _ = predict(clf, gen.images(per_class, sampler, k, seed + k))
-        hits += int((logits.argmax(1) == k).sum())
-    out["conditional_accuracy"] = hits / (per_class * n_classes)
-    return out
-
-
-def score_target(target, data_dir=None, n: int = 2000, every: bool = False) -> list[tuple[str, dict | str]]:
-    """`vaelab score`: a run's generation scores, or those of the runs a study's report shows (per dataset, the
-    largest latent size at beta = 1, seed 0; with `every`, all its finished runs), merged into their eval.json;
-    failures are recorded there too."""
-    from . import study
-    from .report import generation_runs
-    from .store import EVAL, atomic_write_json, read_json
-
-    target = Path(target)
-    if (target / "study.json").is_file():
-        df = study.write_results(target)
-        runs = ([(r.run_id, target / "runs" / r.run_id) for r in df[df["status"] == "done"].itertuples()] if every
-                else generation_runs(target, df))
-    else:
-        from .run import Run
-
-        runs = [(str(target), Run(target).path)]
-    out = []
-    for label, run in runs:
-        try:
-            out.append((label, score_run(run, data_dir, n)))
-        except (VaelabError, ValueError) as e:  # e.g. no data here, or a class with too few codes to fit
-            if (run / EVAL).is_file():
-                atomic_write_json(run / EVAL, {**read_json(run / EVAL), "generation_error": str(e)})
-            out.append((label, str(e)))
-    if (target / "study.json").is_file():
-        study.write_results(target)  # results.csv carries the new scores
-    return out

@@ -9,9 +9,37 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from . import VaelabError, __version__
-from .config import PRESETS, TrainConfig, from_dict, preset
-from .store import CONFIG, check_regular_target, check_run_dir, ensure_writable_dir, read_json_object
+import torch
+
+from . import data as vdata
+from . import study
+from .checkpoint import check_fits, convert_legacy, resolve_device
+from .config import HELP, PRESETS, TrainConfig, from_dict, preset
+from .data import status
+from .data.folder import with_options
+from .errors import VaelabError
+from .evaluate import evaluate
+from .export import export, is_export, load, unpack
+from .generate import Sampler
+from .latent import explore
+from .metrics import METRICS
+from .plots import image_grid, save_image
+from .report import render
+from .run import Run, Study
+from .scoring import score_run
+from .store import (
+    CHECKPOINT,
+    CONFIG,
+    LEGACY_CHECKPOINT,
+    check_regular_target,
+    check_run_dir,
+    ensure_writable_dir,
+    read_json_object,
+)
+from .study import score_target
+from .study.analysis import analyze
+from .train import load_checkpoint, train
+from .version import __version__
 
 
 class Parser(argparse.ArgumentParser):
@@ -22,22 +50,23 @@ class Parser(argparse.ArgumentParser):
 
 
 def _fmt(d: dict) -> str:
-    keys = ["neg_elbo", "recon", "kl", "bpd_elbo", "iwae_nll", "bpd_iwae", "active_units", "psnr", "ssim"]
-    return "  ".join(f"{k}={d[k]:.4g}" if isinstance(d[k], float) else f"{k}={d[k]}" for k in keys if k in d)
+    """The summary metrics of an evaluation on one line, each as its registry entry formats it."""
+    shown = [m for m in METRICS.values() if (m.summary or m.per_image is not None) and m.name in d]
+    return "  ".join(f"{m.name}={m.format(d[m.name])}" for m in shown)
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("config fields (override the preset)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        text = (f"{HELP[f.name]} (default {f.default!r})" if f.default != "" else HELP[f.name]).replace("%", "%%")
         if isinstance(f.default, bool):
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        elif f.name == "time_budget":
-            g.add_argument(flag, dest=f.name, default=None, metavar="DURATION",
-                           help="train for this long (45s, 30m, 1.5h), the LR schedule spread over it")
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif f.name == "time_budget":  # durations may carry a unit
+            g.add_argument(flag, dest=f.name, default=None, metavar="DURATION", help=text)
         else:
-            g.add_argument(flag, dest=f.name, type=type(f.default), default=None, metavar=type(f.default).__name__.upper(),
-                           help=f"default {f.default}")
+            kind = type(f.default)
+            g.add_argument(flag, dest=f.name, type=kind, default=None, metavar=kind.__name__.upper(), help=text)
 
 
 def _config_overrides(args) -> dict:
@@ -45,11 +74,13 @@ def _config_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .evaluate import evaluate
-    from .train import load_checkpoint, train
-
     out = Path(args.out)
     overrides = _config_overrides(args)
+    if args.resume and not any((out / f).exists() for f in (CONFIG, CHECKPOINT, LEGACY_CHECKPOINT)):
+        raise VaelabError(
+            f"{out}: holds no run to resume (no {CONFIG} or checkpoint there); check the path, or "
+            "leave out --resume to start a new run"
+        )
     if args.resume and (out / CONFIG).is_file():
         cfg = from_dict({**read_json_object(out / CONFIG, "a run config"), **overrides})
     else:
@@ -58,17 +89,21 @@ def cmd_train(args) -> int:
             base.update(read_json_object(Path(args.config), "a JSON object of config fields"))
         cfg = from_dict({**base, **overrides})
     if args.image_size is not None or args.image_mode or args.skip_bad_images:
-        from .imagefolder import with_options
-
         cfg = cfg.replace(dataset=with_options(cfg.dataset, args.image_size, args.image_mode, args.skip_bad_images))
     last = train(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=None)
-    val = (f"val_neg_elbo={last['val_neg_elbo']:.4g}" if "val_neg_elbo" in last
-           else "no validation set (val_size 0)")
+    val = f"val_neg_elbo={last['val_neg_elbo']:.4g}" if "val_neg_elbo" in last else "no validation set (val_size 0)"
     trained_s = sum(h["seconds"] for h in load_checkpoint(out)["history"])
-    why = (f", stopped early (best epoch {last['best_epoch']})" if last.get("stopped_early") else
-           ", time budget spent" if cfg.time_budget and trained_s >= cfg.time_budget else "")
-    print(f"trained {out}: epoch {last['epoch']}{why}  {val}  images/s={last['images_per_s']:.0f}  "
-          f"training {trained_s:.0f} s")
+    why = (
+        f", stopped early (best epoch {last['best_epoch']})"
+        if last.get("stopped_early")
+        else ", time budget spent"
+        if cfg.time_budget and trained_s >= cfg.time_budget
+        else ""
+    )
+    print(
+        f"trained {out}: epoch {last['epoch']}{why}  {val}  images/s={last['images_per_s']:.0f}  "
+        f"training {trained_s:.0f} s"
+    )
     if not args.no_eval:
         t0 = time.perf_counter()
         result = evaluate(out, data_dir=args.data_dir)
@@ -77,13 +112,22 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
-
-    result = evaluate(_run_arg(args.run), data_dir=args.data_dir, test_size=args.test_size, iwae_samples=args.iwae_samples,
-                      device=args.device, on=args.on, raw=args.raw, precision=args.precision)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("kl_per_dim", "au_variance")}, indent=2)
-          if args.json else f"{args.run}: {_fmt(result)}  (evaluation {result['eval_seconds']:.0f} s, IWAE K = "
-                            f"{result['iwae_samples']} in {result['iwae_precision']})")
+    result = evaluate(
+        _run_arg(args.run),
+        data_dir=args.data_dir,
+        test_size=args.test_size,
+        iwae_samples=args.iwae_samples,
+        device=args.device,
+        on=args.on,
+        raw=args.raw,
+        precision=args.precision,
+    )
+    print(
+        json.dumps({k: v for k, v in result.items() if k not in ("kl_per_dim", "au_variance")}, indent=2)
+        if args.json
+        else f"{args.run}: {_fmt(result)}  (evaluation {result['eval_seconds']:.0f} s, IWAE K = "
+        f"{result['iwae_samples']} in {result['iwae_precision']})"
+    )
     return 0
 
 
@@ -100,17 +144,11 @@ def _check_count(name: str, value: int, most: int) -> None:
 
 
 def cmd_sample(args) -> int:
-    from .export import is_export, load
-    from .generate import Sampler
-    from .plots import image_grid, save_image
-    from .run import Run
-    from .train import check_fits, resolve_device
-
     exported = is_export(args.run)  # a model file from `vaelab export`, or a run directory
     run = Path(args.run) if exported else check_run_dir(Path(args.run))
     _check_count("--n", args.n, 100_000)  # a grid image beyond this is no longer a picture anyone looks at
     _check_count("--nrow", args.nrow, 1000)
-    if not 0 <= args.seed < 2 ** 32:
+    if not 0 <= args.seed < 2**32:
         raise VaelabError(f"--seed must be in 0..2**32-1, got {args.seed}")
     dev = resolve_device(args.device or "auto")
     if exported:
@@ -127,16 +165,16 @@ def cmd_sample(args) -> int:
     sampler = args.sampler or ("class-gaussian" if k is not None and not model.num_classes else "prior")
     gen = Sampler(model) if exported else Sampler.for_run(run, model, args.data_dir)  # a file has no training codes
     x = gen.images(args.n, sampler, k, args.seed, args.stochastic)
-    path = save_image(image_grid(x, args.nrow), _out_png(args, run.parent if exported else run,
-                                                         f"{run.stem}-samples.png" if exported else "samples.png"))
+    path = save_image(
+        image_grid(x, args.nrow),
+        _out_png(args, run.parent if exported else run, f"{run.stem}-samples.png" if exported else "samples.png"),
+    )
     print(path)
     return 0
 
 
 def _run_arg(arg: str) -> Path:
     """A run directory, or an exported model file (unpacked once into a run directory under the user cache)."""
-    from .export import is_export, unpack
-
     if is_export(arg):
         run = unpack(arg)
         print(f"{arg}: an exported model, unpacked to {run} (outputs go there)", file=sys.stderr)
@@ -145,32 +183,23 @@ def _run_arg(arg: str) -> Path:
 
 
 def cmd_explore(args) -> int:
-    from .latent import explore
-
     run = _run_arg(args.run)
     figs, measures = explore(run, data_dir=args.data_dir)
     if not args.no_classifier:
-        from .classifier import score_run
-
         scores = score_run(run, data_dir=args.data_dir, n=args.samples, reuse=False)
         measures.update({k: v for k, v in scores.items() if not k.startswith("class_histogram")})
         for k in ("prior", "gmm"):
             print(f"class histogram of samples ({k}): " + " ".join(f"{p:.2f}" for p in scores[f"class_histogram_{k}"]))
     for name, caption in figs:
         print(f"{run / 'explore' / name}: {caption}")
-    print("latent organisation: " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                              for k, v in measures.items()))
+    print(
+        "latent organisation: "
+        + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in measures.items())
+    )
     return 0
 
 
 def cmd_reconstruct(args) -> int:
-    import torch
-
-    from . import data as vdata
-    from .plots import image_grid, save_image
-    from .run import Run
-    from .train import resolve_device
-
     run = _run_arg(args.run)
     _check_count("--n", args.n, 10_000)
     dev = resolve_device(args.device or "auto")
@@ -187,24 +216,22 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_datasets(args) -> int:
-    from .data import status
-
     rows = status(args.data_dir)
     w = max(len(r["dataset"]) for r in rows)
     for r in rows:
-        print(f"{r['dataset']:<{w}}  {r['shape']:<8}  {r['status']:<10}  {r['where']}"
-              + (f"  ({r['why']})" if r["why"] else ""))
+        print(
+            f"{r['dataset']:<{w}}  {r['shape']:<8}  {r['status']:<10}  {r['where']}"
+            + (f"  ({r['why']})" if r["why"] else "")
+        )
     return 0
 
 
 def cmd_study(args) -> int:
-    from . import study
-
     if args.target[:1] == ["status"]:
         if len(args.target) != 2:
             raise VaelabError("usage: vaelab study status STUDY_DIR")
         out = Path(args.target[1])
-        if not (out / "study.json").is_file():
+        if not Study(out).exists():
             raise VaelabError(f"{out}: not a study directory (no study.json)")
         text, counts = study.status_text(out)
         print(text)
@@ -217,210 +244,392 @@ def cmd_study(args) -> int:
         raise VaelabError("--out STUDY_DIR is required")
     spec = study.load_spec(args.target[0]) if args.target else study.preset_spec(args.preset)
     t0 = time.perf_counter()
-    counts = study.run(spec, args.out, jobs=args.jobs, executor=args.executor, address=args.address,
-                       data_dir=args.data_dir, retrain_stale=args.retrain_stale, gpus_per_run=args.gpus_per_run,
-                       threads=args.threads, together=args.together)
+    counts = study.run(
+        spec,
+        args.out,
+        jobs=args.jobs,
+        executor=args.executor,
+        address=args.address,
+        data_dir=args.data_dir,
+        retrain_stale=args.retrain_stale,
+        gpus_per_run=args.gpus_per_run,
+        threads=args.threads,
+        together=args.together,
+    )
     wall = time.perf_counter() - t0
-    print(f"study {spec.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-          + f" of {len(spec.cells)} runs in {wall:.0f}s; results in {Path(args.out) / 'results.csv'}")
-    return 1 if counts.get("failed") else 0
+    print(
+        f"study {spec.name}: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + f" of {len(spec.cells)} runs in {wall:.0f}s; results in {Path(args.out) / 'results.csv'}"
+    )
+    if counts.get("failed"):
+        rid, why = study.first_failure(args.out)
+        print(f"first failure: {rid}: {why} (all of them: vaelab study status {args.out})", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_score(args) -> int:
-    from .classifier import score_target
-    from .export import is_export
-
     if not 1 <= args.samples <= 100_000:
         raise VaelabError(f"--samples must be in 1..100,000, got {args.samples}")
     target = _run_arg(args.target) if is_export(args.target) else args.target
     for label, s in score_target(target, args.data_dir, args.samples, every=args.all):
-        print(f"{label}: " + (s if isinstance(s, str) else f"conditional accuracy {s['conditional_accuracy']:.1%}, "
-                              f"Fréchet distance p(z) {s['fd_prior']:.3g}, GMM {s['fd_gmm']:.3g}"))
+        print(
+            f"{label}: "
+            + (
+                s
+                if isinstance(s, str)
+                else f"conditional accuracy {s['conditional_accuracy']:.1%}, "
+                f"Fréchet distance p(z) {s['fd_prior']:.3g}, GMM {s['fd_gmm']:.3g}"
+            )
+        )
     return 0
 
 
 def cmd_export(args) -> int:
-    from .export import export
-
     print(export(check_run_dir(Path(args.run)), Path(args.file)))
     return 0
 
 
 def cmd_convert(args) -> int:
-    from .train import convert_legacy
-
     path = convert_legacy(check_run_dir(Path(args.run)), trust=args.i_trust_this_file)
     print(f"converted: {path} (the old checkpoint.pt is kept; delete it once you no longer need it)")
     return 0
 
 
 def cmd_report(args) -> int:
-    from .export import is_export
-    from .report import report
-
-    path = report(_run_arg(args.target) if is_export(args.target) else args.target, data_dir=args.data_dir, classifier=not args.no_classifier)
+    target = _run_arg(args.target) if is_export(args.target) else args.target
+    if not args.render_only:
+        analyze(target, data_dir=args.data_dir, classifier=not args.no_classifier)
+    path = render(target)
     print(f"report written: {path}  (and {path.parent / 'summary.md'})")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    target = _run_arg(args.target) if is_export(args.target) else args.target
+    path = analyze(target, data_dir=args.data_dir, classifier=not args.no_classifier)
+    print(
+        f"analysis written: {path} (figures in {path.parent / 'fig'}); render it with: vaelab report {args.target} "
+        "--render-only"
+    )
     return 0
 
 
 EXAMPLES = {
     "train": "examples:\n  vaelab train --dataset fashion-mnist --latent-dim 16 --beta 1 --epochs 20 --train-size 2000 --out runs/fm16\n"
-             "  vaelab train --preset cifar10 --epochs 30 --out runs/c128\n  vaelab train --resume --out runs/fm16",
+    "  vaelab train --preset cifar10 --epochs 30 --out runs/c128\n  vaelab train --resume --out runs/fm16",
     "evaluate": "examples:\n  vaelab evaluate runs/fm16\n  vaelab evaluate runs/fm16 --test-size 1000 --iwae-samples 10 --json\n"
-                "  vaelab evaluate runs/c128 --on cifar10-lossless",
+    "  vaelab evaluate runs/c128 --on cifar10-lossless",
     "sample": "examples:\n  vaelab sample runs/fm16 --n 64 --png samples.png\n"
-              "  vaelab sample runs/fm16 --class Sneaker      (per-class Gaussian on the run's codes)\n"
-              "  vaelab sample runs/fm16 --sampler gmm        (GMM on the aggregate posterior)\n"
-              "  vaelab sample runs/cvae --class 'Ankle boot' (a --conditional run)",
+    "  vaelab sample runs/fm16 --class Sneaker      (per-class Gaussian on the run's codes)\n"
+    "  vaelab sample runs/fm16 --sampler gmm        (GMM on the aggregate posterior)\n"
+    "  vaelab sample runs/cvae --class 'Ankle boot' (a --conditional run)",
     "explore": "examples:\n  vaelab explore runs/fm16",
     "reconstruct": "examples:\n  vaelab reconstruct runs/fm16 --n 16",
     "study": "examples:\n  vaelab study --preset quick --out studies/quick --jobs 2\n  vaelab study tiny.toml --out studies/tiny\n"
-             "  vaelab study --preset seed --out studies/seed --executor ray --address auto\n"
-             "  vaelab study status studies/quick\n\nexit code 1 when some runs failed (see status), 2 on bad input.",
+    "  vaelab study --preset seed --out studies/seed --executor ray --address auto\n"
+    "  vaelab study status studies/quick\n\nexit code 1 when some runs failed (see status), 2 on bad input.",
+    "analyze": "examples:\n  vaelab analyze studies/quick && vaelab report studies/quick --render-only",
     "report": "examples:\n  vaelab score studies/quick && vaelab report studies/quick\n  vaelab report runs/fm16",
     "export": "examples:\n  vaelab export runs/fm16 fm16.safetensors\n  vaelab sample fm16.safetensors --n 16",
     "score": "examples:\n  vaelab score studies/quick\n  vaelab score runs/fm16 --samples 5000",
     "datasets": "examples:\n  vaelab datasets\n  vaelab datasets --data-dir ../shared/data",
     "convert": "examples:\n  vaelab convert runs/old --i-trust-this-file\n\nvaelab 0.1 stored checkpoints as pickles, "
-               "which run code when loaded;\nthis rewrites one as checkpoint.safetensors (tensors and JSON only).",
+    "which run code when loaded;\nthis rewrites one as checkpoint.safetensors (tensors and JSON only).",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="vaelab", description="Train, evaluate and compare Variational Autoencoders on image data.",
-               epilog="Run 'vaelab COMMAND --help' for each command's options and examples.")
-    p.add_argument("--version", action="version", version=f"vaelab {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    def add(name, help_):
-        return sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES.get(name),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    data_arg = dict(default=None, help="folder holding the datasets (default: $VAELAB_DATA, the user cache, /usr/share/datasets)")
-
+def _parser_train(add, data_arg: dict) -> None:
     t = add("train", "Train a VAE into a run directory (then evaluate it on the test set).")
     t.add_argument("--out", required=True, help="run directory to create (or continue, with --resume)")
-    t.add_argument("--preset", default="fashion-mnist", choices=sorted(PRESETS), help="base config (default fashion-mnist)")
+    t.add_argument(
+        "--preset", default="fashion-mnist", choices=sorted(PRESETS), help="base config (default fashion-mnist)"
+    )
     t.add_argument("--config", help="JSON file of config fields, applied over the preset")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     t.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
     t.add_argument("--data-dir", **data_arg)
-    t.add_argument("--image-size", type=int, default=None, metavar="N",
-                   help="folder:PATH datasets: resize (shorter side) and centre-crop to N x N (a multiple of 4; "
-                        "default the images' median size); same as folder:PATH?size=N")
-    t.add_argument("--image-mode", choices=["auto", "grey", "rgb"], default=None,
-                   help="folder:PATH datasets: force grey or colour (default auto: grey when every image is)")
-    t.add_argument("--skip-bad-images", action="store_true",
-                   help="folder:PATH datasets: leave out files that do not decode (default: the first is an error)")
+    t.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="folder:PATH datasets: resize (shorter side) and centre-crop to N x N (a multiple of 4; "
+        "default the images' median size); same as folder:PATH?size=N",
+    )
+    t.add_argument(
+        "--image-mode",
+        choices=["auto", "grey", "rgb"],
+        default=None,
+        help="folder:PATH datasets: force grey or colour (default auto: grey when every image is)",
+    )
+    t.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="folder:PATH datasets: leave out files that do not decode (default: the first is an error)",
+    )
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
+
+def _parser_evaluate(add, data_arg: dict) -> None:
     e = add("evaluate", "Evaluate a trained run on the test set; writes RUN/eval.json.")
-    e.add_argument("run")
-    e.add_argument("--test-size", type=int, default=None, help="subsample N test images (default: the run's config, 0 = all)")
-    e.add_argument("--iwae-samples", type=int, default=None, help="importance samples K for the IWAE bound (default: config)")
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    e.add_argument("run", help="a run directory or an exported model file")
+    e.add_argument(
+        "--test-size", type=int, default=None, help="subsample N test images (default: the run's config, 0 = all)"
+    )
+    e.add_argument(
+        "--iwae-samples", type=int, default=None, help="importance samples K for the IWAE bound (default: config)"
+    )
+    e.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="where to compute (default auto: cuda when there is one)",
+    )
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    e.add_argument("--on", metavar="DATASET", help="test on another dataset of the same shape "
-                   "(e.g. cifar10-lossless: real CIFAR-10 pixels); writes RUN/eval-DATASET.json")
-    e.add_argument("--raw", action="store_true", help="evaluate the raw latest weights of a run trained with --ema "
-                   "or --patience (not its EMA / best epoch); writes RUN/eval[-DATASET]-raw.json")
-    e.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="fp32",
-                   help="the IWAE's decoder passes: fp32 (default); bf16 = bf16 autocast with the output layer and "
-                   "likelihood in fp32 (1.4x faster on this CPU, shifts the bound by a few Monte-Carlo standard "
-                   "errors: for quick looks); auto = bf16 where the device computes it natively")
+    e.add_argument(
+        "--on",
+        metavar="DATASET",
+        help="test on another dataset of the same shape "
+        "(e.g. cifar10-lossless: real CIFAR-10 pixels); writes RUN/eval-DATASET.json",
+    )
+    e.add_argument(
+        "--raw",
+        action="store_true",
+        help="evaluate the raw latest weights of a run trained with --ema "
+        "or --patience (not its EMA / best epoch); writes RUN/eval[-DATASET]-raw.json",
+    )
+    e.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="fp32",
+        help="the IWAE's decoder passes: fp32 (default); bf16 = bf16 autocast with the output layer and "
+        "likelihood in fp32 (1.4x faster on this CPU, shifts the bound by a few Monte-Carlo standard "
+        "errors: for quick looks); auto = bf16 where the device computes it natively",
+    )
     e.add_argument("--data-dir", **data_arg)
     e.set_defaults(func=cmd_evaluate)
 
+
+def _parser_sample(add, data_arg: dict) -> None:
     s = add("sample", "Decode samples from the prior into a PNG grid (RUN/samples.png by default).")
-    s.add_argument("run")
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--nrow", type=int, default=8)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("run", help="a run directory or an exported model file")
+    s.add_argument("--n", type=int, default=64, help="samples to draw (default 64)")
+    s.add_argument("--nrow", type=int, default=8, help="images per row of the grid (default 8)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the draws: the same seed gives the same images")
     s.add_argument("--stochastic", action="store_true", help="draw pixels from p(x|z) instead of showing its mean")
     s.add_argument("--png", help="output PNG path")
-    s.add_argument("--class", dest="class_name", metavar="NAME", help="generate this class (a CVAE run, or the "
-                   "per-class Gaussian fitted to an ordinary run's codes)")
-    s.add_argument("--sampler", choices=["prior", "gmm", "class-gaussian"], default=None,
-                   help="where z comes from: the model's prior p(z) (default), a GMM on the aggregate posterior, "
-                        "or a class's Gaussian")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    s.add_argument(
+        "--class",
+        dest="class_name",
+        metavar="NAME",
+        help="generate this class (a CVAE run, or the per-class Gaussian fitted to an ordinary run's codes)",
+    )
+    s.add_argument(
+        "--sampler",
+        choices=["prior", "gmm", "class-gaussian"],
+        default=None,
+        help="where z comes from: the model's prior p(z) (default), a GMM on the aggregate posterior, "
+        "or a class's Gaussian",
+    )
+    s.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="where to compute (default auto: cuda when there is one)",
+    )
     s.add_argument("--data-dir", **data_arg)
     s.set_defaults(func=cmd_sample)
 
+
+def _parser_explore(add, data_arg: dict) -> None:
     x = add("explore", "Latent exploration and conditional generation: figures in RUN/explore/ and latent measures.")
-    x.add_argument("run")
+    x.add_argument("run", help="a run directory or an exported model file")
     x.add_argument("--samples", type=int, default=2000, help="samples scored by the reference classifier")
-    x.add_argument("--no-classifier", action="store_true",
-                   help="skip the reference classifier's scores (its first use trains it: minutes on a CPU)")
+    x.add_argument(
+        "--no-classifier",
+        action="store_true",
+        help="skip the reference classifier's scores (its first use trains it: minutes on a CPU)",
+    )
     x.add_argument("--data-dir", **data_arg)
     x.set_defaults(func=cmd_explore)
 
+
+def _parser_reconstruct(add, data_arg: dict) -> None:
     r = add("reconstruct", "Save test originals (top) and their reconstructions (bottom) as a PNG.")
-    r.add_argument("run")
+    r.add_argument("run", help="a run directory or an exported model file")
     r.add_argument("--n", type=int, default=16, help="number of test images")
     r.add_argument("--png", help="output PNG path")
-    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    r.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="where to compute (default auto: cuda when there is one)",
+    )
     r.add_argument("--data-dir", **data_arg)
     r.set_defaults(func=cmd_reconstruct)
 
+
+def _parser_study(add, data_arg: dict) -> None:
     st = add("study", "Run or resume a comparative study (a grid of runs), or show its status.")
-    st.add_argument("target", nargs="*", metavar="SPEC | status STUDY",
-                    help="a .toml/.yaml/.json study spec, or 'status' and a study directory")
-    st.add_argument("--preset", help="a built-in study: quick (minutes on a laptop), standard (the study's span in two hours on "
-                                     "2 cores), seed (the full study, 40 epochs a run), families (posteriors, priors, "
-                                     "objectives), architectures (conv, resnet, hierarchical) or disentangle "
-                                     "(objectives on shapes2d)")
+    st.add_argument(
+        "target",
+        nargs="*",
+        metavar="SPEC | status STUDY",
+        help="a .toml/.yaml/.json study spec, or 'status' and a study directory",
+    )
+    st.add_argument(
+        "--preset",
+        help="a built-in study: quick (minutes on a laptop), standard (the study's span in two hours on "
+        "2 cores), seed (the full study, 40 epochs a run), families (posteriors, priors, "
+        "objectives), architectures (conv, resnet, hierarchical) or disentangle "
+        "(objectives on shapes2d)",
+    )
     st.add_argument("--out", help="study directory (runs/, study.json, results.csv)")
-    st.add_argument("--together", action="store_true",
-                    help="train cells that differ only in seed and beta as one stacked model each (vmap: many small "
-                    "runs fill a GPU); same numbers as one by one, within float rounding")
+    st.add_argument(
+        "--together",
+        action="store_true",
+        help="train cells that differ only in seed and beta as one stacked model each (vmap: many small "
+        "runs fill a GPU); same numbers as one by one, within float rounding",
+    )
     st.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (processes)")
-    st.add_argument("--threads", type=int, default=None,
-                    help="CPU threads per run (default: the cores shared evenly among --jobs); e.g. --jobs 1 "
-                         "--threads 1 leaves a core free and gives every run the same compute")
-    st.add_argument("--executor", choices=["local", "ray"], default="local")
+    st.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per run (default: the cores shared evenly among --jobs); e.g. --jobs 1 "
+        "--threads 1 leaves a core free and gives every run the same compute",
+    )
+    st.add_argument(
+        "--executor", choices=["local", "ray"], default="local", help="local processes (default) or a Ray cluster"
+    )
     st.add_argument("--address", help="Ray cluster address for --executor ray (default auto; 'local' starts one)")
-    st.add_argument("--gpus-per-run", type=float, default=0.0, metavar="G",
-                    help="GPUs each run asks Ray for (e.g. 1, or 0.5 to pack two per GPU; default 0)")
-    st.add_argument("--retrain-stale", action="store_true",
-                    help="when a run directory was trained with another config than its cell's, move it aside "
-                         "(runs/<id>.stale-N) and train the cell anew; without it that is an error")
+    st.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs each run asks Ray for (e.g. 1, or 0.5 to pack two per GPU; default 0)",
+    )
+    st.add_argument(
+        "--retrain-stale",
+        action="store_true",
+        help="when a run directory was trained with another config than its cell's, move it aside "
+        "(runs/<id>.stale-N) and train the cell anew; without it that is an error",
+    )
     st.add_argument("--data-dir", **data_arg)
     st.set_defaults(func=cmd_study)
 
+
+def _parser_report(add, data_arg: dict) -> None:
     rp = add("report", "Write figures and an HTML report (report/index.html, summary.md) for a study or a run.")
-    rp.add_argument("target", metavar="STUDY_OR_RUN")
+    rp.add_argument("target", metavar="STUDY_OR_RUN", help="a study directory, a run directory or a model file")
     rp.add_argument("--data-dir", **data_arg)
-    rp.add_argument("--no-classifier", action="store_true",
-                    help="leave out the generation scores (which 'vaelab score' computes; the report only reads them)")
+    rp.add_argument(
+        "--no-classifier",
+        action="store_true",
+        help="leave out the generation scores (which 'vaelab score' computes; the report only reads them)",
+    )
+    rp.add_argument(
+        "--render-only",
+        action="store_true",
+        help="render report/page.json as 'vaelab analyze' left it (no analysis: no model, no data)",
+    )
     rp.set_defaults(func=cmd_report)
 
+
+def _parser_analyze(add, data_arg: dict) -> None:
+    an = add(
+        "analyze",
+        "Compute what a study's or a run's report shows (figures, tables, findings) into "
+        "report/page.json and report/fig/, without rendering it.",
+    )
+    an.add_argument("target", metavar="STUDY_OR_RUN", help="a study directory, a run directory or a model file")
+    an.add_argument("--data-dir", **data_arg)
+    an.add_argument("--no-classifier", action="store_true", help="leave out the generation scores")
+    an.set_defaults(func=cmd_analyze)
+
+
+def _parser_datasets(add, data_arg: dict) -> None:
     d = add("datasets", "Show each dataset's status and where it was found.")
     d.add_argument("--data-dir", **data_arg)
     d.set_defaults(func=cmd_datasets)
 
-    ex = add("export", "Write a run's model to one shareable .safetensors file (weights, config, dataset facts; no "
-                       "pickle), which vaelab.load(FILE) and vaelab sample FILE read.")
-    ex.add_argument("run")
-    ex.add_argument("file", metavar="FILE.safetensors")
+
+def _parser_export(add, data_arg: dict) -> None:
+    ex = add(
+        "export",
+        "Write a run's model to one shareable .safetensors file (weights, config, dataset facts; no "
+        "pickle), which vaelab.load(FILE) and vaelab sample FILE read.",
+    )
+    ex.add_argument("run", help="the run directory to export")
+    ex.add_argument("file", metavar="FILE.safetensors", help="the model file to write")
     ex.set_defaults(func=cmd_export)
 
-    sc = add("score", "Score generation with the reference classifier (conditional accuracy, Fréchet distance in its "
-                      "features) for a run, or for the runs a study's report shows; stored in their eval.json.")
-    sc.add_argument("target", metavar="STUDY_OR_RUN")
+
+def _parser_score(add, data_arg: dict) -> None:
+    sc = add(
+        "score",
+        "Score generation with the reference classifier (conditional accuracy, Fréchet distance in its "
+        "features) for a run, or for the runs a study's report shows; stored in their eval.json.",
+    )
+    sc.add_argument("target", metavar="STUDY_OR_RUN", help="a study directory, a run directory or a model file")
     sc.add_argument("--samples", type=int, default=2000, help="samples per sampler (default 2000)")
-    sc.add_argument("--all", action="store_true", help="score every finished run of a study (e.g. to compare "
-                                                       "families or architectures), not only the report's")
+    sc.add_argument(
+        "--all",
+        action="store_true",
+        help="score every finished run of a study (e.g. to compare families or architectures), not only the report's",
+    )
     sc.add_argument("--data-dir", **data_arg)
     sc.set_defaults(func=cmd_score)
 
+
+def _parser_convert(add, data_arg: dict) -> None:
     c = add("convert", "Convert a vaelab 0.1 run's pickle checkpoint to the safe format (only if you trust it).")
-    c.add_argument("run")
-    c.add_argument("--i-trust-this-file", action="store_true",
-                   help="required: converting unpickles the old file, which runs any code it holds")
+    c.add_argument("run", help="the vaelab 0.1 run directory holding checkpoint.pt")
+    c.add_argument(
+        "--i-trust-this-file",
+        action="store_true",
+        help="required: converting unpickles the old file, which runs any code it holds",
+    )
     c.set_defaults(func=cmd_convert)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="vaelab",
+        description="Train, evaluate and compare Variational Autoencoders on image data.",
+        epilog="Run 'vaelab COMMAND --help' for each command's options and examples.",
+    )
+    p.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def add(name, help_):
+        return sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=EXAMPLES.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    data_arg = dict(
+        default=None, help="folder holding the datasets (default: $VAELAB_DATA, the user cache, /usr/share/datasets)"
+    )
+    _parser_train(add, data_arg)
+    _parser_evaluate(add, data_arg)
+    _parser_sample(add, data_arg)
+    _parser_explore(add, data_arg)
+    _parser_reconstruct(add, data_arg)
+    _parser_study(add, data_arg)
+    _parser_report(add, data_arg)
+    _parser_analyze(add, data_arg)
+    _parser_datasets(add, data_arg)
+    _parser_export(add, data_arg)
+    _parser_score(add, data_arg)
+    _parser_convert(add, data_arg)
     return p
 
 

@@ -8,7 +8,13 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from . import VaelabError
+from .data import DATASETS, is_user_dataset
+from .errors import VaelabError
+from .losses import KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, objective_entry
+from .models.hierarchical import MODELS
+from .models.nets import ARCHS
+from .models.posteriors import POSTERIORS
+from .models.priors import PRIORS
 
 
 @dataclass(frozen=True)
@@ -85,11 +91,70 @@ class TrainConfig:
             object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name)))
         validate(self)
 
-    def replace(self, **overrides: Any) -> "TrainConfig":
+    def replace(self, **overrides: Any) -> TrainConfig:
         return from_dict({**self.to_dict(), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# One line per field: `vaelab train --help` shows it beside the flag (tests/test_cli.py checks every field has one).
+HELP: dict[str, str] = {
+    "dataset": "fashion-mnist, cifar10, cifar10-lossless, shapes2d, dsprites, npz:PATH or folder:PATH",
+    "train_size": "training images to use (0 = all left after the validation split)",
+    "val_size": "validation images carved from the training split (fixed, whatever the seed)",
+    "arch": "network: conv (the study's), mlp, resnet, conv4, or the hierarchical model",
+    "latent_dim": "latent dimensions (per group for the hierarchical model)",
+    "likelihood": "p(x|z): bernoulli, gaussian, discretized_logistic or dmol (mixture of logistics)",
+    "gaussian_sigma": "gaussian likelihood's sigma (0 = learn one shared sigma)",
+    "likelihood_components": "dmol: logistics in each pixel's mixture",
+    "width": "resnet and hierarchical: channels at full resolution",
+    "depth": "resnet and hierarchical: residual blocks per resolution",
+    "latent_groups": "hierarchical: latent groups at each resolution",
+    "temperature": "hierarchical: prior temperature of the lower groups when generating",
+    "conditional": "a conditional VAE: the label enters encoder and decoder",
+    "posterior": "q(z|x): gaussian or iaf (inverse autoregressive flow)",
+    "flow_steps": "iaf: flow steps",
+    "flow_hidden": "iaf: width of each step's MADE",
+    "prior": "p(z): standard, mog (learned mixture) or vamp (VampPrior)",
+    "prior_components": "mog and vamp: mixture components",
+    "objective": "elbo, free_bits, capacity, beta_tcvae, factor_vae, dip_vae_i or dip_vae_ii",
+    "beta": "weight of the KL term (of the total correlation for beta_tcvae)",
+    "kl_schedule": "linear (warm-up over warmup_epochs) or cyclical",
+    "warmup_epochs": "epochs over which the KL weight rises from 0 to beta (0 = constant)",
+    "kl_cycles": "cyclical schedule: cycles over training",
+    "kl_cycle_ratio": "cyclical schedule: share of each cycle spent rising",
+    "free_bits": "free_bits: the KL floor of each dimension, in nats",
+    "capacity_max": "capacity: the KL target reached at the end of training, in nats",
+    "capacity_gamma": "capacity: weight of |KL - C|",
+    "tc_alpha": "beta_tcvae: weight of the index-code mutual information",
+    "tc_gamma": "beta_tcvae: weight of the dimension-wise KL",
+    "factor_gamma": "factor_vae: weight of the critic's total-correlation estimate",
+    "dip_lambda": "dip_vae_i/ii: weight of the covariance penalty",
+    "perceptual_weight": "weight of a feature-perceptual term in the reference classifier's features (0 = off)",
+    "epochs": "training epochs (an upper bound under a time budget)",
+    "batch_size": "images per step",
+    "lr": "learning rate",
+    "optimizer": "adam or adamw",
+    "weight_decay": "weight decay (decoupled for adamw)",
+    "cosine": "cosine-anneal the learning rate to 0 over training",
+    "grad_clip": "clip the gradient norm to this (0 = off)",
+    "max_bad_steps": "non-finite steps in a row before the run stops as diverged",
+    "max_skip_share": "an epoch that skipped more than this share of its steps has diverged",
+    "skip_grad_norm": "skip updates whose gradient norm exceeds this (0 = off)",
+    "ema": "decay of an exponential moving average of the weights, used to evaluate and sample (0 = off)",
+    "time_budget": "train for this long (45s, 30m, 1.5h), the learning-rate schedule spread over it",
+    "patience": "stop after this many epochs without a better validation ELBO, keeping the best (0 = off)",
+    "min_improvement": "relative margin that counts as better for patience (0.001 = 0.1 %)",
+    "seed": "random seed: weights, data order and noise",
+    "test_size": "test images to evaluate on (0 = all)",
+    "iwae_samples": "importance samples K of the IWAE bound",
+    "tracker": "tensorboard: also log to RUN/tensorboard",
+    "device": "auto, cpu or cuda",
+    "bf16": "bf16 autocast (CUDA and CPUs with bf16 support)",
+    "channels_last": "channels-last memory format",
+    "compile": "torch.compile the model",
+}
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -119,7 +184,9 @@ def parse_duration(value: Any) -> float:
     try:
         seconds = float(text[:-1] if unit else text) * (unit or 1)
     except ValueError:
-        raise VaelabError(f"not a duration: {value!r} (use seconds, or a number with s, m or h: 45s, 30m, 1.5h)") from None
+        raise VaelabError(
+            f"not a duration: {value!r} (use seconds, or a number with s, m or h: 45s, 30m, 1.5h)"
+        ) from None
     if not math.isfinite(seconds):
         raise VaelabError(f"not a duration: {value!r}")
     return seconds
@@ -153,89 +220,132 @@ def coerce(key: str, value: Any) -> Any:
     raise VaelabError(f"field '{key}' must be {want.__name__}, got {value!r}")
 
 
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise VaelabError(msg)
+
+
+# (field, the values it takes, how the message says it): checked for every config
+_RANGES = (
+    ("latent_groups", lambda v: 1 <= v <= 64, "in 1..64"),
+    ("temperature", lambda v: 0 <= v <= 10, "in [0, 10]"),
+    ("kl_cycles", lambda v: v >= 1, ">= 1"),
+    ("kl_cycle_ratio", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("free_bits", lambda v: v >= 0, ">= 0"),
+    ("perceptual_weight", lambda v: v >= 0, ">= 0"),
+    ("prior_components", lambda v: 1 <= v <= 10_000, "in 1..10000"),
+    ("latent_dim", lambda v: v >= 1, ">= 1"),
+    ("beta", lambda v: v >= 0, ">= 0"),
+    ("warmup_epochs", lambda v: v >= 0, ">= 0"),
+    ("epochs", lambda v: v >= 1, ">= 1"),
+    ("batch_size", lambda v: v >= 1, ">= 1"),
+    ("lr", lambda v: v > 0, "> 0"),
+    ("weight_decay", lambda v: v >= 0, ">= 0"),
+    ("grad_clip", lambda v: v >= 0, ">= 0"),
+    ("max_bad_steps", lambda v: v >= 1, ">= 1"),
+    ("gaussian_sigma", lambda v: v >= 0, ">= 0"),
+    ("train_size", lambda v: v >= 0, ">= 0"),
+    ("val_size", lambda v: v >= 0, ">= 0"),
+    ("test_size", lambda v: v >= 0, ">= 0"),
+    ("iwae_samples", lambda v: v >= 1, ">= 1"),
+    ("seed", lambda v: 0 <= v < 2**32, "in 0..2**32-1"),
+    ("max_skip_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("skip_grad_norm", lambda v: v >= 0, ">= 0"),
+    ("ema", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("patience", lambda v: v >= 0, ">= 0"),
+    ("min_improvement", lambda v: 0 <= v < 1, "in [0, 1)"),
+)
+# Counts far beyond any machine are refused here; sizes that merely exceed this one's memory are refused where the
+# tensors are made (checkpoint.check_fits), before allocating.
+_COUNTS = (
+    "latent_dim",
+    "epochs",
+    "batch_size",
+    "train_size",
+    "val_size",
+    "test_size",
+    "iwae_samples",
+    "max_bad_steps",
+    "patience",
+)
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Reject impossible values before anything trains."""
-    from .data import DATASETS
-    from .userdata import is_user_dataset
-    from .losses import KL_SCHEDULES, LIKELIHOODS, NEEDS_GAUSSIAN_CODE, OBJECTIVES
-    # the registries' own modules, not the models package: this runs while that package may still be importing
-    from .models.hierarchical import MODELS
-    from .models.nets import ARCHS
-    from .models.posteriors import POSTERIORS
-    from .models.priors import PRIORS
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise VaelabError(msg)
-
-    need(cfg.dataset in DATASETS or is_user_dataset(cfg.dataset),
-         f"unknown dataset '{cfg.dataset}' (known: {', '.join(DATASETS)}, or npz:PATH or folder:PATH for your own "
-         "images)")
-    need(cfg.arch in ARCHS or cfg.arch in MODELS, f"unknown arch '{cfg.arch}' (known: {', '.join([*ARCHS, *MODELS])})")
-    need(1 <= cfg.width <= 4096 and 0 <= cfg.depth <= 256, "width must be in 1..4096 and depth in 0..256")
-    sized = cfg.arch in MODELS or ARCHS[cfg.arch].sized
-    need(sized or (cfg.width, cfg.depth) == (FIELDS["width"].default, FIELDS["depth"].default),
-         f"width and depth size the resnet and hierarchical networks; the {cfg.arch} network has a fixed size")
-    need(1 <= cfg.latent_groups <= 64, f"latent_groups must be in 1..64, got {cfg.latent_groups}")
-    need(0 <= cfg.temperature <= 10, f"temperature must be in [0, 10], got {cfg.temperature}")
-    if cfg.arch == "hierarchical":  # its posteriors and priors are the per-group Gaussians of the top-down pass
-        need(cfg.posterior == "gaussian" and cfg.prior == "standard" and not cfg.conditional,
-             "the hierarchical model has its own per-group posteriors and priors: use it with the default "
-             "--posterior, --prior and without --conditional")
-        need(cfg.objective in ("elbo", "capacity", "free_bits"),
-             f"the hierarchical model supports the elbo, capacity and free_bits objectives, not {cfg.objective}")
-    need(1 <= cfg.likelihood_components <= 100, f"likelihood_components must be in 1..100, got {cfg.likelihood_components}")
-    need(cfg.likelihood in LIKELIHOODS, f"unknown likelihood '{cfg.likelihood}' (known: {', '.join(LIKELIHOODS)})")
-    need(cfg.prior in PRIORS, f"unknown prior '{cfg.prior}' (known: {', '.join(PRIORS)})")
-    need(cfg.posterior in POSTERIORS, f"unknown posterior '{cfg.posterior}' (known: {', '.join(POSTERIORS)})")
-    need(1 <= cfg.flow_steps <= 64 and 1 <= cfg.flow_hidden <= 65536, "flow_steps must be in 1..64, flow_hidden >= 1")
-    need(not (cfg.posterior == "iaf" and cfg.prior == "vamp"),
-         "the vamp prior mixes Gaussian posteriors: use it with --posterior gaussian")
-    need(cfg.objective in OBJECTIVES, f"unknown objective '{cfg.objective}' (known: {', '.join(OBJECTIVES)})")
-    need(cfg.kl_schedule in KL_SCHEDULES, f"unknown kl_schedule '{cfg.kl_schedule}' (known: {', '.join(KL_SCHEDULES)})")
-    need(cfg.kl_cycles >= 1, f"kl_cycles must be >= 1, got {cfg.kl_cycles}")
-    need(0 < cfg.kl_cycle_ratio <= 1, f"kl_cycle_ratio must be in (0, 1], got {cfg.kl_cycle_ratio}")
-    need(cfg.free_bits >= 0, f"free_bits must be >= 0, got {cfg.free_bits}")
-    need(cfg.capacity_max >= 0 and cfg.capacity_gamma >= 0, "capacity_max and capacity_gamma must be >= 0")
-    need(cfg.objective not in NEEDS_GAUSSIAN_CODE or cfg.arch == "hierarchical"
-         or (cfg.prior == "standard" and cfg.posterior == "gaussian"),
-         f"the {cfg.objective} objective needs the factorised standard prior and the gaussian posterior")
-    need(cfg.tc_alpha >= 0 and cfg.tc_gamma >= 0, "tc_alpha and tc_gamma must be >= 0")
-    need(cfg.factor_gamma >= 0 and cfg.dip_lambda >= 0, "factor_gamma and dip_lambda must be >= 0")
-    need(cfg.perceptual_weight >= 0, f"perceptual_weight must be >= 0, got {cfg.perceptual_weight}")
-    need(1 <= cfg.prior_components <= 10_000, f"prior_components must be in 1..10000, got {cfg.prior_components}")
-    need(not (cfg.prior == "vamp" and cfg.conditional), "the vamp prior needs an unconditional model (no --conditional)")
-    need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}' (known: {', '.join(OPTIMIZERS)})")
-    need(cfg.device in DEVICES, f"unknown device '{cfg.device}' (known: {', '.join(DEVICES)})")
-    need(cfg.latent_dim >= 1, f"latent_dim must be >= 1, got {cfg.latent_dim}")
-    need(cfg.beta >= 0, f"beta must be >= 0, got {cfg.beta}")
-    need(cfg.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
-    need(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
-    need(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
-    need(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
-    need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
-    need(cfg.grad_clip >= 0, f"grad_clip must be >= 0, got {cfg.grad_clip}")
-    need(cfg.max_bad_steps >= 1, f"max_bad_steps must be >= 1, got {cfg.max_bad_steps}")
-    need(cfg.gaussian_sigma >= 0, f"gaussian_sigma must be >= 0, got {cfg.gaussian_sigma}")
-    need(cfg.train_size >= 0, f"train_size must be >= 0, got {cfg.train_size}")
-    need(cfg.val_size >= 0, f"val_size must be >= 0, got {cfg.val_size}")
-    need(cfg.test_size >= 0, f"test_size must be >= 0, got {cfg.test_size}")
-    need(cfg.iwae_samples >= 1, f"iwae_samples must be >= 1, got {cfg.iwae_samples}")
-    need(0 <= cfg.seed < 2 ** 32, f"seed must be in 0..2**32-1, got {cfg.seed}")
-    need(0 <= cfg.max_skip_share <= 1, f"max_skip_share must be in [0, 1], got {cfg.max_skip_share}")
-    need(cfg.skip_grad_norm >= 0, f"skip_grad_norm must be >= 0, got {cfg.skip_grad_norm}")
-    need(0 <= cfg.ema < 1, f"ema must be in [0, 1), got {cfg.ema}")
-    need(cfg.tracker in TRACKERS, f"unknown tracker '{cfg.tracker}' (known: {', '.join(t for t in TRACKERS if t)})")
-    need(cfg.patience >= 0, f"patience must be >= 0, got {cfg.patience}")
-    need(not cfg.patience or cfg.val_size > 0, "early stopping (patience) needs a validation set (val_size > 0)")
-    need(0 <= cfg.min_improvement < 1, f"min_improvement must be in [0, 1), got {cfg.min_improvement}")
-    need(0 <= cfg.time_budget <= 30 * 86400, f"time_budget must be between 0 and 30 days, got {cfg.time_budget} s")
-    # Counts far beyond any machine are refused here; sizes that merely exceed this one's memory are refused
-    # where the tensors are made (train.check_fits), before allocating.
-    for name in ("latent_dim", "epochs", "batch_size", "train_size", "val_size", "test_size", "iwae_samples",
-                 "max_bad_steps", "patience"):
-        need(getattr(cfg, name) < 2 ** 31, f"{name} is too large: {getattr(cfg, name)}")
+    _check_parts(cfg)
+    _check_combinations(cfg)
+    for name, ok, text in _RANGES:
+        _need(ok(getattr(cfg, name)), f"{name} must be {text}, got {getattr(cfg, name)}")
+    _need(0 <= cfg.time_budget <= 30 * 86400, f"time_budget must be between 0 and 30 days, got {cfg.time_budget} s")
+    for name in _COUNTS:
+        _need(getattr(cfg, name) < 2**31, f"{name} is too large: {getattr(cfg, name)}")
     return cfg
+
+
+def _known(kind: str, value: str, known) -> None:
+    _need(value in known, f"unknown {kind} '{value}' (known: {', '.join(k for k in known if k)})")
+
+
+def _check_parts(cfg: TrainConfig) -> None:
+    """Every named part is in its registry."""
+    _need(
+        cfg.dataset in DATASETS or is_user_dataset(cfg.dataset),
+        f"unknown dataset '{cfg.dataset}' (known: {', '.join(DATASETS)}, or npz:PATH or folder:PATH for your own "
+        "images)",
+    )
+    _known("arch", cfg.arch, [*ARCHS, *MODELS])
+    _known("likelihood", cfg.likelihood, LIKELIHOODS)
+    _known("prior", cfg.prior, PRIORS)
+    _known("posterior", cfg.posterior, POSTERIORS)
+    _known("objective", cfg.objective, OBJECTIVES)
+    _known("kl_schedule", cfg.kl_schedule, KL_SCHEDULES)
+    _known("optimizer", cfg.optimizer, OPTIMIZERS)
+    _known("device", cfg.device, DEVICES)
+    _known("tracker", cfg.tracker, TRACKERS)
+
+
+def _check_combinations(cfg: TrainConfig) -> None:
+    """Parts and sizes that only work together."""
+    _need(1 <= cfg.width <= 4096 and 0 <= cfg.depth <= 256, "width must be in 1..4096 and depth in 0..256")
+    sized = cfg.arch in MODELS or ARCHS[cfg.arch].sized
+    _need(
+        sized or (cfg.width, cfg.depth) == (FIELDS["width"].default, FIELDS["depth"].default),
+        f"width and depth size the resnet and hierarchical networks; the {cfg.arch} network has a fixed size",
+    )
+    if cfg.arch == "hierarchical":  # its posteriors and priors are the per-group Gaussians of the top-down pass
+        _need(
+            cfg.posterior == "gaussian" and cfg.prior == "standard" and not cfg.conditional,
+            "the hierarchical model has its own per-group posteriors and priors: use it with the default "
+            "--posterior, --prior and without --conditional",
+        )
+        works = [o for o in OBJECTIVES if objective_entry(o).hierarchical]
+        _need(
+            cfg.objective in works,
+            f"the hierarchical model supports the {', '.join(works[:-1])} and {works[-1]} "
+            f"objectives, not {cfg.objective}",
+        )
+    _need(
+        1 <= cfg.likelihood_components <= 100,
+        f"likelihood_components must be in 1..100, got {cfg.likelihood_components}",
+    )
+    _need(1 <= cfg.flow_steps <= 64 and 1 <= cfg.flow_hidden <= 65536, "flow_steps must be in 1..64, flow_hidden >= 1")
+    _need(
+        not (cfg.posterior == "iaf" and cfg.prior == "vamp"),
+        "the vamp prior mixes Gaussian posteriors: use it with --posterior gaussian",
+    )
+    _need(cfg.capacity_max >= 0 and cfg.capacity_gamma >= 0, "capacity_max and capacity_gamma must be >= 0")
+    _need(
+        not objective_entry(cfg.objective).needs_gaussian_code
+        or cfg.arch == "hierarchical"
+        or (cfg.prior == "standard" and cfg.posterior == "gaussian"),
+        f"the {cfg.objective} objective needs the factorised standard prior and the gaussian posterior",
+    )
+    _need(cfg.tc_alpha >= 0 and cfg.tc_gamma >= 0, "tc_alpha and tc_gamma must be >= 0")
+    _need(cfg.factor_gamma >= 0 and cfg.dip_lambda >= 0, "factor_gamma and dip_lambda must be >= 0")
+    _need(
+        not (cfg.prior == "vamp" and cfg.conditional), "the vamp prior needs an unconditional model (no --conditional)"
+    )
+    _need(not cfg.patience or cfg.val_size > 0, "early stopping (patience) needs a validation set (val_size > 0)")
 
 
 def config_diff(stored: TrainConfig, wanted: TrainConfig) -> dict[str, tuple[Any, Any]]:
@@ -260,19 +370,47 @@ PRESETS: dict[str, TrainConfig] = {
 # The deeper models, sized for a machine: a hierarchical VAE with the mixture-of-logistics decoder, trained for a
 # wall-clock budget (epochs only bound it) with a cosine schedule over the budget and an EMA of the weights.
 _HVAE = dict(arch="hierarchical", likelihood="dmol", ema=0.999, cosine=True, lr=2e-3, epochs=10_000)
-PRESETS.update({
-    # 2 CPU cores: about 100-200 images/s; evaluation on 1,000 test images keeps K = 100 IWAE to minutes
-    "cifar10-hvae-cpu": TrainConfig(dataset="cifar10", latent_dim=8, width=32, depth=1, latent_groups=1,
-                                    batch_size=64, time_budget=3600.0, test_size=1000, **_HVAE),
-    # ten minutes are ~2,000 steps: a shorter EMA horizon (~100 steps) than the hour-long runs' (~1,000)
-    "fashion-mnist-hvae-cpu": TrainConfig(dataset="fashion-mnist", latent_dim=8, width=32, depth=1,
-                                          latent_groups=1, batch_size=64, time_budget=600.0,
-                                          **{**_HVAE, "ema": 0.99}),
-    # one GPU: wider and deeper, two groups per resolution, bf16 autocast. No skip_grad_norm: at 3000 it skipped every
-    # step of this model on an H200 (2026-11-30; its gradient norms start far above that), so it never trained
-    "cifar10-hvae-gpu": TrainConfig(dataset="cifar10", latent_dim=16, width=128, depth=2, latent_groups=2,
-                                    batch_size=128, time_budget=1200.0, bf16=True, grad_clip=200.0, **_HVAE),
-})
+PRESETS.update(
+    {
+        # 2 CPU cores: about 100-200 images/s; evaluation on 1,000 test images keeps K = 100 IWAE to minutes
+        "cifar10-hvae-cpu": TrainConfig(
+            dataset="cifar10",
+            latent_dim=8,
+            width=32,
+            depth=1,
+            latent_groups=1,
+            batch_size=64,
+            time_budget=3600.0,
+            test_size=1000,
+            **_HVAE,
+        ),
+        # ten minutes are ~2,000 steps: a shorter EMA horizon (~100 steps) than the hour-long runs' (~1,000)
+        "fashion-mnist-hvae-cpu": TrainConfig(
+            dataset="fashion-mnist",
+            latent_dim=8,
+            width=32,
+            depth=1,
+            latent_groups=1,
+            batch_size=64,
+            time_budget=600.0,
+            **{**_HVAE, "ema": 0.99},
+        ),
+        # one GPU: wider and deeper, two groups per resolution, bf16 autocast. No skip_grad_norm: at 3000 it skipped every
+        # step of this model on an H200 (2026-11-30; its gradient norms start far above that), so it never trained
+        "cifar10-hvae-gpu": TrainConfig(
+            dataset="cifar10",
+            latent_dim=16,
+            width=128,
+            depth=2,
+            latent_groups=2,
+            batch_size=128,
+            time_budget=1200.0,
+            bf16=True,
+            grad_clip=200.0,
+            **_HVAE,
+        ),
+    }
+)
 
 
 def preset(name: str) -> TrainConfig:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
+import torch
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import mutual_info_score
+from sklearn.tree import DecisionTreeClassifier
 
 # A representation maps uint8 images (N, C, H, W) to codes (N, D): vaelab uses the posterior mean, as
 # disentanglement_lib does.
@@ -43,13 +48,12 @@ def _factor_batches(grid, n: int, batch: int, rng: np.random.Generator, pairs: b
 
 
 def _codes(represent: Represent, grid, factors: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    return np.concatenate([represent(grid.images(factors[i:i + chunk])) for i in range(0, len(factors), chunk)])
+    return np.concatenate([represent(grid.images(factors[i : i + chunk])) for i in range(0, len(factors), chunk)])
 
 
 def beta_vae_score(represent: Represent, grid, sizes: Sizes, rng: np.random.Generator) -> float:
     """Higgins et al. (2017), section 3: a linear classifier names the fixed factor from the mean absolute
     difference of the codes of `batch` pairs that share it; the score is its test accuracy (chance 1/K)."""
-    from sklearn.linear_model import LogisticRegression
 
     def points(n):
         f, k = _factor_batches(grid, n, sizes.batch, rng, pairs=True)
@@ -97,11 +101,10 @@ def _discretize(z: np.ndarray, bins: int) -> np.ndarray:
 
 def mutual_info_matrix(z: np.ndarray, factors: np.ndarray, bins: int) -> np.ndarray:
     """I(z_i; v_k) in nats, (D, K), from the discretized code."""
-    from sklearn.metrics import mutual_info_score
-
     zd = _discretize(z, bins)
-    return np.array([[mutual_info_score(factors[:, k], zd[:, i]) for k in range(factors.shape[1])]
-                     for i in range(z.shape[1])])
+    return np.array(
+        [[mutual_info_score(factors[:, k], zd[:, i]) for k in range(factors.shape[1])] for i in range(z.shape[1])]
+    )
 
 
 def mig(z: np.ndarray, factors: np.ndarray, bins: int = 20, mi: np.ndarray | None = None) -> float:
@@ -109,8 +112,6 @@ def mig(z: np.ndarray, factors: np.ndarray, bins: int = 20, mi: np.ndarray | Non
     informative about it, over the factor's entropy; averaged over factors. 1 for a code that copies each factor
     into one dimension (with at most `bins` values), 0 when no dimension stands out. `mi`: the
     mutual_info_matrix of z and factors, when the caller has it already."""
-    from sklearn.metrics import mutual_info_score
-
     if z.shape[1] < 2:
         return 0.0
     m = np.sort(mutual_info_matrix(z, factors, bins) if mi is None else mi, axis=0)[::-1]
@@ -124,15 +125,13 @@ def sap(z_tr, f_tr, z_te, f_te) -> float:
     dimensions that best predict it alone; averaged over factors. Discrete factors: test accuracy of a threshold
     classifier on the one dimension (a depth-limited decision tree: thresholds, as the paper's; disentanglement_lib
     uses a linear SVM, which cannot carve a many-valued factor out of one number)."""
-    from sklearn.tree import DecisionTreeClassifier
-
     score = np.zeros((z_tr.shape[1], f_tr.shape[1]))
     for i in range(z_tr.shape[1]):
         for k in range(f_tr.shape[1]):
             n_values = int(f_tr[:, k].max()) + 1
             clf = DecisionTreeClassifier(max_leaf_nodes=max(2, 2 * n_values), random_state=0)
-            clf.fit(z_tr[:, i:i + 1], f_tr[:, k])
-            score[i, k] = clf.score(z_te[:, i:i + 1], f_te[:, k])
+            clf.fit(z_tr[:, i : i + 1], f_tr[:, k])
+            score[i, k] = clf.score(z_te[:, i : i + 1], f_te[:, k])
     if z_tr.shape[1] < 2:
         return 0.0
     top = np.sort(score, axis=0)[::-1]
@@ -152,16 +151,15 @@ def dci(z_tr, f_tr, z_te, f_te, seed: int = 0) -> dict[str, float]:
     gives the importance matrix R (D x K) and its test accuracy (informativeness). Disentanglement: 1 minus each
     dimension's entropy over factors (base K), weighted by its share of the importance; completeness: 1 minus each
     factor's entropy over dimensions (base D), weighted likewise."""
-    from sklearn.ensemble import RandomForestClassifier
-
     d, k_n = z_tr.shape[1], f_tr.shape[1]
     r = np.zeros((d, k_n))
     acc = []
     for k in range(k_n):
         # every split weighs every dimension (max_features=None): with a random subset, splits on uninformative
         # dimensions would take importance from the one that carries the factor
-        clf = RandomForestClassifier(n_estimators=30, min_samples_leaf=2, max_features=None, random_state=seed,
-                                     n_jobs=1)
+        clf = RandomForestClassifier(
+            n_estimators=30, min_samples_leaf=2, max_features=None, random_state=seed, n_jobs=1
+        )
         clf.fit(z_tr, f_tr[:, k])
         r[:, k] = np.abs(clf.feature_importances_)
         acc.append(clf.score(z_te, f_te[:, k]))
@@ -180,8 +178,10 @@ def scores(represent: Represent, grid, sizes: Sizes = Sizes(), seed: int = 0) ->
     """Every metric of one representation, each from its own seeded draw of factors (fixed seed: two models are
     scored on the same images). Also the factor each code dimension tells most about (`dim_factor`, by MIG's
     mutual information), for traversal figures."""
-    out = {"beta_vae": beta_vae_score(represent, grid, sizes, np.random.default_rng([seed, 1])),
-           "factor_vae": factor_vae_score(represent, grid, sizes, np.random.default_rng([seed, 2]))}
+    out = {
+        "beta_vae": beta_vae_score(represent, grid, sizes, np.random.default_rng([seed, 1])),
+        "factor_vae": factor_vae_score(represent, grid, sizes, np.random.default_rng([seed, 2])),
+    }
     f = grid.sample_factors(sizes.codes, np.random.default_rng([seed, 3]))
     z = _codes(represent, grid, f)
     mi = mutual_info_matrix(z, f, sizes.bins)  # once: MIG and each dimension's factor read it
@@ -196,14 +196,14 @@ def scores(represent: Represent, grid, sizes: Sizes = Sizes(), seed: int = 0) ->
 
 def model_scores(model, grid, sizes: Sizes = Sizes(), seed: int = 0, batch: int = 1024) -> dict[str, float]:
     """scores() of a trained VAE's posterior means."""
-    import torch
-
     device = next(model.parameters()).device
 
     @torch.inference_mode()
     def represent(x: np.ndarray) -> np.ndarray:
-        out = [model.encode(torch.from_numpy(x[i:i + batch]).to(device))[0].float().cpu()
-               for i in range(0, len(x), batch)]
+        out = [
+            model.encode(torch.from_numpy(x[i : i + batch]).to(device))[0].float().cpu()
+            for i in range(0, len(x), batch)
+        ]
         return torch.cat(out).numpy()
 
     model.eval()

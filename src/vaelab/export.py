@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
 
-from . import VaelabError, __version__
+from . import data as vdata
+from .checkpoint import CHECKPOINT_FORMAT
+from .config import from_dict
+from .data import cache_dir
+from .errors import VaelabError
+from .models import build
+from .run import Run
+from .store import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    atomic_write_json,
+    atomic_write_text,
+    check_regular_target,
+    load_tree,
+    save_tree,
+)
+from .version import __version__
 
 FORMAT = "vaelab-model"
 VERSION = 1  # bump when the layout changes; older files then say which vaelab wrote them
@@ -14,10 +33,6 @@ VERSION = 1  # bump when the layout changes; older files then say which vaelab w
 
 def export(run_dir, path) -> Path:
     """Write a run's model (what evaluation reads: its EMA or best epoch) to one file anyone can load safely."""
-    from . import data as vdata
-    from .run import Run
-    from .store import check_regular_target, save_tree
-
     cfg, model, ckpt = Run(run_dir).load()
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -28,11 +43,23 @@ def export(run_dir, path) -> Path:
         levels = facts.levels
     except VaelabError:  # a user's npz that is not here any more: the checkpoint still knows shape and classes
         levels = 256
-    save_tree(path, {"format": FORMAT, "version": VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
-                     "dataset": {"name": cfg.dataset, "shape": list(ckpt["shape"]), "classes": list(ckpt["classes"]),
-                                 "levels": levels},
-                     "trained": {"epoch": ckpt["epoch"], "history": ckpt["history"]},
-                     "versions": {"vaelab": __version__, "torch": torch.__version__}})
+    save_tree(
+        path,
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "config": cfg.to_dict(),
+            "model": model.state_dict(),
+            "dataset": {
+                "name": cfg.dataset,
+                "shape": list(ckpt["shape"]),
+                "classes": list(ckpt["classes"]),
+                "levels": levels,
+            },
+            "trained": {"epoch": ckpt["epoch"], "history": ckpt["history"]},
+            "versions": {"vaelab": __version__, "torch": torch.__version__},
+        },
+    )
     return path
 
 
@@ -44,13 +71,6 @@ def unpack(path) -> Path:
     """An exported file as a run directory, so that every command that takes a run takes the file too: unpacked
     once (atomically) under the user cache, keyed by the file's content, and reused. Outputs (eval.json, figures,
     a report) land there; the commands print where. It holds no optimizer state, so it cannot resume training."""
-    import hashlib
-    import json
-
-    from .data import cache_dir
-    from .store import CHECKPOINT, CONFIG, METRICS, atomic_write_json, atomic_write_text, load_tree, save_tree
-    from .train import CHECKPOINT_FORMAT
-
     path = Path(path)
     load(path)  # validated like any load: format, version, weights that fit the config
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -62,37 +82,49 @@ def unpack(path) -> Path:
     history = trained.get("history", [])
     atomic_write_json(run / CONFIG, blob["config"])
     atomic_write_text(run / METRICS, "".join(json.dumps(r) + "\n" for r in history))
-    save_tree(run / CHECKPOINT, {  # written last: its presence means the directory is complete
-        "format": CHECKPOINT_FORMAT, "config": blob["config"], "epoch": int(trained.get("epoch", 0)), "step": 0,
-        "bad_steps": 0, "model": blob["model"], "history": history, "shape": blob["dataset"]["shape"],
-        "classes": blob["dataset"]["classes"], "versions": blob.get("versions", {}), "exported_from": str(path)})
+    save_tree(
+        run / CHECKPOINT,
+        {  # written last: its presence means the directory is complete
+            "format": CHECKPOINT_FORMAT,
+            "config": blob["config"],
+            "epoch": int(trained.get("epoch", 0)),
+            "step": 0,
+            "bad_steps": 0,
+            "model": blob["model"],
+            "history": history,
+            "shape": blob["dataset"]["shape"],
+            "classes": blob["dataset"]["classes"],
+            "versions": blob.get("versions", {}),
+            "exported_from": str(path),
+        },
+    )
     return run
 
 
 def load(path, device: str = "cpu"):
     """An exported model in eval mode; `.config`, `.classes` and `.dataset` say what it is. Only JSON and raw
     tensor bytes are read, so loading a file from anyone cannot run code."""
-    from .config import from_dict
-    from .models import build
-    from .store import load_tree
-
     path = Path(path)
     if not path.is_file():
         raise VaelabError(f"{path}: no such file")
     blob = load_tree(path)
     if blob.get("format") != FORMAT:
-        raise VaelabError(f"{path}: not an exported vaelab model (a run directory's checkpoint is loaded through "
-                          "the run directory)")
+        raise VaelabError(
+            f"{path}: not an exported vaelab model (a run directory's checkpoint is loaded through the run directory)"
+        )
     if blob.get("version") != VERSION:
-        raise VaelabError(f"{path}: exported model format {blob.get('version')} (vaelab "
-                          f"{blob.get('versions', {}).get('vaelab', '?')}); this vaelab reads format {VERSION}")
+        raise VaelabError(
+            f"{path}: exported model format {blob.get('version')} (vaelab "
+            f"{blob.get('versions', {}).get('vaelab', '?')}); this vaelab reads format {VERSION}"
+        )
     cfg = from_dict(blob["config"])
     ds = blob["dataset"]
     model = build(cfg, tuple(ds["shape"]), len(ds["classes"]))
     try:
         model.load_state_dict(blob["model"])
     except (RuntimeError, KeyError, TypeError) as e:
-        raise VaelabError(f"{path}: its weights do not fit the model its config describes "
-                          f"({str(e).splitlines()[0][:200]})") from None
+        raise VaelabError(
+            f"{path}: its weights do not fit the model its config describes ({str(e).splitlines()[0][:200]})"
+        ) from None
     model.config, model.classes, model.dataset = cfg, list(ds["classes"]), ds
     return model.to(device).eval()

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from . import VaelabError
 from . import data as vdata
+from .config import FIELDS
+from .errors import VaelabError
+from .losses import OBJECTIVES, objective_entry
 
 HOLDS, FAILS, MIXED, INCONCLUSIVE, UNKNOWN = "holds", "does not hold", "partly holds", "inconclusive", "not enough data"
 VERDICTS = (HOLDS, MIXED, FAILS, INCONCLUSIVE, UNKNOWN)
@@ -51,20 +54,17 @@ class Effect:
 
     def text(self, unit: str = "") -> str:
         u = f" {unit}" if unit else ""
-        return (f"{_f(self.estimate)}{u}, 95 % CI [{_f(self.lo)}, {_f(self.hi)}], {self.test} "
-                f"p {_p(self.p)}, n = {self.n}")
+        return (
+            f"{_f(self.estimate)}{u}, 95 % CI [{_f(self.lo)}, {_f(self.hi)}], {self.test} p {_p(self.p)}, n = {self.n}"
+        )
 
 
 def _t(n_df: int) -> float:
-    from scipy import stats
-
     return float(stats.t.ppf(1 - ALPHA / 2, n_df))
 
 
 def paired(diffs) -> Effect:
     """Mean of paired differences, t interval and one-sample t-test (differences across seeds)."""
-    from scipy import stats
-
     d = np.asarray(diffs, dtype=float)
     n, m = len(d), float(np.mean(d))
     sd = float(np.std(d, ddof=1)) if n > 1 else math.nan
@@ -88,8 +88,6 @@ def mean_interval(values) -> Effect:
 def trend(x, y) -> Effect:
     """Least-squares slope of y on log2(x) (latent sizes and β are spaced geometrically), its t interval and
     the test of zero slope, over every (setting, seed) run."""
-    from scipy import stats
-
     lx, y = np.log2(np.asarray(x, dtype=float)), np.asarray(y, dtype=float)
     n = len(y)
     if n < 3 or len(np.unique(lx)) < 2:
@@ -127,11 +125,14 @@ def min_seeds(rows: pd.DataFrame, by: list[str]) -> int:
 
 
 def no_stats_note(k: int) -> str:
-    return (f" (means over {k} seed{'s' if k != 1 else ''} per setting: no confidence interval or test; "
-            f"{MIN_SEEDS} or more seeds give them)")
+    return (
+        f" (means over {k} seed{'s' if k != 1 else ''} per setting: no confidence interval or test; "
+        f"{MIN_SEEDS} or more seeds give them)"
+    )
 
 
 # ---------------------------------------------------------------- per-dimension units
+
 
 def per_dim(rows: pd.DataFrame) -> tuple[pd.Series, str] | None:
     """Negative ELBO per dimension: bits/dim where every likelihood is discrete (a probability mass over 8-bit
@@ -149,6 +150,7 @@ def per_dim(rows: pd.DataFrame) -> tuple[pd.Series, str] | None:
 
 # ---------------------------------------------------------------- the claims
 
+
 def dataset_complexity(latent: pd.DataFrame) -> list[Finding]:
     claim = "Fashion-MNIST is easier to model than CIFAR-10 (lower negative ELBO per dimension)."
     if not {"fashion-mnist", "cifar10"} <= set(latent.get("dataset", [])):
@@ -156,8 +158,14 @@ def dataset_complexity(latent: pd.DataFrame) -> list[Finding]:
     rows = latent[latent["dataset"].isin(["fashion-mnist", "cifar10"])].copy()
     unit = per_dim(rows)
     if unit is None:
-        return [Finding(claim, "the runs mix discrete and continuous likelihoods, whose values per dimension do not "
-                               "compare (or eval.json lacks n_dims: re-evaluate)", UNKNOWN)]
+        return [
+            Finding(
+                claim,
+                "the runs mix discrete and continuous likelihoods, whose values per dimension do not "
+                "compare (or eval.json lacks n_dims: re-evaluate)",
+                UNKNOWN,
+            )
+        ]
     rows["per_dim"], unit_name = unit
     piv = rows.pivot_table(index=["latent_dim", "seed"], columns="dataset", values="per_dim").dropna()
     if piv.empty:
@@ -165,12 +173,19 @@ def dataset_complexity(latent: pd.DataFrame) -> list[Finding]:
     sizes = sorted(piv.index.get_level_values(0).unique())
     k = int(piv.groupby(level=0).size().min())
     fm, c10 = piv["fashion-mnist"].mean(), piv["cifar10"].mean()
-    head = (f"{_f(fm)} vs {_f(c10)} {unit_name} (Fashion-MNIST vs CIFAR-10, mean over latent sizes "
-            f"{', '.join(map(str, sizes))})")
+    head = (
+        f"{_f(fm)} vs {_f(c10)} {unit_name} (Fashion-MNIST vs CIFAR-10, mean over latent sizes "
+        f"{', '.join(map(str, sizes))})"
+    )
     if k >= MIN_SEEDS:
         eff = paired(piv["cifar10"] - piv["fashion-mnist"])
-        return [Finding(claim, f"{head}; CIFAR-10 minus Fashion-MNIST, paired by latent size and seed: "
-                               f"{eff.text(unit_name)}.", verdict_of(eff.sign(+1)))]
+        return [
+            Finding(
+                claim,
+                f"{head}; CIFAR-10 minus Fashion-MNIST, paired by latent size and seed: {eff.text(unit_name)}.",
+                verdict_of(eff.sign(+1)),
+            )
+        ]
     means = piv.groupby(level=0).mean()
     wins = int((means["fashion-mnist"] < means["cifar10"]).sum())
     verdict = HOLDS if wins == len(means) else FAILS if wins == 0 else MIXED
@@ -190,8 +205,11 @@ def latent_size(latent: pd.DataFrame) -> list[Finding]:
         k = min_seeds(sub, ["latent_dim"])
         if k >= MIN_SEEDS:
             eff = trend(sub["latent_dim"], sub["recon"])
-            out.append(Finding(claim, f"{head}; slope per doubling of latent_dim: {eff.text('nats')}.",
-                               verdict_of(eff.sign(-1))))
+            out.append(
+                Finding(
+                    claim, f"{head}; slope per doubling of latent_dim: {eff.text('nats')}.", verdict_of(eff.sign(-1))
+                )
+            )
         else:
             steps, n = _steps(r, decreasing=True)
             verdict = HOLDS if r[-1] < r[0] and steps == n else MIXED if r[-1] < r[0] else FAILS
@@ -213,13 +231,24 @@ def _collapse(ds: str, sub: pd.DataFrame) -> list[Finding]:
     # every unit active in every seed.
     if len(frac) >= MIN_SEEDS:
         eff = mean_interval(frac)
-        verdict = (HOLDS if eff.hi < 0.9 else FAILS if eff.lo >= 1.0 else MIXED if eff.lo >= 0.9
-                   else INCONCLUSIVE)
-        return [Finding(claim, f"share of active units at latent_dim {big}: {eff.estimate:.0%}, 95 % CI "
-                               f"[{eff.lo:.0%}, {eff.hi:.0%}] over {eff.n} seeds ('holds' below 90 %){tail}.", verdict)]
+        verdict = HOLDS if eff.hi < 0.9 else FAILS if eff.lo >= 1.0 else MIXED if eff.lo >= 0.9 else INCONCLUSIVE
+        return [
+            Finding(
+                claim,
+                f"share of active units at latent_dim {big}: {eff.estimate:.0%}, 95 % CI "
+                f"[{eff.lo:.0%}, {eff.hi:.0%}] over {eff.n} seeds ('holds' below 90 %){tail}.",
+                verdict,
+            )
+        ]
     m = float(frac.mean())
-    return [Finding(claim, f"{_f(m * big)} of {big} units active at latent_dim {big} ({m:.0%}; 'holds' below 90 %)"
-                           f"{tail}{no_stats_note(len(frac))}.", HOLDS if m < 0.9 else MIXED if m < 1.0 else FAILS)]
+    return [
+        Finding(
+            claim,
+            f"{_f(m * big)} of {big} units active at latent_dim {big} ({m:.0%}; 'holds' below 90 %)"
+            f"{tail}{no_stats_note(len(frac))}.",
+            HOLDS if m < 0.9 else MIXED if m < 1.0 else FAILS,
+        )
+    ]
 
 
 def beta_tradeoff(beta: pd.DataFrame) -> list[Finding]:
@@ -238,19 +267,37 @@ def beta_tradeoff(beta: pd.DataFrame) -> list[Finding]:
         if k >= MIN_SEEDS:
             e_kl, e_rec = trend(sub["beta"], sub["kl"]), trend(sub["beta"], sub["recon"])
             s_kl, s_rec = e_kl.sign(-1), e_rec.sign(+1)
-            verdict = (HOLDS if s_kl > 0 and s_rec > 0 else FAILS if min(s_kl, s_rec) < 0
-                       else MIXED if max(s_kl, s_rec) > 0 else INCONCLUSIVE)
-            out.append(Finding(claim, f"{head}; slopes per doubling of β: KL {e_kl.text('nats')}; reconstruction "
-                                      f"{e_rec.text('nats')}.", verdict))
+            verdict = (
+                HOLDS
+                if s_kl > 0 and s_rec > 0
+                else FAILS
+                if min(s_kl, s_rec) < 0
+                else MIXED
+                if max(s_kl, s_rec) > 0
+                else INCONCLUSIVE
+            )
+            out.append(
+                Finding(
+                    claim,
+                    f"{head}; slopes per doubling of β: KL {e_kl.text('nats')}; reconstruction {e_rec.text('nats')}.",
+                    verdict,
+                )
+            )
             continue
         k1, n = _steps(kl, decreasing=True)
         k2, _ = _steps(rec, decreasing=False)
         kl_falls, rec_rises = kl[-1] < kl[0], rec[-1] > rec[0]
         # Both ends must move as claimed; a KL that falls while reconstruction *improves* is no trade-off.
-        verdict = (HOLDS if kl_falls and rec_rises and k1 == n and k2 == n else MIXED if kl_falls and rec_rises
-                   else FAILS)
-        out.append(Finding(claim, f"{head} (KL falls in {k1} of {n} steps, reconstruction rises in {k2} of {n})"
-                                  f"{no_stats_note(k)}.", verdict))
+        verdict = (
+            HOLDS if kl_falls and rec_rises and k1 == n and k2 == n else MIXED if kl_falls and rec_rises else FAILS
+        )
+        out.append(
+            Finding(
+                claim,
+                f"{head} (KL falls in {k1} of {n} steps, reconstruction rises in {k2} of {n}){no_stats_note(k)}.",
+                verdict,
+            )
+        )
     return out
 
 
@@ -264,28 +311,47 @@ def organisation(latent: pd.DataFrame) -> list[Finding]:
     for ds, sub in latent.dropna(subset=["probe_accuracy"]).groupby("dataset"):
         claim = f"{ds}: training organises the latent space by class although no label was used."
         if "probe_accuracy_untrained" not in sub or sub["probe_accuracy_untrained"].isna().any():
-            out.append(Finding(claim, "eval.json has no untrained-encoder baseline (evaluated by vaelab < 0.2): "
-                                      "re-run vaelab evaluate on these runs", UNKNOWN))
+            out.append(
+                Finding(
+                    claim,
+                    "eval.json has no untrained-encoder baseline (evaluated by vaelab < 0.2): "
+                    "re-run vaelab evaluate on these runs",
+                    UNKNOWN,
+                )
+            )
             continue
         by = sub.groupby("latent_dim")
         sizes = "; ".join(
             f"latent_dim {int(z)}: {g['probe_accuracy'].mean():.1%} trained vs {g['probe_accuracy_untrained'].mean():.1%} "
             f"at initial weights, {g['probe_accuracy_pca'].mean() if 'probe_accuracy_pca' in g else math.nan:.1%} PCA"
-            for z, g in by)
+            for z, g in by
+        )
         chance = float(sub["chance_accuracy"].mean()) if "chance_accuracy" in sub else math.nan
-        head = (f"linear-probe test accuracy on the codes vs the same encoder at its initial weights (untrained) and "
-                f"PCA of the pixels to as many dimensions — {sizes}; chance (most frequent class) {chance:.1%}")
+        head = (
+            f"linear-probe test accuracy on the codes vs the same encoder at its initial weights (untrained) and "
+            f"PCA of the pixels to as many dimensions — {sizes}; chance (most frequent class) {chance:.1%}"
+        )
         diff = (sub["probe_accuracy"] - sub["probe_accuracy_untrained"]) * 100
         k = min_seeds(sub, ["latent_dim"])
         if k >= MIN_SEEDS:
             eff = paired(diff)
-            out.append(Finding(claim, f"{head}; trained minus untrained, paired by latent size and seed: "
-                                      f"{eff.text('points')}.", verdict_of(eff.sign(+1))))
+            out.append(
+                Finding(
+                    claim,
+                    f"{head}; trained minus untrained, paired by latent size and seed: {eff.text('points')}.",
+                    verdict_of(eff.sign(+1)),
+                )
+            )
         else:
             m = float(diff.mean()) / 100
             verdict = HOLDS if m >= ORGANISATION_MARGIN else FAILS if m <= 0 else MIXED
-            out.append(Finding(claim, f"{head}; 'holds' from {ORGANISATION_MARGIN:.0%} above the untrained encoder"
-                                      f"{no_stats_note(k)}.", verdict))
+            out.append(
+                Finding(
+                    claim,
+                    f"{head}; 'holds' from {ORGANISATION_MARGIN:.0%} above the untrained encoder{no_stats_note(k)}.",
+                    verdict,
+                )
+            )
     return out
 
 
@@ -295,18 +361,27 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
     if not {"fd_prior", "fd_gmm", "conditional_accuracy"} <= set(latent.columns):
         return out
     for ds, sub in latent.dropna(subset=["fd_prior", "fd_gmm"]).groupby("dataset"):
-        claim = (f"{ds}: sampling a mixture fitted to the aggregate posterior gives samples closer to the data than "
-                 "sampling N(0, I) (Ghosh et al. 2020).")
-        pairs = "; ".join(f"{_f(r.fd_prior)} → {_f(r.fd_gmm)} (latent_dim {int(r.latent_dim)}, seed {int(r.seed)})"
-                          for r in sub.itertuples())
+        claim = (
+            f"{ds}: sampling a mixture fitted to the aggregate posterior gives samples closer to the data than "
+            "sampling N(0, I) (Ghosh et al. 2020)."
+        )
+        pairs = "; ".join(
+            f"{_f(r.fd_prior)} → {_f(r.fd_gmm)} (latent_dim {int(r.latent_dim)}, seed {int(r.seed)})"
+            for r in sub.itertuples()
+        )
         head = f"Fréchet distance in the reference classifier's features, N(0, I) → GMM: {pairs}"
         if len(sub) >= MIN_SEEDS and sub["latent_dim"].nunique() == 1:
             eff = paired(sub["fd_prior"] - sub["fd_gmm"])
             out.append(Finding(claim, f"{head}; N(0, I) minus GMM: {eff.text()}.", verdict_of(eff.sign(+1))))
         else:
             wins = int((sub["fd_gmm"] < sub["fd_prior"]).sum())
-            out.append(Finding(claim, f"{head}{no_stats_note(len(sub)).replace('per setting', 'scored')}.",
-                               HOLDS if wins == len(sub) else FAILS if wins == 0 else MIXED))
+            out.append(
+                Finding(
+                    claim,
+                    f"{head}{no_stats_note(len(sub)).replace('per setting', 'scored')}.",
+                    HOLDS if wins == len(sub) else FAILS if wins == 0 else MIXED,
+                )
+            )
     for ds, sub in latent.dropna(subset=["conditional_accuracy"]).groupby("dataset"):
         best = sub.loc[sub["conditional_accuracy"].idxmax()]
         acc = best["conditional_accuracy"]
@@ -314,11 +389,15 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
             chance = vdata.spec(ds).chance
         except VaelabError:  # a user's dataset file that is not here: the test set's measured chance level
             chance = float(best.get("chance_accuracy", 0.1))
-        out.append(Finding(f"{ds}: the latent space supports class-conditional generation without retraining.",
-                           f"the reference classifier labels {acc:.0%} of samples from per-class Gaussians as the "
-                           f"class asked for (latent_dim {int(best['latent_dim'])}; chance {chance:.0%}; 'holds' from "
-                           f"50 %, 'partly' above twice chance; one run scored).",
-                           HOLDS if acc >= 0.5 else MIXED if acc > 2 * chance else FAILS))
+        out.append(
+            Finding(
+                f"{ds}: the latent space supports class-conditional generation without retraining.",
+                f"the reference classifier labels {acc:.0%} of samples from per-class Gaussians as the "
+                f"class asked for (latent_dim {int(best['latent_dim'])}; chance {chance:.0%}; 'holds' from "
+                f"50 %, 'partly' above twice chance; one run scored).",
+                HOLDS if acc >= 0.5 else MIXED if acc > 2 * chance else FAILS,
+            )
+        )
     return out
 
 
@@ -327,11 +406,21 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
 REFERENCE = {"posterior": "gaussian", "prior": "standard", "objective": "elbo", "kl_schedule": "linear", "arch": "conv"}
 FAMILY_CLAIMS = [
     # (what differs from the reference, metric, sign of reference minus family that the claim predicts, claim)
-    ({"posterior": "iaf"}, "elbo_gap", +1, "a more flexible posterior (IAF) narrows the gap between the ELBO and the "
-                                           "IWAE bound (the posterior's mismatch)"),
+    (
+        {"posterior": "iaf"},
+        "elbo_gap",
+        +1,
+        "a more flexible posterior (IAF) narrows the gap between the ELBO and the "
+        "IWAE bound (the posterior's mismatch)",
+    ),
     ({"prior": "vamp"}, "iwae_nll", +1, "a learned prior (VampPrior) lowers the negative log-likelihood (IWAE bound)"),
-    ({"prior": "vamp"}, "fd_prior", +1, "a learned prior (VampPrior) gives samples closer to the data (Fréchet "
-                                        "distance of prior samples in the reference classifier's features)"),
+    (
+        {"prior": "vamp"},
+        "fd_prior",
+        +1,
+        "a learned prior (VampPrior) gives samples closer to the data (Fréchet "
+        "distance of prior samples in the reference classifier's features)",
+    ),
     ({"objective": "free_bits"}, "active_units", -1, "free bits keep more latent units active"),
     ({"kl_schedule": "cyclical"}, "active_units", -1, "cyclical KL annealing keeps more latent units active"),
     ({"arch": "resnet"}, "bpd_iwae", +1, "a residual network lowers bits/dim (IWAE) at the same training budget"),
@@ -369,16 +458,28 @@ def families(done: pd.DataFrame) -> list[Finding]:
                 out.append(Finding(claim, "needs runs of the reference VAE with the same seeds", UNKNOWN))
                 continue
             diff = a[both] - b[both]
-            head = (f"{metric.replace('_', ' ')}: {_f(float(a[both].mean()))} (reference) vs {_f(float(b[both].mean()))} "
-                    f"({', '.join(f'{k} {v}' for k, v in change.items())})")
+            head = (
+                f"{metric.replace('_', ' ')}: {_f(float(a[both].mean()))} (reference) vs {_f(float(b[both].mean()))} "
+                f"({', '.join(f'{k} {v}' for k, v in change.items())})"
+            )
             if len(both) >= MIN_SEEDS:
                 eff = paired(diff)
-                out.append(Finding(claim, f"{head}; reference minus family, paired by seed: {eff.text()}.",
-                                   verdict_of(eff.sign(sign))))
+                out.append(
+                    Finding(
+                        claim,
+                        f"{head}; reference minus family, paired by seed: {eff.text()}.",
+                        verdict_of(eff.sign(sign)),
+                    )
+                )
             else:
                 m = float(diff.mean())
-                out.append(Finding(claim, f"{head}{no_stats_note(len(both))}.",
-                                   HOLDS if m * sign > 0 else FAILS if m * sign < 0 else INCONCLUSIVE))
+                out.append(
+                    Finding(
+                        claim,
+                        f"{head}{no_stats_note(len(both))}.",
+                        HOLDS if m * sign > 0 else FAILS if m * sign < 0 else INCONCLUSIVE,
+                    )
+                )
     return out
 
 
@@ -408,8 +509,13 @@ def kl_groups(latent: pd.DataFrame) -> list[Finding]:
             out.append(Finding(claim, f"{head}; minus one half: {eff.text()}.", verdict_of(eff.sign(+1))))
         else:
             above = int((share > 0.5).sum())
-            out.append(Finding(claim, f"{head}{no_stats_note(len(share)).replace('per setting', 'scored')}.",
-                               HOLDS if above == len(share) else FAILS if above == 0 else MIXED))
+            out.append(
+                Finding(
+                    claim,
+                    f"{head}{no_stats_note(len(share)).replace('per setting', 'scored')}.",
+                    HOLDS if above == len(share) else FAILS if above == 0 else MIXED,
+                )
+            )
     return out
 
 
@@ -422,26 +528,33 @@ def compute(latent: pd.DataFrame, beta: pd.DataFrame, done: pd.DataFrame | None 
     latent, beta = reference_only(latent), reference_only(beta)
     if latent is None or len(latent) == 0:
         return [Finding("The study's claims", "no finished runs at β = 1 yet", UNKNOWN)] + fams
-    return (dataset_complexity(latent) + latent_size(latent) + beta_tradeoff(beta) + organisation(latent)
-            + generation(latent) + fams)
+    return (
+        dataset_complexity(latent)
+        + latent_size(latent)
+        + beta_tradeoff(beta)
+        + organisation(latent)
+        + generation(latent)
+        + fams
+    )
 
 
 # ---------------------------------------------------------------- disentanglement (the `disentangle` preset)
 
-# Each objective's main weight: the knob a disentanglement study sweeps (Locatello et al. 2019, table 2).
-MAIN_WEIGHT = {"elbo": "beta", "beta_tcvae": "beta", "factor_vae": "factor_gamma", "dip_vae_i": "dip_lambda",
-               "dip_vae_ii": "dip_lambda", "capacity": "capacity_max", "free_bits": "free_bits"}
 DISENTANGLEMENT_CLAIM_METRICS = ("mig", "dci_disentanglement")
 
 
 def main_weight(rows: pd.DataFrame) -> pd.Series:
     """Each run's value of its objective's main weight (a column the table lacks counts as the default)."""
-    from .config import FIELDS
-
     objective = rows["objective"] if "objective" in rows else pd.Series("elbo", index=rows.index)
-    return pd.Series([float(rows.at[i, MAIN_WEIGHT.get(o, "beta")]) if MAIN_WEIGHT.get(o, "beta") in rows
-                      else float(FIELDS[MAIN_WEIGHT.get(o, "beta")].default) for i, o in objective.items()],
-                     index=rows.index, dtype=float)
+    weight = {o: objective_entry(o).main_weight if o in OBJECTIVES else "beta" for o in objective.unique()}
+    return pd.Series(
+        [
+            float(rows.at[i, weight[o]]) if weight[o] in rows else float(FIELDS[weight[o]].default)
+            for i, o in objective.items()
+        ],
+        index=rows.index,
+        dtype=float,
+    )
 
 
 def _combine(signs: list[int]) -> str:
@@ -474,8 +587,10 @@ def beta_disentangles(ds: str, rows: pd.DataFrame) -> list[Finding]:
             change = abs(eff.estimate) * math.log2(hi / lo)
             swamped = s == 0 and change < seed_sd
             signs.append(-1 if swamped else s)
-            parts.append(f"{head}; slope per doubling of β {eff.text()}; seeds' spread (sd at one β) {_f(seed_sd)}"
-                         + (" exceeds the change over the β range" if swamped else ""))
+            parts.append(
+                f"{head}; slope per doubling of β {eff.text()}; seeds' spread (sd at one β) {_f(seed_sd)}"
+                + (" exceeds the change over the β range" if swamped else "")
+            )
         else:
             rises = means.iloc[-1] > means.iloc[0]
             steps, n = _steps(list(means), decreasing=False)
@@ -490,8 +605,6 @@ def objective_vs_seed(ds: str, rows: pd.DataFrame) -> list[Finding]:
     and seeds) against the seeds' spread within one setting (objective, weight), by MIG and DCI disentanglement.
     With 3 or more seeds it holds for a metric when a one-way ANOVA across objectives gives p < 0.05 and the
     objectives' spread exceeds the seeds'; it does not hold when the seeds' spread is at least as large."""
-    from scipy import stats
-
     claim = f"{ds}: the objective matters more than the seed for disentanglement (Locatello et al. 2019: often not)."
     if "objective" not in rows or rows["objective"].nunique() < 2:
         return [Finding(claim, "needs runs of two or more objectives", UNKNOWN)]

@@ -4,14 +4,17 @@ notebook all draw through `Sampler`, so each way of sampling is written once."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
+from sklearn.mixture import GaussianMixture
 
-from . import VaelabError
 from . import data as vdata
+from .codes import encode_run
+from .errors import VaelabError
+from .run import Run
 
 SAMPLERS = ("prior", "gmm", "class-gaussian")
 
@@ -35,10 +38,9 @@ class ClassGaussians:
 
 def fit_mixture(mu: np.ndarray, n_components: int = 10, seed: int = 0):
     """Ex-post density estimation (Ghosh et al. 2020): a GMM on the aggregate posterior, sampled instead of p(z)."""
-    from sklearn.mixture import GaussianMixture
-
-    return GaussianMixture(n_components=min(n_components, len(mu)), covariance_type="full", reg_covar=1e-4,
-                           random_state=seed).fit(np.asarray(mu, dtype=np.float64))  # float32 covariances fail the PSD check
+    return GaussianMixture(
+        n_components=min(n_components, len(mu)), covariance_type="full", reg_covar=1e-4, random_state=seed
+    ).fit(np.asarray(mu, dtype=np.float64))  # float32 covariances fail the PSD check
 
 
 def nearest_neighbours(queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
@@ -59,23 +61,26 @@ class Sampler:
     aggregate posterior, or from a class's Gaussian; `images` decodes them (the likelihood's mean, or a draw from it).
     The fits are made once, on first use, from the training codes `train_codes()` returns (mu, y)."""
 
-    def __init__(self, model, train_codes: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
-                 n_classes: int | None = None, fit_seed: int = 0):
+    def __init__(
+        self,
+        model,
+        train_codes: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+        n_classes: int | None = None,
+        fit_seed: int = 0,
+    ):
         self.model, self._train_codes, self.n_classes, self.fit_seed = model, train_codes, n_classes, fit_seed
         self._gmm = self._per_class = None
 
     @classmethod
-    def for_run(cls, run_dir, model=None, data_dir=None, dataset: vdata.Dataset | None = None) -> "Sampler":
+    def for_run(cls, run_dir, model=None, data_dir=None, dataset: vdata.Dataset | None = None) -> Sampler:
         """A run's sampler; the fits read up to 10,000 of its training codes (cached in the run directory)."""
-        from .latent import encode_run
-        from .run import Run
-
         if model is None:
             model = Run(run_dir).load()[1]
 
         def train_codes():
             mu, _, y = encode_run(Path(run_dir), "train", data_dir, n=10000, dataset=dataset)
             return mu, y
+
         return cls(model, train_codes, n_classes=model.num_classes or None)
 
     def _fitted_codes(self):
@@ -110,8 +115,9 @@ class Sampler:
         return torch.full((n,), class_index) if class_index is not None else torch.arange(n) % self.model.num_classes
 
     @torch.no_grad()
-    def images(self, n: int, sampler: str = "prior", class_index: int | None = None, seed: int = 0,
-               stochastic: bool = False) -> torch.Tensor:
+    def images(
+        self, n: int, sampler: str = "prior", class_index: int | None = None, seed: int = 0, stochastic: bool = False
+    ) -> torch.Tensor:
         """n decoded samples in [0, 1], on the model's device. A class needs a conditional model (its decoder takes
         the label) or the class-gaussian sampler (the class's region of an unconditional code)."""
         if class_index is not None and not self.model.num_classes and sampler != "class-gaussian":

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from scipy.stats import norm
 
 from . import data as vdata
-from .models import VAE
-
-
-@torch.no_grad()
-def encode_split(model: VAE, split: vdata.Split, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means and log-variances of every image in a split."""
-    model.eval()
-    mus, logvars = [], []
-    for idx in vdata.minibatches(len(split), batch_size, device=split.x.device, shuffle=False):
-        mu, logvar = model.encode(split.x[idx], split.y[idx] if model.num_classes else None)
-        mus.append(mu)
-        logvars.append(logvar)
-    return torch.cat(mus), torch.cat(logvars)
+from . import plots
+from .codes import encode_run, encode_split, linear_probe, organisation, probe_baselines  # noqa: F401 (the API)
+from .generate import Sampler, decode_mean, nearest_neighbours
+from .run import Run
 
 
 def lerp(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
@@ -41,59 +35,19 @@ def traverse(z: torch.Tensor, dims: list[int], values: torch.Tensor) -> torch.Te
     """For each dim, copies of z with that coordinate set to each value: (len(dims) * len(values), latent_dim)."""
     out = z.repeat(len(dims) * len(values), 1)
     for i, d in enumerate(dims):
-        out[i * len(values):(i + 1) * len(values), d] = values
+        out[i * len(values) : (i + 1) * len(values), d] = values
     return out
 
 
 def manifold_grid(n: int, device="cpu") -> torch.Tensor:
     """An n x n grid over the latent plane at Gaussian quantiles (Kingma & Welling 2014, fig. 4), row-major, z2 down."""
-    from scipy.stats import norm
-
     q = torch.tensor(norm.ppf(np.linspace(0.05, 0.95, n)), dtype=torch.float32, device=device)
     z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
     return torch.stack([z1.reshape(-1), z2.reshape(-1)], 1)
 
 
-# ---------------------------------------------------------------- cached encodings of a run's splits
-
-def encode_run(run_dir, split: str = "test", data_dir=None, n: int = 0, dataset: vdata.Dataset | None = None):
-    """Posterior means/log-variances and labels of a split, cached in RUN/latents-<split>[-n].npz.
-
-    The train split is the run's own training images (validation excluded); `n` > 0 takes a fixed subset.
-    """
-    from pathlib import Path
-
-    from .run import Run
-    from .store import CHECKPOINT, atomic_write_bytes
-
-    run_dir = Path(run_dir)
-    path = run_dir / f"latents-{split}{f'-{n}' if n else ''}.npz"
-    ckpt_mtime = (run_dir / CHECKPOINT).stat().st_mtime_ns
-    if path.is_file():
-        with np.load(path) as z:
-            if int(z["ckpt_mtime"]) == ckpt_mtime:  # a retrained model invalidates the cache
-                return z["mu"], z["logvar"], z["y"]
-    cfg, model, _ = Run(run_dir).load()
-    ds = dataset if dataset is not None else vdata.load(cfg.dataset, data_dir)
-    if split == "test":
-        idx = vdata.test_indices(len(ds.x_test), n)
-        x, y = ds.x_test[idx], ds.y_test[idx]
-    elif split == "train":
-        idx, _ = vdata.split_indices(len(ds.x_train), cfg.val_size, cfg.train_size)
-        idx = vdata.subsample(idx, n)
-        x, y = ds.x_train[idx], ds.y_train[idx]
-    else:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    mu, logvar = encode_split(model, vdata.to_split(x, y, "cpu"))
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, mu=mu.numpy(), logvar=logvar.numpy(), y=y, ckpt_mtime=ckpt_mtime)
-    atomic_write_bytes(path, buf.getvalue())
-    return mu.numpy(), logvar.numpy(), y
-
-
 # ---------------------------------------------------------------- class structure in latent space
+
 
 def class_centroids(mu: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
     """Mean code of each class (NaN rows for classes with no examples)."""
@@ -114,50 +68,6 @@ def arithmetic(z: np.ndarray, vector: np.ndarray, alphas) -> np.ndarray:
     return np.stack([z + a * vector for a in alphas])
 
 
-def linear_probe(a_train: np.ndarray, y_train: np.ndarray):
-    """The probe every organisation measure uses: standardised features, then logistic regression."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(a_train, y_train)
-
-
-def organisation(mu_train: np.ndarray, y_train: np.ndarray, mu_test: np.ndarray, y_test: np.ndarray,
-                 k: int = 5, seed: int = 0) -> dict:
-    """How well the latent space separates classes: linear probe, k-NN, silhouette; with chance levels."""
-    from sklearn.metrics import silhouette_score
-    from sklearn.neighbors import KNeighborsClassifier
-
-    probe = linear_probe(mu_train, y_train)
-    knn = KNeighborsClassifier(n_neighbors=min(k, len(mu_train))).fit(mu_train, y_train)
-    counts = np.bincount(y_test)
-    n_labels = len(np.unique(y_test))
-    sil = float(silhouette_score(mu_test, y_test, sample_size=min(5000, len(mu_test)), random_state=seed)) \
-        if 1 < n_labels < len(mu_test) else float("nan")
-    return {"probe_accuracy": float(probe.score(mu_test, y_test)), "knn_accuracy": float(knn.score(mu_test, y_test)),
-            "knn_k": int(knn.n_neighbors), "silhouette": sil,
-            "chance_accuracy": float(counts.max() / counts.sum()),  # always guessing the most frequent class
-            "chance_silhouette": 0.0}  # random labels give ~0
-
-
-def probe_baselines(untrained: VAE, probe: vdata.Split, test: vdata.Split, seed: int = 0) -> dict:
-    """What the same linear probe reaches without training: on an untrained encoder of the same architecture
-    (evaluate passes the run's own initial weights, rebuilt from its seed, so trained and untrained pair up) and
-    on raw pixels reduced by PCA to latent_dim. A finding that training organised the codes by class must beat
-    these, not only chance: random conv features already separate classes well."""
-    from sklearn.decomposition import PCA
-
-    def probe_acc(a_train, a_test) -> float:
-        return float(linear_probe(a_train, probe.y.cpu().numpy()).score(a_test, test.y.cpu().numpy()))
-
-    codes = [encode_split(untrained, s)[0].double().cpu().numpy() for s in (probe, test)]
-    pix_tr, pix_te = (s.x.flatten(1).double().cpu().numpy() / 255.0 for s in (probe, test))
-    pca = PCA(n_components=min(untrained.latent_dim, *pix_tr.shape), random_state=seed).fit(pix_tr)
-    return {"probe_accuracy_untrained": probe_acc(*codes),
-            "probe_accuracy_pca": probe_acc(pca.transform(pix_tr), pca.transform(pix_te))}
-
-
 # ---------------------------------------------------------------- `vaelab explore`
 
 NN_POOL = 60_000  # training images searched for each GMM sample's nearest neighbour
@@ -166,12 +76,6 @@ NN_POOL = 60_000  # training images searched for each GMM sample's nearest neigh
 @torch.no_grad()
 def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]], dict]:
     """Figures of latent exploration and conditional generation into RUN/explore/; returns (files, measures)."""
-    from pathlib import Path
-
-    from . import plots
-    from .generate import Sampler, decode_mean, nearest_neighbours
-    from .run import Run
-
     run_dir = Path(run_dir)
     out_dir = Path(out_dir or run_dir / "explore")
     cfg, model, ckpt = Run(run_dir).load()
@@ -186,38 +90,52 @@ def explore(run_dir, data_dir=None, out_dir=None) -> tuple[list[tuple[str, str]]
         plots.save_fig(fig, out_dir / name)
         figs.append((name, caption))
 
-    def dec(z, y=None):
-        return decode_mean(model, torch.as_tensor(np.asarray(z), dtype=torch.float32), y)
-
-    centroids = class_centroids(mu_tr, y_tr, len(classes))
-    if not model.num_classes:  # attribute vectors only mean something in an unconditional code
-        rows, labels = [], []
-        alphas = np.linspace(0, 1.5, 7)
-        for src, dst in vdata.spec(cfg.dataset).attribute_pairs:
-            s, t = classes.index(src), classes.index(dst)
-            vec = attribute_vector(centroids, s, t)
-            first = int(np.flatnonzero(y_te == s)[0])
-            rows.append(dec(arithmetic(mu_te[first], vec, alphas)))
-            labels.append(f"{src} + α·({dst} − {src})")
-        if rows:
-            save(plots.image_rows(rows, labels, col_labels=[f"α={a:g}" for a in alphas]), "attribute_arithmetic.png",
-                 "Latent arithmetic: a test image plus α times the centroid difference between two classes.")
-    rows = []
     gen = Sampler(model, lambda: (mu_tr, y_tr), n_classes=len(classes))
-    for k in range(len(classes)):
-        rows.append(gen.images(8, "prior" if model.num_classes else "class-gaussian", k, seed=k))
-    save(plots.image_rows(rows, [c[:12] for c in classes]), "class_conditional.png",
-         "Class-conditional samples: " + ("the CVAE decoder given each label." if model.num_classes else
-                                          "a full-covariance Gaussian fitted to each class's codes, decoded."))
+    if not model.num_classes:  # attribute vectors only mean something in an unconditional code
+        _arithmetic_figure(save, model, cfg, classes, class_centroids(mu_tr, y_tr, len(classes)), mu_te, y_te)
+    rows = [gen.images(8, "prior" if model.num_classes else "class-gaussian", k, seed=k) for k in range(len(classes))]
+    how = (
+        "the CVAE decoder given each label."
+        if model.num_classes
+        else "a full-covariance Gaussian fitted to each class's codes, decoded."
+    )
+    save(
+        plots.image_rows(rows, [c[:12] for c in classes]), "class_conditional.png", f"Class-conditional samples: {how}"
+    )
     if not model.num_classes:
-        prior, mixture = gen.images(10, "prior"), gen.images(10, "gmm")
-        # the images the run trained on, at most NN_POOL of them (shapes2d's 663,552 would be 11 GB as floats)
-        pool, _ = vdata.split_indices(len(ds.x_train), cfg.val_size, cfg.train_size)
-        pool = vdata.subsample(pool, NN_POOL)
-        train_x = np.asarray(ds.x_train[pool])
-        nn_idx = nearest_neighbours((mixture.numpy() * 255), train_x.astype(np.float32))
-        save(plots.image_rows([prior, mixture, torch.from_numpy(train_x[nn_idx])],
-                              [f"z ~ p(z) ({cfg.prior})", "z ~ GMM", "nearest train"]), "prior_vs_mixture.png",
-             "Samples from the model's prior p(z) vs from a 10-component GMM fitted to the aggregate posterior (Ghosh et al. 2020), "
-             "with each GMM sample's nearest training image (pixel L2) — a memorisation check.")
+        _mixture_figure(save, gen, cfg, ds)
     return figs, measures
+
+
+def _arithmetic_figure(save, model, cfg, classes, centroids, mu_te, y_te) -> None:
+    """A test image plus alpha times the centroid difference of each of the dataset's attribute pairs."""
+    rows, labels = [], []
+    alphas = np.linspace(0, 1.5, 7)
+    for src, dst in vdata.spec(cfg.dataset).attribute_pairs:
+        s, t = classes.index(src), classes.index(dst)
+        first = int(np.flatnonzero(y_te == s)[0])
+        z = arithmetic(mu_te[first], attribute_vector(centroids, s, t), alphas)
+        rows.append(decode_mean(model, torch.as_tensor(np.asarray(z), dtype=torch.float32)))
+        labels.append(f"{src} + α·({dst} − {src})")
+    if rows:
+        save(
+            plots.image_rows(rows, labels, col_labels=[f"α={a:g}" for a in alphas]),
+            "attribute_arithmetic.png",
+            "Latent arithmetic: a test image plus α times the centroid difference between two classes.",
+        )
+
+
+def _mixture_figure(save, gen: Sampler, cfg, ds) -> None:
+    """Samples from p(z) and from a GMM on the aggregate posterior, with each GMM sample's nearest training image."""
+    prior, mixture = gen.images(10, "prior"), gen.images(10, "gmm")
+    # the images the run trained on, at most NN_POOL of them (shapes2d's 663,552 would be 11 GB as floats)
+    pool, _ = vdata.split_indices(len(ds.x_train), cfg.val_size, cfg.train_size)
+    train_x = np.asarray(ds.x_train[vdata.subsample(pool, NN_POOL)])
+    nn_idx = nearest_neighbours((mixture.numpy() * 255), train_x.astype(np.float32))
+    rows = [prior, mixture, torch.from_numpy(train_x[nn_idx])]
+    save(
+        plots.image_rows(rows, [f"z ~ p(z) ({cfg.prior})", "z ~ GMM", "nearest train"]),
+        "prior_vs_mixture.png",
+        "Samples from the model's prior p(z) vs from a 10-component GMM fitted to the aggregate posterior (Ghosh et "
+        "al. 2020), with each GMM sample's nearest training image (pixel L2) — a memorisation check.",
+    )

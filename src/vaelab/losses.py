@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -152,8 +154,12 @@ class MixtureOfLogistics(Likelihood):
         b, _, h, w = params.shape
         k, n_coef = self.k, c * (c - 1) // 2
         logits, mu, log_s, coef = params.split([k, k * c, k * c, k * n_coef], dim=1)
-        return (logits, mu.reshape(b, k, c, h, w), log_s.reshape(b, k, c, h, w).clamp(min=-7.0),
-                torch.tanh(coef.reshape(b, k, n_coef, h, w)))
+        return (
+            logits,
+            mu.reshape(b, k, c, h, w),
+            log_s.reshape(b, k, c, h, w).clamp(min=-7.0),
+            torch.tanh(coef.reshape(b, k, n_coef, h, w)),
+        )
 
     @staticmethod
     def _channel_mean(mu: torch.Tensor, coef: torch.Tensor, prev, ch: int) -> torch.Tensor:
@@ -248,6 +254,7 @@ KL_SCHEDULES = ("linear", "cyclical")  # linear: warm-up over warmup_epochs (0 =
 # Each gets the model's per-example terms, the scheduled KL weight, the config and the training progress in
 # [0, 1], and returns the scalar to minimise. A new objective is one function and one entry, never a new model
 # (disentanglement_lib's regularizer hook).
+
 
 def beta_elbo(terms: dict[str, torch.Tensor], beta: float, cfg=None, progress: float = 0.0) -> torch.Tensor:
     """The beta-VAE loss (Higgins et al. 2017): mean over the batch of recon + beta * KL, in nats."""
@@ -359,12 +366,38 @@ class TCCritic(nn.Module):
         return F.softplus(-self(z)).mean() + F.softplus(self(z_perm)).mean()
 
 
-OBJECTIVES = {"elbo": beta_elbo, "free_bits": free_bits, "capacity": capacity, "beta_tcvae": beta_tcvae,
-              "factor_vae": factor_vae, "dip_vae_i": dip_vae_i, "dip_vae_ii": dip_vae_ii}
-NEEDS_DATA_SIZE = {"beta_tcvae"}  # objectives that also get the training set's size (minibatch-weighted sampling)
-NEEDS_CRITIC = {"factor_vae"}  # objectives that train a TCCritic beside the model (the trainer makes and steps it)
-# objectives that read a flat Gaussian code (mu, logvar, z) and assume the factorised N(0, I) prior
-NEEDS_GAUSSIAN_CODE = {"free_bits", "beta_tcvae", "factor_vae", "dip_vae_i", "dip_vae_ii"}
+@dataclass(frozen=True)
+class Objective:
+    """An objective and what the rest of vaelab must know about it: the trainer, the config's checks, the stacked
+    trainer and the findings read these facts here, so a new objective is this one entry (and its test)."""
+
+    loss: Callable[..., torch.Tensor]  # (terms, beta, cfg, progress[, n_data]) -> the scalar to minimise
+    main_weight: str = "beta"  # the config field a study sweeps for it (Locatello et al. 2019, table 2)
+    needs_critic: bool = False  # trains a TCCritic beside the model (the trainer makes and steps it)
+    needs_gaussian_code: bool = False  # reads a flat Gaussian code (mu, logvar, z) under the factorised N(0, I) prior
+    needs_data_size: bool = False  # also gets the training set's size (minibatch-weighted sampling)
+    hierarchical: bool = False  # works with the hierarchical model's per-group terms
+    stackable: bool = False  # vaelab.multirun's stacked step can train it
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        return self.loss(*args, **kwargs)
+
+
+OBJECTIVES: dict[str, Objective | Callable[..., torch.Tensor]] = {
+    "elbo": Objective(beta_elbo, hierarchical=True, stackable=True),
+    "free_bits": Objective(free_bits, "free_bits", needs_gaussian_code=True, hierarchical=True),
+    "capacity": Objective(capacity, "capacity_max", hierarchical=True),
+    "beta_tcvae": Objective(beta_tcvae, needs_gaussian_code=True, needs_data_size=True),
+    "factor_vae": Objective(factor_vae, "factor_gamma", needs_critic=True, needs_gaussian_code=True),
+    "dip_vae_i": Objective(dip_vae_i, "dip_lambda", needs_gaussian_code=True),
+    "dip_vae_ii": Objective(dip_vae_ii, "dip_lambda", needs_gaussian_code=True),
+}
+
+
+def objective_entry(name: str) -> Objective:
+    """The registry's entry; a bare function registered by a user is an objective with the default facts."""
+    entry = OBJECTIVES[name]
+    return entry if isinstance(entry, Objective) else Objective(entry)
 
 
 def perceptual_term(features, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -375,16 +408,17 @@ def perceptual_term(features, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Ten
     return (features(x_hat) - target).pow(2).flatten(1).sum(1)
 
 
-def objective(terms: dict[str, torch.Tensor], beta: float, cfg=None, progress: float = 0.0,
-              n_data: int = 0) -> torch.Tensor:
+def objective(
+    terms: dict[str, torch.Tensor], beta: float, cfg=None, progress: float = 0.0, n_data: int = 0
+) -> torch.Tensor:
     """The configured objective (the beta-ELBO when no config is given), plus perceptual_weight times the
     perceptual term when the trainer computed one. That sum is no likelihood bound: reports quote bits/dim from
     the likelihood terms alone."""
-    name = getattr(cfg, "objective", "elbo") if cfg is not None else "elbo"
-    if name in NEEDS_DATA_SIZE:
-        loss = OBJECTIVES[name](terms, beta, cfg, progress, n_data=n_data)
+    entry = objective_entry(getattr(cfg, "objective", "elbo") if cfg is not None else "elbo")
+    if entry.needs_data_size:
+        loss = entry(terms, beta, cfg, progress, n_data=n_data)
     else:
-        loss = OBJECTIVES[name](terms, beta, cfg, progress)
+        loss = entry(terms, beta, cfg, progress)
     if "perceptual" in terms:
         loss = loss + cfg.perceptual_weight * terms["perceptual"].mean()
     return loss

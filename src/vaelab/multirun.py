@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from . import VaelabError, __version__
 from . import data as vdata
+from .checkpoint import resolve_device, save_checkpoint
 from .config import TrainConfig
-from .losses import objective, scheduled_beta
+from .errors import VaelabError
+from .losses import objective, objective_entry, scheduled_beta
 from .models import build as build_model
-from .store import FolderLock, atomic_write_json, check_can_create, ensure_writable_dir
-from .train import (CHECKPOINT, CONFIG, _write_metrics, average_terms, lr_factor, make_optimizer, resolve_device,
-                    save_checkpoint)
+from .optim import lr_factor, make_optimizer
+from .store import CHECKPOINT, CONFIG, FolderLock, atomic_write_json, check_can_create, ensure_writable_dir
+from .train import average_terms, check_epoch, check_val, checkpoint_record, diverged, epoch_row, write_metrics
 
 VARY = ("seed", "beta")  # what may differ between the runs of a group; every other field is shared
 
@@ -38,7 +39,7 @@ def unsupported(cfg: TrainConfig) -> str | None:
     checks = [
         (cfg.arch in ("conv", "mlp", "resnet", "conv4"), f"arch {cfg.arch}"),
         (cfg.posterior == "gaussian" and cfg.prior == "standard", "a flow posterior or a learned prior"),
-        (cfg.objective == "elbo" and cfg.free_bits == 0, f"objective {cfg.objective}"),
+        (objective_entry(cfg.objective).stackable and cfg.free_bits == 0, f"objective {cfg.objective}"),
         (not cfg.conditional and cfg.perceptual_weight == 0, "a conditional model or the perceptual term"),
         (not cfg.ema and not cfg.patience and not cfg.time_budget, "ema, patience or a time budget"),
         (not cfg.compile and not cfg.channels_last and cfg.optimizer == "adam", "compile, channels_last or adamw"),
@@ -71,15 +72,19 @@ class _Run:
         # train draws the posterior's noise from torch's global generator, seeded before the model is built
         self.cpu_state = torch.get_rng_state()
         self.noise = torch.Generator(device=device)
-        self.noise.set_state(self.cpu_state if device.type == "cpu" else
-                             torch.Generator(device=device).manual_seed(cfg.seed).get_state())
+        self.noise.set_state(
+            self.cpu_state if device.type == "cpu" else torch.Generator(device=device).manual_seed(cfg.seed).get_state()
+        )
         self.step, self.bad_in_row, self.history = 0, 0, []
 
     def with_global_noise(self, fn):
         """Run fn with this run's noise generator as torch's global one (validation draws from the global)."""
         dev = self.noise.device
-        get, put = ((torch.get_rng_state, torch.set_rng_state) if dev.type == "cpu" else
-                    (lambda: torch.cuda.get_rng_state(dev), lambda s: torch.cuda.set_rng_state(s, dev)))
+        get, put = (
+            (torch.get_rng_state, torch.set_rng_state)
+            if dev.type == "cpu"
+            else (lambda: torch.cuda.get_rng_state(dev), lambda s: torch.cuda.set_rng_state(s, dev))
+        )
         saved = get()
         put(self.noise.get_state())
         try:
@@ -91,8 +96,11 @@ class _Run:
     def rng(self) -> dict:
         """The checkpoint's RNG record, as train writes it, so that `vaelab train --resume` continues exactly."""
         on_cpu = self.noise.device.type == "cpu"
-        return {"torch": self.noise.get_state() if on_cpu else self.cpu_state, "batches": self.batches.get_state(),
-                "cuda": None if on_cpu else [self.noise.get_state()]}
+        return {
+            "torch": self.noise.get_state() if on_cpu else self.cpu_state,
+            "batches": self.batches.get_state(),
+            "cuda": None if on_cpu else [self.noise.get_state()],
+        }
 
 
 class _Stack:
@@ -135,14 +143,21 @@ class _Stack:
         """Run i's weights into its module and its Adam state into `opt` (train's optimizer over that module)."""
         for k, p in model.named_parameters():
             p.copy_(self.params[k][i])
-            opt.state[p] = {"step": torch.tensor(float(self.steps[i]), dtype=torch.float32, device=p.device),
-                            "exp_avg": self.exp_avg[k][i].clone(), "exp_avg_sq": self.exp_avg_sq[k][i].clone()}
+            opt.state[p] = {
+                "step": torch.tensor(float(self.steps[i]), dtype=torch.float32, device=p.device),
+                "exp_avg": self.exp_avg[k][i].clone(),
+                "exp_avg_sq": self.exp_avg_sq[k][i].clone(),
+            }
         for k, b in model.named_buffers():
             b.copy_(self.buffers[k][i])
 
 
-def train_together(cfgs: list[TrainConfig], outs: list[str | Path], data_dir: str | Path | None = None,
-                   dataset: vdata.Dataset | None = None) -> list[dict]:
+def train_together(
+    cfgs: list[TrainConfig],
+    outs: list[str | Path],
+    data_dir: str | Path | None = None,
+    dataset: vdata.Dataset | None = None,
+) -> list[dict]:
     """Train runs that differ only in seed and beta as one stacked model; returns each run's last history row."""
     if len(cfgs) != len(outs) or not cfgs:
         raise VaelabError("train_together needs one output directory per config")
@@ -170,94 +185,138 @@ def train_together(cfgs: list[TrainConfig], outs: list[str | Path], data_dir: st
 
 
 def _train_group(cfgs, outs, ds, device, train_split, val_split) -> list[dict]:
-    cfg0, n = cfgs[0], len(train_split)
     runs = []
     for cfg, out in zip(cfgs, outs):
         atomic_write_json(out / CONFIG, cfg.to_dict())
         torch.manual_seed(cfg.seed)  # as train: the run's initial weights, then its noise stream continues from here
         runs.append(_Run(cfg, out, build_model(cfg, ds.shape, len(ds.classes)).to(device), device))
-    stack = _Stack([r.model for r in runs], device)
-    base = copy.deepcopy(runs[0].model).to("meta")  # the architecture, for functional_call on stacked weights
-    steps_per_epoch = math.ceil(n / cfg0.batch_size)
-    total_steps = max(cfg0.epochs * steps_per_epoch, 1)
-    clip = cfg0.grad_clip if cfg0.grad_clip > 0 else math.inf
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg0.bf16)
-    noise_dtype = torch.bfloat16 if cfg0.bf16 else torch.float32  # the dtype train's posterior draws in
-
-    def loss_of(p, b, x, eps, beta):
-        with autocast:
-            terms = functional_call(base, (p, b), (x,), {"eps": eps})
-        loss = objective(terms, beta, cfg0)
-        return loss, torch.stack([terms["recon"].mean(), terms["kl"].mean()])
-
-    step_fn = vmap(grad_and_value(loss_of, has_aux=True))
-    for epoch in range(cfg0.epochs):
+    group = _Group(runs, device, len(train_split))
+    for epoch in range(cfgs[0].epochs):
         t0 = time.perf_counter()
-        sums = torch.zeros(len(runs), 3, device=device, dtype=torch.float64)
-        seen = torch.zeros(len(runs), device=device, dtype=torch.float64)
-        bad_epoch = [0] * len(runs)
-        orders = [list(vdata.minibatches(n, cfg0.batch_size, r.batches, device)) for r in runs]
-        for i in range(steps_per_epoch):
-            idx = [o[i] for o in orders]
-            x = train_split.x[torch.stack(idx)]  # (runs, batch, C, H, W): one gather (every run's batch is as long)
-            eps = torch.stack([torch.randn(len(j), cfg0.latent_dim, generator=r.noise, device=device,
-                                           dtype=noise_dtype) for j, r in zip(idx, runs)])
-            done = [r.step / total_steps for r in runs]
-            beta_t = torch.tensor([scheduled_beta(r.cfg, r.step, steps_per_epoch, d) for r, d in zip(runs, done)],
-                                  device=device)
-            grads, (loss, aux) = step_fn(stack.params, stack.buffers, x, eps, beta_t)
-            lr = torch.tensor([r.cfg.lr * lr_factor(r.cfg, d) for r, d in zip(runs, done)], device=device)
-            ok = stack.adam_step(grads, loss, lr, clip)
-            ok_list = ok.tolist()
-            for r_i, (r, good) in enumerate(zip(runs, ok_list)):
-                if good:
-                    r.step += 1
-                    r.bad_in_row = 0
-                else:
-                    r.bad_in_row += 1
-                    bad_epoch[r_i] += 1
-                    if r.bad_in_row >= r.cfg.max_bad_steps:
-                        raise VaelabError(f"{r.out}: training diverged in epoch {epoch + 1} ({r.bad_in_row} "
-                                          "non-finite steps in a row); lower --lr")
-            b = torch.tensor([len(j) for j in idx], device=device, dtype=torch.float64)
-            good = ok.double()
-            seen += b * good
-            sums += torch.stack([loss.double() * b, aux[:, 0].double() * b, aux[:, 1].double() * b], 1) * good[:, None]
+        sums, seen, bad = group.epoch(train_split, epoch)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         for r_i, r in enumerate(runs):
-            stats = {"sums": sums[r_i], "seen": float(seen[r_i]), "bad": bad_epoch[r_i], "seconds": seconds}
-            _end_epoch(r, r_i, epoch, stack, stats, (steps_per_epoch, total_steps), ds, val_split)
+            stats = {"sums": sums[r_i], "seen": float(seen[r_i]), "bad": bad[r_i], "seconds": seconds}
+            _end_epoch(r, r_i, epoch, group.stack, stats, (group.steps_per_epoch, group.total_steps), ds, val_split)
     return [r.history[-1] for r in runs]
 
 
-def _end_epoch(r: _Run, r_i: int, epoch: int, stack: _Stack, stats: dict, schedule: tuple[int, int], ds,
-               val_split) -> None:
+class _Group:
+    """The runs' stacked weights and the one vmapped step that trains them all."""
+
+    def __init__(self, runs: list[_Run], device: torch.device, n: int):
+        cfg0 = runs[0].cfg
+        self.runs, self.device, self.n, self.cfg0 = runs, device, n, cfg0
+        self.stack = _Stack([r.model for r in runs], device)
+        self.base = copy.deepcopy(runs[0].model).to("meta")  # the architecture, for functional_call on stacked weights
+        self.steps_per_epoch = math.ceil(n / cfg0.batch_size)
+        self.total_steps = max(cfg0.epochs * self.steps_per_epoch, 1)
+        self.clip = cfg0.grad_clip if cfg0.grad_clip > 0 else math.inf
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg0.bf16)
+        self.noise_dtype = torch.bfloat16 if cfg0.bf16 else torch.float32  # the dtype train's posterior draws in
+        self.step_fn = vmap(grad_and_value(self._loss, has_aux=True))
+
+    def _loss(self, p, b, x, eps, beta):
+        with self.autocast:
+            terms = functional_call(self.base, (p, b), (x,), {"eps": eps})
+        loss = objective(terms, beta, self.cfg0)
+        return loss, torch.stack([terms["recon"].mean(), terms["kl"].mean()])
+
+    def epoch(self, train_split, epoch: int):
+        """One epoch of every run: (loss/recon/KL sums, images trained on, non-finite steps) per run."""
+        runs, device, cfg0 = self.runs, self.device, self.cfg0
+        sums = torch.zeros(len(runs), 3, device=device, dtype=torch.float64)
+        seen = torch.zeros(len(runs), device=device, dtype=torch.float64)
+        bad = [0] * len(runs)
+        orders = [list(vdata.minibatches(self.n, cfg0.batch_size, r.batches, device)) for r in runs]
+        for i in range(self.steps_per_epoch):
+            idx = [o[i] for o in orders]
+            x = train_split.x[torch.stack(idx)]  # (runs, batch, C, H, W): one gather (every run's batch is as long)
+            eps = torch.stack(
+                [
+                    torch.randn(len(j), cfg0.latent_dim, generator=r.noise, device=device, dtype=self.noise_dtype)
+                    for j, r in zip(idx, runs)
+                ]
+            )
+            loss, aux, ok = self._step(x, eps)
+            self._count(ok.tolist(), bad, epoch)
+            b = torch.tensor([len(j) for j in idx], device=device, dtype=torch.float64)
+            good = ok.double()
+            seen += b * good
+            sums += torch.stack([loss.double() * b, aux[:, 0].double() * b, aux[:, 1].double() * b], 1) * good[:, None]
+        return sums, seen, bad
+
+    def _step(self, x, eps):
+        runs = self.runs
+        done = [r.step / self.total_steps for r in runs]
+        beta_t = torch.tensor(
+            [scheduled_beta(r.cfg, r.step, self.steps_per_epoch, d) for r, d in zip(runs, done)], device=self.device
+        )
+        grads, (loss, aux) = self.step_fn(self.stack.params, self.stack.buffers, x, eps, beta_t)
+        lr = torch.tensor([r.cfg.lr * lr_factor(r.cfg, d) for r, d in zip(runs, done)], device=self.device)
+        return loss, aux, self.stack.adam_step(grads, loss, lr, self.clip)
+
+    def _count(self, ok: list[bool], bad: list[int], epoch: int) -> None:
+        """train's NaN guard per run: a good step counts, a run of max_bad_steps non-finite ones in a row diverges."""
+        for r_i, (r, good) in enumerate(zip(self.runs, ok)):
+            if good:
+                r.step += 1
+                r.bad_in_row = 0
+                continue
+            r.bad_in_row += 1
+            bad[r_i] += 1
+            if r.bad_in_row >= r.cfg.max_bad_steps:
+                raise diverged(epoch + 1, f"{r.bad_in_row} non-finite steps in a row", r.out / CHECKPOINT, r.out)
+
+
+def _end_epoch(
+    r: _Run, r_i: int, epoch: int, stack: _Stack, stats: dict, schedule: tuple[int, int], ds, val_split
+) -> None:
     """Run r's slice into its module, validated on its own noise stream, and its checkpoint as train writes it."""
     cfg, (steps_per_epoch, total_steps) = r.cfg, schedule
-    if stats["bad"] > cfg.max_skip_share * steps_per_epoch:
-        raise VaelabError(f"{r.out}: training diverged in epoch {epoch + 1} ({stats['bad']} of {steps_per_epoch} "
-                          "steps were non-finite); lower --lr")
     opt = make_optimizer(cfg, r.model)  # train's optimizer, holding this run's Adam state, for its checkpoint
     stack.unstack(r_i, r.model, opt)
-    if not all(bool(torch.isfinite(p).all()) for p in r.model.parameters()):
-        raise VaelabError(f"{r.out}: training diverged in epoch {epoch + 1} (the weights are no longer finite)")
+    check_epoch(
+        cfg, epoch + 1, steps_per_epoch, stats["seen"], stats["bad"], 0, r.model.parameters(), r.out / CHECKPOINT, r.out
+    )
     val = r.with_global_noise(lambda: average_terms(r.model, val_split)) if len(val_split) else {}
+    check_val(val, epoch + 1, r.out / CHECKPOINT, r.out)
     lr = cfg.lr * lr_factor(cfg, max(r.step - 1, 0) / total_steps) if r.step else cfg.lr  # the last step's
     for group in opt.param_groups:
         group["lr"] = lr
+    beta = scheduled_beta(cfg, r.step, steps_per_epoch, r.step / total_steps)
     tr = (stats["sums"] / max(stats["seen"], 1)).tolist()
-    row = {"epoch": epoch + 1, "step": r.step,
-           "beta": scheduled_beta(cfg, r.step, steps_per_epoch, r.step / total_steps), "lr": lr,
-           "train_loss": tr[0], "train_recon": tr[1], "train_kl": tr[2], **{f"val_{k}": v for k, v in val.items()},
-           "seconds": stats["seconds"], "images_per_s": stats["seen"] / stats["seconds"] if stats["seconds"] else 0.0,
-           "skipped_steps": stats["bad"], "skipped_large_grad": 0, "trained_with": "multirun"}
-    r.history.append(row)
-    save_checkpoint(r.out, {
-        "config": cfg.to_dict(), "epoch": epoch + 1, "step": r.step,
-        "bad_steps": sum(h["skipped_steps"] for h in r.history), "bad_in_row": r.bad_in_row,
-        "model": r.model.state_dict(), "optimizer": opt.state_dict(), "rng": r.rng(), "history": r.history,
-        "shape": list(ds.shape), "classes": list(ds.classes),
-        "versions": {"vaelab": __version__, "torch": torch.__version__}})
-    _write_metrics(r.out, r.history)
+    r.history.append(
+        epoch_row(
+            epoch + 1,
+            r.step,
+            beta,
+            lr,
+            tr,
+            val,
+            stats["seconds"],
+            stats["seen"],
+            stats["bad"],
+            0,
+            trained_with="multirun",
+        )
+    )
+    bad_steps = sum(h["skipped_steps"] for h in r.history)
+    save_checkpoint(
+        r.out,
+        checkpoint_record(
+            cfg,
+            epoch + 1,
+            r.step,
+            bad_steps,
+            r.bad_in_row,
+            r.model.state_dict(),
+            opt.state_dict(),
+            r.rng(),
+            r.history,
+            ds,
+        ),
+    )
+    write_metrics(r.out, r.history)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+import matplotlib
 
-from .store import atomic_write_bytes
+matplotlib.use("Agg")  # files only, no display: before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+from .store import atomic_write_bytes  # noqa: E402
 
 
 def to_uint8_images(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -28,14 +35,12 @@ def image_grid(x, nrow: int, pad: int = 2, scale: int = 2, pad_value: int = 255)
     grid = np.full((nrows * (h + pad) + pad, ncol * (w + pad) + pad, c), pad_value, np.uint8)
     for i in range(n):
         r, q = divmod(i, ncol)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = imgs[i]
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = imgs[i]
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
 
 
 def save_image(img: Image.Image, path: str | Path) -> Path:
-    import io
-
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     atomic_write_bytes(Path(path), buf.getvalue())
@@ -44,20 +49,23 @@ def save_image(img: Image.Image, path: str | Path) -> Path:
 
 # ---------------------------------------------------------------- matplotlib figures
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 DATASET_COLORS = {"fashion-mnist": "#1f77b4", "cifar10": "#d62728", "cifar10-lossless": "#9467bd"}
-plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,
-                     "axes.grid": True, "grid.alpha": 0.3, "font.size": 9, "axes.titlesize": 10,
-                     "savefig.bbox": "tight"})
+plt.rcParams.update(
+    {
+        "figure.dpi": 110,
+        "savefig.dpi": 110,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "font.size": 9,
+        "axes.titlesize": 10,
+        "savefig.bbox": "tight",
+    }
+)
 
 
 def save_fig(fig, path: str | Path) -> Path:
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
@@ -66,8 +74,13 @@ def save_fig(fig, path: str | Path) -> Path:
 
 
 def _show(ax, img: np.ndarray) -> None:
-    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-              vmin=0, vmax=255, interpolation="nearest")
+    ax.imshow(
+        img[..., 0] if img.shape[-1] == 1 else img,
+        cmap="gray" if img.shape[-1] == 1 else None,
+        vmin=0,
+        vmax=255,
+        interpolation="nearest",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)
@@ -75,13 +88,19 @@ def _show(ax, img: np.ndarray) -> None:
         s.set_visible(False)
 
 
-def image_rows(rows: list, row_labels: list[str], title: str = "", col_labels: list[str] | None = None,
-               cell: float = 0.75):
+def image_rows(
+    rows: list, row_labels: list[str], title: str = "", col_labels: list[str] | None = None, cell: float = 0.75
+):
     """A figure of image rows (each (N, C, H, W)) with a label left of each row."""
     rows = [to_uint8_images(r) for r in rows]
     ncol = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(cell * ncol + 1.2, cell * len(rows) + (0.5 if title else 0.1)),
-                             squeeze=False, gridspec_kw=dict(wspace=0.05, hspace=0.08))
+    fig, axes = plt.subplots(
+        len(rows),
+        ncol,
+        figsize=(cell * ncol + 1.2, cell * len(rows) + (0.5 if title else 0.1)),
+        squeeze=False,
+        gridspec_kw=dict(wspace=0.05, hspace=0.08),
+    )
     for i, r in enumerate(rows):
         for j in range(ncol):
             ax = axes[i, j]
@@ -101,9 +120,14 @@ def curves(history: list[dict], title: str = ""):
     """Loss, reconstruction and KL per epoch, train and validation."""
     ep = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(10, 2.8))
-    for ax, (name, tr, va) in zip(axes, [("negative ELBO / loss (nats)", "train_loss", "val_neg_elbo"),
-                                         ("reconstruction (nats)", "train_recon", "val_recon"),
-                                         ("KL (nats)", "train_kl", "val_kl")]):
+    for ax, (name, tr, va) in zip(
+        axes,
+        [
+            ("negative ELBO / loss (nats)", "train_loss", "val_neg_elbo"),
+            ("reconstruction (nats)", "train_recon", "val_recon"),
+            ("KL (nats)", "train_kl", "val_kl"),
+        ],
+    ):
         ax.plot(ep, [h[tr] for h in history], "o-", ms=3, label="train")
         if va in history[0]:
             ax.plot(ep, [h[va] for h in history], "s--", ms=3, label="validation")
@@ -140,22 +164,20 @@ def latent_scatter(points: np.ndarray, labels: np.ndarray, classes: list[str], t
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
-    return (fig if own else ax.figure)
+    return fig if own else ax.figure
 
 
 def latent_maps(mu: np.ndarray, labels: np.ndarray, classes: list[str], seed: int = 0):
     """The test set's posterior means in 2-D: PCA, t-SNE, and UMAP when it is installed."""
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-
     maps = {}
     if mu.shape[1] == 2:
         maps["latent plane (z1, z2)"] = mu
     else:
         maps["PCA"] = PCA(2, random_state=seed).fit_transform(mu)
     n = len(mu)
-    maps["t-SNE"] = TSNE(2, perplexity=min(30.0, max(2.0, (n - 1) / 3)), init="pca",
-                         random_state=seed).fit_transform(mu)
+    maps["t-SNE"] = TSNE(2, perplexity=min(30.0, max(2.0, (n - 1) / 3)), init="pca", random_state=seed).fit_transform(
+        mu
+    )
     try:
         import umap  # type: ignore
 
@@ -195,12 +217,26 @@ def rate_distortion(table):
     fig, axes = plt.subplots(1, len(groups), figsize=(4.3 * len(groups), 3.4), squeeze=False)
     for ax, (ds, sub) in zip(axes[0], groups):
         sub = sub.sort_values("beta")
-        ax.errorbar(sub["kl"], sub["recon"], xerr=np.nan_to_num(sub.get("kl_ci")),
-                    yerr=np.nan_to_num(sub.get("recon_ci")), fmt="o-", color=DATASET_COLORS.get(ds), capsize=3)
+        ax.errorbar(
+            sub["kl"],
+            sub["recon"],
+            xerr=np.nan_to_num(sub.get("kl_ci")),
+            yerr=np.nan_to_num(sub.get("recon_ci")),
+            fmt="o-",
+            color=DATASET_COLORS.get(ds),
+            capsize=3,
+        )
         for _, r in sub.iterrows():
             # A white box keeps the label readable where it falls on an error bar.
-            ax.annotate(f"β={r['beta']:g}", (r["kl"], r["recon"]), textcoords="offset points", xytext=(6, 6), fontsize=8,
-                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85), zorder=5)
+            ax.annotate(
+                f"β={r['beta']:g}",
+                (r["kl"], r["recon"]),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=8,
+                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85),
+                zorder=5,
+            )
         ax.set_xlabel("rate: KL (nats)")
         ax.set_ylabel("distortion: reconstruction (nats)")
         ax.set_title(f"{ds} (latent_dim {int(sub['latent_dim'].iloc[0])})")
@@ -216,8 +252,15 @@ def dataset_comparison(table, metric: str = "bpd_elbo", ylabel: str = "negative 
     width = 0.8 / max(1, len(pivot.columns))
     x = np.arange(len(pivot))
     for i, ds in enumerate(pivot.columns):
-        ax.bar(x + i * width - 0.4 + width / 2, pivot[ds], width,
-               yerr=None if err is None else np.nan_to_num(err[ds]), label=ds, color=DATASET_COLORS.get(ds), capsize=2)
+        ax.bar(
+            x + i * width - 0.4 + width / 2,
+            pivot[ds],
+            width,
+            yerr=None if err is None else np.nan_to_num(err[ds]),
+            label=ds,
+            color=DATASET_COLORS.get(ds),
+            capsize=2,
+        )
     ax.set_xticks(x, [str(k) for k in pivot.index])
     ax.set_xlabel("latent_dim")
     ax.set_ylabel(ylabel)
@@ -281,8 +324,9 @@ def recon_vs_disentanglement(rows, metrics: list[str]):
     for ax, m in zip(axes[0], metrics):
         for i, (obj, sub) in enumerate(rows.groupby("objective")):
             rank = sub["weight"].rank(method="dense")
-            ax.scatter(sub[m], sub["recon"], s=12 + 18 * rank, color=colors(i), alpha=0.75, label=obj,
-                       edgecolors="none")
+            ax.scatter(
+                sub[m], sub["recon"], s=12 + 18 * rank, color=colors(i), alpha=0.75, label=obj, edgecolors="none"
+            )
         ax.set_xlabel(m.replace("_", " "))
         ax.set_ylabel("reconstruction (nats)")
         ax.set_title(f"reconstruction vs {m.replace('_', ' ')}")

@@ -5,8 +5,20 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+from .checkpoint import load_model
 from .config import TrainConfig, from_dict
-from .store import CHECKPOINT, CONFIG, EVAL, METRICS, check_run_dir, read_json_object, read_jsonl
+from .store import (
+    CHECKPOINT,
+    CONFIG,
+    ERROR,
+    EVAL,
+    METRICS,
+    RUNNING,
+    check_run_dir,
+    read_json,
+    read_json_object,
+    read_jsonl,
+)
 
 _LOADED: OrderedDict[tuple, tuple] = OrderedDict()  # (path, checkpoint mtime, device) -> (cfg, model, checkpoint)
 _KEEP = 8  # models kept per process: a study report walks many runs, and each is read once per version
@@ -16,8 +28,9 @@ class Run:
     """One run directory. Every module that needs a run's files or model goes through this class, so the layout
     is written down once and a model is loaded once per process (until its checkpoint changes)."""
 
-    def __init__(self, path: str | Path):
-        self.path = check_run_dir(Path(path))
+    def __init__(self, path: str | Path, check: bool = True):
+        """check=False names a run directory that may not hold a run yet (a study's cell before it starts)."""
+        self.path = check_run_dir(Path(path)) if check else Path(path)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -29,6 +42,20 @@ class Run:
     @property
     def checkpoint_path(self) -> Path:
         return self.path / CHECKPOINT
+
+    @property
+    def error_path(self) -> Path:
+        """Why a study's cell failed (written by the study, removed when it runs again)."""
+        return self.path / ERROR
+
+    @property
+    def running_path(self) -> Path:
+        """Present while a study's worker runs the cell: its pid, host and start."""
+        return self.path / RUNNING
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / "report"
 
     @property
     def metrics_path(self) -> Path:
@@ -53,8 +80,6 @@ class Run:
     def load(self, device="cpu", weights: str = "model") -> tuple:
         """(config, model in eval mode, checkpoint dict), cached while the checkpoint file is unchanged. `weights`:
         "model" (what evaluation reads: the EMA or the best epoch) or "train_model" (the raw latest weights)."""
-        from .train import load_model
-
         stamp = self.checkpoint_path.stat().st_mtime_ns if self.checkpoint_path.is_file() else None
         key = (str(self.path.resolve()), stamp, str(device), weights)
         if key not in _LOADED:
@@ -72,3 +97,43 @@ class Run:
     @property
     def classes(self) -> list[str]:
         return list(self.load()[2]["classes"])
+
+
+class Study:
+    """One study directory: study.json (the spec and its cells), runs/<run id>/ (one run directory per cell),
+    results.csv (and .parquet) and report/. The only code, with Run, that knows these names."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Study({str(self.path)!r})"
+
+    @property
+    def spec_path(self) -> Path:
+        return self.path / "study.json"
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / "results.csv"
+
+    @property
+    def parquet_path(self) -> Path:
+        return self.path / "results.parquet"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / "report"
+
+    def exists(self) -> bool:
+        """Whether the directory holds a study (its study.json)."""
+        return self.spec_path.is_file()
+
+    def spec(self) -> dict:
+        return read_json(self.spec_path)
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.path / "runs" / run_id
+
+    def run(self, run_id: str) -> Run:
+        return Run(self.run_dir(run_id), check=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import stat
@@ -11,7 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import VaelabError
+import torch
+
+from .errors import VaelabError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -19,6 +22,7 @@ CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # vaelab < 0.2: a pickle, refused unless converted with --trust
 EVAL = "eval.json"
 ERROR = "error.json"
+RUNNING = "RUNNING"  # a study's cell being run: the worker's pid, host and start
 LOCK = ".lock"
 
 
@@ -41,8 +45,13 @@ def check_regular_target(path: Path) -> Path:
     except OSError as e:
         raise VaelabError(f"{path}: cannot write ({e.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a symlink" if stat.S_ISLNK(st.st_mode)
-                else "a special file (device, fifo or socket)")
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(st.st_mode)
+            else "a symlink"
+            if stat.S_ISLNK(st.st_mode)
+            else "a special file (device, fifo or socket)"
+        )
         raise VaelabError(f"{path}: is {kind}; refusing to replace it (name a regular file)")
     return path
 
@@ -88,8 +97,18 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 # the GPU machines, which have torch but not the safetensors package, read the same files; the tests check the
 # files against the reference package.
 
-_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-           "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 _MAX_HEADER = 100 << 20
 
 
@@ -103,8 +122,6 @@ def _dtype_code(t) -> str:
 
 def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
     """Serialise name -> tensor (any device) and a str -> str metadata map in the safetensors layout."""
-    import torch
-
     header: dict[str, Any] = {"__metadata__": dict(metadata or {})}
     chunks, offset = [], 0
     for name in sorted(tensors):
@@ -120,8 +137,6 @@ def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None =
 
 def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Parse a safetensors file into (name -> CPU tensor, metadata); anything malformed is a one-line error."""
-    import torch
-
     path = Path(path)
     try:
         blob = path.read_bytes()
@@ -134,7 +149,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     if n > min(_MAX_HEADER, len(blob) - 8):
         raise bad("header length out of range")
     try:
-        header = json.loads(blob[8:8 + n])
+        header = json.loads(blob[8 : 8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise bad("header is not JSON") from None
     if not isinstance(header, dict):
@@ -142,7 +157,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise bad("metadata must map strings to strings")
-    body = memoryview(blob)[8 + n:]
+    body = memoryview(blob)[8 + n :]
     out = {}
     for name, info in header.items():
         try:
@@ -165,8 +180,6 @@ def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 def flatten_tree(obj: Any, tensors: dict[str, Any], prefix: str = "t") -> Any:
     """Split a nested structure into its tensors (moved to `tensors` under path names) and a JSON skeleton."""
-    import torch
-
     if isinstance(obj, torch.Tensor):
         tensors[prefix] = obj
         return {"__tensor__": prefix}
@@ -189,7 +202,9 @@ def unflatten_tree(skel: Any, tensors: dict[str, Any]) -> Any:
             except (KeyError, TypeError):
                 raise VaelabError(f"checkpoint refers to a missing tensor {skel['__tensor__']!r}") from None
         if "__items__" in skel:
-            return {(k if not isinstance(k, list) else tuple(k)): unflatten_tree(v, tensors) for k, v in skel["__items__"]}
+            return {
+                (k if not isinstance(k, list) else tuple(k)): unflatten_tree(v, tensors) for k, v in skel["__items__"]
+            }
         return {k: unflatten_tree(v, tensors) for k, v in skel.items()}
     if isinstance(skel, list):
         return [unflatten_tree(v, tensors) for v in skel]
@@ -263,8 +278,10 @@ def read_jsonl(path: Path) -> list[dict]:
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise VaelabError(f"{path}: damaged ({type(e).__name__}); the run's checkpoint holds the same history: "
-                          "resume the run to rewrite it") from None
+        raise VaelabError(
+            f"{path}: damaged ({type(e).__name__}); the run's checkpoint holds the same history: "
+            "resume the run to rewrite it"
+        ) from None
     if not all(isinstance(r, dict) for r in rows):
         raise VaelabError(f"{path}: damaged (a line is not a JSON object)")
     return rows
@@ -299,9 +316,7 @@ class FolderLock:
     def __init__(self, folder: Path, what: str):
         self.folder, self.what, self.fd = Path(folder), what, None
 
-    def __enter__(self) -> "FolderLock":
-        import fcntl
-
+    def __enter__(self) -> FolderLock:
         path = self.folder / LOCK
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
@@ -313,8 +328,10 @@ class FolderLock:
             holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(self.fd)
             self.fd = None
-            raise VaelabError(f"{self.folder}: {self.what} is in use by another vaelab process (pid {holder}); "
-                              "wait for it to finish, or watch it with 'vaelab study status'") from None
+            raise VaelabError(
+                f"{self.folder}: {self.what} is in use by another vaelab process (pid {holder}); "
+                "wait for it to finish, or watch it with 'vaelab study status'"
+            ) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
         return self

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from . import VaelabError
+from .errors import VaelabError
 
 LOG_EVERY = 10  # training steps between logged points: enough for curves, cheap next to a step
 
@@ -21,8 +21,9 @@ class Tracker:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise VaelabError("--tracker tensorboard needs the tensorboard package "
-                              "(pip install 'vaelab[tensorboard]')") from None
+            raise VaelabError(
+                "--tracker tensorboard needs the tensorboard package (pip install 'vaelab[tensorboard]')"
+            ) from None
         self.cfg = cfg
         self.writer = SummaryWriter(log_dir=str(Path(out) / "tensorboard"))
         self.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=1) + "\n```", 0)
@@ -39,8 +40,6 @@ class Tracker:
 
     @torch.no_grad()
     def epoch(self, row: dict, model, val_x: torch.Tensor, val_y: torch.Tensor | None) -> None:
-        from .generate import Sampler
-
         w, step = self.writer, row["step"]
         for k, v in row.items():
             if k.startswith("val_") and isinstance(v, float):
@@ -52,9 +51,8 @@ class Tracker:
             t = model(x, y)
             if "kl_per_dim" in t:
                 w.add_histogram("kl_per_dim", t["kl_per_dim"].float().mean(0), step)
-            w.add_images("reconstructions", torch.cat([x.float() / 255.0, model.reconstruct(x, y).float()]).cpu(),
-                         step)
-        w.add_images("samples", Sampler(model).images(8, seed=0).float().cpu(), step)
+            w.add_images("reconstructions", torch.cat([x.float() / 255.0, model.reconstruct(x, y).float()]).cpu(), step)
+        w.add_images("samples", _prior_samples(model, 8).float().cpu(), step)
         w.flush()
 
     def close(self, final: dict | None = None) -> None:
@@ -64,3 +62,13 @@ class Tracker:
             if metrics:
                 self.writer.add_hparams(hparams, metrics, run_name=".")
         self.writer.close()
+
+
+@torch.no_grad()
+def _prior_samples(model, n: int) -> torch.Tensor:
+    """n decoded means of codes from the model's prior (seed 0; a conditional model is given each class in turn),
+    as generate.Sampler draws them: the engine logs them without reaching up to the analysis layer."""
+    device = next(model.parameters()).device
+    z = model.prior.sample(n, torch.Generator().manual_seed(0)).to(device)
+    y = (torch.arange(n) % model.num_classes).to(device) if model.num_classes else None
+    return model.likelihood.mean(model.decode(z, y).float())

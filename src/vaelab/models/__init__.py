@@ -1,9 +1,9 @@
 """Models as parts: networks (ARCHS), posteriors (POSTERIORS), priors (PRIORS), and the models built from them."""
 
+from .hierarchical import MODELS, HierarchicalVAE
 from .nets import ARCHS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from .posteriors import IAF, MADE, POSTERIORS, GaussianPosterior, IAFPosterior
 from .priors import PRIORS, MixtureOfGaussians, Prior, StandardNormal, VampPrior
-from .hierarchical import MODELS, HierarchicalVAE
 from .vae import VAE
 
 
@@ -13,6 +13,25 @@ def build(cfg, shape: tuple[int, int, int], num_classes: int = 10):
         return MODELS[cfg.arch](cfg, tuple(shape), num_classes)
     return VAE.from_config(cfg, tuple(shape), num_classes)
 
-__all__ = ["ARCHS", "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "IAF", "MADE", "POSTERIORS",
-           "GaussianPosterior", "IAFPosterior", "PRIORS", "MixtureOfGaussians", "Prior", "StandardNormal", "VampPrior",
-           "VAE", "HierarchicalVAE", "MODELS", "build"]
+
+__all__ = [
+    "ARCHS",
+    "ConvDecoder",
+    "ConvEncoder",
+    "MLPDecoder",
+    "MLPEncoder",
+    "IAF",
+    "MADE",
+    "POSTERIORS",
+    "GaussianPosterior",
+    "IAFPosterior",
+    "PRIORS",
+    "MixtureOfGaussians",
+    "Prior",
+    "StandardNormal",
+    "VampPrior",
+    "VAE",
+    "HierarchicalVAE",
+    "MODELS",
+    "build",
+]

@@ -3,7 +3,6 @@ groups of latents at several resolutions, each group's prior conditioned on the 
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,8 +25,9 @@ class TopDownGroup(nn.Module):
         super().__init__()
         self.zc = z_channels
         self.prior = nn.Conv2d(width, 2 * z_channels + width, 1)
-        self.posterior = nn.Sequential(nn.SiLU(), nn.Conv2d(2 * width, width, 3, padding=1), nn.SiLU(),
-                                       nn.Conv2d(width, 2 * z_channels, 1))
+        self.posterior = nn.Sequential(
+            nn.SiLU(), nn.Conv2d(2 * width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, 2 * z_channels, 1)
+        )
         self.z_proj = nn.Conv2d(z_channels, width, 1)
         self.cell = ResBlock(width)
         for conv in (self.prior, self.posterior[-1]):
@@ -102,9 +102,18 @@ class HierarchicalVAE(ImageModel):
 
     analytic_kl = False  # KL per group is analytic (Gaussian to Gaussian), but there is no per-dimension KL
 
-    def __init__(self, shape: tuple[int, int, int], latent_dim: int = 8, likelihood: str = "dmol",
-                 gaussian_sigma: float = 0.0, width: int = 32, depth: int = 1, components: int = 10,
-                 groups: int = 2, temperature: float = 1.0):
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        latent_dim: int = 8,
+        likelihood: str = "dmol",
+        gaussian_sigma: float = 0.0,
+        width: int = 32,
+        depth: int = 1,
+        components: int = 10,
+        groups: int = 2,
+        temperature: float = 1.0,
+    ):
         super().__init__()
         c, hh, ww = shape
         need_multiple_of_4(shape, "hierarchical")
@@ -118,8 +127,12 @@ class HierarchicalVAE(ImageModel):
         self.groups = nn.ModuleList(TopDownGroup(width, latent_dim) for _ in range(groups * len(self.sizes)))
         self.group_size = groups
         self.top_down = nn.ModuleList(res_stage(width, depth) for _ in self.sizes)
-        self.out = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), res_stage(width, depth), nn.SiLU(),
-                                 nn.Conv2d(width, self.likelihood.channels(c), 3, padding=1))
+        self.out = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            res_stage(width, depth),
+            nn.SiLU(),
+            nn.Conv2d(width, self.likelihood.channels(c), 3, padding=1),
+        )
         self.prior = TopPrior(latent_dim)
         self.prior.attach(self)
 
@@ -156,8 +169,16 @@ class HierarchicalVAE(ImageModel):
         kl_per_group = torch.stack([s[0] for s in stats], 1).float()
         qm, qlv = stats[0][2].flatten(1), stats[0][3].flatten(1)
         kl = kl_per_group.sum(1)
-        return dict(mu=qm, logvar=qlv, z=z_top.flatten(1), params=params, recon=recon, kl=kl,
-                    kl_per_group=kl_per_group, elbo=-(recon + kl))
+        return dict(
+            mu=qm,
+            logvar=qlv,
+            z=z_top.flatten(1),
+            params=params,
+            recon=recon,
+            kl=kl,
+            kl_per_group=kl_per_group,
+            elbo=-(recon + kl),
+        )
 
     def log_weights(self, x: torch.Tensor, y: torch.Tensor | None, k: int, max_batch: int = 4096) -> torch.Tensor:
         """K importance log-weights per image, log p(x|z) + log p(z) - log q(z|x) over all groups: (B, K)."""
@@ -171,7 +192,7 @@ class HierarchicalVAE(ImageModel):
             params, stats, _ = self._top_down(b * kk, rep)
             xr = x.repeat_interleave(kk, dim=0)
             lw = self.likelihood.log_prob(params, xr) - torch.stack([st[1] for st in stats], 1).sum(1).float()
-            log_w[:, s:s + kk] = lw.view(b, kk)
+            log_w[:, s : s + kk] = lw.view(b, kk)
         return log_w
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,8 +221,17 @@ class HierarchicalVAE(ImageModel):
 
 
 def _hierarchical(cfg, shape, num_classes):
-    return HierarchicalVAE(shape, cfg.latent_dim, cfg.likelihood, cfg.gaussian_sigma, cfg.width, cfg.depth,
-                           cfg.likelihood_components, cfg.latent_groups, cfg.temperature)
+    return HierarchicalVAE(
+        shape,
+        cfg.latent_dim,
+        cfg.likelihood,
+        cfg.gaussian_sigma,
+        cfg.width,
+        cfg.depth,
+        cfg.likelihood_components,
+        cfg.latent_groups,
+        cfg.temperature,
+    )
 
 
 # Models other than the flat VAE, by `arch` (models.build); every other arch is the flat VAE with that network.

@@ -8,14 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import VaelabError
+from ..errors import VaelabError
 
 
 def need_multiple_of_4(shape: tuple[int, int, int], network: str) -> None:
     """The conv, resnet and hierarchical networks halve the resolution twice."""
     if shape[1] % 4 or shape[2] % 4:
-        raise VaelabError(f"the {network} network needs image height and width divisible by 4, got "
-                          f"{shape[1]}x{shape[2]} (use --arch mlp, or resize the images)")
+        raise VaelabError(
+            f"the {network} network needs image height and width divisible by 4, got "
+            f"{shape[1]}x{shape[2]} (use --arch mlp, or resize the images)"
+        )
 
 
 class ImageModel(nn.Module):
@@ -100,8 +102,12 @@ class ConvEncoder(ConvNetEncoder):
         need_multiple_of_4(shape, "conv")
         c, h, w = shape
         self.conv = nn.Sequential(
-            nn.Conv2d(c, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten())
+            nn.Conv2d(c, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
         self.fc = nn.Sequential(nn.Linear(64 * (h // 4) * (w // 4) + n_cond, hidden), nn.ReLU())
         self.out_dim = hidden
 
@@ -113,10 +119,10 @@ class ConvDecoder(nn.Module):
         super().__init__()
         c, h, w = shape
         self.grid = (64, h // 4, w // 4)
-        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(),
-                                nn.Linear(hidden, 64 * (h // 4) * (w // 4)), nn.ReLU())
-        self.deconv = nn.Sequential(
-            UpConv(64, 32), nn.ReLU(), UpConv(32, out_channels))
+        self.fc = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 64 * (h // 4) * (w // 4)), nn.ReLU()
+        )
+        self.deconv = nn.Sequential(UpConv(64, 32), nn.ReLU(), UpConv(32, out_channels))
 
     def forward(self, z):
         h = self.deconv[:-1](self.fc(z).view(-1, *self.grid))
@@ -162,8 +168,9 @@ class ResBlock(nn.Module):
     def __init__(self, c: int, hidden: int | None = None):
         super().__init__()
         hidden = hidden or c
-        self.branch = nn.Sequential(nn.SiLU(), nn.Conv2d(c, hidden, 3, padding=1),
-                                    nn.SiLU(), nn.Conv2d(hidden, c, 3, padding=1))
+        self.branch = nn.Sequential(
+            nn.SiLU(), nn.Conv2d(c, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, c, 3, padding=1)
+        )
         nn.init.zeros_(self.branch[-1].weight)
         nn.init.zeros_(self.branch[-1].bias)
 
@@ -179,16 +186,22 @@ class ResNetEncoder(nn.Module):
     """Residual encoder: a 3x3 stem to `width` channels, then `depth` blocks per resolution, with a stride-2 conv
     between resolutions (H -> H/2 -> H/4, channels width -> 2 width), then Dense `hidden`."""
 
-    def __init__(self, shape: tuple[int, int, int], n_cond: int = 0, width: int = 64, depth: int = 2,
-                 hidden: int = 256):
+    def __init__(
+        self, shape: tuple[int, int, int], n_cond: int = 0, width: int = 64, depth: int = 2, hidden: int = 256
+    ):
         super().__init__()
         need_multiple_of_4(shape, "resnet")
         c, h, w = shape
         self.net = nn.Sequential(
-            nn.Conv2d(c, width, 3, padding=1), res_stage(width, depth),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), res_stage(2 * width, depth),
-            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), res_stage(2 * width, depth),
-            nn.SiLU(), nn.Flatten())
+            nn.Conv2d(c, width, 3, padding=1),
+            res_stage(width, depth),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            res_stage(2 * width, depth),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+            res_stage(2 * width, depth),
+            nn.SiLU(),
+            nn.Flatten(),
+        )
         self.fc = nn.Sequential(nn.Linear(2 * width * ((h + 3) // 4) * ((w + 3) // 4) + n_cond, hidden), nn.SiLU())
         self.out_dim = hidden
 
@@ -201,17 +214,32 @@ class ResNetDecoder(nn.Module):
     """The mirror: Dense to 2 width x H/4 x W/4, blocks, nearest-neighbour upsampling + 3x3 conv between
     resolutions (no checkerboard of transposed convs), blocks, and a 3x3 conv to the likelihood's channels."""
 
-    def __init__(self, shape: tuple[int, int, int], in_dim: int, out_channels: int, width: int = 64, depth: int = 2,
-                 hidden: int = 256):
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        in_dim: int,
+        out_channels: int,
+        width: int = 64,
+        depth: int = 2,
+        hidden: int = 256,
+    ):
         super().__init__()
         c, h, w = shape
         self.grid = (2 * width, h // 4, w // 4)
-        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, 2 * width * (h // 4) * (w // 4)))
+        self.fc = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, 2 * width * (h // 4) * (w // 4))
+        )
         self.net = nn.Sequential(
             res_stage(2 * width, depth),
-            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(2 * width, width, 3, padding=1), res_stage(width, depth),
-            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1), res_stage(width, depth),
-            nn.SiLU(), nn.Conv2d(width, out_channels, 3, padding=1))
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(2 * width, width, 3, padding=1),
+            res_stage(width, depth),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(width, width, 3, padding=1),
+            res_stage(width, depth),
+            nn.SiLU(),
+            nn.Conv2d(width, out_channels, 3, padding=1),
+        )
 
     def forward(self, z):
         return fp32_out(self.net[-1], self.net[:-1](self.fc(z).view(-1, *self.grid)))
@@ -243,8 +271,9 @@ class Conv4Decoder(nn.Module):
         super().__init__()
         c, h, w = shape
         self.grid = (64, h // 16, w // 16)
-        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 64 * (h // 16) * (w // 16)),
-                                nn.ReLU())
+        self.fc = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 64 * (h // 16) * (w // 16)), nn.ReLU()
+        )
         chans = (64, 64, 32, 32, out_channels)
         layers: list[nn.Module] = []
         for a, b in zip(chans[:-1], chans[1:]):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainConfig
 from ..losses import kl_per_dim, make_likelihood
 from .nets import ARCHS, ImageModel
 from .posteriors import POSTERIORS
 from .priors import PRIORS, VampPrior
+
+if TYPE_CHECKING:  # a config builds a model; the model only reads it
+    from ..config import TrainConfig
 
 # Checkpoints written before the posterior became a part kept its layers on the VAE itself.
 _LEGACY_KEYS = ("to_mu.", "to_logvar.", "to_context.", "flow.")
@@ -23,11 +26,23 @@ class VAE(ImageModel):
     forward() returns named per-example terms; the trainer decides how to weight them (beta lives there).
     """
 
-    def __init__(self, shape: tuple[int, int, int], latent_dim: int, arch: str = "conv",
-                 likelihood: str = "discretized_logistic", gaussian_sigma: float = 0.0, num_classes: int = 0,
-                 prior: str = "standard", prior_components: int = 10, posterior: str = "gaussian",
-                 flow_steps: int = 2, flow_hidden: int = 128, width: int = 64, depth: int = 2,
-                 components: int = 10):
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        latent_dim: int,
+        arch: str = "conv",
+        likelihood: str = "discretized_logistic",
+        gaussian_sigma: float = 0.0,
+        num_classes: int = 0,
+        prior: str = "standard",
+        prior_components: int = 10,
+        posterior: str = "gaussian",
+        flow_steps: int = 2,
+        flow_hidden: int = 128,
+        width: int = 64,
+        depth: int = 2,
+        components: int = 10,
+    ):
         super().__init__()
         self.shape, self.latent_dim, self.num_classes = tuple(shape), latent_dim, num_classes
         net = ARCHS[arch]
@@ -35,8 +50,9 @@ class VAE(ImageModel):
         self.likelihood = make_likelihood(likelihood, gaussian_sigma, components)
         self.encoder = net.encoder(self.shape, n_cond=num_classes, **size)
         self.posterior = POSTERIORS[posterior](self.encoder.out_dim, latent_dim, flow_steps, flow_hidden)
-        self.decoder = net.decoder(self.shape, latent_dim + num_classes, self.likelihood.channels(self.shape[0]),
-                                   **size)
+        self.decoder = net.decoder(
+            self.shape, latent_dim + num_classes, self.likelihood.channels(self.shape[0]), **size
+        )
         # Built last, so that adding a prior leaves the other parts' initial weights (and old checkpoints) as they were.
         self.prior = PRIORS[prior](latent_dim, prior_components, self.shape)
         if isinstance(self.prior, VampPrior):
@@ -49,10 +65,23 @@ class VAE(ImageModel):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, shape: tuple[int, int, int], num_classes: int = 10) -> "VAE":
-        return cls(shape, cfg.latent_dim, cfg.arch, cfg.likelihood, cfg.gaussian_sigma,
-                   num_classes if cfg.conditional else 0, cfg.prior, cfg.prior_components, cfg.posterior,
-                   cfg.flow_steps, cfg.flow_hidden, cfg.width, cfg.depth, cfg.likelihood_components)
+    def from_config(cls, cfg: TrainConfig, shape: tuple[int, int, int], num_classes: int = 10) -> VAE:
+        return cls(
+            shape,
+            cfg.latent_dim,
+            cfg.arch,
+            cfg.likelihood,
+            cfg.gaussian_sigma,
+            num_classes if cfg.conditional else 0,
+            cfg.prior,
+            cfg.prior_components,
+            cfg.posterior,
+            cfg.flow_steps,
+            cfg.flow_hidden,
+            cfg.width,
+            cfg.depth,
+            cfg.likelihood_components,
+        )
 
     @property
     def analytic_kl(self) -> bool:
@@ -76,8 +105,9 @@ class VAE(ImageModel):
         h = self.features(x, y)
         return self.posterior.mean(h), self.posterior.gaussian(h)[1]
 
-    def posterior_sample(self, x: torch.Tensor, y: torch.Tensor | None, k: int | None = None,
-                         eps: torch.Tensor | None = None):
+    def posterior_sample(
+        self, x: torch.Tensor, y: torch.Tensor | None, k: int | None = None, eps: torch.Tensor | None = None
+    ):
         """z ~ q(z|x) with its log-density, by reparameterisation: k=None gives (B, D), else (B, k, D).
         Returns (z, log_q, mu, logvar) with mu, logvar those of the Gaussian the flow (if any) starts from."""
         h = self.features(x, y)
@@ -93,8 +123,9 @@ class VAE(ImageModel):
         cond = self._cond(y)
         return self.decoder(z if cond is None else torch.cat([z, cond], 1))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,
-                eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, eps: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Named per-example terms of the ELBO. KL(q || p) is analytic where the prior allows it (N(0, I); then
         also per dimension, `kl_per_dim`), else the one-sample estimate log q(z|x) - log p(z) at the same z.
         `eps` (B, D): the posterior's standard-normal noise, when the caller draws it."""
@@ -123,7 +154,7 @@ class VAE(ImageModel):
             yf = y.repeat_interleave(kk) if y is not None else None
             params = self.decode(z.reshape(b * kk, d), yf).float()
             log_px = self.likelihood.log_prob(params, x.repeat_interleave(kk, dim=0)).view(b, kk)
-            log_w[:, s:s + kk] = log_px + self.prior.log_prob(z.float()) - log_q
+            log_w[:, s : s + kk] = log_px + self.prior.log_prob(z.float()) - log_q
         return log_w
 
     @torch.no_grad()

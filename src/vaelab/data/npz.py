@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import VaelabError
-from .data import SPLIT_SEED, held_out  # fixed, independent of any training seed: the carved test split never moves
+from ..errors import VaelabError
+from .types import SPLIT_SEED, Dataset, DatasetSpec, held_out  # SPLIT_SEED: the carved test split never moves
 
 PREFIX = "npz:"
 FOLDER = "folder:"
@@ -20,8 +20,8 @@ def is_user_dataset(name: str) -> bool:
 
 
 def path_of(name: str) -> Path:
-    path = Path(name[len(PREFIX):]).expanduser()
-    if not name[len(PREFIX):]:
+    path = Path(name[len(PREFIX) :]).expanduser()
+    if not name[len(PREFIX) :]:
         raise VaelabError(f"dataset '{name}': give the file, e.g. npz:images.npz")
     return path
 
@@ -34,8 +34,11 @@ def _header_shape(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype] | No
                 return None
             with z.open(f"{key}.npy") as f:
                 version = np.lib.format.read_magic(f)
-                shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0(f))
+                shape, _, dtype = (
+                    np.lib.format.read_array_header_1_0(f)
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0(f)
+                )
                 return tuple(shape), dtype
     except (OSError, zipfile.BadZipFile, ValueError) as e:
         raise VaelabError(f"{path}: not a readable .npz file ({e})") from None
@@ -48,8 +51,9 @@ def _image_shape(path: Path, key: str) -> tuple[int, int, int] | None:
         return None
     shape, dtype = found
     if dtype != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3)):
-        raise VaelabError(f"{path}: '{key}' is {dtype}{list(shape)}; expected uint8 images (N, H, W) or "
-                          "(N, H, W, C) with C = 1 or 3")
+        raise VaelabError(
+            f"{path}: '{key}' is {dtype}{list(shape)}; expected uint8 images (N, H, W) or (N, H, W, C) with C = 1 or 3"
+        )
     if shape[0] < 1 or shape[1] < 1 or shape[2] < 1:
         raise VaelabError(f"{path}: '{key}' holds no images ({list(shape)})")
     return (shape[3] if len(shape) == 4 else 1, shape[1], shape[2])
@@ -67,8 +71,9 @@ def _labels(path: Path, z, key: str, n: int) -> np.ndarray:
 def _x_shape(path: Path) -> tuple[int, int, int]:
     shape = _image_shape(path, "x")
     if shape is None:
-        raise VaelabError(f"{path}: no array 'x' (expected x: uint8 images (N, H, W[, C]), optional y, x_test, "
-                          "y_test, classes)")
+        raise VaelabError(
+            f"{path}: no array 'x' (expected x: uint8 images (N, H, W[, C]), optional y, x_test, y_test, classes)"
+        )
     return shape
 
 
@@ -88,8 +93,6 @@ def _classes(path: Path, z, n_labels: int) -> tuple[str, ...]:
 
 def load_npz(path: Path):
     """The file's arrays as a Dataset (NCHW uint8), carving a deterministic test split when it has no x_test."""
-    from .data import Dataset
-
     path = Path(path)
     shape = _x_shape(path)
     test_shape = _image_shape(path, "x_test")
@@ -100,6 +103,7 @@ def load_npz(path: Path):
     except (OSError, ValueError) as e:
         raise VaelabError(f"{path}: not a readable .npz file ({e})") from None
     with z:
+
         def nchw(a: np.ndarray) -> np.ndarray:
             return np.ascontiguousarray(a[:, None] if a.ndim == 3 else a.transpose(0, 3, 1, 2))
 
@@ -109,12 +113,12 @@ def load_npz(path: Path):
             x_test = nchw(z["x_test"])
             y_test = _labels(path, z, "y_test", len(x_test))
         else:
-            x, y, x_test, y_test = _carve(x, y, f"{path} (or give x_test)")
+            x, y, x_test, y_test = carve(x, y, f"{path} (or give x_test)")
         classes = _classes(path, z, _n_labels([y, y_test]))
     return Dataset(f"{PREFIX}{path}", x, y, x_test, y_test, classes, str(path))
 
 
-def _carve(x: np.ndarray, y: np.ndarray, where: str):
+def carve(x: np.ndarray, y: np.ndarray, where: str):
     """A fixed tenth of the images as the test split (the same every time): x, y, x_test, y_test."""
     if len(x) < 2:
         raise VaelabError(f"{where}: {len(x)} image; need at least 2 to carve a test split")
@@ -123,20 +127,21 @@ def _carve(x: np.ndarray, y: np.ndarray, where: str):
 
 
 def spec(name: str):
-    """A DatasetSpec for `npz:PATH`, from the file's headers (its shape) and labels (its classes), or for
-    `folder:PATH[?size=N&mode=grey|rgb&skip_bad=1]`, from a scan of its image files."""
-    from .data import DatasetSpec
-
-    if name.startswith(FOLDER):
-        from .imagefolder import folder_spec
-
-        return folder_spec(name)
+    """A DatasetSpec for `npz:PATH`, from the file's headers (its shape) and labels (its classes)."""
     path = path_of(name)
     if not path.is_file():
         raise VaelabError(f"dataset '{name}': {path} is not a file")
     shape = _x_shape(path)
     with np.load(path, allow_pickle=False) as z:  # labels only: the images stay on disk
         classes = _classes(path, z, _n_labels([z[k] for k in ("y", "y_test") if k in z.files]))
-    return DatasetSpec(name, shape, str(path), lambda root: path, load_npz, None, classes,
-                       mirror=False,  # nothing says a user's images may be mirrored
-                       cache=False)  # arrays already: loading is as fast as a cache
+    return DatasetSpec(
+        name,
+        shape,
+        str(path),
+        lambda root: path,
+        load_npz,
+        None,
+        classes,
+        mirror=False,  # nothing says a user's images may be mirrored
+        cache=False,
+    )  # arrays already: loading is as fast as a cache

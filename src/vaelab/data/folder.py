@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
 
-from . import VaelabError
+from ..errors import VaelabError
+from .npz import FOLDER, carve
+from .types import Dataset, DatasetSpec, source_key
 
 MODES = ("auto", "grey", "rgb")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F", "P;L")  # Pillow modes with one intensity per pixel
@@ -26,9 +29,8 @@ class FolderOptions:
 
 
 def parse(name: str) -> FolderOptions:
-    from .userdata import FOLDER
 
-    body = name[len(FOLDER):]
+    body = name[len(FOLDER) :]
     path, _, query = body.partition("?")
     if not path:
         raise VaelabError(f"dataset '{name}': give the folder, e.g. folder:photos")
@@ -54,15 +56,19 @@ def parse(name: str) -> FolderOptions:
 
 def with_options(name: str, size: int | None = None, mode: str | None = None, skip_bad: bool = False) -> str:
     """The dataset name with options set (what `--image-size`, `--image-mode` and `--skip-bad-images` do)."""
-    from .userdata import FOLDER
 
     if not name.startswith(FOLDER):
-        raise VaelabError(f"--image-size, --image-mode and --skip-bad-images apply to folder:PATH datasets, not '{name}'")
+        raise VaelabError(
+            f"--image-size, --image-mode and --skip-bad-images apply to folder:PATH datasets, not '{name}'"
+        )
     o = parse(name)
-    parts = {"size": str(size if size is not None else o.size or ""), "mode": mode or o.mode,
-             "skip_bad": "1" if (skip_bad or o.skip_bad) else ""}
+    parts = {
+        "size": str(size if size is not None else o.size or ""),
+        "mode": mode or o.mode,
+        "skip_bad": "1" if (skip_bad or o.skip_bad) else "",
+    }
     query = "&".join(f"{k}={v}" for k, v in parts.items() if v and not (k == "mode" and v == "auto"))
-    out = f"{FOLDER}{name[len(FOLDER):].partition('?')[0]}" + (f"?{query}" if query else "")
+    out = f"{FOLDER}{name[len(FOLDER) :].partition('?')[0]}" + (f"?{query}" if query else "")
     parse(out)  # the values are checked here
     return out
 
@@ -70,22 +76,27 @@ def with_options(name: str, size: int | None = None, mode: str | None = None, sk
 def scan(path: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
     """Image files (by the extensions Pillow reads) with their labels: sub-folders are classes (sorted names), a
     flat folder is one class. Other files are ignored; hidden ones too."""
-    from PIL import Image
-
     if not path.is_dir():
         raise VaelabError(f"{path}: not a folder (folder:PATH wants a folder of images, or of class sub-folders)")
     exts = set(Image.registered_extensions())
 
     def images(d: Path, recursive: bool) -> list[Path]:
         found = d.rglob("*") if recursive else d.iterdir()
-        return sorted(f for f in found if f.is_file() and f.suffix.lower() in exts
-                      and not any(p.startswith(".") for p in f.relative_to(path).parts))
+        return sorted(
+            f
+            for f in found
+            if f.is_file()
+            and f.suffix.lower() in exts
+            and not any(p.startswith(".") for p in f.relative_to(path).parts)
+        )
 
     top = images(path, False)
     subdirs = [d for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".") and images(d, True)]
     if top and subdirs:
-        raise VaelabError(f"{path}: mixes {len(top)} images at its top level (e.g. {top[0].name}) with class "
-                          f"sub-folders ({subdirs[0].name}, …); move them into a sub-folder")
+        raise VaelabError(
+            f"{path}: mixes {len(top)} images at its top level (e.g. {top[0].name}) with class "
+            f"sub-folders ({subdirs[0].name}, …); move them into a sub-folder"
+        )
     if subdirs:
         files, labels = [], []
         for k, d in enumerate(subdirs):
@@ -99,14 +110,14 @@ def scan(path: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
 
 
 def _bad_message(f: Path, e: Exception) -> str:
-    return (f"{f}: not a readable image ({type(e).__name__}: {e}); fix or remove it, or skip unreadable files "
-            "with --skip-bad-images (?skip_bad=1)")
+    return (
+        f"{f}: not a readable image ({type(e).__name__}: {e}); fix or remove it, or skip unreadable files "
+        "with --skip-bad-images (?skip_bad=1)"
+    )
 
 
 def _headers(files: list[Path], skip_bad: bool) -> list[tuple[Path, tuple[int, int], str]]:
     """(file, (width, height), mode) of every image whose header reads; the pixels are not decoded here."""
-    from PIL import Image
-
     out = []
     for f in files:
         try:
@@ -119,11 +130,10 @@ def _headers(files: list[Path], skip_bad: bool) -> list[tuple[Path, tuple[int, i
 
 
 def folder_spec(name: str):
-    from .data import DatasetSpec, _source_key
 
     o = parse(name)
     files, labels, classes = scan(o.path)
-    key = (name, _source_key(o.path))
+    key = (name, source_key(o.path))
     if key in _SPECS:
         return _SPECS[key]
     heads = _headers(files, o.skip_bad)
@@ -131,9 +141,16 @@ def folder_spec(name: str):
         raise VaelabError(f"{o.path}: none of its {len(files)} image files could be read")
     size = o.size or max(8, int(round(np.median([min(wh) for _, wh, _ in heads]) / 4)) * 4)
     grey = o.mode == "grey" or (o.mode == "auto" and all(m in GREY_MODES for _, _, m in heads))
-    spec = DatasetSpec(name, (1 if grey else 3, size, size), f"image files in {o.path}", lambda root: o.path,
-                       lambda source: load_folder(name), None, classes,
-                       mirror=False)  # nothing says a user's images may be mirrored
+    spec = DatasetSpec(
+        name,
+        (1 if grey else 3, size, size),
+        f"image files in {o.path}",
+        lambda root: o.path,
+        lambda source: load_folder(name),
+        None,
+        classes,
+        mirror=False,
+    )  # nothing says a user's images may be mirrored
     _SPECS[key] = spec
     return spec
 
@@ -141,10 +158,6 @@ def folder_spec(name: str):
 def load_folder(name: str):
     """Decode every image: converted to grey or RGB, the shorter side resized to `size` (bicubic) and the centre
     cropped square; a fixed tenth carved off as the test split."""
-    from PIL import Image, ImageOps
-
-    from .data import Dataset
-    from .userdata import _carve
 
     o = parse(name)
     spec = folder_spec(name)
@@ -166,4 +179,4 @@ def load_folder(name: str):
     if len(keep) < 2:
         raise VaelabError(f"{o.path}: {len(keep)} readable image; need at least 2 to carve a test split")
     y = np.asarray(labels, np.int64)[keep]
-    return Dataset(name, *_carve(x[keep], y, str(o.path)), classes, str(o.path))
+    return Dataset(name, *carve(x[keep], y, str(o.path)), classes, str(o.path))

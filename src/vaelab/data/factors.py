@@ -8,10 +8,14 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-from . import VaelabError
-from .data import DSPRITES_FILE, FACTOR_NAMES, SHAPES, SHAPES2D_FILE, SPLIT_SEED, Dataset, held_out
-from .store import atomic_write_bytes
+from ..errors import VaelabError
+from ..store import atomic_write_bytes
+from .types import SPLIT_SEED, Dataset, held_out
+
+SHAPES2D_FILE, DSPRITES_FILE = "shapes2d_64x64.npz", "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
+SHAPES, FACTOR_NAMES = ("square", "ellipse", "heart"), ("shape", "scale", "orientation", "pos_x", "pos_y")
 
 # dSprites' layout (Matthey et al. 2017): every combination of the factors once, in C order of latents_classes,
 # whose first column (colour) has one value. shapes2d renders the same grid: 3 x 6 x 40 x 32 x 32 = 737,280.
@@ -38,8 +42,6 @@ def _outline(shape: int, n: int = 96) -> np.ndarray:
 def sprite(shape: int, scale: int, orientation: int, sizes: tuple[int, ...] = FACTOR_SIZES) -> np.ndarray:
     """One binary SPRITE x SPRITE sprite, centred on pixel (16, 16); Pillow without anti-aliasing, so exactly 0/1.
     Scale runs over [0.5, 1] of a 14-pixel radius, orientation over a full turn."""
-    from PIL import Image, ImageDraw
-
     s = 0.5 + 0.5 * scale / max(sizes[1] - 1, 1)
     a = 2 * np.pi * orientation / sizes[2]
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
@@ -62,7 +64,7 @@ def render(classes: np.ndarray, sizes: tuple[int, ...] = FACTOR_SIZES) -> np.nda
             cache[key] = sprite(sh, sc, o, sizes)
         ox = round(px * span / max(sizes[3] - 1, 1))
         oy = round(py * span / max(sizes[4] - 1, 1))
-        out[i, oy:oy + SPRITE, ox:ox + SPRITE] = cache[key]
+        out[i, oy : oy + SPRITE, ox : ox + SPRITE] = cache[key]
     return out
 
 
@@ -115,8 +117,9 @@ def load_npz(path: Path, name: str) -> Dataset:
     if imgs.size and imgs.max() > 1:
         raise VaelabError(f"{path}: imgs must be binary (0 or 1), found {int(imgs.max())}")
     if latents.ndim != 2 or latents.shape != (len(imgs), 6) or not np.issubdtype(latents.dtype, np.integer):
-        raise VaelabError(f"{path}: latents_classes is {latents.dtype}{list(latents.shape)}, expected integers "
-                          f"({len(imgs)}, 6)")
+        raise VaelabError(
+            f"{path}: latents_classes is {latents.dtype}{list(latents.shape)}, expected integers ({len(imgs)}, 6)"
+        )
     classes = latents[:, 1:].astype(np.int64)
     if classes.min(initial=0) < 0:
         raise VaelabError(f"{path}: negative factor classes")
@@ -128,8 +131,18 @@ def load_npz(path: Path, name: str) -> Dataset:
     tr, te = held_out(len(imgs), TEST_SHARE, SPLIT_SEED + 2)
     x = imgs[:, None]
     x *= 255  # in place: 0/1 -> 0/255, the pixel values every other dataset uses
-    return Dataset(name, x[tr], classes[tr, 0], x[te], classes[te, 0], SHAPES[:sizes[0]], str(path),
-                   factors_train=classes[tr], factors_test=classes[te], factor_names=FACTOR_NAMES)
+    return Dataset(
+        name,
+        x[tr],
+        classes[tr, 0],
+        x[te],
+        classes[te, 0],
+        SHAPES[: sizes[0]],
+        str(path),
+        factors_train=classes[tr],
+        factors_test=classes[te],
+        factor_names=FACTOR_NAMES,
+    )
 
 
 class FactorGrid:
@@ -138,8 +151,9 @@ class FactorGrid:
 
     def __init__(self, ds):
         if ds.factors_train is None:
-            raise VaelabError(f"{ds.name} has no factor labels: disentanglement metrics need a factor dataset "
-                              "(shapes2d or dsprites)")
+            raise VaelabError(
+                f"{ds.name} has no factor labels: disentanglement metrics need a factor dataset (shapes2d or dsprites)"
+            )
         self.names = tuple(ds.factor_names)
         f = np.concatenate([ds.factors_train, ds.factors_test])
         self.sizes = tuple(int(v) + 1 for v in f.max(0))
@@ -165,3 +179,9 @@ class FactorGrid:
                 got[order] = self._x[part][r[order]]
                 out[mask] = got
         return out
+
+
+def generate_into(root: Path) -> Path:
+    """Render shapes2d into root (the registry's `generate`): the path of the rendered file."""
+    generate(root)
+    return locate_shapes2d(root)

@@ -1,0 +1,454 @@
+"""Datasets: the registry of built-in sources (Fashion-MNIST IDX, CIFAR-10 pickle batches, the real-pixel CIFAR-10
+subset, factor grids) and users' own (npz:PATH, folder:PATH); finding, verifying, decoding and caching them; splits
+and batching. Each source is one module of this package; the types they share live in `types`."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import os
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import VaelabError
+from ..store import atomic_write_bytes, atomic_write_json, read_json
+from .cifar import (
+    CIFAR_ARCHIVE,
+    CIFAR_CLASSES,
+    CIFAR_DIR,
+    CIFAR_MD5,
+    CIFAR_PAIRS,
+    CIFAR_SIZE,
+    LOSSLESS_FILE,
+    download_cifar,
+    load_cifar,
+    load_lossless,
+    locate_cifar,
+    locate_lossless,
+)
+from .factors import (
+    DSPRITES_FILE,
+    FACTOR_NAMES,
+    SHAPES,
+    SHAPES2D_FILE,
+    FactorGrid,
+    generate_into,
+    locate_dsprites,
+    locate_shapes2d,
+)
+from .factors import load_npz as load_factor_npz
+from .folder import folder_spec
+from .idx import (
+    FASHION_CLASSES,
+    FASHION_CONTENT,
+    FASHION_FILES,
+    download_fashion,
+    load_fashion,
+    locate_fashion,
+    read_idx,
+)
+from .npz import FOLDER, is_user_dataset
+from .npz import spec as npz_spec
+from .types import (
+    CORRUPT,
+    SPLIT_SEED,
+    UNVERIFIED,
+    VERIFIED,
+    Dataset,
+    DatasetSpec,
+    Split,
+    cache_dir,
+    held_out,
+    source_key,
+)
+
+# what the rest of vaelab reads from the package, besides what is defined below
+__all__ = [
+    "Dataset",
+    "DatasetSpec",
+    "Split",
+    "FactorGrid",
+    "held_out",
+    "read_idx",
+    "cache_dir",
+    "source_key",
+    "SPLIT_SEED",
+    "FASHION_CLASSES",
+    "CIFAR_CLASSES",
+    "FACTOR_NAMES",
+    "SHAPES",
+    "DATASETS",
+    "load",
+    "locate",
+    "spec",
+    "status",
+    "verify",
+    "check_file",
+    "split_indices",
+    "test_indices",
+    "subsample",
+    "to_split",
+    "make_splits",
+    "minibatches",
+    "to_float",
+    "search_roots",
+    "is_user_dataset",
+]
+
+
+def _digest(data: bytes, algo: str) -> str:
+    return hashlib.new(algo, data).hexdigest()
+
+
+def _sha256sums(folder: Path) -> dict[str, str]:
+    """The folder's SHA256SUMS (`<hex>  <name>` lines), if it ships one."""
+    path = folder / "SHA256SUMS"
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and len(parts[0]) == 64:
+            out[parts[1].lstrip("*")] = parts[0].lower()
+    return out
+
+
+def check_file(path: Path) -> tuple[str, str]:
+    """(status, why) of one dataset file against every known hash: the folder's SHA256SUMS, the official MD5 of the
+    download, and (Fashion-MNIST) the SHA-256 of the official decompressed content. A file that claims to be the
+    official one (same name and content size) and matches none is corrupt; a file no hash speaks for (a subset,
+    the CIFAR-10 stand-in) is unverified."""
+    path = Path(path)
+    listed = _sha256sums(path.parent).get(path.name)
+    name = path.name if path.suffix == ".gz" else path.name + ".gz"
+    official_md5 = FASHION_FILES.get(name) or (CIFAR_MD5 if path.name == CIFAR_ARCHIVE else None)
+    if listed is None and official_md5 is None:
+        return UNVERIFIED, "no known hash for this file"
+    data = path.read_bytes()
+    if listed is not None:
+        ok = _digest(data, "sha256") == listed
+        return (
+            (VERIFIED, "matches SHA256SUMS") if ok else (CORRUPT, f"SHA-256 differs from {path.parent / 'SHA256SUMS'}")
+        )
+    if official_md5 is not None and path.name == name and _digest(data, "md5") == official_md5:
+        return VERIFIED, "matches the official MD5"
+    if name in FASHION_CONTENT:
+        want, size = FASHION_CONTENT[name]
+        try:
+            content = gzip.decompress(data) if path.suffix == ".gz" else data
+        except (OSError, EOFError, zlib.error) as e:
+            return CORRUPT, f"cannot decompress ({e})"
+        if _digest(content, "sha256") == want:
+            return VERIFIED, "content matches the official release"
+        header_n = struct.unpack(">I", content[4:8])[0] if len(content) >= 8 else -1
+        official_n = 60000 if name.startswith("train") else 10000
+        if len(content) == size or header_n == official_n:
+            return CORRUPT, "content differs from the official release (a changed, truncated or re-packed file)"
+        return UNVERIFIED, f"not the official file ({header_n} items); no known hash"
+    if len(data) != CIFAR_SIZE:
+        return UNVERIFIED, f"not the official download ({len(data):,} bytes); no known hash"
+    return CORRUPT, "MD5 differs from the official download"
+
+
+def _source_files(source: Path) -> list[Path]:
+    return (
+        sorted(p for p in source.rglob("*") if p.is_file() and p.name != "SHA256SUMS") if source.is_dir() else [source]
+    )
+
+
+def verify(source: Path) -> tuple[str, str]:
+    """Check every file of a dataset source once; results are cached by path, size and mtime, so an unchanged
+    file is never hashed twice. Returns the worst status and its reason."""
+    cache_path = cache_dir() / "verified.json"
+    try:
+        cache = read_json(cache_path) if cache_path.is_file() else {}
+        cache = cache if isinstance(cache, dict) else {}
+    except VaelabError:
+        cache = {}
+    rank = {VERIFIED: 0, UNVERIFIED: 1, CORRUPT: 2}
+    worst, why, changed = VERIFIED, "", False
+    for f in _source_files(Path(source)):
+        st = f.stat()
+        key = str(f.resolve())
+        hit = cache.get(key)
+        if not (isinstance(hit, dict) and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns):
+            status, reason = check_file(f)
+            hit = cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "status": status, "why": reason}
+            changed = True
+        if rank.get(hit["status"], 1) > rank[worst] or not why:
+            worst, why = hit["status"], f"{f.name}: {hit['why']}"
+    if changed:
+        try:
+            atomic_write_json(cache_path, cache)
+        except (OSError, VaelabError):
+            pass  # an unwritable cache only costs time
+    return worst, why
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    # Fashion-MNIST's shoes all point left and its garments sit centred: mirroring adds no useful variety there.
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist",
+        (1, 28, 28),
+        "fashion-mnist/{" + ",".join(FASHION_FILES) + "}",
+        locate_fashion,
+        load_fashion,
+        download_fashion,
+        FASHION_CLASSES,
+        attribute_pairs=(("Sneaker", "Ankle boot"), ("T-shirt/top", "Shirt")),
+        mirror=False,
+        classifier_epochs=10,
+    ),
+    "cifar10": DatasetSpec(
+        "cifar10",
+        (3, 32, 32),
+        f"{CIFAR_ARCHIVE} (or the extracted {CIFAR_DIR}/)",
+        locate_cifar,
+        load_cifar,
+        download_cifar,
+        CIFAR_CLASSES,
+        attribute_pairs=CIFAR_PAIRS,
+        classifier_epochs=15,
+    ),
+    # 5,000 images: more epochs for the classifier to see as many steps
+    "cifar10-lossless": DatasetSpec(
+        "cifar10-lossless",
+        (3, 32, 32),
+        str(LOSSLESS_FILE),
+        locate_lossless,
+        load_lossless,
+        None,
+        CIFAR_CLASSES,
+        attribute_pairs=CIFAR_PAIRS,
+        classifier_epochs=30,
+    ),
+    # Factor datasets (the disentanglement issue): binary 64x64 sprites, the shape as class. shapes2d is rendered
+    # here on first use; a real dSprites file is read where it is put.
+    "shapes2d": DatasetSpec(
+        "shapes2d",
+        (1, 64, 64),
+        f"shapes2d/{SHAPES2D_FILE} (rendered on first use)",
+        locate_shapes2d,
+        lambda p: load_factor_npz(p, "shapes2d"),
+        None,
+        SHAPES,
+        classifier_epochs=2,
+        generate=generate_into,
+        factor_names=FACTOR_NAMES,
+    ),
+    "dsprites": DatasetSpec(
+        "dsprites",
+        (1, 64, 64),
+        f"dsprites/{DSPRITES_FILE}",
+        locate_dsprites,
+        lambda p: load_factor_npz(p, "dsprites"),
+        None,
+        SHAPES,
+        classifier_epochs=2,
+        factor_names=FACTOR_NAMES,
+    ),
+}
+
+
+def search_roots(data_dir: str | Path | None = None) -> list[Path]:
+    """Where to look, in order: the explicit folder alone if given; else $VAELAB_DATA, the user cache, Debian's."""
+    if data_dir is not None:
+        return [Path(data_dir)]
+    roots = []
+    if os.environ.get("VAELAB_DATA"):
+        roots.append(Path(os.environ["VAELAB_DATA"]))
+    roots += [cache_dir() / "data", Path("/usr/share/datasets")]
+    return roots
+
+
+def spec(name: str) -> DatasetSpec:
+    """What vaelab knows about a dataset: a built-in one, or a user's `npz:PATH` (read from the file's headers)."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if is_user_dataset(name):  # folder:PATH scans its image files; npz:PATH reads the file's headers
+        return folder_spec(name) if name.startswith(FOLDER) else npz_spec(name)
+    raise VaelabError(
+        f"unknown dataset '{name}' (known: {', '.join(DATASETS)}, or npz:PATH or folder:PATH for your own images)"
+    )
+
+
+def locate(name: str, data_dir: str | Path | None = None) -> Path | None:
+    return _locate(spec(name), data_dir)
+
+
+def _locate(the_spec: DatasetSpec, data_dir: str | Path | None) -> Path | None:
+    for root in search_roots(data_dir):
+        found = the_spec.locate(root)
+        if found is not None:
+            return found
+    return None
+
+
+_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+_FACTOR_ARRAYS = ("factors_train", "factors_test")
+
+
+def _cached_load(spec: DatasetSpec, source: Path) -> Dataset:
+    if not spec.cache:
+        ds = spec.load(source)
+        return dataclasses.replace(ds, name=spec.name)
+    # a user's dataset is named by its path (and options): a file-name-safe stem plus a hash of the whole name
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name)[-60:]
+    if stem != spec.name:
+        stem += "-" + hashlib.sha1(spec.name.encode()).hexdigest()[:8]
+    folder = cache_dir() / "decoded" / f"{stem}-{source_key(source)}"
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():  # meta.json is written last: its presence means every array is complete
+        try:
+            meta = read_json(meta_path)
+            # memory-mapped: a run reads only the rows its splits take (shapes2d's grid is 3 GB)
+            arrays = [np.load(folder / f"{k}.npy", mmap_mode="r") for k in _ARRAYS]
+            factors = [np.load(folder / f"{k}.npy") for k in _FACTOR_ARRAYS] if meta.get("factor_names") else [None] * 2
+            return Dataset(
+                spec.name,
+                *arrays,
+                tuple(meta["classes"]),
+                meta["source"],
+                *factors,
+                tuple(meta.get("factor_names", ())),
+            )
+        except (OSError, ValueError, KeyError, VaelabError):
+            pass  # a damaged cache is rebuilt from the source
+    ds = spec.load(source)
+    if ds.shape != spec.shape:
+        raise VaelabError(f"{source}: images are {ds.shape}, expected {spec.shape}")
+    try:
+        for k in _ARRAYS + (_FACTOR_ARRAYS if ds.factor_names else ()):
+            buf = io.BytesIO()
+            np.save(buf, getattr(ds, k))
+            atomic_write_bytes(folder / f"{k}.npy", buf.getvalue())
+        atomic_write_json(
+            meta_path, {"classes": list(ds.classes), "source": ds.source, "factor_names": list(ds.factor_names)}
+        )
+    except OSError:
+        pass  # an unwritable cache only costs speed
+    return ds
+
+
+def load(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
+    """Load a dataset by name, searching the usual places, downloading only when it is nowhere."""
+    the_spec = spec(name)  # once: for a user's npz it reads the file's headers and labels
+    source = _locate(the_spec, data_dir)
+    if source is None and the_spec.generate is not None:  # rendered, not downloaded: into the user cache
+        source = the_spec.locate(cache_dir() / "data") or the_spec.generate(cache_dir() / "data")
+    if source is None:
+        roots = search_roots(data_dir)
+        where = ", ".join(str(r) for r in roots)
+        if download and data_dir is None and the_spec.download is not None and not os.environ.get("VAELAB_NO_DOWNLOAD"):
+            try:
+                source = the_spec.download(cache_dir() / "data")
+            except ConnectionError as e:
+                raise VaelabError(
+                    f"{name}: not found in {where} and download failed ({e}); "
+                    f"put {the_spec.what} in $VAELAB_DATA or pass --data-dir"
+                ) from None
+        else:
+            raise VaelabError(
+                f"{name}: not found in {where}; put {the_spec.what} there, set $VAELAB_DATA or pass --data-dir"
+            )
+    status_, why = verify(source)
+    if status_ == CORRUPT:
+        raise VaelabError(f"{source}: corrupt ({why}); replace the file with a fresh copy")
+    return _cached_load(the_spec, source)
+
+
+def status(data_dir: str | Path | None = None) -> list[dict]:
+    """For `vaelab datasets`: where each dataset was found, or where it is expected."""
+    rows = []
+    for name, spec in DATASETS.items():
+        found = locate(name, data_dir)
+        if spec.generate is not None:  # rendered here: no hash to check, and nothing to fetch when absent
+            found = found or (spec.locate(cache_dir() / "data") if data_dir is None else None)
+            state, why = ("generated", "rendered by vaelab") if found else ("not yet rendered", "")
+            expected = "rendered into the user cache on first use"
+        else:
+            state, why = verify(found) if found else ("missing", "")
+            expected = f"expected {spec.what} in one of: " + ", ".join(str(r) for r in search_roots(data_dir))
+        rows.append(
+            {
+                "dataset": name,
+                "shape": "x".join(map(str, spec.shape)),
+                "status": state,
+                "why": why,
+                "where": str(found) if found else expected,
+            }
+        )
+    return rows
+
+
+def _subset(n: int, size: int, seed: int) -> np.ndarray:
+    idx = np.random.default_rng(seed).permutation(n)
+    return np.sort(idx[:size] if size else idx)
+
+
+def subsample(idx: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """A fixed subset of at most `size` of `idx` (all of it when size is 0 or larger), in the original order."""
+    return idx if not size or size >= len(idx) else idx[_subset(len(idx), size, seed)]
+
+
+def split_indices(n_train: int, val_size: int, train_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train/validation indices: validation carved from train by a fixed permutation."""
+    if val_size >= n_train:
+        raise VaelabError(f"val_size {val_size} leaves no training images (the split has {n_train})")
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n_train)
+    val, rest = perm[:val_size], perm[val_size:]
+    if train_size:
+        if train_size > len(rest):
+            raise VaelabError(f"train_size {train_size} is more than the {len(rest)} training images available")
+        rest = rest[:train_size]
+    return np.sort(rest), np.sort(val)
+
+
+def test_indices(n_test: int, test_size: int = 0) -> np.ndarray:
+    if test_size > n_test:
+        raise VaelabError(f"test_size {test_size} is more than the {n_test} test images available")
+    return _subset(n_test, test_size, SPLIT_SEED + 1)
+
+
+def to_split(x: np.ndarray, y: np.ndarray, device: torch.device | str) -> Split:
+    return Split(torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(y).to(device))
+
+
+def make_splits(
+    ds: Dataset, val_size: int, train_size: int, test_size: int, device: torch.device | str = "cpu"
+) -> dict[str, Split]:
+    tr, va = split_indices(len(ds.x_train), val_size, train_size)
+    te = test_indices(len(ds.x_test), test_size)
+    return {
+        "train": to_split(ds.x_train[tr], ds.y_train[tr], device),
+        "val": to_split(ds.x_train[va], ds.y_train[va], device),
+        "test": to_split(ds.x_test[te], ds.y_test[te], device),
+    }
+
+
+def minibatches(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    shuffle: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Index tensors over a random permutation made on the data's device (no per-item DataLoader)."""
+    idx = torch.randperm(n, generator=generator, device=device) if shuffle else torch.arange(n, device=device)
+    for i in range(0, n, batch_size):
+        yield idx[i : i + batch_size]
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [0, 1]."""
+    return x.float().div_(255.0)

@@ -1,0 +1,62 @@
+"""The comparative study: a spec of config grids (`spec`), the built-in presets (`presets`), resumable parallel
+execution (`execution`) and what the study directory holds, read back as results and tables (`results`)."""
+
+from .execution import check_datasets, ray_options, run, run_cell, stale_fields
+from .presets import BETA_LATENT, PRESETS, preset_spec
+from .results import (
+    INFO_COLUMNS,
+    beta_rows,
+    beta_table,
+    cell_status,
+    collect,
+    first_failure,
+    fmt_num,
+    format_table,
+    generation_runs,
+    latent_rows,
+    latent_table,
+    representative,
+    score_target,
+    status_text,
+    summarize,
+    varied_keys,
+    write_results,
+)
+from .spec import Cell, StudySpec, chain, load_spec, parse_spec, product, run_id, sweep, zipit
+
+__all__ = [
+    "check_datasets",
+    "ray_options",
+    "run",
+    "run_cell",
+    "stale_fields",
+    "BETA_LATENT",
+    "PRESETS",
+    "preset_spec",
+    "INFO_COLUMNS",
+    "beta_rows",
+    "beta_table",
+    "cell_status",
+    "collect",
+    "first_failure",
+    "fmt_num",
+    "format_table",
+    "generation_runs",
+    "latent_rows",
+    "latent_table",
+    "representative",
+    "score_target",
+    "status_text",
+    "summarize",
+    "varied_keys",
+    "write_results",
+    "Cell",
+    "StudySpec",
+    "chain",
+    "load_spec",
+    "parse_spec",
+    "product",
+    "run_id",
+    "sweep",
+    "zipit",
+]

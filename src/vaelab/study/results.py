@@ -1,0 +1,299 @@
+"""What a study directory holds, read back: each cell's status, results.csv, summaries over seeds, text tables, and
+the generation scores of the runs a report shows."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..config import TrainConfig, config_diff, from_dict
+from ..errors import VaelabError
+from ..metrics import columns as metric_columns
+from ..metrics import computed as registered_metrics
+from ..run import Run, Study
+from ..scoring import score_run
+from ..store import (
+    CONFIG,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    read_jsonl,
+)
+from .spec import _FIELD_ORDER, format_value
+
+INFO_COLUMNS = ["n_dims", "likelihood_discrete"]  # carried into results for units, never averaged
+
+
+def _pid_alive(info: dict) -> bool:
+    if info.get("host") != socket.gethostname():
+        return True  # another machine's process: trust the marker
+    try:
+        os.kill(int(info["pid"]), 0)
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def cell_status(run_dir: Path) -> str:
+    run = Run(run_dir, check=False)
+    if run.eval_path().is_file():
+        return "done"
+    if run.running_path.is_file():
+        try:
+            return "running" if _pid_alive(read_json(run.running_path)) else "interrupted"
+        except VaelabError:
+            return "interrupted"
+    if run.error_path.is_file():
+        return "failed"
+    if run.metrics_path.is_file():
+        return "interrupted"
+    return "pending"
+
+
+def first_failure(out: str | Path) -> tuple[str, str]:
+    """(run id, reason) of the study's first failed cell, from its error.json."""
+    for c in Study(out).spec()["cells"]:
+        run_dir = Study(out).run_dir(c["run_id"])
+        if cell_status(run_dir) == "failed":
+            err = read_json(Run(run_dir, check=False).error_path)
+            return c["run_id"], str(err.get("error", err) if isinstance(err, dict) else err)
+    return "", ""
+
+
+def collect(out: str | Path):
+    """One row per cell from the run directories (never cached, so never stale)."""
+    out = Path(out)
+    study = Study(out).spec()
+    cells = study.get("cells") if isinstance(study, dict) else None
+    if not isinstance(cells, list) or not all(
+        isinstance(c, dict) and {"run_id", "config", "overrides"} <= set(c) for c in cells
+    ):
+        raise VaelabError(
+            f"{out / 'study.json'}: damaged (no valid 'cells'); run the study command again to rewrite it"
+        )
+    rows = []
+    for c in cells:
+        d = Study(out).run_dir(c["run_id"])
+        run = Run(d, check=False)
+        cfg = c["config"]
+        row: dict[str, Any] = {
+            "run_id": c["run_id"],
+            "status": cell_status(d),
+            **c["overrides"],
+            **{k: cfg[k] for k in ("dataset", "latent_dim", "beta", "seed") if k not in c["overrides"]},
+        }
+        hist = read_jsonl(run.metrics_path)
+        row["epochs_done"] = len(hist)
+        row["train_seconds"] = sum(h["seconds"] for h in hist) if hist else None
+        row["images_per_s"] = sum(h["images_per_s"] for h in hist) / len(hist) if hist else None
+        full = [h["seconds"] for h in hist if not h.get("partial")]  # a time budget's last epoch may be cut short
+        row["seconds_per_epoch"] = sum(full) / len(full) if full else None
+        # how far from convergence: the last epoch whose validation ELBO improved (early stopping records it)
+        row["best_epoch"] = hist[-1].get("best_epoch") if hist else None
+        row["stopped_early"] = bool(hist and hist[-1].get("stopped_early"))
+        val = [h["val_neg_elbo"] for h in hist if "val_neg_elbo" in h]
+        # the last epoch's relative change of the validation negative ELBO (< 0: still improving)
+        row["last_val_change"] = (val[-1] - val[-2]) / abs(val[-2]) if len(val) > 1 and val[-2] else None
+        if run.eval_path().is_file():
+            ev = read_json(run.eval_path())
+            ev = {**ev, **(ev.get("disentanglement") or {})}  # a factor dataset's scores sit in their own block
+            row.update({k: ev.get(k) for k in metric_columns() + INFO_COLUMNS})
+        if row["status"] == "failed":
+            err = read_json(run.error_path)
+            row["error"] = err.get("error") if isinstance(err, dict) else "damaged error.json"
+        elif row["status"] == "done" and (diff := stale_fields(d, from_dict(cfg))):
+            row["status"] = "stale"  # trained with another config than the spec's: never mixed into results
+            row["error"] = "trained with another config: " + ", ".join(diff)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_results(out: str | Path):
+    out = Path(out)
+    df = collect(out)
+    atomic_write_text(Study(out).results_path, df.to_csv(index=False))
+    try:
+        import io
+
+        import pyarrow  # noqa: F401
+
+        from .store import atomic_write_bytes
+
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write_bytes(Study(out).parquet_path, buf.getvalue())
+    except ImportError:
+        pass
+    return df
+
+
+def varied_keys(df, core: list[str]) -> list[str]:
+    """`core` plus every other config field the study varies, except the seed: the groups a mean over seeds
+    may pool. (A grid over likelihoods must not average a Bernoulli run with a logistic one.)"""
+    extra = [k for k in _FIELD_ORDER if k in df and k not in core and k != "seed" and df[k].nunique(dropna=False) > 1]
+    return core + extra
+
+
+def summarize(df, by: list[str], metrics: list[str] | None = None):
+    """mean, std and n over seeds of each metric, grouped by `by` and every other varied key (done cells only)."""
+    metrics = [m for m in (metrics or metric_columns()) if m in df and df[m].notna().any()]
+    done = df[df["status"] == "done"]
+    if done.empty:
+        return done
+    by = varied_keys(done, by)
+    g = done.groupby(by, sort=True, dropna=False)[metrics]
+    std, n = g.std(), g.count()
+    # The 95 % t interval of the mean over seeds: what the plots' error bars show (NaN for a single seed).
+    half = std.mul(stats.t.ppf(0.975, (n - 1).where(n > 1)), axis=0) / np.sqrt(n)
+    res = g.mean().join(std.add_suffix("_std")).join(half.add_suffix("_ci")).join(g.size().rename("n"))
+    return res.reset_index()
+
+
+def latent_rows(df):
+    """The finished runs at beta = 1, one row per run (what the findings test)."""
+    return df[(df["status"] == "done") & (df["beta"] == 1.0)]
+
+
+def beta_rows(df):
+    """The finished runs of each dataset's beta sweep: at the latent size with the most distinct betas."""
+    parts = []
+    for ds, sub in df[df["status"] == "done"].groupby("dataset"):
+        counts = sub.groupby("latent_dim")["beta"].nunique()
+        if counts.empty or counts.max() < 2:
+            continue
+        parts.append(sub[sub["latent_dim"] == counts.idxmax()])
+    return pd.concat(parts) if parts else df.iloc[0:0]
+
+
+def latent_table(df):
+    """Per dataset x latent_dim (x any other varied key) at beta = 1."""
+    return summarize(latent_rows(df), ["dataset", "latent_dim"])
+
+
+def beta_table(df):
+    """Per dataset x beta, at each dataset's beta-sweep latent size."""
+    rows = beta_rows(df)
+    return summarize(rows, ["dataset", "latent_dim", "beta"]) if len(rows) else pd.DataFrame()
+
+
+def fmt_num(v: float, digits: int = 4) -> str:
+    """Readable numbers: 16,150 rather than 1.615e+04."""
+    return f"{v:,.0f}" if abs(v) >= 10**digits else f"{v:.{digits}g}"
+
+
+def format_table(t, metrics: list[str] | None = None) -> str:
+    """Render a summary as fixed-width text with mean ± std."""
+    if t is None or len(t) == 0:
+        return "(no finished runs yet)"
+    keys = [c for c in _FIELD_ORDER if c in t and c != "seed"]
+    metrics = [m for m in (metrics or metric_columns()) if m in t]
+    header = keys + metrics + ["n"]
+    rows = []
+    for _, r in t.iterrows():
+        cells = [format_value(r[k]) for k in keys]
+        for m in metrics:
+            std = r.get(f"{m}_std")
+            cells.append(fmt_num(r[m]) + (f" ± {fmt_num(std, 2)}" if std is not None and std == std else ""))
+        cells.append(str(int(r["n"])))
+        rows.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(header)]
+    line = lambda cs: "  ".join(c.ljust(w) for c, w in zip(cs, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def status_text(out: str | Path) -> tuple[str, dict[str, int]]:
+    df = write_results(out)
+    counts = df["status"].value_counts().to_dict()
+    cols = [
+        c
+        for c in df.columns
+        if c not in ("error",) and c in ["run_id", "status", "epochs_done", "neg_elbo", "bpd_elbo", "active_units"]
+    ]
+    lines = [
+        f"study {read_json(Path(out) / 'study.json')['name']}: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + f" of {len(df)}",
+        "",
+        df[cols].to_string(index=False),
+    ]
+    if "error" in df and df["error"].notna().any():
+        lines += ["", "failed or stale runs:"] + [
+            f"  {r.run_id}: {r.error}" for r in df[df["error"].notna()].itertuples()
+        ]
+    short = ["neg_elbo", "recon", "kl", "bpd_elbo", "active_units", *(m.name for m in registered_metrics())]
+    lines += ["", "by latent_dim (beta = 1), mean ± std over seeds:", format_table(latent_table(df), short)]
+    bt = beta_table(df)
+    if len(bt):
+        lines += ["", "by beta, mean ± std over seeds:", format_table(bt, short)]
+    return "\n".join(lines), counts
+
+
+def representative(df, dataset: str, **match):
+    """The first finished run of a dataset matching the given values (seed 0 preferred)."""
+    sub = df[(df["dataset"] == dataset) & (df["status"] == "done")]
+    for k, v in match.items():
+        sub = sub[sub[k] == v]
+    return None if sub.empty else sub.sort_values("seed").iloc[0]["run_id"]
+
+
+def generation_runs(out: Path, df) -> list[tuple[str, Path]]:
+    """Per dataset, the run whose generation the report shows: the largest latent size at β = 1, seed 0."""
+    runs = []
+    done = df[df["status"] == "done"]
+    for ds_name in sorted(done["dataset"].unique()):
+        sub = done[(done["dataset"] == ds_name) & (done["beta"] == 1.0)]
+        if len(sub):
+            z = int(sub["latent_dim"].max())
+            runs.append(
+                (f"{ds_name}, latent_dim {z}", Study(out).run_dir(representative(df, ds_name, latent_dim=z, beta=1.0)))
+            )
+    return runs
+
+
+def score_target(target, data_dir=None, n: int = 2000, every: bool = False) -> list[tuple[str, dict | str]]:
+    """`vaelab score`: a run's generation scores, or those of the runs a study's report shows (per dataset, the
+    largest latent size at beta = 1, seed 0; with `every`, all its finished runs), merged into their eval.json;
+    failures are recorded there too."""
+
+    target = Path(target)
+    if Study(target).exists():
+        df = write_results(target)
+        runs = (
+            [(r.run_id, Study(target).run_dir(r.run_id)) for r in df[df["status"] == "done"].itertuples()]
+            if every
+            else generation_runs(target, df)
+        )
+    else:
+        runs = [(str(target), Run(target).path)]
+    out = []
+    for label, run in runs:
+        try:
+            out.append((label, score_run(run, data_dir, n)))
+        except (VaelabError, ValueError) as e:  # e.g. no data here, or a class with too few codes to fit
+            ev_path = Run(run, check=False).eval_path()
+            if ev_path.is_file():
+                atomic_write_json(ev_path, {**read_json(ev_path), "generation_error": str(e)})
+            out.append((label, str(e)))
+    if Study(target).exists():
+        write_results(target)  # results.csv carries the new scores
+    return out
+
+
+def stale_fields(run_dir: Path, cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """The fields in which a run directory's stored config differs from the cell's: {field: (stored, wanted)}.
+
+    Empty for a run not started yet. A stored config that no longer validates counts as differing in full."""
+    path = Run(run_dir, check=False).config_path
+    if not path.is_file():
+        return {}
+    try:
+        stored = from_dict(read_json(path))
+    except VaelabError as e:
+        return {CONFIG: (str(e), "a valid config")}
+    return config_diff(stored, cfg)
