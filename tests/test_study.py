@@ -122,6 +122,10 @@ def test_run_resume_and_results(tiny_root, tmp_path, monkeypatch):
     assert study.run(spec, out, data_dir=str(tiny_root)) == {"done": 2}
     df = pd.read_csv(out / "results.csv")
     assert list(df["run_id"]) == ["latent_dim-2__seed-0", "latent_dim-8__seed-0"]
+    parquet = pd.read_parquet(out / "results.parquet")  # the same table, typed (pyarrow is in the test set)
+    assert list(parquet["run_id"]) == list(df["run_id"]) and parquet["neg_elbo"].tolist() == pytest.approx(
+        df["neg_elbo"].tolist()
+    )
     for col in (
         "latent_dim",
         "seed",

@@ -179,7 +179,7 @@ def latent_maps(mu: np.ndarray, labels: np.ndarray, classes: list[str], seed: in
         mu
     )
     try:
-        import umap  # type: ignore
+        import umap  # type: ignore  # optional: umap-learn is no dependency; t-SNE serves without it
 
         maps["UMAP"] = umap.UMAP(random_state=seed).fit_transform(mu)
     except ImportError:

@@ -19,7 +19,7 @@ class Tracker:
 
     def __init__(self, out: Path, cfg):
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # the optional 'tensorboard' extra
         except ImportError:
             raise VaelabError(
                 "--tracker tensorboard needs the tensorboard package (pip install 'vaelab[tensorboard]')"

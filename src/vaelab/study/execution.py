@@ -272,7 +272,7 @@ def _run_ray(
 ) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from offline machines
     try:
-        import ray
+        import ray  # the optional 'ray' extra, only for --executor ray
     except ImportError:
         raise VaelabError("the ray executor needs Ray: pip install 'vaelab[ray]'") from None
     if not ray.is_initialized():

@@ -3,6 +3,7 @@ the generation scores of the runs a report shows."""
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..run import Run, Study
 from ..scoring import score_run
 from ..store import (
     CONFIG,
+    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     read_json,
@@ -119,11 +121,7 @@ def write_results(out: str | Path):
     df = collect(out)
     atomic_write_text(Study(out).results_path, df.to_csv(index=False))
     try:
-        import io
-
-        import pyarrow  # noqa: F401
-
-        from .store import atomic_write_bytes
+        import pyarrow  # noqa: F401  (optional extra 'parquet': results.csv is the record without it)
 
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
