@@ -321,3 +321,13 @@ def test_every_option_of_every_command_says_what_it_does():
     assert not silent, f"options without help text: {silent}"
     for parser in sub.choices.values():  # and each command's help renders (argparse reads % as a format)
         assert "--help" in parser.format_help()
+
+
+def test_train_takes_a_count_budget_and_refuses_a_bare_number(tiny_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", *TINY, "--epochs", "30", "--budget", "3steps", "--out", str(run), "--data-dir", str(tiny_root)]
+    assert main([*argv, "--no-eval"]) == 0
+    assert "budget 3steps spent at step 3" in capsys.readouterr().out
+    assert main(["train", "--budget", "3000", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a budget: '3000'" in err and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists()

@@ -11,7 +11,7 @@ import torch
 from conftest import count, quick_classifier, tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
-from vaelab.models import VAE
+from vaelab.models import VAE, build
 from vaelab.train import TrainingDiverged, load_checkpoint, load_model, train
 
 
@@ -452,3 +452,52 @@ def test_a_run_whose_every_step_is_skipped_for_its_gradient_norm_is_refused_not_
     with pytest.raises(TrainingDiverged, match="skip_grad_norm"):
         train(cfg, tmp_path / "r", dataset=ds)
     assert not (tmp_path / "r" / "checkpoint.safetensors").exists()  # no epoch without an update is saved
+
+
+def test_count_budgets_stop_at_their_step_and_span_the_schedule(ds, tmp_path):
+    """3 steps, 70 images (= 3 batches of 32) and a FLOP budget of 3 steps' FLOPs all train exactly 3 steps, the
+    cosine schedule spread over them; epochs is only the upper bound."""
+    from vaelab.train import step_flops
+
+    cfg = tiny_config(epochs=50, batch_size=32, cosine=True)
+    flops = step_flops(
+        cfg, build(cfg, ds.shape, len(ds.classes)), vdata.make_splits(ds, cfg.val_size, cfg.train_size, 0)["train"]
+    )
+    assert flops > 0
+    for budget in ("3steps", "70images", f"{3 * flops + 1}flops"):
+        last = train(cfg.replace(budget=budget), tmp_path / budget, dataset=ds)
+        assert last["step"] == 3 and last["epoch"] == 1, budget
+        assert last["lr"] == pytest.approx(cfg.lr * 0.5 * (1 + math.cos(math.pi * 2 / 3)))  # the last step's
+
+
+def test_a_flop_budget_gives_the_same_weights_beside_a_busy_process(ds, tmp_path):
+    """Counts, not seconds: the same spec and seed give identical weights whether or not another process keeps the
+    CPU busy during the run (a time budget would train fewer steps there)."""
+    import subprocess
+    import sys
+
+    from vaelab.train import step_flops
+
+    cfg = tiny_config(epochs=50)
+    flops = step_flops(cfg, build(cfg, ds.shape, len(ds.classes)), vdata.make_splits(ds, 40, 0, 0)["train"])
+    cfg = cfg.replace(budget=f"{5.5 * flops:.6g}flops")  # five steps' worth
+    quiet = train(cfg, tmp_path / "quiet", dataset=ds)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        loaded = train(cfg, tmp_path / "busy", dataset=ds)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert quiet["step"] == loaded["step"] == 5
+    a, b = load_checkpoint(tmp_path / "quiet")["model"], load_checkpoint(tmp_path / "busy")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_budget_resumes_to_the_same_step(ds, tmp_path):
+    cfg = tiny_config(epochs=50, budget="9steps", train_size=64, batch_size=16)  # 4 steps an epoch
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "r", dataset=ds, on_epoch_end=_stop_after(1))
+    last = train(cfg, tmp_path / "r", dataset=ds, resume=True)
+    assert last["step"] == 9 and last["epoch"] == 3 and last.get("partial")
+    again = train(cfg, tmp_path / "r", dataset=ds, resume=True)  # nothing left: nothing trained
+    assert again == last

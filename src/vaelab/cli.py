@@ -98,6 +98,8 @@ def cmd_train(args) -> int:
         if last.get("stopped_early")
         else ", time budget spent"
         if cfg.time_budget and trained_s >= cfg.time_budget
+        else f", budget {cfg.budget} spent at step {last['step']}"
+        if cfg.budget and last["epoch"] < cfg.epochs
         else ""
     )
     print(

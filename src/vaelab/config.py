@@ -71,6 +71,9 @@ class TrainConfig:
     skip_grad_norm: float = 0.0  # skip (count, do not apply) updates whose gradient norm exceeds this; 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights, used to evaluate and sample; 0 = off
     time_budget: float = 0.0  # seconds of training (also "30m", "1.5h"); then epochs is only an upper bound
+    # a budget that means the same on every machine: "3000steps", "2e6images" or "2e13flops" (FLOPs of one training
+    # step counted from the model, torch.utils.flop_counter); a time ("90s") is stored as time_budget instead
+    budget: str = ""
     patience: int = 0  # early stopping: stop after this many epochs without a better validation ELBO; 0 = off
     min_improvement: float = 0.0  # the relative margin that counts as better (0.001 = 0.1 %)
     seed: int = 0
@@ -89,6 +92,11 @@ class TrainConfig:
         # so no code path trains on a value validate() would refuse.
         for f in fields(self):
             object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name)))
+        if self.budget and parse_budget(self.budget)[1] == "seconds":  # one field for a time budget: time_budget
+            if self.time_budget:
+                raise VaelabError("give a time budget once: --budget 90s or --time-budget 90s, not both")
+            object.__setattr__(self, "time_budget", parse_budget(self.budget)[0])
+            object.__setattr__(self, "budget", "")
         validate(self)
 
     def replace(self, **overrides: Any) -> TrainConfig:
@@ -144,6 +152,8 @@ HELP: dict[str, str] = {
     "skip_grad_norm": "skip updates whose gradient norm exceeds this (0 = off)",
     "ema": "decay of an exponential moving average of the weights, used to evaluate and sample (0 = off)",
     "time_budget": "train for this long (45s, 30m, 1.5h), the learning-rate schedule spread over it",
+    "budget": "train for this many steps, images or FLOPs (3000steps, 2e6images, 2e13flops; or a time, 90s): the same "
+    "model on every machine, the learning-rate schedule spread over it",
     "patience": "stop after this many epochs without a better validation ELBO, keeping the best (0 = off)",
     "min_improvement": "relative margin that counts as better for patience (0.001 = 0.1 %)",
     "seed": "random seed: weights, data order and noise",
@@ -190,6 +200,27 @@ def parse_duration(value: Any) -> float:
     if not math.isfinite(seconds):
         raise VaelabError(f"not a duration: {value!r}")
     return seconds
+
+
+BUDGET_UNITS = ("steps", "images", "flops")
+
+
+def parse_budget(value: str) -> tuple[float, str]:
+    """(amount, unit) of a budget: "3000steps", "2e6images", "2e13flops", or a duration ("90s", "30m") in seconds."""
+    text = str(value).strip().lower()
+    unit = next((u for u in BUDGET_UNITS if text.endswith(u)), None)
+    if unit is None:
+        if text[-1:] not in _UNITS:
+            raise VaelabError(f"not a budget: {value!r} (use 3000steps, 2e6images, 2e13flops or a time: 90s, 30m)")
+        amount, unit = parse_duration(text), "seconds"
+    else:
+        try:
+            amount = float(text[: -len(unit)])
+        except ValueError:
+            raise VaelabError(f"not a budget: {value!r} (a number before '{unit}', e.g. 3000{unit})") from None
+    if not (math.isfinite(amount) and amount >= 1):
+        raise VaelabError(f"a budget must be at least 1 {unit}, got {value!r}")
+    return amount, unit
 
 
 def coerce(key: str, value: Any) -> Any:
@@ -277,6 +308,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name, ok, text in _RANGES:
         _need(ok(getattr(cfg, name)), f"{name} must be {text}, got {getattr(cfg, name)}")
     _need(0 <= cfg.time_budget <= 30 * 86400, f"time_budget must be between 0 and 30 days, got {cfg.time_budget} s")
+    if cfg.budget:
+        parse_budget(cfg.budget)
     for name in _COUNTS:
         _need(getattr(cfg, name) < 2**31, f"{name} is too large: {getattr(cfg, name)}")
     return cfg

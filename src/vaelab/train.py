@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from . import data as vdata
@@ -27,7 +29,7 @@ from .checkpoint import (  # noqa: F401
     save_checkpoint,
 )
 from .classifier import reference_classifier
-from .config import TrainConfig, config_diff, from_dict
+from .config import TrainConfig, config_diff, from_dict, parse_budget
 from .errors import VaelabError
 from .losses import TCCritic, objective, objective_entry, perceptual_term, scheduled_beta
 from .models import VAE
@@ -256,6 +258,39 @@ def train(
         return _train_locked(cfg, out, ds, device, splits["train"], splits["val"], progress, on_epoch_end)
 
 
+# ---------------------------------------------------------------- budgets that mean the same on every machine
+
+
+def budget_steps(cfg: TrainConfig, model: torch.nn.Module, split: vdata.Split) -> int | None:
+    """The optimiser steps a count budget allows (None without one): steps as given, images over the batch size,
+    FLOPs over the FLOPs of one training step. Counts, unlike seconds, train the same model however fast or busy
+    the machine is."""
+    if not cfg.budget:
+        return None
+    amount, unit = parse_budget(cfg.budget)
+    if unit == "steps":
+        return int(amount)
+    if unit == "images":
+        return math.ceil(amount / cfg.batch_size)
+    return max(1, int(amount // step_flops(cfg, model, split)))
+
+
+def step_flops(cfg: TrainConfig, model: torch.nn.Module, split: vdata.Split) -> int:
+    """FLOPs of one training step (the model's forward, the objective and the backward pass) at the run's batch
+    size, counted by torch.utils.flop_counter on a copy of the model: shapes decide them, not the machine. A
+    critic's or a perceptual network's FLOPs are not counted."""
+    probe = copy.deepcopy(model).train()
+    x = split.x[: cfg.batch_size]
+    y = split.y[: cfg.batch_size] if cfg.conditional else None
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
+        objective(probe(x, y), cfg.beta, cfg, 0.0, n_data=len(split)).backward()
+    return int(counter.get_total_flops())
+
+
+# ---------------------------------------------------------------- one run
+
+
 def _stored_checkpoint(cfg: TrainConfig, out: Path) -> dict | None:
     """The run's checkpoint when it continues one (same config, not an unpacked export), else None."""
     if not ((out / CHECKPOINT).exists() or (out / LEGACY_CHECKPOINT).exists()):
@@ -335,6 +370,9 @@ class _Trainer:
         self.best_state = ckpt["model"] if (ckpt is not None and cfg.patience) else None
         self.best_val, self.best_epoch = _best(self.history, cfg.min_improvement)
         self.trained_s = sum(r["seconds"] for r in self.history)  # training seconds so far: what a budget counts
+        self.budget_steps = budget_steps(cfg, self.model, train_split)  # a count budget, as optimiser steps
+        if self.budget_steps:
+            self.total_steps = self.budget_steps  # the schedules span the budget
 
     def _restore(self, ckpt: dict | None) -> None:
         """A checkpoint's state ("model" is what evaluation reads: the EMA, or the best epoch with patience)."""
@@ -356,7 +394,8 @@ class _Trainer:
     def finished(self) -> bool:
         """The time budget is spent, or patience already stopped the run."""
         spent = self.cfg.time_budget and self.trained_s >= self.cfg.time_budget
-        return bool(spent or (self.history and self.history[-1].get("stopped_early")))
+        counted = self.budget_steps and self.step >= self.budget_steps
+        return bool(spent or counted or (self.history and self.history[-1].get("stopped_early")))
 
     def run(self, show: bool, on_epoch_end) -> dict:
         cfg = self.cfg
@@ -383,6 +422,9 @@ class _Trainer:
                 self.tracker.close(self.history[-1] if self.history else None)
 
     def _out_of_time(self, ep: _Epoch) -> bool:
+        """The budget is spent: its steps (images, FLOPs) taken, or its seconds trained."""
+        if self.budget_steps:
+            return self.step >= self.budget_steps
         return bool(self.cfg.time_budget) and self.trained_s + time.perf_counter() - ep.t0 >= self.cfg.time_budget
 
     def _epoch(self, epoch: int, show: bool) -> _Epoch:
