@@ -4,7 +4,8 @@ Findings read per-run rows (one per trained cell), never pre-averaged tables, so
 cell each claim gets a 95 % confidence interval of the effect it states and a test suited to it: paired across
 seeds for two settings, a regression slope on log2 of the setting for a trend over latent sizes or β. A claim
 *holds* only when its effect has the claimed sign and is significant (p < 0.05); *inconclusive* when the data
-cannot tell. With fewer seeds the verdict comes from the means, and the evidence says why there are no statistics.
+cannot tell; *does not hold* only when the effect is significant the other way. With fewer seeds there is no
+verdict (*not enough data*): the evidence shows the means and which way they lean.
 """
 
 from __future__ import annotations
@@ -131,6 +132,17 @@ def no_stats_note(k: int) -> str:
     )
 
 
+def means_only(claim: str, evidence: str, lean: str) -> Finding:
+    """Fewer than MIN_SEEDS seeds: no verdict. The evidence shows the means and which way they lean."""
+    return Finding(claim, f"{evidence} Not enough data for a verdict; the means alone lean '{lean}'.", UNKNOWN)
+
+
+def share_interval(k: int, n: int) -> tuple[float, float]:
+    """Wilson 95 % interval of a proportion k / n: always inside [0, 1] (scipy.stats.binomtest)."""
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=1 - ALPHA, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 # ---------------------------------------------------------------- per-dimension units
 
 
@@ -189,7 +201,9 @@ def dataset_complexity(latent: pd.DataFrame) -> list[Finding]:
     means = piv.groupby(level=0).mean()
     wins = int((means["fashion-mnist"] < means["cifar10"]).sum())
     verdict = HOLDS if wins == len(means) else FAILS if wins == 0 else MIXED
-    return [Finding(claim, f"{head}; Fashion-MNIST lower at {wins} of {len(means)} sizes{no_stats_note(k)}.", verdict)]
+    return [
+        means_only(claim, f"{head}; Fashion-MNIST lower at {wins} of {len(means)} sizes{no_stats_note(k)}.", verdict)
+    ]
 
 
 def latent_size(latent: pd.DataFrame) -> list[Finding]:
@@ -213,7 +227,7 @@ def latent_size(latent: pd.DataFrame) -> list[Finding]:
         else:
             steps, n = _steps(r, decreasing=True)
             verdict = HOLDS if r[-1] < r[0] and steps == n else MIXED if r[-1] < r[0] else FAILS
-            out.append(Finding(claim, f"{head}, monotone in {steps} of {n} steps{no_stats_note(k)}.", verdict))
+            out.append(means_only(claim, f"{head}, monotone in {steps} of {n} steps{no_stats_note(k)}.", verdict))
         out += _collapse(ds, sub)
     return out
 
@@ -230,19 +244,21 @@ def _collapse(ds: str, sub: pd.DataFrame) -> list[Finding]:
     # holds: under 90 % of the units active; partly: some units unused, but 90 % or more active; does not hold:
     # every unit active in every seed.
     if len(frac) >= MIN_SEEDS:
-        eff = mean_interval(frac)
-        verdict = HOLDS if eff.hi < 0.9 else FAILS if eff.lo >= 1.0 else MIXED if eff.lo >= 0.9 else INCONCLUSIVE
+        active = int(round(float(frac.sum()) * big))
+        lo, hi = share_interval(active, big * len(frac))  # Wilson, over every unit of every seed
+        m = float(frac.mean())
+        verdict = HOLDS if hi < 0.9 else FAILS if m >= 1.0 else MIXED if lo >= 0.9 else INCONCLUSIVE
         return [
             Finding(
                 claim,
-                f"share of active units at latent_dim {big}: {eff.estimate:.0%}, 95 % CI "
-                f"[{eff.lo:.0%}, {eff.hi:.0%}] over {eff.n} seeds ('holds' below 90 %){tail}.",
+                f"share of active units at latent_dim {big}: {m:.0%} ({active} of {big * len(frac)} units over "
+                f"{len(frac)} seeds), 95 % Wilson interval [{lo:.0%}, {hi:.0%}] ('holds' below 90 %){tail}.",
                 verdict,
             )
         ]
     m = float(frac.mean())
     return [
-        Finding(
+        means_only(
             claim,
             f"{_f(m * big)} of {big} units active at latent_dim {big} ({m:.0%}; 'holds' below 90 %)"
             f"{tail}{no_stats_note(len(frac))}.",
@@ -292,7 +308,7 @@ def beta_tradeoff(beta: pd.DataFrame) -> list[Finding]:
             HOLDS if kl_falls and rec_rises and k1 == n and k2 == n else MIXED if kl_falls and rec_rises else FAILS
         )
         out.append(
-            Finding(
+            means_only(
                 claim,
                 f"{head} (KL falls in {k1} of {n} steps, reconstruction rises in {k2} of {n}){no_stats_note(k)}.",
                 verdict,
@@ -346,7 +362,7 @@ def organisation(latent: pd.DataFrame) -> list[Finding]:
             m = float(diff.mean()) / 100
             verdict = HOLDS if m >= ORGANISATION_MARGIN else FAILS if m <= 0 else MIXED
             out.append(
-                Finding(
+                means_only(
                     claim,
                     f"{head}; 'holds' from {ORGANISATION_MARGIN:.0%} above the untrained encoder{no_stats_note(k)}.",
                     verdict,
@@ -376,7 +392,7 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
         else:
             wins = int((sub["fd_gmm"] < sub["fd_prior"]).sum())
             out.append(
-                Finding(
+                means_only(
                     claim,
                     f"{head}{no_stats_note(len(sub)).replace('per setting', 'scored')}.",
                     HOLDS if wins == len(sub) else FAILS if wins == 0 else MIXED,
@@ -474,7 +490,7 @@ def families(done: pd.DataFrame) -> list[Finding]:
             else:
                 m = float(diff.mean())
                 out.append(
-                    Finding(
+                    means_only(
                         claim,
                         f"{head}{no_stats_note(len(both))}.",
                         HOLDS if m * sign > 0 else FAILS if m * sign < 0 else INCONCLUSIVE,
@@ -510,7 +526,7 @@ def kl_groups(latent: pd.DataFrame) -> list[Finding]:
         else:
             above = int((share > 0.5).sum())
             out.append(
-                Finding(
+                means_only(
                     claim,
                     f"{head}{no_stats_note(len(share)).replace('per setting', 'scored')}.",
                     HOLDS if above == len(share) else FAILS if above == 0 else MIXED,
@@ -586,7 +602,7 @@ def beta_disentangles(ds: str, rows: pd.DataFrame) -> list[Finding]:
             s = eff.sign(+1)
             change = abs(eff.estimate) * math.log2(hi / lo)
             swamped = s == 0 and change < seed_sd
-            signs.append(-1 if swamped else s)
+            signs.append(s)  # a change the seeds swamp is no evidence either way: inconclusive, not 'does not hold'
             parts.append(
                 f"{head}; slope per doubling of β {eff.text()}; seeds' spread (sd at one β) {_f(seed_sd)}"
                 + (" exceeds the change over the β range" if swamped else "")
@@ -596,8 +612,9 @@ def beta_disentangles(ds: str, rows: pd.DataFrame) -> list[Finding]:
             steps, n = _steps(list(means), decreasing=False)
             signs.append(1 if rises and steps == n else -1 if not rises else 0)
             parts.append(f"{head}, rising in {steps} of {n} steps")
-    note = "" if k >= MIN_SEEDS else no_stats_note(k)
-    return [Finding(claim, "; ".join(parts) + f"{note}.", _combine(signs))]
+    if k < MIN_SEEDS:
+        return [means_only(claim, "; ".join(parts) + f"{no_stats_note(k)}.", _combine(signs))]
+    return [Finding(claim, "; ".join(parts) + ".", _combine(signs))]
 
 
 def objective_vs_seed(ds: str, rows: pd.DataFrame) -> list[Finding]:
@@ -621,14 +638,15 @@ def objective_vs_seed(ds: str, rows: pd.DataFrame) -> list[Finding]:
         head = f"{m}: objectives' means {means} (sd between objectives {_f(between)}; seeds' sd within a setting {_f(seed_sd)})"
         if k >= MIN_SEEDS:
             p = float(stats.f_oneway(*[g.to_numpy(float) for _, g in by_obj]).pvalue)
-            s = 1 if (p < ALPHA and between > seed_sd) else -1 if between <= seed_sd else 0
+            s = 1 if (p < ALPHA and between > seed_sd) else 0  # spreads alone never show 'no effect''
             parts.append(f"{head}, ANOVA across objectives p {_p(p)}")
         else:
             s = 1 if between > 2 * seed_sd else -1 if between <= seed_sd else 0
             parts.append(head)
         signs.append(s)
-    note = "" if k >= MIN_SEEDS else no_stats_note(k)
-    return [Finding(claim, "; ".join(parts) + f"{note}.", _combine(signs))]
+    if k < MIN_SEEDS:
+        return [means_only(claim, "; ".join(parts) + f"{no_stats_note(k)}.", _combine(signs))]
+    return [Finding(claim, "; ".join(parts) + ".", _combine(signs))]
 
 
 def disentanglement(done: pd.DataFrame | None) -> list[Finding]:
