@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from . import data as vdata
 from .config import FIELDS
@@ -34,6 +35,11 @@ class Finding:
     claim: str
     evidence: str
     verdict: str
+    # the tests behind the verdict, (p, direction): direction +1 when the estimate has the claimed sign, -1 when
+    # it has the other, 0 when it is zero; `rule` makes their signs a verdict (RULES). A study's findings are one
+    # family: holm() decides every verdict again from Holm-adjusted p-values.
+    tests: tuple[tuple[float, int], ...] = ()
+    rule: str = "single"
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,65 @@ def trend(x, y) -> Effect:
 
 def verdict_of(sign: int) -> str:
     return HOLDS if sign > 0 else FAILS if sign < 0 else INCONCLUSIVE
+
+
+def effect_test(eff: Effect, claimed: int) -> tuple[float, int]:
+    """An effect as (p, direction) for Finding.tests."""
+    if not eff.estimate or eff.estimate != eff.estimate:
+        return eff.p, 0
+    return eff.p, 1 if np.sign(eff.estimate) == claimed else -1
+
+
+def _significant(p: float, direction: int) -> int:
+    return direction if p < ALPHA else 0
+
+
+def _all(signs: list[int]) -> str:
+    """Every part as claimed -> holds; any significantly against -> does not hold; some -> partly."""
+    if signs and all(s > 0 for s in signs):
+        return HOLDS
+    if any(s < 0 for s in signs):
+        return FAILS
+    return MIXED if any(s > 0 for s in signs) else INCONCLUSIVE
+
+
+def _combine(signs: list[int]) -> str:
+    """Verdict over the claim's metrics: all for it -> holds; some -> partly; none for and some against -> does not
+    hold; else inconclusive."""
+    if signs and all(s > 0 for s in signs):
+        return HOLDS
+    if any(s > 0 for s in signs):
+        return MIXED
+    return FAILS if any(s < 0 for s in signs) else INCONCLUSIVE
+
+
+RULES = {"single": lambda signs: verdict_of(signs[0]), "all": _all, "combine": _combine}
+
+
+def tested(claim: str, evidence: str, tests: list[tuple[float, int]], rule: str = "single") -> Finding:
+    """A finding whose verdict its tests decide (at the unadjusted level until holm() adjusts the family)."""
+    signs = [_significant(p, d) for p, d in tests]
+    return Finding(claim, evidence, RULES[rule](signs), tuple(tests), rule)
+
+
+def holm(findings: list[Finding]) -> list[Finding]:
+    """The study's findings as one family: every test's p adjusted by Holm's step-down method (statsmodels), each
+    verdict decided again from the adjusted p-values, and the evidence showing them beside the raw ones."""
+    ps = [p for f in findings for p, _ in f.tests]
+    if len(ps) < 2:
+        return findings
+    adjusted = iter(multipletests(ps, alpha=ALPHA, method="holm")[1])
+    out = []
+    for f in findings:
+        if not f.tests:
+            out.append(f)
+            continue
+        adj = [float(next(adjusted)) for _ in f.tests]
+        signs = [_significant(a, d) for a, (_, d) in zip(adj, f.tests)]
+        text = ", ".join(f"{_p(a).removeprefix('= ')}" for a in adj)
+        evidence = f"{f.evidence} Holm-adjusted p over the study's {len(ps)} tests: {text}."
+        out.append(Finding(f.claim, evidence, RULES[f.rule](signs), f.tests, f.rule))
+    return out
 
 
 def _f(x: float) -> str:
@@ -192,10 +257,10 @@ def dataset_complexity(latent: pd.DataFrame) -> list[Finding]:
     if k >= MIN_SEEDS:
         eff = paired(piv["cifar10"] - piv["fashion-mnist"])
         return [
-            Finding(
+            tested(
                 claim,
                 f"{head}; CIFAR-10 minus Fashion-MNIST, paired by latent size and seed: {eff.text(unit_name)}.",
-                verdict_of(eff.sign(+1)),
+                [effect_test(eff, +1)],
             )
         ]
     means = piv.groupby(level=0).mean()
@@ -220,9 +285,7 @@ def latent_size(latent: pd.DataFrame) -> list[Finding]:
         if k >= MIN_SEEDS:
             eff = trend(sub["latent_dim"], sub["recon"])
             out.append(
-                Finding(
-                    claim, f"{head}; slope per doubling of latent_dim: {eff.text('nats')}.", verdict_of(eff.sign(-1))
-                )
+                tested(claim, f"{head}; slope per doubling of latent_dim: {eff.text('nats')}.", [effect_test(eff, -1)])
             )
         else:
             steps, n = _steps(r, decreasing=True)
@@ -282,21 +345,12 @@ def beta_tradeoff(beta: pd.DataFrame) -> list[Finding]:
         k = min_seeds(sub, ["beta"])
         if k >= MIN_SEEDS:
             e_kl, e_rec = trend(sub["beta"], sub["kl"]), trend(sub["beta"], sub["recon"])
-            s_kl, s_rec = e_kl.sign(-1), e_rec.sign(+1)
-            verdict = (
-                HOLDS
-                if s_kl > 0 and s_rec > 0
-                else FAILS
-                if min(s_kl, s_rec) < 0
-                else MIXED
-                if max(s_kl, s_rec) > 0
-                else INCONCLUSIVE
-            )
             out.append(
-                Finding(
+                tested(
                     claim,
                     f"{head}; slopes per doubling of β: KL {e_kl.text('nats')}; reconstruction {e_rec.text('nats')}.",
-                    verdict,
+                    [effect_test(e_kl, -1), effect_test(e_rec, +1)],
+                    "all",
                 )
             )
             continue
@@ -352,10 +406,10 @@ def organisation(latent: pd.DataFrame) -> list[Finding]:
         if k >= MIN_SEEDS:
             eff = paired(diff)
             out.append(
-                Finding(
+                tested(
                     claim,
                     f"{head}; trained minus untrained, paired by latent size and seed: {eff.text('points')}.",
-                    verdict_of(eff.sign(+1)),
+                    [effect_test(eff, +1)],
                 )
             )
         else:
@@ -388,7 +442,7 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
         head = f"Fréchet distance in the reference classifier's features, N(0, I) → GMM: {pairs}"
         if len(sub) >= MIN_SEEDS and sub["latent_dim"].nunique() == 1:
             eff = paired(sub["fd_prior"] - sub["fd_gmm"])
-            out.append(Finding(claim, f"{head}; N(0, I) minus GMM: {eff.text()}.", verdict_of(eff.sign(+1))))
+            out.append(tested(claim, f"{head}; N(0, I) minus GMM: {eff.text()}.", [effect_test(eff, +1)]))
         else:
             wins = int((sub["fd_gmm"] < sub["fd_prior"]).sum())
             out.append(
@@ -406,7 +460,7 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
         except VaelabError:  # a user's dataset file that is not here: the test set's measured chance level
             chance = float(best.get("chance_accuracy", 0.1))
         out.append(
-            Finding(
+            means_only(
                 f"{ds}: the latent space supports class-conditional generation without retraining.",
                 f"the reference classifier labels {acc:.0%} of samples from per-class Gaussians as the "
                 f"class asked for (latent_dim {int(best['latent_dim'])}; chance {chance:.0%}; 'holds' from "
@@ -481,10 +535,10 @@ def families(done: pd.DataFrame) -> list[Finding]:
             if len(both) >= MIN_SEEDS:
                 eff = paired(diff)
                 out.append(
-                    Finding(
+                    tested(
                         claim,
                         f"{head}; reference minus family, paired by seed: {eff.text()}.",
-                        verdict_of(eff.sign(sign)),
+                        [effect_test(eff, sign)],
                     )
                 )
             else:
@@ -522,7 +576,7 @@ def kl_groups(latent: pd.DataFrame) -> list[Finding]:
         head = f"share of the KL in the finest groups: {', '.join(f'{v:.0%}' for v in share)}"
         if len(share) >= MIN_SEEDS:
             eff = paired(share - 0.5)
-            out.append(Finding(claim, f"{head}; minus one half: {eff.text()}.", verdict_of(eff.sign(+1))))
+            out.append(tested(claim, f"{head}; minus one half: {eff.text()}.", [effect_test(eff, +1)]))
         else:
             above = int((share > 0.5).sum())
             out.append(
@@ -543,8 +597,8 @@ def compute(latent: pd.DataFrame, beta: pd.DataFrame, done: pd.DataFrame | None 
     fams += disentanglement(done)
     latent, beta = reference_only(latent), reference_only(beta)
     if latent is None or len(latent) == 0:
-        return [Finding("The study's claims", "no finished runs at β = 1 yet", UNKNOWN)] + fams
-    return (
+        return holm([Finding("The study's claims", "no finished runs at β = 1 yet", UNKNOWN)] + fams)
+    return holm(
         dataset_complexity(latent)
         + latent_size(latent)
         + beta_tradeoff(beta)
@@ -573,36 +627,25 @@ def main_weight(rows: pd.DataFrame) -> pd.Series:
     )
 
 
-def _combine(signs: list[int]) -> str:
-    """Verdict over the claim's metrics: all for it -> holds; some -> partly; none for and some against -> does not
-    hold; else inconclusive."""
-    if signs and all(s > 0 for s in signs):
-        return HOLDS
-    if any(s > 0 for s in signs):
-        return MIXED
-    return FAILS if any(s < 0 for s in signs) else INCONCLUSIVE
-
-
 def beta_disentangles(ds: str, rows: pd.DataFrame) -> list[Finding]:
     """'Larger β gives more disentangled codes' on the β-VAE runs, by MIG and DCI disentanglement. With 3 or more
-    seeds: the slope per doubling of β and its test; a slope that is not significant and whose change over the β
-    range is smaller than the seeds' spread at one β does not hold: the seed matters more (Locatello et al. 2019)."""
+    seeds: the slope per doubling of β and its test; a slope that is not significant is inconclusive, and the
+    evidence says when its change over the β range is smaller than the seeds' spread at one β."""
     claim = f"{ds}: larger β gives more disentangled codes (MIG and DCI disentanglement rise with β)."
     if rows.empty or rows["beta"].nunique() < 2:
         return [Finding(claim, "needs β-VAE runs (objective elbo) at two or more values of β", UNKNOWN)]
     k = min_seeds(rows, ["beta"])
     lo, hi = float(rows["beta"].min()), float(rows["beta"].max())
-    parts, signs = [], []
+    parts, signs, tests = [], [], []
     for m in DISENTANGLEMENT_CLAIM_METRICS:
         means = rows.groupby("beta")[m].mean().sort_index()
         seed_sd = float(rows.groupby("beta")[m].std(ddof=1).mean()) if k > 1 else math.nan
         head = f"{m} {_f(means.iloc[0])} → {_f(means.iloc[-1])} as β goes {lo:g} → {hi:g}"
         if k >= MIN_SEEDS:
             eff = trend(rows["beta"], rows[m])
-            s = eff.sign(+1)
+            tests.append(effect_test(eff, +1))
             change = abs(eff.estimate) * math.log2(hi / lo)
-            swamped = s == 0 and change < seed_sd
-            signs.append(s)  # a change the seeds swamp is no evidence either way: inconclusive, not 'does not hold'
+            swamped = eff.sign(+1) == 0 and change < seed_sd  # no evidence either way: inconclusive
             parts.append(
                 f"{head}; slope per doubling of β {eff.text()}; seeds' spread (sd at one β) {_f(seed_sd)}"
                 + (" exceeds the change over the β range" if swamped else "")
@@ -614,14 +657,14 @@ def beta_disentangles(ds: str, rows: pd.DataFrame) -> list[Finding]:
             parts.append(f"{head}, rising in {steps} of {n} steps")
     if k < MIN_SEEDS:
         return [means_only(claim, "; ".join(parts) + f"{no_stats_note(k)}.", _combine(signs))]
-    return [Finding(claim, "; ".join(parts) + ".", _combine(signs))]
+    return [tested(claim, "; ".join(parts) + ".", tests, "combine")]
 
 
 def objective_vs_seed(ds: str, rows: pd.DataFrame) -> list[Finding]:
     """'The objective matters more than the seed': the spread of the objectives' mean scores (each over its weights
     and seeds) against the seeds' spread within one setting (objective, weight), by MIG and DCI disentanglement.
     With 3 or more seeds it holds for a metric when a one-way ANOVA across objectives gives p < 0.05 and the
-    objectives' spread exceeds the seeds'; it does not hold when the seeds' spread is at least as large."""
+    objectives' spread exceeds the seeds'; otherwise it is inconclusive (spreads alone never show 'no effect')."""
     claim = f"{ds}: the objective matters more than the seed for disentanglement (Locatello et al. 2019: often not)."
     if "objective" not in rows or rows["objective"].nunique() < 2:
         return [Finding(claim, "needs runs of two or more objectives", UNKNOWN)]
@@ -629,7 +672,7 @@ def objective_vs_seed(ds: str, rows: pd.DataFrame) -> list[Finding]:
     k = min_seeds(rows, ["objective", "weight"])
     if k < 2:
         return [Finding(claim, "needs two or more seeds per setting to measure the seeds' spread", UNKNOWN)]
-    parts, signs = [], []
+    parts, signs, tests = [], [], []
     for m in DISENTANGLEMENT_CLAIM_METRICS:
         by_obj = rows.groupby("objective")[m]
         between = float(by_obj.mean().std(ddof=1))
@@ -638,15 +681,14 @@ def objective_vs_seed(ds: str, rows: pd.DataFrame) -> list[Finding]:
         head = f"{m}: objectives' means {means} (sd between objectives {_f(between)}; seeds' sd within a setting {_f(seed_sd)})"
         if k >= MIN_SEEDS:
             p = float(stats.f_oneway(*[g.to_numpy(float) for _, g in by_obj]).pvalue)
-            s = 1 if (p < ALPHA and between > seed_sd) else 0  # spreads alone never show 'no effect''
+            tests.append((p, 1 if between > seed_sd else 0))  # the claim: objectives differ beyond the seeds
             parts.append(f"{head}, ANOVA across objectives p {_p(p)}")
         else:
-            s = 1 if between > 2 * seed_sd else -1 if between <= seed_sd else 0
+            signs.append(1 if between > 2 * seed_sd else -1 if between <= seed_sd else 0)
             parts.append(head)
-        signs.append(s)
     if k < MIN_SEEDS:
         return [means_only(claim, "; ".join(parts) + f"{no_stats_note(k)}.", _combine(signs))]
-    return [Finding(claim, "; ".join(parts) + ".", _combine(signs))]
+    return [tested(claim, "; ".join(parts) + ".", tests, "combine")]
 
 
 def disentanglement(done: pd.DataFrame | None) -> list[Finding]:

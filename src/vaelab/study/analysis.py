@@ -635,7 +635,8 @@ def _findings_section(c: _Study) -> None:
         "a regression slope on log2 of the setting for a trend); it holds only when the effect has the "
         "claimed sign and p < 0.05, does not hold only when it is significant the other way, and is inconclusive "
         "when the data cannot tell. With fewer seeds there is no verdict (not enough data): the evidence shows the "
-        "means and which way they lean. Shares (active units) get Wilson intervals, inside [0, 1].",
+        "means and which way they lean. Shares (active units) get Wilson intervals, inside [0, 1]. The findings are "
+        "one family: Holm-adjusted p-values decide the verdicts, and each finding shows raw and adjusted p.",
     )
     if "perceptual_weight" in df and (df["perceptual_weight"] > 0).any():
         page.add(
