@@ -250,12 +250,69 @@ def test_generation_findings():
 def test_organisation_pools_latent_sizes_paired_by_seed():
     t = pd.concat(
         [
-            org_rows([0.55, 0.56, 0.54], [0.30, 0.31, 0.29]).assign(latent_dim=2),
-            org_rows([0.77, 0.78, 0.76], [0.74, 0.75, 0.73]).assign(latent_dim=32),
+            org_rows([0.55, 0.56, 0.54], [0.30, 0.31, 0.29]).assign(latent_dim=2, probe_accuracy_pca=0.35),
+            org_rows([0.77, 0.78, 0.76], [0.74, 0.75, 0.73]).assign(latent_dim=32, probe_accuracy_pca=0.65),
         ]
     )
     f = F.organisation(t)[0]
     assert f.verdict == F.HOLDS and "n = 6" in f.evidence and "latent_dim 2: 55.0% trained vs 30.0%" in f.evidence
+    assert "trained minus PCA of the pixels" in f.evidence
+
+
+@pytest.mark.parametrize(
+    "pca,verdict",
+    [
+        ([0.60, 0.61, 0.59], F.HOLDS),  # beats the untrained encoder and PCA
+        ([0.80, 0.76, 0.79], F.MIXED),  # beats the untrained encoder; PCA cannot tell
+        ([0.90, 0.91, 0.92], F.FAILS),  # PCA of the pixels is significantly better
+    ],
+)
+def test_organisation_must_beat_both_baselines(pca, verdict):
+    t = org_rows([0.78, 0.79, 0.77], [0.60, 0.61, 0.59]).assign(probe_accuracy_pca=pca, silhouette=-0.05)
+    f = F.organisation(t)[0]
+    assert f.verdict == verdict, f.evidence
+    assert "clustering check, not in the verdict" in f.evidence
+
+
+@pytest.mark.parametrize(
+    "kl,seeds,verdict",
+    [
+        ({2: 5, 8: 15, 32: 30}, 3, F.HOLDS),
+        ({2: 30, 8: 15, 32: 5}, 3, F.FAILS),
+        ({2: 10, 8: 10, 32: 10}, 3, F.INCONCLUSIVE),
+        ({2: 5, 8: 15, 32: 30}, 1, F.HOLDS),
+    ],
+)
+def test_a_larger_latent_costs_compression(kl, seeds, verdict):
+    rows = latent_rows({2: 300, 8: 250, 32: 240}, seeds, 2)
+    rows["kl"] = [kl[z] + e for z, e in zip(rows["latent_dim"], noise(7, len(rows), 1.0 if seeds > 1 else 0.0))]
+    (f,) = F.compression_cost(rows)
+    assert verdict_is(f, verdict, seeds), f.evidence
+
+
+def test_where_reconstruction_stops_improving():
+    """Gains 2→8 large, 8→32 none: the last significant gain is at latent_dim 8."""
+    f = F.latent_size(latent_rows({2: 300, 8: 250, 32: 250}, 3, 1))[0]
+    assert "the last significant gain is at latent_dim 8" in f.evidence and "2→8" in f.evidence
+
+
+@pytest.mark.parametrize(
+    "probe,knn,sil,verdict",
+    [
+        ((0.5, 0.6, 0.7), (0.4, 0.5, 0.6), (0.0, 0.1, 0.2), F.HOLDS),
+        ((0.7, 0.6, 0.5), (0.6, 0.5, 0.4), (0.2, 0.1, 0.0), F.FAILS),  # the organisation half goes the other way
+        ((0.5, 0.6, 0.7), (0.6, 0.5, 0.4), (0.1, 0.1, 0.1), F.MIXED),
+        ((0.6, 0.6, 0.6), (0.5, 0.5, 0.5), (0.1, 0.1, 0.1), F.INCONCLUSIVE),
+    ],
+)
+def test_larger_beta_organises_the_latent_space(probe, knn, sil, verdict):
+    rows = beta_rows([60, 40, 10], [100, 110, 150], 3, 1)
+    betas = sorted(rows["beta"].unique())
+    for i, (m, vals) in enumerate((("probe_accuracy", probe), ("knn_accuracy", knn), ("silhouette", sil))):
+        rows[m] = [vals[betas.index(b)] + e for b, e in zip(rows["beta"], noise(50 + i, len(rows), 0.01))]
+    (f,) = F.beta_organisation(rows)
+    assert f.verdict == verdict, f.evidence
+    assert "holds by construction" in F.beta_tradeoff(rows)[0].claim
 
 
 # ---------------------------------------------------------------- model families

@@ -284,14 +284,80 @@ def latent_size(latent: pd.DataFrame) -> list[Finding]:
         k = min_seeds(sub, ["latent_dim"])
         if k >= MIN_SEEDS:
             eff = trend(sub["latent_dim"], sub["recon"])
-            out.append(
-                tested(claim, f"{head}; slope per doubling of latent_dim: {eff.text('nats')}.", [effect_test(eff, -1)])
-            )
+            text = f"{head}; slope per doubling of latent_dim: {eff.text('nats')}; {_last_gain(sub, 'recon')}."
+            out.append(tested(claim, text, [effect_test(eff, -1)]))
         else:
             steps, n = _steps(r, decreasing=True)
             verdict = HOLDS if r[-1] < r[0] and steps == n else MIXED if r[-1] < r[0] else FAILS
             out.append(means_only(claim, f"{head}, monotone in {steps} of {n} steps{no_stats_note(k)}.", verdict))
         out += _collapse(ds, sub)
+    return out
+
+
+def _last_gain(sub: pd.DataFrame, metric: str) -> str:
+    """Where a metric stops improving (falling) with latent size: each step between consecutive sizes paired by
+    seed, and the largest size whose step is a significant gain."""
+    sizes = sorted(sub["latent_dim"].unique())
+    wide = sub.pivot_table(index="seed", columns="latent_dim", values=metric)
+    steps, last = [], None
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        eff = paired((wide[a] - wide[b]).dropna())
+        steps.append(f"{a}→{b} {_f(eff.estimate)} (p {_p(eff.p)})")
+        if eff.p < ALPHA and eff.estimate > 0:
+            last = b
+    where = f"the last significant gain is at latent_dim {last}" if last else "no step between sizes is significant"
+    return f"{where} (gain per step, paired by seed: {', '.join(steps)})"
+
+
+def compression_cost(latent: pd.DataFrame) -> list[Finding]:
+    """Claim 2's other half: a larger latent space costs compression — the rate (KL) rises with latent size."""
+    out = []
+    for ds, sub in latent.dropna(subset=["kl"]).groupby("dataset"):
+        claim = f"{ds}: a larger latent space costs compression (the KL, the code's rate, rises with latent size)."
+        means = sub.groupby("latent_dim")["kl"].mean().sort_index()
+        if len(means) < 2:
+            continue
+        kl = list(means)
+        head = f"KL {_f(kl[0])} → {_f(kl[-1])} nats as latent_dim goes {means.index[0]}→{means.index[-1]}"
+        k = min_seeds(sub, ["latent_dim"])
+        if k >= MIN_SEEDS:
+            eff = trend(sub["latent_dim"], sub["kl"])
+            out.append(
+                tested(claim, f"{head}; slope per doubling of latent_dim: {eff.text('nats')}.", [effect_test(eff, +1)])
+            )
+        else:
+            steps, n = _steps(kl, decreasing=False)
+            lean = HOLDS if kl[-1] > kl[0] and steps == n else MIXED if kl[-1] > kl[0] else FAILS
+            out.append(means_only(claim, f"{head}, rising in {steps} of {n} steps{no_stats_note(k)}.", lean))
+    return out
+
+
+def beta_organisation(beta: pd.DataFrame) -> list[Finding]:
+    """Claim 4's other half: larger β gives a more organised latent space — the linear probe, k-NN accuracy and
+    the silhouette of the codes' classes against β (slopes per doubling), at the β sweep's latent size."""
+    out = []
+    metrics = [m for m in ("probe_accuracy", "knn_accuracy", "silhouette") if beta is not None and m in beta]
+    if not metrics:
+        return out
+    for ds, sub in beta.dropna(subset=metrics).groupby("dataset"):
+        if sub["beta"].nunique() < 2:
+            continue
+        claim = f"{ds}: larger β gives a more organised latent space (probe, k-NN and silhouette rise with β)."
+        k = min_seeds(sub, ["beta"])
+        means = sub.groupby("beta")[metrics].mean().sort_index()
+        head = "; ".join(f"{m} {_f(means[m].iloc[0])} → {_f(means[m].iloc[-1])}" for m in metrics)
+        head += f" as β goes {means.index[0]:g}→{means.index[-1]:g}"
+        if k >= MIN_SEEDS:
+            effs = [trend(sub["beta"], sub[m]) for m in metrics]
+            slopes = "; ".join(f"{m} {e.text()}" for m, e in zip(metrics, effs))
+            out.append(
+                tested(
+                    claim, f"{head}; slopes per doubling of β: {slopes}.", [effect_test(e, +1) for e in effs], "combine"
+                )
+            )
+        else:
+            rises = [int(np.sign(means[m].iloc[-1] - means[m].iloc[0])) for m in metrics]
+            out.append(means_only(claim, f"{head}{no_stats_note(k)}.", _combine(rises)))
     return out
 
 
@@ -335,7 +401,11 @@ def beta_tradeoff(beta: pd.DataFrame) -> list[Finding]:
         return [Finding("β trades reconstruction for a more compact code.", "no β sweep has finished", UNKNOWN)]
     out = []
     for ds, sub in beta.groupby("dataset"):
-        claim = f"{ds}: β trades reconstruction for a more compact code (less KL, worse reconstruction)."
+        claim = (
+            f"{ds}: β trades reconstruction for a more compact code (less KL, worse reconstruction) — holds by "
+            "construction of the β-weighted objective: a check that training did what it asks, not evidence "
+            "about the data."
+        )
         means = sub.groupby("beta")[["kl", "recon"]].mean().sort_index()
         if len(means) < 2:
             out.append(Finding(claim, "needs at least two values of β", UNKNOWN))
@@ -404,14 +474,7 @@ def organisation(latent: pd.DataFrame) -> list[Finding]:
         diff = (sub["probe_accuracy"] - sub["probe_accuracy_untrained"]) * 100
         k = min_seeds(sub, ["latent_dim"])
         if k >= MIN_SEEDS:
-            eff = paired(diff)
-            out.append(
-                tested(
-                    claim,
-                    f"{head}; trained minus untrained, paired by latent size and seed: {eff.text('points')}.",
-                    [effect_test(eff, +1)],
-                )
-            )
+            out.append(_organisation_tested(claim, head, sub, diff))
         else:
             m = float(diff.mean()) / 100
             verdict = HOLDS if m >= ORGANISATION_MARGIN else FAILS if m <= 0 else MIXED
@@ -423,6 +486,21 @@ def organisation(latent: pd.DataFrame) -> list[Finding]:
                 )
             )
     return out
+
+
+def _organisation_tested(claim: str, head: str, sub: pd.DataFrame, diff: pd.Series) -> Finding:
+    """Claim 3 in full: the probe must beat both the untrained encoder and PCA of the pixels (two paired tests);
+    the silhouette is reported as the clustering check it is, outside the verdict."""
+    eff = paired(diff)
+    text = f"{head}; trained minus untrained, paired by latent size and seed: {eff.text('points')}"
+    tests = [effect_test(eff, +1)]
+    if "probe_accuracy_pca" in sub and sub["probe_accuracy_pca"].notna().all():
+        pca = paired((sub["probe_accuracy"] - sub["probe_accuracy_pca"]) * 100)
+        text += f"; trained minus PCA of the pixels: {pca.text('points')}"
+        tests.append(effect_test(pca, +1))
+    if "silhouette" in sub and sub["silhouette"].notna().any():
+        text += f"; silhouette of the test codes' classes (a clustering check, not in the verdict) {_f(sub['silhouette'].mean())}"
+    return tested(claim, text + ".", tests, "all")
 
 
 def generation(latent: pd.DataFrame) -> list[Finding]:
@@ -601,7 +679,9 @@ def compute(latent: pd.DataFrame, beta: pd.DataFrame, done: pd.DataFrame | None 
     return holm(
         dataset_complexity(latent)
         + latent_size(latent)
+        + compression_cost(latent)
         + beta_tradeoff(beta)
+        + beta_organisation(beta)
         + organisation(latent)
         + generation(latent)
         + fams
