@@ -331,3 +331,17 @@ def test_train_takes_a_count_budget_and_refuses_a_bare_number(tiny_root, tmp_pat
     assert main(["train", "--budget", "3000", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a budget: '3000'" in err and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_findings_from_a_results_csv_alone(tmp_path, capsys):
+    """`vaelab findings` tests the claims on a committed results.csv: no runs, models or data."""
+    from pathlib import Path
+
+    csv = Path(__file__).parent.parent / "docs" / "studies" / "standard" / "results.csv"
+    assert main(["findings", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "Fashion-MNIST is easier to model than CIFAR-10" in out and "Holm-adjusted p" in out
+    assert "costs compression" in out and "PCA of the pixels" in out
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    assert main(["findings", str(tmp_path / "x.csv")]) == 2
+    assert "not a vaelab results.csv" in capsys.readouterr().err

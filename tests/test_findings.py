@@ -594,3 +594,12 @@ def test_holm_adjusts_the_study_family_as_statsmodels_does_and_can_change_a_verd
     assert F.tested("a", "e.", [(0.03, +1)]).verdict == F.HOLDS
     assert [f.verdict for f in mixed] == [F.INCONCLUSIVE, F.FAILS, F.UNKNOWN]
     assert F.holm(fs[:1]) == fs[:1]  # a single test: nothing to adjust
+
+
+def test_a_report_names_the_claims_its_grid_cannot_test_apart():
+    one_dataset = complexity_rows([2.6, 2.5], [5.6, 5.5], 3, spread=0.05)
+    one_dataset = one_dataset[one_dataset["dataset"] == "cifar10"]
+    found = [F.dataset_complexity(one_dataset)[0], F.tested("c", "e.", [(0.01, +1)])]
+    testable, untestable = F.split_testable(found)
+    assert [f.claim for f in untestable] == [found[0].claim] and testable == [found[1]]
+    assert found[0].evidence.startswith("needs")

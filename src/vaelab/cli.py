@@ -9,9 +9,11 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from . import data as vdata
+from . import findings as vfindings
 from . import study
 from .checkpoint import check_fits, convert_legacy, resolve_device
 from .config import HELP, PRESETS, TrainConfig, from_dict, preset
@@ -308,6 +310,27 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_findings(args) -> int:
+    path = Path(args.results)
+    if path.is_dir():
+        path = Study(path).results_path
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise VaelabError(f"{path}: cannot read a results table ({e})") from None
+    if not {"status", "dataset"} <= set(df.columns):
+        raise VaelabError(f"{path}: not a vaelab results.csv (no status and dataset columns)")
+    found = vfindings.compute(study.latent_rows(df), study.beta_rows(df), df[df["status"] == "done"])
+    testable, untestable = vfindings.split_testable(found)
+    for f in testable:
+        print(f"- **{f.claim}** — *{f.verdict}*: {f.evidence}")
+    if untestable:
+        print(
+            "\nNot testable with this grid: " + "; ".join(f"{f.claim.rstrip('.')} ({f.evidence})" for f in untestable)
+        )
+    return 0
+
+
 def cmd_analyze(args) -> int:
     target = _run_arg(args.target) if is_export(args.target) else args.target
     path = analyze(target, data_dir=args.data_dir, classifier=not args.no_classifier)
@@ -332,6 +355,7 @@ EXAMPLES = {
     "study": "examples:\n  vaelab study --preset quick --out studies/quick --jobs 2\n  vaelab study tiny.toml --out studies/tiny\n"
     "  vaelab study --preset seed --out studies/seed --executor ray --address auto\n"
     "  vaelab study status studies/quick\n\nexit code 1 when some runs failed (see status), 2 on bad input.",
+    "findings": "examples:\n  vaelab findings docs/studies/standard/results.csv\n  vaelab findings studies/quick",
     "analyze": "examples:\n  vaelab analyze studies/quick && vaelab report studies/quick --render-only",
     "report": "examples:\n  vaelab score studies/quick && vaelab report studies/quick\n  vaelab report runs/fm16",
     "export": "examples:\n  vaelab export runs/fm16 fm16.safetensors\n  vaelab sample fm16.safetensors --n 16",
@@ -542,6 +566,16 @@ def _parser_report(add, data_arg: dict) -> None:
     rp.set_defaults(func=cmd_report)
 
 
+def _parser_findings(add, data_arg: dict) -> None:
+    fi = add(
+        "findings",
+        "Test the study's claims on a results.csv (a study directory's, or a committed one) and "
+        "print them as Markdown: no runs, models or data needed.",
+    )
+    fi.add_argument("results", metavar="RESULTS_CSV_OR_STUDY", help="a results.csv, or a study directory holding one")
+    fi.set_defaults(func=cmd_findings)
+
+
 def _parser_analyze(add, data_arg: dict) -> None:
     an = add(
         "analyze",
@@ -628,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_study(add, data_arg)
     _parser_report(add, data_arg)
     _parser_analyze(add, data_arg)
+    _parser_findings(add, data_arg)
     _parser_datasets(add, data_arg)
     _parser_export(add, data_arg)
     _parser_score(add, data_arg)

@@ -771,6 +771,13 @@ def objective_vs_seed(ds: str, rows: pd.DataFrame) -> list[Finding]:
     return [tested(claim, "; ".join(parts) + ".", tests, "combine")]
 
 
+def split_testable(findings: list[Finding]) -> tuple[list[Finding], list[Finding]]:
+    """(the findings a study's grid can test, those it cannot: no data of the kind they need, e.g. one dataset
+    for the dataset comparison). A report lists the first and names the second in one line."""
+    untestable = [f for f in findings if f.verdict == UNKNOWN and f.evidence.startswith(("needs ", "no "))]
+    return [f for f in findings if f not in untestable], untestable
+
+
 def disentanglement(done: pd.DataFrame | None) -> list[Finding]:
     """The disentanglement study's claims, per factor dataset: runs scored with the metrics (eval.json)."""
     if done is None or "mig" not in done:

@@ -644,8 +644,17 @@ def _findings_section(c: _Study) -> None:
             "Some runs trained with a perceptual term (DFC-VAE): their objective is no likelihood bound. "
             "Every ELBO, IWAE and bits/dim number here comes from the likelihood terms alone.",
         )
-    for f in vfindings.compute(latent_rows(df), beta_rows(df), df[df["status"] == "done"]):
+    found = vfindings.compute(latent_rows(df), beta_rows(df), df[df["status"] == "done"])
+    testable, untestable = vfindings.split_testable(found)
+    for f in testable:
         page.add("finding", f)
+    if untestable:
+        page.add(
+            "text",
+            "Not testable with this study's grid: "
+            + "; ".join(f"{f.claim.rstrip('.')} ({f.evidence})" for f in untestable)
+            + ".",
+        )
 
 
 def _datasets_section(c: _Study) -> None:
