@@ -55,7 +55,8 @@ def test_an_objective_and_a_metric_added_by_registration_reach_every_output(tiny
     assert "mean_pixel" in capsys.readouterr().out
     report(out, data_dir=tiny_root, classifier=False)
     md = (out / "report" / "summary.md").read_text()
-    assert "mean_pixel" in md.split("## Latent dimensionality")[1]
+    assert "mean_pixel (intensity)" in md.split("## Latent dimensionality")[1]  # its unit, from its entry
+    assert "| neg_elbo (nats ↓) |" in md
 
 
 def test_a_metric_without_an_identifier_name_is_refused():

@@ -17,6 +17,7 @@ from ..checkpoint import load_checkpoint
 from ..errors import VaelabError
 from ..findings import per_dim
 from ..generate import Sampler, decode_mean
+from ..metrics import METRICS
 from ..metrics import columns as metric_columns
 from ..metrics import computed as registered_metrics
 from ..run import Run, Study
@@ -98,8 +99,18 @@ def per_dim_unit(rows) -> str | None:
     return None if got is None else got[1]
 
 
+def metric_header(name: str) -> str:
+    """A metric's column header as its registry entry describes it: its unit and which way is better (↓ lower,
+    ↑ higher)."""
+    m = METRICS.get(name)
+    if m is None:
+        return name
+    arrow = {True: " ↓", False: " ↑"}.get(m.lower_is_better, "")
+    return f"{name} ({m.unit}{arrow})" if m.unit else f"{name}{arrow}"
+
+
 def _table_rows(t, keys: list[str], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
-    head = keys + metrics + ["seeds"]
+    head = keys + [metric_header(m) for m in metrics] + ["seeds"]
     rows = []
     for _, r in t.iterrows():
         cells = [f"{r[k]:g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
@@ -272,7 +283,11 @@ def analyze_run(run_dir: Path, data_dir=None, classifier: bool = True) -> Path:
         ev = Run(run_dir).eval()
         keys = [k for k in metric_columns() + ["iwae_samples", "test_size"] if k in ev]
         page.section("Test metrics")
-        page.add("table", keys, [[f"{ev[k]:.4g}" if isinstance(ev[k], float) else ev[k] for k in keys]])
+        page.add(
+            "table",
+            [metric_header(k) for k in keys],
+            [[f"{ev[k]:.4g}" if isinstance(ev[k], float) else ev[k] for k in keys]],
+        )
     current = None
     for section, fname, caption in run_figures(run_dir, rep / "fig", data_dir):
         if section != current:
