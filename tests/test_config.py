@@ -33,9 +33,9 @@ def test_round_trip_through_dict():
         ({"latent_dim": 2.5}, "must be int"),
         ({"cosine": "yes"}, "must be bool"),
         ({"epochs": 0}, "epochs must be >= 1"),
-        ({"arch": "conv", "width": 32}, "the conv network has a fixed size"),
-        ({"arch": "hierarchical", "prior": "vamp"}, "its own per-group posteriors and priors"),
-        ({"arch": "hierarchical", "objective": "beta_tcvae"}, "supports the elbo, free_bits and capacity"),
+        ({"net": "conv", "width": 32}, "the conv network has a fixed size"),
+        ({"model": "hierarchical", "prior": "vamp"}, "its own per-group posteriors and priors"),
+        ({"model": "hierarchical", "objective": "beta_tcvae"}, "supports the elbo, free_bits and capacity"),
         ({"time_budget": "ten minutes"}, "not a duration"),
         ({"time_budget": -5}, "time_budget must be between"),
         ({"ema": 1.0}, r"ema must be in \[0, 1\)"),
@@ -63,6 +63,22 @@ def test_a_config_made_directly_is_validated_and_coerced():
     """The notebook and Python users build TrainConfig(...) themselves: the same checks as from_dict apply."""
     with pytest.raises(VaelabError, match="latent_dim must be >= 1"):
         TrainConfig(latent_dim=0)
-    with pytest.raises(VaelabError, match="unknown arch"):
-        dataclasses.replace(TrainConfig(), arch="transformer")
+    with pytest.raises(VaelabError, match="unknown net"):
+        dataclasses.replace(TrainConfig(), net="transformer")
     assert isinstance(TrainConfig(beta=2).beta, float) and TrainConfig(time_budget="2m").time_budget == 120.0
+
+
+def test_model_and_net_are_apart_and_0_1_configs_with_arch_still_read():
+    from vaelab.study import parse_spec
+    from vaelab.study.results import arch_label
+
+    assert from_dict({"arch": "resnet"}).net == "resnet" and from_dict({"arch": "resnet"}).model == "vae"
+    hvae = from_dict({"arch": "hierarchical", "likelihood": "dmol"})
+    assert hvae.model == "hierarchical" and hvae.net == "conv"
+    assert arch_label(hvae.to_dict()) == "hierarchical" and arch_label({"arch": "conv4"}) == "conv4"
+    with pytest.raises(VaelabError, match="has its own network"):
+        TrainConfig(model="hierarchical", net="resnet", likelihood="dmol")
+    spec = parse_spec({"name": "old", "base": {"arch": "mlp"}, "grid": {"seed": [0]}})
+    assert spec.cells[0].config.net == "mlp"
+    with pytest.raises(VaelabError, match="'arch' is now two: model"):
+        parse_spec({"name": "old", "grid": {"arch": ["conv", "hierarchical"]}})

@@ -232,7 +232,7 @@ def test_every_disentangling_objective_trains_on_shapes2d_and_is_scored(tiny_roo
     from vaelab.train import train
 
     cfg = tiny_config(
-        dataset="shapes2d", arch="conv4", likelihood="bernoulli", objective=obj, val_size=40, latent_dim=4, epochs=1
+        dataset="shapes2d", net="conv4", likelihood="bernoulli", objective=obj, val_size=40, latent_dim=4, epochs=1
     )
     train(cfg, tmp_path / "r", data_dir=tiny_root)
     small = D.Sizes(batch=8, beta_train=20, beta_eval=20, factor_train=20, factor_eval=20, variance=200, codes=300)
@@ -247,7 +247,7 @@ def test_objectives_that_need_a_gaussian_code_refuse_other_models():
         with pytest.raises(VaelabError, match="factorised standard prior"):
             tiny_config(objective=obj, prior="mog")
         with pytest.raises(VaelabError, match="hierarchical model supports"):
-            tiny_config(objective=obj, arch="hierarchical", likelihood="dmol")
+            tiny_config(objective=obj, model="hierarchical", likelihood="dmol")
     with pytest.raises(VaelabError, match="factor_gamma and dip_lambda"):
         tiny_config(factor_gamma=-1.0)
 
@@ -265,7 +265,7 @@ def test_a_disentanglement_study_reports_its_metrics_findings_and_traversals(tin
             "name": "dis",
             "base": {
                 "dataset": "shapes2d",
-                "arch": "conv4",
+                "net": "conv4",
                 "likelihood": "bernoulli",
                 "latent_dim": 3,
                 "epochs": 1,

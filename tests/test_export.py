@@ -17,7 +17,7 @@ from vaelab.train import train
 
 
 @pytest.mark.parametrize(
-    "fields", [{}, {"arch": "hierarchical", "width": 4, "depth": 1, "latent_groups": 1, "ema": 0.5}]
+    "fields", [{}, {"model": "hierarchical", "width": 4, "depth": 1, "latent_groups": 1, "ema": 0.5}]
 )
 def test_an_exported_model_loads_with_the_runs_weights_config_and_facts(tiny_root, tmp_path, fields):
     train(tiny_config(epochs=1, train_size=64, **fields), tmp_path / "r", data_dir=tiny_root)

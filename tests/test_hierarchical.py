@@ -18,7 +18,7 @@ def _trained_ish(shape=(1, 28, 28), seed=0) -> HierarchicalVAE:
     torch.manual_seed(seed)
     model = build(
         TrainConfig(
-            arch="hierarchical", latent_dim=3, width=8, depth=1, latent_groups=1, likelihood="discretized_logistic"
+            model="hierarchical", latent_dim=3, width=8, depth=1, latent_groups=1, likelihood="discretized_logistic"
         ),
         shape,
     )
@@ -91,7 +91,7 @@ def test_a_hierarchical_model_trains_and_evaluates_with_active_units_per_group(t
     from vaelab.train import train
 
     cfg = tiny_config(
-        arch="hierarchical",
+        model="hierarchical",
         latent_dim=2,
         width=8,
         depth=1,
@@ -115,7 +115,7 @@ def test_residual_blocks_start_as_the_identity_and_deep_stacks_keep_the_signal()
     block = ResBlock(8)
     x = torch.randn(2, 8, 5, 5)
     assert torch.equal(block(x), x)
-    model = build(TrainConfig(arch="resnet", latent_dim=4, width=8, depth=6), (3, 32, 32))
+    model = build(TrainConfig(net="resnet", latent_dim=4, width=8, depth=6), (3, 32, 32))
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     t = model(x)
     t["elbo"].mean().backward()

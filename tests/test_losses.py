@@ -307,4 +307,4 @@ def test_an_objective_is_added_by_registration_alone(tiny_root, tmp_path, monkey
 
     assert main_weight(pd.DataFrame({"objective": ["elbo_l1"], "beta": [4.0]})).tolist() == [4.0]
     with pytest.raises(Exception, match="hierarchical model supports"):
-        tiny_config(arch="hierarchical", objective="elbo_l1")
+        tiny_config(model="hierarchical", objective="elbo_l1")

@@ -282,7 +282,7 @@ def test_every_network_likelihood_and_part_gives_finite_terms(arch, likelihood, 
     sized = dict(width=4, depth=1) if arch in ("resnet", "hierarchical") else {}
     for posterior, prior in parts:
         cfg = TrainConfig(
-            arch=arch,
+            **({"model": arch} if arch == "hierarchical" else {"net": arch}),
             likelihood=likelihood,
             latent_dim=2,
             posterior=posterior,

@@ -199,12 +199,12 @@ likelihood = "dmol"
 likelihood_components = 2
 latent_dim = 2
 [[sweep]]
-grid = {dataset = ["fashion-mnist", "cifar10"], seed = [0, 1], arch = ["conv"]}
+grid = {dataset = ["fashion-mnist", "cifar10"], seed = [0, 1], net = ["conv"]}
 [[sweep]]
-base = {arch = "hierarchical", width = 8, depth = 1, latent_groups = 1}
+base = {model = "hierarchical", width = 8, depth = 1, latent_groups = 1}
 grid = {dataset = ["fashion-mnist"], seed = [0, 1]}
 [[sweep]]
-base = {arch = "resnet", width = 8, depth = 1}
+base = {net = "resnet", width = 8, depth = 1}
 grid = {dataset = ["fashion-mnist"], seed = [0, 1]}
 """
 

@@ -128,7 +128,7 @@ def test_a_study_on_an_npz_reports_from_its_run_directories_after_the_file_is_go
     spec = study.parse_spec(
         {
             "name": "npz",
-            "base": {"dataset": name, "epochs": 1, "val_size": 10, "iwae_samples": 2, "batch_size": 20, "arch": "mlp"},
+            "base": {"dataset": name, "epochs": 1, "val_size": 10, "iwae_samples": 2, "batch_size": 20, "net": "mlp"},
             "grid": {"latent_dim": [2, 4], "seed": [0]},
         }
     )

@@ -16,7 +16,7 @@ from . import data as vdata
 from . import findings as vfindings
 from . import study
 from .checkpoint import check_fits, convert_legacy, resolve_device
-from .config import HELP, PRESETS, TrainConfig, from_dict, preset
+from .config import HELP, PRESETS, TrainConfig, from_dict, preset, upgrade
 from .data import status
 from .data.folder import with_options
 from .errors import VaelabError
@@ -77,7 +77,7 @@ def _config_overrides(args) -> dict:
 
 def cmd_train(args) -> int:
     out = Path(args.out)
-    overrides = _config_overrides(args)
+    overrides = upgrade({**_config_overrides(args), **({"arch": args.arch} if args.arch else {})})
     if args.resume and not any((out / f).exists() for f in (CONFIG, CHECKPOINT, LEGACY_CHECKPOINT)):
         raise VaelabError(
             f"{out}: holds no run to resume (no {CONFIG} or checkpoint there); check the path, or "
@@ -394,6 +394,12 @@ def _parser_train(add, data_arg: dict) -> None:
         "--skip-bad-images",
         action="store_true",
         help="folder:PATH datasets: leave out files that do not decode (default: the first is an error)",
+    )
+    t.add_argument(
+        "--arch",
+        default=None,
+        metavar="NAME",
+        help="vaelab 0.1's flag: a network (same as --net NAME) or hierarchical (same as --model hierarchical)",
     )
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)

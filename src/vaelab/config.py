@@ -24,7 +24,8 @@ class TrainConfig:
     train_size: int = 0  # 0 = the whole training split (after the validation split is carved off)
     val_size: int = 5000  # carved deterministically from train; the test set stays for final evaluation
     # model
-    arch: str = "conv"
+    model: str = "vae"  # the whole model: vae (encoder, posterior, prior, decoder) or hierarchical (models.MODELS)
+    net: str = "conv"  # the vae's encoder and decoder network (models.ARCHS); the hierarchical model has its own
     latent_dim: int = 16
     likelihood: str = "discretized_logistic"
     gaussian_sigma: float = 0.0  # gaussian likelihood only: 0 = learn one shared sigma (Rybkin et al. 2021)
@@ -111,7 +112,8 @@ HELP: dict[str, str] = {
     "dataset": "fashion-mnist, cifar10, cifar10-lossless, shapes2d, dsprites, npz:PATH or folder:PATH",
     "train_size": "training images to use (0 = all left after the validation split)",
     "val_size": "validation images carved from the training split (fixed, whatever the seed)",
-    "arch": "network: conv (the study's), mlp, resnet, conv4, or the hierarchical model",
+    "model": "the whole model: vae (the flat VAE) or hierarchical (a top-down hierarchical VAE)",
+    "net": "the vae's encoder/decoder network: conv (the study's), mlp, resnet or conv4",
     "latent_dim": "latent dimensions (per group for the hierarchical model)",
     "likelihood": "p(x|z): bernoulli, gaussian, discretized_logistic or dmol (mixture of logistics)",
     "gaussian_sigma": "gaussian likelihood's sigma (0 = learn one shared sigma)",
@@ -225,6 +227,8 @@ def parse_budget(value: str) -> tuple[float, str]:
 
 def coerce(key: str, value: Any) -> Any:
     """Check one field's type (ints are accepted where floats are expected); raise on anything else."""
+    if key == "arch":  # vaelab 0.1's name for both
+        raise VaelabError("field 'arch' is now two: model (vae or hierarchical) and net (conv, mlp, resnet, conv4)")
     if key not in FIELDS:
         raise VaelabError(unknown_key_message(key, FIELDS))
     if key == "time_budget" and isinstance(value, str):  # durations may be written with a unit
@@ -326,7 +330,8 @@ def _check_parts(cfg: TrainConfig) -> None:
         f"unknown dataset '{cfg.dataset}' (known: {', '.join(DATASETS)}, or npz:PATH or folder:PATH for your own "
         "images)",
     )
-    _known("arch", cfg.arch, [*ARCHS, *MODELS])
+    _known("model", cfg.model, ["vae", *MODELS])
+    _known("net", cfg.net, ARCHS)
     _known("likelihood", cfg.likelihood, LIKELIHOODS)
     _known("prior", cfg.prior, PRIORS)
     _known("posterior", cfg.posterior, POSTERIORS)
@@ -340,12 +345,16 @@ def _check_parts(cfg: TrainConfig) -> None:
 def _check_combinations(cfg: TrainConfig) -> None:
     """Parts and sizes that only work together."""
     _need(1 <= cfg.width <= 4096 and 0 <= cfg.depth <= 256, "width must be in 1..4096 and depth in 0..256")
-    sized = cfg.arch in MODELS or ARCHS[cfg.arch].sized
+    sized = cfg.model != "vae" or ARCHS[cfg.net].sized
     _need(
         sized or (cfg.width, cfg.depth) == (FIELDS["width"].default, FIELDS["depth"].default),
-        f"width and depth size the resnet and hierarchical networks; the {cfg.arch} network has a fixed size",
+        f"width and depth size the resnet and hierarchical networks; the {cfg.net} network has a fixed size",
     )
-    if cfg.arch == "hierarchical":  # its posteriors and priors are the per-group Gaussians of the top-down pass
+    _need(
+        cfg.model == "vae" or cfg.net == FIELDS["net"].default,
+        f"the {cfg.model} model has its own network: leave --net at its default",
+    )
+    if cfg.model == "hierarchical":  # its posteriors and priors are the per-group Gaussians of the top-down pass
         _need(
             cfg.posterior == "gaussian" and cfg.prior == "standard" and not cfg.conditional,
             "the hierarchical model has its own per-group posteriors and priors: use it with the default "
@@ -369,7 +378,7 @@ def _check_combinations(cfg: TrainConfig) -> None:
     _need(cfg.capacity_max >= 0 and cfg.capacity_gamma >= 0, "capacity_max and capacity_gamma must be >= 0")
     _need(
         not objective_entry(cfg.objective).needs_gaussian_code
-        or cfg.arch == "hierarchical"
+        or cfg.model == "hierarchical"
         or (cfg.prior == "standard" and cfg.posterior == "gaussian"),
         f"the {cfg.objective} objective needs the factorised standard prior and the gaussian posterior",
     )
@@ -386,10 +395,23 @@ def config_diff(stored: TrainConfig, wanted: TrainConfig) -> dict[str, tuple[Any
     return {k: (v, getattr(wanted, k)) for k, v in stored.to_dict().items() if getattr(wanted, k) != v}
 
 
+def upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A config mapping written before 0.2 named network and model in one field, `arch`: its value is the
+    hierarchical model (-> model) or a network (-> net)."""
+    if "arch" not in d:
+        return d
+    d = dict(d)
+    value = d.pop("arch")
+    d.setdefault("model" if value in MODELS else "net", value)
+    return d
+
+
 def from_dict(d: dict[str, Any]) -> TrainConfig:
-    """Build a validated config; unknown keys and wrong types raise VaelabError."""
+    """Build a validated config; unknown keys and wrong types raise VaelabError. Configs of vaelab 0.1 (with
+    `arch`) are read too (upgrade)."""
     if not isinstance(d, dict):
         raise VaelabError(f"a config must be a mapping of fields to values, got {type(d).__name__}")
+    d = upgrade(d)
     return TrainConfig(**{k: coerce(k, v) for k, v in d.items()})  # TrainConfig validates itself
 
 
@@ -402,7 +424,7 @@ PRESETS: dict[str, TrainConfig] = {
 }
 # The deeper models, sized for a machine: a hierarchical VAE with the mixture-of-logistics decoder, trained for a
 # wall-clock budget (epochs only bound it) with a cosine schedule over the budget and an EMA of the weights.
-_HVAE = dict(arch="hierarchical", likelihood="dmol", ema=0.999, cosine=True, lr=2e-3, epochs=10_000)
+_HVAE = dict(model="hierarchical", likelihood="dmol", ema=0.999, cosine=True, lr=2e-3, epochs=10_000)
 PRESETS.update(
     {
         # 2 CPU cores: about 100-200 images/s; evaluation on 1,000 test images keeps K = 100 IWAE to minutes

@@ -551,7 +551,17 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
 
 # ---------------------------------------------------------------- model families (the `families` preset)
 
-REFERENCE = {"posterior": "gaussian", "prior": "standard", "objective": "elbo", "kl_schedule": "linear", "arch": "conv"}
+# The reference VAE. `arch` is the results' architecture label (study.results.arch_label): the model, or the VAE's
+# network; `model` and `net` are the config fields it comes from.
+REFERENCE = {
+    "posterior": "gaussian",
+    "prior": "standard",
+    "objective": "elbo",
+    "kl_schedule": "linear",
+    "arch": "conv",
+    "model": "vae",
+    "net": "conv",
+}
 FAMILY_CLAIMS = [
     # (what differs from the reference, metric, sign of reference minus family that the claim predicts, claim)
     (

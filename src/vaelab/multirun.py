@@ -37,7 +37,7 @@ def unsupported(cfg: TrainConfig) -> str | None:
     """Why a config cannot train in a group (None if it can): the stacked step covers the flat VAE with a Gaussian
     posterior, the standard prior and the beta-ELBO, for a fixed number of epochs."""
     checks = [
-        (cfg.arch in ("conv", "mlp", "resnet", "conv4"), f"arch {cfg.arch}"),
+        (cfg.model == "vae", f"model {cfg.model}"),
         (cfg.posterior == "gaussian" and cfg.prior == "standard", "a flow posterior or a learned prior"),
         (objective_entry(cfg.objective).stackable and cfg.free_bits == 0, f"objective {cfg.objective}"),
         (not cfg.conditional and cfg.perceptual_weight == 0, "a conditional model or the perceptual term"),

@@ -9,8 +9,8 @@ from .vae import VAE
 
 def build(cfg, shape: tuple[int, int, int], num_classes: int = 10):
     """The model a config describes (weights freshly initialised from the current torch seed)."""
-    if cfg.arch in MODELS:
-        return MODELS[cfg.arch](cfg, tuple(shape), num_classes)
+    if cfg.model in MODELS:
+        return MODELS[cfg.model](cfg, tuple(shape), num_classes)
     return VAE.from_config(cfg, tuple(shape), num_classes)
 
 

@@ -234,5 +234,5 @@ def _hierarchical(cfg, shape, num_classes):
     )
 
 
-# Models other than the flat VAE, by `arch` (models.build); every other arch is the flat VAE with that network.
+# Models other than the flat VAE, by `model` (models.build); model "vae" is the flat VAE with the network `net`.
 MODELS = {"hierarchical": _hierarchical}

@@ -16,7 +16,7 @@ def need_multiple_of_4(shape: tuple[int, int, int], network: str) -> None:
     if shape[1] % 4 or shape[2] % 4:
         raise VaelabError(
             f"the {network} network needs image height and width divisible by 4, got "
-            f"{shape[1]}x{shape[2]} (use --arch mlp, or resize the images)"
+            f"{shape[1]}x{shape[2]} (use --net mlp, or resize the images)"
         )
 
 

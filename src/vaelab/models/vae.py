@@ -70,7 +70,7 @@ class VAE(ImageModel):
         return cls(
             shape,
             cfg.latent_dim,
-            cfg.arch,
+            cfg.net,
             cfg.likelihood,
             gaussian_sigma=cfg.gaussian_sigma,
             num_classes=num_classes if cfg.conditional else 0,

@@ -743,7 +743,9 @@ def _model_sections(c: _Study) -> None:
         _architectures_section(page, out, df, done, fig_dir, data_dir)
     if "mig" in done and done["mig"].notna().any():
         _disentanglement_section(page, out, done, fig_dir, data_dir, available)
-    family_keys = [k for k in vfindings.REFERENCE if k in lt and lt[k].nunique() > 1 and k != "arch"]
+    family_keys = [
+        k for k in vfindings.REFERENCE if k in lt and lt[k].nunique() > 1 and k not in ("arch", "model", "net")
+    ]
     if family_keys:
         page.section("Model families")
         fam = summarize(done.assign(elbo_gap=done["neg_elbo"] - done["iwae_nll"]), ["dataset"], FAMILY_METRICS)

@@ -120,11 +120,11 @@ PRESETS["architectures"] = {
         "batch_size": 64,
     },
     "sweep": [
-        {"grid": {**_ARCH_GRID, "arch": ["conv"]}, "base": {"latent_dim": 32}},
-        {"grid": _ARCH_GRID, "base": {"arch": "resnet", "width": 32, "depth": 1, "latent_dim": 32}},
+        {"grid": {**_ARCH_GRID, "net": ["conv"]}, "base": {"latent_dim": 32}},
+        {"grid": _ARCH_GRID, "base": {"net": "resnet", "width": 32, "depth": 1, "latent_dim": 32}},
         {
             "grid": _ARCH_GRID,
-            "base": {"arch": "hierarchical", "width": 32, "depth": 1, "latent_dim": 8, "latent_groups": 1},
+            "base": {"model": "hierarchical", "width": 32, "depth": 1, "latent_dim": 8, "latent_groups": 1},
         },
     ],
 }
@@ -137,7 +137,7 @@ PRESETS["architectures"] = {
 # Cut to get there: DIP-VAE-II and controlled capacity (implemented, tested) are not in the grid.
 _DIS_BASE = {
     "dataset": "shapes2d",
-    "arch": "conv4",
+    "net": "conv4",
     "likelihood": "bernoulli",
     "latent_dim": 10,
     "batch_size": 64,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..config import TrainConfig, config_diff, from_dict
+from ..config import TrainConfig, config_diff, from_dict, upgrade
 from ..errors import VaelabError
 from ..metrics import columns as metric_columns
 from ..metrics import computed as registered_metrics
@@ -68,6 +68,14 @@ def first_failure(out: str | Path) -> tuple[str, str]:
     return "", ""
 
 
+def arch_label(cfg: dict) -> str:
+    """What a comparison of architectures compares, one label per run: the model when it is not the flat VAE
+    (hierarchical), else the VAE's network (conv, resnet, ...). A results column, not a config field."""
+    cfg = upgrade(cfg)
+    model = cfg.get("model", "vae")
+    return model if model != "vae" else cfg.get("net", "conv")
+
+
 def collect(out: str | Path):
     """One row per cell from the run directories (never cached, so never stale)."""
     out = Path(out)
@@ -89,6 +97,7 @@ def collect(out: str | Path):
             "status": cell_status(d),
             **c["overrides"],
             **{k: cfg[k] for k in ("dataset", "latent_dim", "beta", "seed") if k not in c["overrides"]},
+            "arch": arch_label(cfg),
         }
         hist = read_jsonl(run.metrics_path)
         row["epochs_done"] = len(hist)

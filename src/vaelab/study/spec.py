@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..config import TrainConfig, coerce, from_dict, unknown_key_message
+from ..config import TrainConfig, coerce, from_dict, unknown_key_message, upgrade
 from ..errors import VaelabError
 
 _FIELD_ORDER = [f.name for f in fields(TrainConfig)]
@@ -99,8 +99,11 @@ def run_id(cfg: TrainConfig, keys: list[str]) -> str:
 def parse_spec(d: dict, where: str = "<spec>", text: str | None = None) -> StudySpec:
     """Validate a spec mapping and expand it into cells; errors name the file and the line that is wrong."""
     _check_top(d, where, text)
-    base = dict(d.get("base") or {})
-    sweeps = list(d.get("sweep") or [])
+    base = upgrade(dict(d.get("base") or {}))  # a 0.1 spec's base may name arch
+    sweeps = [
+        {**s, "base": upgrade(s["base"])} if isinstance(s, dict) and isinstance(s.get("base"), dict) else s
+        for s in (d.get("sweep") or [])
+    ]
     if "grid" in d or "zip" in d or not sweeps:
         sweeps.insert(0, {"grid": d.get("grid") or {}, "zip": d.get("zip") or {}})
     _check_values(base, where, text, "base")
