@@ -30,9 +30,7 @@ from .report import render
 from .run import Run, Study
 from .scoring import score_run
 from .store import (
-    CHECKPOINT,
     CONFIG,
-    LEGACY_CHECKPOINT,
     check_regular_target,
     check_run_dir,
     ensure_writable_dir,
@@ -78,13 +76,13 @@ def _config_overrides(args) -> dict:
 def cmd_train(args) -> int:
     out = Path(args.out)
     overrides = upgrade({**_config_overrides(args), **({"arch": args.arch} if args.arch else {})})
-    if args.resume and not any((out / f).exists() for f in (CONFIG, CHECKPOINT, LEGACY_CHECKPOINT)):
+    if args.resume and not Run(out, check=False).holds_run():
         raise VaelabError(
             f"{out}: holds no run to resume (no {CONFIG} or checkpoint there); check the path, or "
             "leave out --resume to start a new run"
         )
-    if args.resume and (out / CONFIG).is_file():
-        cfg = from_dict({**read_json_object(out / CONFIG, "a run config"), **overrides})
+    if args.resume and Run(out, check=False).config_path.is_file():
+        cfg = from_dict({**read_json_object(Run(out).config_path, "a run config"), **overrides})
     else:
         base = preset(args.preset).to_dict()
         if args.config:

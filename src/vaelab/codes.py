@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from . import data as vdata
 from .models import VAE
 from .run import Run
-from .store import CHECKPOINT, atomic_write_bytes
+from .store import atomic_write_bytes
 
 
 @torch.no_grad()
@@ -44,7 +44,7 @@ def encode_run(run_dir, split: str = "test", data_dir=None, n: int = 0, dataset:
 
     run_dir = Path(run_dir)
     path = run_dir / f"latents-{split}{f'-{n}' if n else ''}.npz"
-    ckpt_mtime = (run_dir / CHECKPOINT).stat().st_mtime_ns
+    ckpt_mtime = Run(run_dir).checkpoint_path.stat().st_mtime_ns
     if path.is_file():
         with np.load(path) as z:
             if int(z["ckpt_mtime"]) == ckpt_mtime:  # a retrained model invalidates the cache

@@ -16,9 +16,6 @@ from .errors import VaelabError
 from .models import build
 from .run import Run
 from .store import (
-    CHECKPOINT,
-    CONFIG,
-    METRICS,
     atomic_write_json,
     atomic_write_text,
     check_regular_target,
@@ -75,15 +72,15 @@ def unpack(path) -> Path:
     load(path)  # validated like any load: format, version, weights that fit the config
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     run = cache_dir() / "models" / f"{path.stem[:60]}-{digest}"
-    if (run / CHECKPOINT).is_file():
+    if Run(run, check=False).checkpoint_path.is_file():
         return run
     blob = load_tree(path)
     trained = blob.get("trained", {})
     history = trained.get("history", [])
-    atomic_write_json(run / CONFIG, blob["config"])
-    atomic_write_text(run / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    atomic_write_json(Run(run, check=False).config_path, blob["config"])
+    atomic_write_text(Run(run, check=False).metrics_path, "".join(json.dumps(r) + "\n" for r in history))
     save_tree(
-        run / CHECKPOINT,
+        Run(run, check=False).checkpoint_path,
         {  # written last: its presence means the directory is complete
             "format": CHECKPOINT_FORMAT,
             "config": blob["config"],

@@ -27,7 +27,8 @@ from .errors import VaelabError
 from .losses import objective, objective_entry, scheduled_beta
 from .models import build as build_model
 from .optim import lr_factor, make_optimizer
-from .store import CHECKPOINT, CONFIG, FolderLock, atomic_write_json, check_can_create, ensure_writable_dir
+from .run import Run
+from .store import FolderLock, atomic_write_json, check_can_create, ensure_writable_dir
 from .train import average_terms, check_epoch, check_val, checkpoint_record, diverged, epoch_row, write_metrics
 
 VARY = ("seed", "beta")  # what may differ between the runs of a group; every other field is shared
@@ -170,7 +171,7 @@ def train_together(
     if len(set(outs)) < len(outs):
         raise VaelabError("train_together: two runs share an output directory")
     for o in outs:
-        if (o / CHECKPOINT).exists() or (o / CONFIG).exists():
+        if Run(o, check=False).holds_run():
             raise VaelabError(f"{o}: already holds a run; continue it with vaelab train --resume")
         check_can_create(o)
     cfg0 = cfgs[0]
@@ -187,7 +188,7 @@ def train_together(
 def _train_group(cfgs, outs, ds, device, train_split, val_split) -> list[dict]:
     runs = []
     for cfg, out in zip(cfgs, outs):
-        atomic_write_json(out / CONFIG, cfg.to_dict())
+        atomic_write_json(Run(out, check=False).config_path, cfg.to_dict())
         torch.manual_seed(cfg.seed)  # as train: the run's initial weights, then its noise stream continues from here
         runs.append(_Run(cfg, out, build_model(cfg, ds.shape, len(ds.classes)).to(device), device))
     group = _Group(runs, device, len(train_split))
@@ -268,7 +269,12 @@ class _Group:
             r.bad_in_row += 1
             bad[r_i] += 1
             if r.bad_in_row >= r.cfg.max_bad_steps:
-                raise diverged(epoch + 1, f"{r.bad_in_row} non-finite steps in a row", r.out / CHECKPOINT, r.out)
+                raise diverged(
+                    epoch + 1,
+                    f"{r.bad_in_row} non-finite steps in a row",
+                    Run(r.out, check=False).checkpoint_path,
+                    r.out,
+                )
 
 
 def _end_epoch(
@@ -279,10 +285,18 @@ def _end_epoch(
     opt = make_optimizer(cfg, r.model)  # train's optimizer, holding this run's Adam state, for its checkpoint
     stack.unstack(r_i, r.model, opt)
     check_epoch(
-        cfg, epoch + 1, steps_per_epoch, stats["seen"], stats["bad"], 0, r.model.parameters(), r.out / CHECKPOINT, r.out
+        cfg,
+        epoch + 1,
+        steps_per_epoch,
+        stats["seen"],
+        stats["bad"],
+        0,
+        r.model.parameters(),
+        Run(r.out, check=False).checkpoint_path,
+        r.out,
     )
     val = r.with_global_noise(lambda: average_terms(r.model, val_split)) if len(val_split) else {}
-    check_val(val, epoch + 1, r.out / CHECKPOINT, r.out)
+    check_val(val, epoch + 1, Run(r.out, check=False).checkpoint_path, r.out)
     lr = cfg.lr * lr_factor(cfg, max(r.step - 1, 0) / total_steps) if r.step else cfg.lr  # the last step's
     for group in opt.param_groups:
         group["lr"] = lr

@@ -12,6 +12,7 @@ from .store import (
     CONFIG,
     ERROR,
     EVAL,
+    LEGACY_CHECKPOINT,
     METRICS,
     RUNNING,
     check_run_dir,
@@ -42,6 +43,15 @@ class Run:
     @property
     def checkpoint_path(self) -> Path:
         return self.path / CHECKPOINT
+
+    @property
+    def legacy_checkpoint_path(self) -> Path:
+        """vaelab 0.1's pickled checkpoint, refused unless converted (vaelab convert)."""
+        return self.path / LEGACY_CHECKPOINT
+
+    def holds_run(self) -> bool:
+        """Whether training has started here: a config or a checkpoint (current or 0.1's) is present."""
+        return any(p.exists() for p in (self.config_path, self.checkpoint_path, self.legacy_checkpoint_path))
 
     @property
     def error_path(self) -> Path:

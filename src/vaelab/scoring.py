@@ -3,15 +3,13 @@ and a Fréchet distance in the classifier's features (not Inception FID), merged
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from . import data as vdata
 from .classifier import frechet_distance, predict, reference_classifier
 from .generate import Sampler
 from .run import Run
-from .store import EVAL, atomic_write_json, read_json
+from .store import atomic_write_json, read_json
 
 
 def generation_scores(run_dir, data_dir=None, n: int = 2000, seed: int = 0) -> dict:
@@ -30,7 +28,7 @@ SCORE_KEYS = ("classifier_test_accuracy", "n_samples", *GENERATION_KEYS)
 def score_run(run_dir, data_dir=None, n: int = 2000, reuse: bool = True) -> dict:
     """generation_scores, merged into the run's eval.json so that study results carry them; with reuse, scores
     already there (from the same number of samples) are returned without recomputing."""
-    path = Path(run_dir) / EVAL
+    path = Run(run_dir).eval_path()
     ev = read_json(path) if path.is_file() else None
     if reuse and ev is not None and ev.get("n_samples") == n and all(k in ev for k in GENERATION_KEYS):
         return {k: ev[k] for k in SCORE_KEYS}

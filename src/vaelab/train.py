@@ -35,11 +35,8 @@ from .losses import TCCritic, objective, objective_entry, perceptual_term, sched
 from .models import VAE
 from .models import build as build_model
 from .optim import fused_optimizer, lr_factor, make_optimizer  # noqa: F401
+from .run import Run
 from .store import (
-    CHECKPOINT,
-    CONFIG,
-    LEGACY_CHECKPOINT,
-    METRICS,
     FolderLock,
     atomic_write_json,
     atomic_write_text,
@@ -86,7 +83,7 @@ def _clip(params: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> No
 
 def write_metrics(out: Path, history: list[dict]) -> None:
     """metrics.jsonl, one line per finished epoch, rewritten whole (atomically) from the run's history."""
-    atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    atomic_write_text(Run(out, check=False).metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -239,9 +236,7 @@ def train(
     Everything that can fail on bad input (device, data, splits, memory, a mismatching run) is checked before
     anything is written, so a failed start leaves no debris that blocks the corrected re-run."""
     out = Path(out_dir)
-    ckpt_path = out / CHECKPOINT
-    holds_run = ckpt_path.exists() or (out / LEGACY_CHECKPOINT).exists() or (out / CONFIG).exists()
-    if holds_run and not resume:
+    if Run(out, check=False).holds_run() and not resume:
         raise VaelabError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     check_can_create(out)
     device = resolve_device(cfg.device)
@@ -293,7 +288,8 @@ def step_flops(cfg: TrainConfig, model: torch.nn.Module, split: vdata.Split) -> 
 
 def _stored_checkpoint(cfg: TrainConfig, out: Path) -> dict | None:
     """The run's checkpoint when it continues one (same config, not an unpacked export), else None."""
-    if not ((out / CHECKPOINT).exists() or (out / LEGACY_CHECKPOINT).exists()):
+    run = Run(out, check=False)
+    if not (run.checkpoint_path.exists() or run.legacy_checkpoint_path.exists()):
         return None
     ckpt = load_checkpoint(out)
     if "exported_from" in ckpt:
@@ -310,7 +306,7 @@ def _stored_checkpoint(cfg: TrainConfig, out: Path) -> dict | None:
 def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epoch_end) -> dict:
     ckpt = _stored_checkpoint(cfg, out)
     remove_stale_temps(out)
-    atomic_write_json(out / CONFIG, cfg.to_dict())
+    atomic_write_json(Run(out, check=False).config_path, cfg.to_dict())
     if ckpt is not None:
         # A kill between the checkpoint's rename and the metrics' leaves metrics.jsonl an epoch behind;
         # the checkpoint's history is the truth.
@@ -483,7 +479,11 @@ class _Trainer:
             self.bad_in_row += 1
             ep.bad += 1
             if self.bad_in_row >= cfg.max_bad_steps:
-                raise diverged(epoch + 1, f"{self.bad_in_row} non-finite steps in a row", self.out / CHECKPOINT)
+                raise diverged(
+                    epoch + 1,
+                    f"{self.bad_in_row} non-finite steps in a row",
+                    Run(self.out, check=False).checkpoint_path,
+                )
             return False
         self.bad_in_row = 0
         if float(grad_norm) > self.skip_above:  # a rare huge gradient (VDVAE's skip_threshold): no update
@@ -513,7 +513,7 @@ class _Trainer:
 
     def _end_epoch(self, epoch: int, ep: _Epoch) -> dict:
         """Check the epoch, validate, write its history row and checkpoint; returns the row."""
-        cfg, ckpt_path = self.cfg, self.out / CHECKPOINT
+        cfg, ckpt_path = self.cfg, Run(self.out, check=False).checkpoint_path
         seconds = time.perf_counter() - ep.t0
         check_epoch(cfg, epoch, ep.steps, ep.seen, ep.bad, ep.skipped_large, self.params, ckpt_path)
         self.trained_s += seconds

@@ -22,7 +22,7 @@ from ..metrics import columns as metric_columns
 from ..metrics import computed as registered_metrics
 from ..run import Run, Study
 from ..scoring import GENERATION_KEYS, SCORE_KEYS
-from ..store import CHECKPOINT, CONFIG, atomic_write_json
+from ..store import atomic_write_json
 from .results import (
     beta_rows,
     beta_table,
@@ -921,8 +921,8 @@ def analyze(target: str | Path, data_dir=None, classifier: bool = True) -> Path:
     target = Path(target)
     if Study(target).exists():
         return analyze_study(target, data_dir, classifier)
-    if (target / CONFIG).is_file():
-        if not (target / CHECKPOINT).is_file():
+    if Run(target, check=False).config_path.is_file():
+        if not Run(target, check=False).checkpoint_path.is_file():
             load_checkpoint(target)  # says why: an old pickle checkpoint, or none yet
         return analyze_run(target, data_dir, classifier)
     raise VaelabError(f"{target}: neither a study directory (study.json) nor a run directory (config.json)")
