@@ -589,7 +589,10 @@ FAMILY_CLAIMS = [
 def family_rows(done: pd.DataFrame, change: dict) -> pd.DataFrame:
     """The rows (runs or summary rows) of the reference VAE with `change` applied; a column the table lacks
     counts as the reference's value."""
-    want = {**REFERENCE, **change}
+    # `arch` summarises `model` and `net`: a change to one side frees the reference's other side
+    linked = {"arch": ("model", "net"), "model": ("arch",), "net": ("arch",)}
+    freed = {k for c in change for k in linked.get(c, ())}
+    want = {**{k: v for k, v in REFERENCE.items() if k not in freed}, **change}
     mask = pd.Series(True, index=done.index)
     for k, v in want.items():
         mask &= (done[k] if k in done else pd.Series(REFERENCE.get(k), index=done.index)) == v
