@@ -404,7 +404,7 @@ def test_results_say_how_far_from_convergence_each_run_stopped(tiny_root, tmp_pa
     df = study.collect(out)
     for _, row in df.iterrows():
         val = [json.loads(line)["val_neg_elbo"] for line in (out / "runs" / row["run_id"] / "metrics.jsonl").open()]
-        assert row["epochs_done"] == 3
+        assert row["epochs_done"] == 3 and row["images_seen"] == 3 * 100  # three epochs of train_size 100
         assert row["last_val_change"] == pytest.approx((val[-1] - val[-2]) / val[-2])
     page = analysis.Page("t")
     page.section("Setup")
@@ -414,3 +414,18 @@ def test_results_say_how_far_from_convergence_each_run_stopped(tiny_root, tmp_pa
     assert table["kind"] == "table" and head[-1].startswith("last epoch's change") and len(rows) == 2  # per latent
     assert rows[0][:3] == ["fashion-mnist", "2", "1.0"] and rows[0][-2] == "0 of 1"
     assert rows[0][-1].startswith(f"{df['last_val_change'].iloc[0] * 100:+.3f} %")
+
+
+def test_a_study_trained_for_seconds_says_its_cells_depend_on_the_machine(tiny_root, tmp_path):
+    from vaelab.report import report
+
+    spec = study.load_spec(write(tmp_path, TINY_TOML.replace("epochs = 1", 'epochs = 2\ntime_budget = "1h"')))
+    out = tmp_path / "S"
+    assert study.run(spec, out, data_dir=str(tiny_root)) == {"done": 2}
+    report(out, data_dir=tiny_root, classifier=False)
+    md = (out / "report" / "summary.md").read_text()
+    assert "depends on the machine" in md and "images seen (min … max)" in md and "200 … 200" in md
+    counted = study.load_spec(write(tmp_path, TINY_TOML.replace("epochs = 1", 'epochs = 1\nbudget = "2steps"')))
+    assert study.run(counted, tmp_path / "C", data_dir=str(tiny_root)) == {"done": 2}
+    report(tmp_path / "C", data_dir=tiny_root, classifier=False)
+    assert "depends on the machine" not in (tmp_path / "C" / "report" / "summary.md").read_text()

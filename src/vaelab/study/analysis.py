@@ -572,6 +572,7 @@ def _convergence_table(page: Page, done) -> None:
                 len(g),
                 f"{g['epochs_done'].mean():.1f}",
                 f"{g['best_epoch'].mean():.1f}" if g["best_epoch"].notna().any() else "-",
+                _span(g["images_seen"]) if "images_seen" in g else "-",
                 f"{int(g['stopped_early'].sum())} of {len(g)}",
                 f"{ch.mean():+.3f} % ({ch.min():+.3f} … {ch.max():+.3f})" if len(ch) else "-",
             ]
@@ -584,7 +585,13 @@ def _convergence_table(page: Page, done) -> None:
         "Under a cosine schedule the last epochs run at a small learning rate, so a small last change "
         "there says the schedule ended, not that more training would not help.",
     )
-    page.add("table", [*keys, "runs", "epochs", "best epoch", "stopped early", "last epoch's change (min … max)"], rows)
+    head = [*keys, "runs", "epochs", "best epoch", "images seen (min … max)", "stopped early"]
+    page.add("table", [*head, "last epoch's change (min … max)"], rows)
+
+
+def _span(values) -> str:
+    v = values.dropna()
+    return f"{int(v.min()):,} … {int(v.max()):,}" if len(v) else "-"
 
 
 @dataclass
@@ -706,6 +713,14 @@ def _setup_section(c: _Study) -> None:
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         + ". Each run is an ordinary vaelab run directory under runs/.",
     )
+    if any((cell.get("config") or {}).get("time_budget") for cell in spec.get("cells", [])):
+        page.add(
+            "text",
+            "These cells trained for a number of seconds (time_budget): how far each got depends on "
+            "the machine and on what else it was doing, so cells compare only as far as they saw as many images "
+            "(the table below). A count budget (--budget with steps, images or flops) trains the same model on "
+            "every machine.",
+        )
     _convergence_table(page, done)
     page.add("table", ["field", "value"], [[k, v] for k, v in spec["base"].items()])
     sweeps = [

@@ -101,6 +101,8 @@ def collect(out: str | Path):
         }
         hist = read_jsonl(run.metrics_path)
         row["epochs_done"] = len(hist)
+        # the training images each run saw: what a time budget makes depend on the machine and its load
+        row["images_seen"] = round(sum(h["images_per_s"] * h["seconds"] for h in hist)) if hist else None
         row["train_seconds"] = sum(h["seconds"] for h in hist) if hist else None
         row["images_per_s"] = sum(h["images_per_s"] for h in hist) / len(hist) if hist else None
         full = [h["seconds"] for h in hist if not h.get("partial")]  # a time budget's last epoch may be cut short
