@@ -175,6 +175,11 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _target_arg(arg: str):
+    """A study or run directory as given, or an exported model file unpacked into a run directory."""
+    return _run_arg(arg) if is_export(arg) else arg
+
+
 def _run_arg(arg: str) -> Path:
     """A run directory, or an exported model file (unpacked once into a run directory under the user cache)."""
     if is_export(arg):
@@ -274,7 +279,7 @@ def cmd_study(args) -> int:
 def cmd_score(args) -> int:
     if not 1 <= args.samples <= 100_000:
         raise VaelabError(f"--samples must be in 1..100,000, got {args.samples}")
-    target = _run_arg(args.target) if is_export(args.target) else args.target
+    target = _target_arg(args.target)
     for label, s in score_target(target, args.data_dir, args.samples, every=args.all):
         print(
             f"{label}: "
@@ -300,7 +305,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_report(args) -> int:
-    target = _run_arg(args.target) if is_export(args.target) else args.target
+    target = _target_arg(args.target)
     if not args.render_only:
         analyze(target, data_dir=args.data_dir, classifier=not args.no_classifier)
     path = render(target)
@@ -318,19 +323,16 @@ def cmd_findings(args) -> int:
         raise VaelabError(f"{path}: cannot read a results table ({e})") from None
     if not {"status", "dataset"} <= set(df.columns):
         raise VaelabError(f"{path}: not a vaelab results.csv (no status and dataset columns)")
-    found = vfindings.compute(study.latent_rows(df), study.beta_rows(df), df[df["status"] == "done"])
-    testable, untestable = vfindings.split_testable(found)
+    testable, untestable = study.study_findings(df)
     for f in testable:
         print(f"- **{f.claim}** — *{f.verdict}*: {f.evidence}")
     if untestable:
-        print(
-            "\nNot testable with this grid: " + "; ".join(f"{f.claim.rstrip('.')} ({f.evidence})" for f in untestable)
-        )
+        print("\n" + vfindings.untestable_text(untestable))
     return 0
 
 
 def cmd_analyze(args) -> int:
-    target = _run_arg(args.target) if is_export(args.target) else args.target
+    target = _target_arg(args.target)
     path = analyze(target, data_dir=args.data_dir, classifier=not args.no_classifier)
     print(
         f"analysis written: {path} (figures in {path.parent / 'fig'}); render it with: vaelab report {args.target} "

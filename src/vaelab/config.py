@@ -93,10 +93,11 @@ class TrainConfig:
         # so no code path trains on a value validate() would refuse.
         for f in fields(self):
             object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name)))
-        if self.budget and parse_budget(self.budget)[1] == "seconds":  # one field for a time budget: time_budget
+        amount, unit = parse_budget(self.budget) if self.budget else (0.0, "")
+        if unit == "seconds":  # one field for a time budget: time_budget
             if self.time_budget:
                 raise VaelabError("give a time budget once: --budget 90s or --time-budget 90s, not both")
-            object.__setattr__(self, "time_budget", parse_budget(self.budget)[0])
+            object.__setattr__(self, "time_budget", amount)
             object.__setattr__(self, "budget", "")
         validate(self)
 

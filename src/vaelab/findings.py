@@ -791,6 +791,15 @@ def split_testable(findings: list[Finding]) -> tuple[list[Finding], list[Finding
     return [f for f in findings if f not in untestable], untestable
 
 
+def untestable_text(untestable: list[Finding]) -> str:
+    """The one line a report gives the claims its grid cannot test."""
+    return (
+        "Not testable with this study's grid: "
+        + "; ".join(f"{f.claim.rstrip('.')} ({f.evidence})" for f in untestable)
+        + "."
+    )
+
+
 def disentanglement(done: pd.DataFrame | None) -> list[Finding]:
     """The disentanglement study's claims, per factor dataset: runs scored with the metrics (eval.json)."""
     if done is None or "mig" not in done:

@@ -24,13 +24,12 @@ from ..run import Run, Study
 from ..scoring import GENERATION_KEYS, SCORE_KEYS
 from ..store import atomic_write_json
 from .results import (
-    beta_rows,
     beta_table,
     fmt_num,
     generation_runs,
-    latent_rows,
     latent_table,
     representative,
+    study_findings,
     summarize,
     varied_keys,
     write_results,
@@ -201,7 +200,7 @@ class _RunFigures:
             )
 
     def curves_and_kl(self) -> None:
-        hist = Run(self.run_dir).metrics if Run(self.run_dir).metrics_path.is_file() else []
+        hist = Run(self.run_dir).metrics  # [] before the first epoch
         if hist and self.want("curves.png"):
             self.save(plots.curves(hist, self.name), "curves.png", "Training", "Loss, reconstruction and KL per epoch.")
         if "kl_per_dim" in self.ev and self.want(
@@ -279,8 +278,8 @@ def analyze_run(run_dir: Path, data_dir=None, classifier: bool = True) -> Path:
     page = Page(f"vaelab run: {run_dir.name}")
     page.section("Setup")
     page.add("table", ["field", "value"], [[k, v] for k, v in cfg.items()])
-    if Run(run_dir).eval() is not None:
-        ev = Run(run_dir).eval()
+    ev = Run(run_dir).eval()
+    if ev is not None:
         keys = [k for k in metric_columns() + ["iwae_samples", "test_size"] if k in ev]
         page.section("Test metrics")
         page.add(
@@ -666,17 +665,11 @@ def _findings_section(c: _Study) -> None:
             "Some runs trained with a perceptual term (DFC-VAE): their objective is no likelihood bound. "
             "Every ELBO, IWAE and bits/dim number here comes from the likelihood terms alone.",
         )
-    found = vfindings.compute(latent_rows(df), beta_rows(df), df[df["status"] == "done"])
-    testable, untestable = vfindings.split_testable(found)
+    testable, untestable = study_findings(df)
     for f in testable:
         page.add("finding", f)
     if untestable:
-        page.add(
-            "text",
-            "Not testable with this study's grid: "
-            + "; ".join(f"{f.claim.rstrip('.')} ({f.evidence})" for f in untestable)
-            + ".",
-        )
+        page.add("text", vfindings.untestable_text(untestable))
 
 
 def _datasets_section(c: _Study) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .. import findings as vfindings
 from ..config import TrainConfig, config_diff, from_dict, upgrade
 from ..errors import VaelabError
 from ..metrics import columns as metric_columns
@@ -74,6 +75,12 @@ def arch_label(cfg: dict) -> str:
     cfg = upgrade(cfg)
     model = cfg.get("model", "vae")
     return model if model != "vae" else cfg.get("net", "conv")
+
+
+def study_findings(df) -> tuple[list, list]:
+    """A results table's findings (vaelab.findings.compute on its β = 1 runs, its β sweep and every finished run),
+    as (those its grid can test, those it cannot)."""
+    return vfindings.split_testable(vfindings.compute(latent_rows(df), beta_rows(df), df[df["status"] == "done"]))
 
 
 def collect(out: str | Path):
