@@ -247,6 +247,23 @@ def test_generation_findings():
     assert F.generation(lt.drop(columns=["fd_gmm"])) == []
 
 
+@pytest.mark.parametrize(
+    "acc, verdict",
+    [
+        ([0.70, 0.72, 0.74], F.HOLDS),  # above one half
+        ([0.40, 0.41, 0.39], F.MIXED),  # above twice chance (20 %), below one half
+        ([0.12, 0.10, 0.11], F.FAILS),  # below one half, not above twice chance
+        ([0.20, 0.80, 0.50], F.INCONCLUSIVE),
+    ],
+)
+def test_conditional_generation_scored_on_every_seed(acc, verdict):
+    lt = pd.DataFrame({"dataset": "cifar10", "latent_dim": 32, "seed": [0, 1, 2], "conditional_accuracy": acc})
+    lt = lt.assign(fd_prior=50.0, fd_gmm=[30.0, 31.0, 29.5])
+    mix, cond = F.generation(lt)
+    assert mix.verdict == F.HOLDS and "paired t-test" in mix.evidence
+    assert cond.verdict == verdict, cond.evidence
+
+
 def test_organisation_pools_latent_sizes_paired_by_seed():
     t = pd.concat(
         [
@@ -275,19 +292,22 @@ def test_organisation_must_beat_both_baselines(pca, verdict):
 
 
 @pytest.mark.parametrize(
-    "kl,seeds,verdict",
+    "kl,seeds,sd,verdict",
     [
-        ({2: 5, 8: 15, 32: 30}, 3, F.HOLDS),
-        ({2: 30, 8: 15, 32: 5}, 3, F.FAILS),
-        ({2: 10, 8: 10, 32: 10}, 3, F.INCONCLUSIVE),
-        ({2: 5, 8: 15, 32: 30}, 1, F.HOLDS),
+        ({2: 5, 8: 15, 32: 30}, 3, 1.0, F.HOLDS),
+        ({2: 30, 8: 15, 32: 5}, 3, 1.0, F.FAILS),
+        ({2: 10, 8: 10, 32: 10}, 3, 1.0, F.FAILS),  # no effect: the slope is shown to lie within ±1 nat
+        ({2: 10, 8: 10, 32: 10}, 3, 8.0, F.INCONCLUSIVE),  # too noisy to show either
+        ({2: 5, 8: 15, 32: 30}, 1, 0.0, F.HOLDS),
     ],
 )
-def test_a_larger_latent_costs_compression(kl, seeds, verdict):
+def test_a_larger_latent_costs_compression(kl, seeds, sd, verdict):
     rows = latent_rows({2: 300, 8: 250, 32: 240}, seeds, 2)
-    rows["kl"] = [kl[z] + e for z, e in zip(rows["latent_dim"], noise(7, len(rows), 1.0 if seeds > 1 else 0.0))]
+    rows["kl"] = [kl[z] + e for z, e in zip(rows["latent_dim"], noise(7, len(rows), sd))]
     (f,) = F.compression_cost(rows)
     assert verdict_is(f, verdict, seeds), f.evidence
+    flat = len(set(kl.values())) == 1
+    assert ("No effect: within ±1 nats per doubling" in f.evidence) == (flat and verdict == F.FAILS)
 
 
 def test_where_reconstruction_stops_improving():
@@ -297,21 +317,24 @@ def test_where_reconstruction_stops_improving():
 
 
 @pytest.mark.parametrize(
-    "probe,knn,sil,verdict",
+    "probe,knn,sil,sd,verdict",
     [
-        ((0.5, 0.6, 0.7), (0.4, 0.5, 0.6), (0.0, 0.1, 0.2), F.HOLDS),
-        ((0.7, 0.6, 0.5), (0.6, 0.5, 0.4), (0.2, 0.1, 0.0), F.FAILS),  # the organisation half goes the other way
-        ((0.5, 0.6, 0.7), (0.6, 0.5, 0.4), (0.1, 0.1, 0.1), F.MIXED),
-        ((0.6, 0.6, 0.6), (0.5, 0.5, 0.5), (0.1, 0.1, 0.1), F.INCONCLUSIVE),
+        ((0.5, 0.6, 0.7), (0.4, 0.5, 0.6), (0.0, 0.1, 0.2), 0.01, F.HOLDS),
+        ((0.7, 0.6, 0.5), (0.6, 0.5, 0.4), (0.2, 0.1, 0.0), 0.01, F.FAILS),  # the organisation half goes the other way
+        ((0.5, 0.6, 0.7), (0.6, 0.5, 0.4), (0.1, 0.1, 0.1), 0.01, F.MIXED),
+        ((0.6, 0.6, 0.6), (0.5, 0.5, 0.5), (0.1, 0.1, 0.1), 0.002, F.FAILS),  # no effect, within the stated bounds
+        ((0.6, 0.6, 0.6), (0.5, 0.5, 0.5), (0.1, 0.1, 0.1), 0.05, F.INCONCLUSIVE),  # too noisy to tell
     ],
 )
-def test_larger_beta_organises_the_latent_space(probe, knn, sil, verdict):
+def test_larger_beta_organises_the_latent_space(probe, knn, sil, sd, verdict):
     rows = beta_rows([60, 40, 10], [100, 110, 150], 3, 1)
     betas = sorted(rows["beta"].unique())
     for i, (m, vals) in enumerate((("probe_accuracy", probe), ("knn_accuracy", knn), ("silhouette", sil))):
-        rows[m] = [vals[betas.index(b)] + e for b, e in zip(rows["beta"], noise(50 + i, len(rows), 0.01))]
+        rows[m] = [vals[betas.index(b)] + e for b, e in zip(rows["beta"], noise(50 + i, len(rows), sd))]
     (f,) = F.beta_organisation(rows)
     assert f.verdict == verdict, f.evidence
+    if verdict in (F.FAILS, F.INCONCLUSIVE) and sil == (0.1, 0.1, 0.1):  # flat: shown negligible only when precise
+        assert ("No effect: within ±0.005 per doubling" in f.evidence) == (sd == 0.002)
     assert "holds by construction" in F.beta_tradeoff(rows)[0].claim
 
 
@@ -555,7 +578,7 @@ def obj_runs(level: dict[str, float | tuple[float, float]], sd: float, k: int = 
 def test_objective_matters_more_than_the_seed_every_verdict(level, sd, k, verdict):
     (f,) = F.objective_vs_seed("shapes2d", obj_runs(level, sd, k))
     assert verdict_is(f, verdict, k), f.evidence
-    assert ("ANOVA" in f.evidence) == (k >= 3)
+    assert ("ICC" in f.evidence) == (k >= 3)
 
 
 def test_objective_vs_seed_partly_and_unknown():
@@ -603,3 +626,39 @@ def test_a_report_names_the_claims_its_grid_cannot_test_apart():
     testable, untestable = F.split_testable(found)
     assert [f.claim for f in untestable] == [found[0].claim] and testable == [found[1]]
     assert found[0].evidence.startswith("needs")
+
+
+def test_icc_is_the_share_of_variance_between_groups_and_tests_one_half():
+    rng = np.random.default_rng(0)
+    same = [rng.normal(0, 1, 6) for _ in range(30)]  # no variance between groups
+    e = F.icc(same)
+    assert e.sign(+1) == -1 and e.hi + 0.5 < 0.5  # significantly below one half
+    apart = [rng.normal(10 * i, 1, 6) for i in range(10)]
+    e = F.icc(apart)
+    assert e.sign(+1) == +1 and e.lo + 0.5 > 0.9
+    # balanced groups: the textbook ANOVA estimate (MSB - MSW) / (MSB + (k - 1) MSW)
+    x = np.array(apart)
+    msb = 6 * x.mean(1).var(ddof=1)
+    msw = x.var(1, ddof=1).mean()
+    assert e.estimate + 0.5 == pytest.approx((msb - msw) / (msb + 5 * msw))
+
+
+def test_equivalence_matches_statsmodels_two_one_sided_tests():
+    from statsmodels.stats.weightstats import ttost_paired
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(5, 1, 8)
+    y = x + rng.normal(0.1, 0.3, 8)
+    for delta in (0.2, 0.5, 1.0):
+        assert F.tost(F.paired(x - y), delta) == pytest.approx(ttost_paired(x, y, -delta, delta)[0])
+    assert F.tost(F.paired([0.1, 0.1, 0.1]), 0.5) == 0.0 and F.tost(F.paired([0.9, 0.9, 0.9]), 0.5) == 1.0
+
+
+def test_no_effect_by_equivalence_survives_holm_and_says_so():
+    precise = F.tested("flat", "e.", [F.Test(0.8, +1, 0.001, "±1 nats")])
+    noisy = F.tested("noisy", "e.", [F.Test(0.8, +1, 0.3, "±1 nats")])
+    assert precise.verdict == F.FAILS and "No effect: within ±1 nats" in precise.evidence
+    assert noisy.verdict == F.INCONCLUSIVE and "No effect" not in noisy.evidence
+    a, b = F.holm([precise, noisy])  # equivalence p adjusted among themselves: 0.002 and 0.3
+    assert a.verdict == F.FAILS and a.evidence.count("No effect") == 1 and "p = 0.002" in a.evidence
+    assert b.verdict == F.INCONCLUSIVE

@@ -39,6 +39,11 @@ def load_checkpoint(run_dir: Path) -> dict:
         if (Path(run_dir) / LEGACY_CHECKPOINT).is_file():
             raise VaelabError(legacy_message(Path(run_dir) / LEGACY_CHECKPOINT))
         raise VaelabError(f"{run_dir}: no checkpoint (was the run trained?)")
+    return read_checkpoint_file(path)
+
+
+def read_checkpoint_file(path: Path) -> dict:
+    """A checkpoint or a snapshot file, its layout checked."""
     ckpt = load_tree(path)
     need = {"format": int, "config": dict, "epoch": int, "model": dict, "history": list, "shape": list, "classes": list}
     for key, kind in need.items():
@@ -52,6 +57,20 @@ def load_checkpoint(run_dir: Path) -> dict:
     if len(ckpt["shape"]) != 3 or not all(isinstance(v, int) and v > 0 for v in ckpt["shape"]):
         raise VaelabError(f"{path}: not a vaelab checkpoint (bad image shape {ckpt['shape']})")
     return ckpt
+
+
+def save_snapshot(path: Path, ckpt: dict) -> None:
+    """A model kept along training (TrainConfig.snapshots): the checkpoint's layout with only the evaluated
+    weights, no optimiser and no history, so evaluation reads it like a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tree(path, {"format": CHECKPOINT_FORMAT, **ckpt, "history": []})
+
+
+def load_snapshot(path: Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, VAE, dict]:
+    if not Path(path).is_file():
+        raise VaelabError(f"{path}: no such snapshot")
+    ckpt = read_checkpoint_file(Path(path))
+    return _rebuilt(ckpt, "model", Path(path), device)
 
 
 def save_checkpoint(run_dir: Path, ckpt: dict) -> None:
@@ -103,6 +122,11 @@ def load_model(
             f"{path}: holds no separate raw weights (the run trained without --ema or --patience, "
             "so its model is its raw weights)"
         )
+    return _rebuilt(ckpt, weights, path, device)
+
+
+def _rebuilt(ckpt: dict, weights: str, path: Path, device) -> tuple[TrainConfig, VAE, dict]:
+    """The model its stored config describes, with the weights `weights` of `ckpt` loaded."""
     cfg = from_dict(ckpt["config"])
     check_fits(model_bytes(cfg, tuple(ckpt["shape"]), len(ckpt["classes"])), "the checkpoint's model", device)
     model = build_model(cfg, tuple(ckpt["shape"]), len(ckpt["classes"]))

@@ -13,14 +13,14 @@ import pandas as pd
 import torch
 
 from . import data as vdata
+from . import distributed, study
 from . import findings as vfindings
-from . import study
 from .checkpoint import check_fits, convert_legacy, resolve_device
 from .config import HELP, PRESETS, TrainConfig, from_dict, preset, upgrade
 from .data import status
 from .data.folder import with_options
 from .errors import VaelabError
-from .evaluate import evaluate
+from .evaluate import evaluate, evaluate_snapshots
 from .export import export, is_export, load, unpack
 from .generate import Sampler
 from .latent import explore
@@ -38,7 +38,7 @@ from .store import (
 )
 from .study import score_target
 from .study.analysis import analyze
-from .train import load_checkpoint, train
+from .train import check_launch, load_checkpoint, train
 from .version import __version__
 
 
@@ -73,8 +73,8 @@ def _config_overrides(args) -> dict:
     return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
 
 
-def cmd_train(args) -> int:
-    out = Path(args.out)
+def _train_config(args, out: Path) -> TrainConfig:
+    """The run's config: the stored one when resuming, else the preset, --config and the flags, in that order."""
     overrides = upgrade({**_config_overrides(args), **({"arch": args.arch} if args.arch else {})})
     if args.resume and not Run(out, check=False).holds_run():
         raise VaelabError(
@@ -90,7 +90,48 @@ def cmd_train(args) -> int:
         cfg = from_dict({**base, **overrides})
     if args.image_size is not None or args.image_mode or args.skip_bad_images:
         cfg = cfg.replace(dataset=with_options(cfg.dataset, args.image_size, args.image_mode, args.skip_bad_images))
-    last = train(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=None)
+    return cfg
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def cmd_train(args) -> int:
+    out = Path(args.out)
+    cfg = _train_config(args, out)
+    if args.nproc < 1:
+        raise VaelabError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not distributed.from_env().on:  # launch N processes here, as torchrun would
+        check_launch(cfg, out, args.data_dir, args.resume)
+        distributed.launch([*_without_nproc(args.argv), "--no-eval"], args.nproc)  # its rank 0 reports training
+    else:
+        d = distributed.init(cfg.device)
+        try:
+            last = train(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=None)
+        finally:
+            distributed.finish()
+        if not d.main:  # rank 0 reports and evaluates, once
+            return 0
+        _report_trained(cfg, out, last)
+    if not args.no_eval:
+        t0 = time.perf_counter()
+        for fraction in evaluate_snapshots(out, data_dir=args.data_dir):
+            print(f"snapshot at {fraction:g}: {_fmt(Run(out).snapshot_eval(fraction))}")
+        result = evaluate(out, data_dir=args.data_dir)
+        print(f"test: {_fmt(result)}  (evaluation {time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _report_trained(cfg: TrainConfig, out: Path, last: dict) -> None:
     val = f"val_neg_elbo={last['val_neg_elbo']:.4g}" if "val_neg_elbo" in last else "no validation set (val_size 0)"
     trained_s = sum(h["seconds"] for h in load_checkpoint(out)["history"])
     why = (
@@ -106,11 +147,6 @@ def cmd_train(args) -> int:
         f"trained {out}: epoch {last['epoch']}{why}  {val}  images/s={last['images_per_s']:.0f}  "
         f"training {trained_s:.0f} s"
     )
-    if not args.no_eval:
-        t0 = time.perf_counter()
-        result = evaluate(out, data_dir=args.data_dir)
-        print(f"test: {_fmt(result)}  (evaluation {time.perf_counter() - t0:.0f} s)")
-    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -123,6 +159,7 @@ def cmd_evaluate(args) -> int:
         on=args.on,
         raw=args.raw,
         precision=args.precision,
+        snapshot=args.snapshot,
     )
     print(
         json.dumps({k: v for k, v in result.items() if k not in ("kl_per_dim", "au_variance")}, indent=2)
@@ -262,6 +299,7 @@ def cmd_study(args) -> int:
         gpus_per_run=args.gpus_per_run,
         threads=args.threads,
         together=args.together,
+        nproc_per_run=args.nproc_per_run,
     )
     wall = time.perf_counter() - t0
     print(
@@ -323,9 +361,11 @@ def cmd_findings(args) -> int:
         raise VaelabError(f"{path}: cannot read a results table ({e})") from None
     if not {"status", "dataset"} <= set(df.columns):
         raise VaelabError(f"{path}: not a vaelab results.csv (no status and dataset columns)")
-    testable, untestable = study.study_findings(df)
+    along = study.read_fractions(path.parent) if path.name == Study(path.parent).results_path.name else None
+    testable, untestable = study.study_findings(df, along)
     for f in testable:
-        print(f"- **{f.claim}** — *{f.verdict}*: {f.evidence}")
+        trace = f" (along training: {vfindings.along_text(f)})" if f.along else ""
+        print(f"- **{f.claim}** — *{f.verdict}*{trace}: {f.evidence}")
     if untestable:
         print("\n" + vfindings.untestable_text(untestable))
     return 0
@@ -375,6 +415,14 @@ def _parser_train(add, data_arg: dict) -> None:
     t.add_argument("--config", help="JSON file of config fields, applied over the preset")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     t.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
+    t.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N processes of this machine (DistributedDataParallel, as torchrun --nproc-per-node N; "
+        "the same global batch, so the same model within float rounding); default 1",
+    )
     t.add_argument("--data-dir", **data_arg)
     t.add_argument(
         "--image-size",
@@ -432,6 +480,14 @@ def _parser_evaluate(add, data_arg: dict) -> None:
         action="store_true",
         help="evaluate the raw latest weights of a run trained with --ema "
         "or --patience (not its EMA / best epoch); writes RUN/eval[-DATASET]-raw.json",
+    )
+    e.add_argument(
+        "--snapshot",
+        type=float,
+        metavar="FRACTION",
+        default=None,
+        help="evaluate the model kept at this fraction of the budget (train --snapshots); "
+        "writes RUN/snapshots/eval-at-FRACTION.json",
     )
     e.add_argument(
         "--precision",
@@ -544,6 +600,14 @@ def _parser_study(add, data_arg: dict) -> None:
         default=0.0,
         metavar="G",
         help="GPUs each run asks Ray for (e.g. 1, or 0.5 to pack two per GPU; default 0)",
+    )
+    st.add_argument(
+        "--nproc-per-run",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train each cell's model on N processes (DistributedDataParallel, as train --nproc); on Ray the cell "
+        "reserves N CPUs (with GPUs, give --gpus-per-run N too); default 1",
     )
     st.add_argument(
         "--retrain-stale",
@@ -690,7 +754,9 @@ def _error(msg: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what --nproc hands each process it starts
     try:
         return args.func(args)
     except VaelabError as e:

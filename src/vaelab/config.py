@@ -75,6 +75,9 @@ class TrainConfig:
     # a budget that means the same on every machine: "3000steps", "2e6images" or "2e13flops" (FLOPs of one training
     # step counted from the model, torch.utils.flop_counter); a time ("90s") is stored as time_budget instead
     budget: str = ""
+    # fractions of the budget (of the epochs without one) at which the evaluated weights are also kept, e.g.
+    # "0.25,0.5": models at those moments, so that findings can be traced along training (RUN/snapshots/)
+    snapshots: str = ""
     patience: int = 0  # early stopping: stop after this many epochs without a better validation ELBO; 0 = off
     min_improvement: float = 0.0  # the relative margin that counts as better (0.001 = 0.1 %)
     seed: int = 0
@@ -99,6 +102,8 @@ class TrainConfig:
                 raise VaelabError("give a time budget once: --budget 90s or --time-budget 90s, not both")
             object.__setattr__(self, "time_budget", amount)
             object.__setattr__(self, "budget", "")
+        # one spelling per set of fractions, so that "0.5,0.25" resumes a run made with "0.25,0.5"
+        object.__setattr__(self, "snapshots", ",".join(f"{f:g}" for f in snapshot_fractions(self.snapshots)))
         validate(self)
 
     def replace(self, **overrides: Any) -> TrainConfig:
@@ -157,6 +162,8 @@ HELP: dict[str, str] = {
     "time_budget": "train for this long (45s, 30m, 1.5h), the learning-rate schedule spread over it",
     "budget": "train for this many steps, images or FLOPs (3000steps, 2e6images, 2e13flops; or a time, 90s): the same "
     "model on every machine, the learning-rate schedule spread over it",
+    "snapshots": "fractions of the budget at which the evaluated weights are also kept (0.25,0.5; with --ema they "
+    "are good models at that moment), for findings traced along training",
     "patience": "stop after this many epochs without a better validation ELBO, keeping the best (0 = off)",
     "min_improvement": "relative margin that counts as better for patience (0.001 = 0.1 %)",
     "seed": "random seed: weights, data order and noise",
@@ -224,6 +231,20 @@ def parse_budget(value: str) -> tuple[float, str]:
     if not (math.isfinite(amount) and amount >= 1):
         raise VaelabError(f"a budget must be at least 1 {unit}, got {value!r}")
     return amount, unit
+
+
+def snapshot_fractions(value: str) -> tuple[float, ...]:
+    """The sorted fractions of a `snapshots` field ("0.25,0.5"), each in (0, 1): the end of training is the run's
+    own model."""
+    if not str(value).strip():
+        return ()
+    try:
+        fractions = sorted({float(v) for v in str(value).split(",")})
+    except ValueError:
+        raise VaelabError(f"snapshots must be fractions separated by commas (0.25,0.5), got {value!r}") from None
+    if not all(0 < f < 1 for f in fractions):
+        raise VaelabError(f"snapshots must be fractions in (0, 1) (the end is the run's model), got {value!r}")
+    return tuple(fractions)
 
 
 def coerce(key: str, value: Any) -> Any:
@@ -315,6 +336,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _need(0 <= cfg.time_budget <= 30 * 86400, f"time_budget must be between 0 and 30 days, got {cfg.time_budget} s")
     if cfg.budget:
         parse_budget(cfg.budget)
+    snapshot_fractions(cfg.snapshots)
     for name in _COUNTS:
         _need(getattr(cfg, name) < 2**31, f"{name} is too large: {getattr(cfg, name)}")
     return cfg

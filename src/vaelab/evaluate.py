@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from . import data as vdata
 from . import disentangle
-from .checkpoint import check_fits, resolve_device
+from .checkpoint import check_fits, load_snapshot, resolve_device
 from .codes import encode_split, organisation, probe_baselines
+from .config import snapshot_fractions
 from .data import FactorGrid
 from .errors import VaelabError
 from .losses import bits_per_dim
@@ -244,6 +245,7 @@ def evaluate(
     raw: bool = False,
     disentanglement_sizes=None,
     precision: str = "fp32",
+    snapshot: float | None = None,
 ) -> dict:
     """Evaluate a trained run on its dataset's test set and write eval.json atomically.
 
@@ -253,11 +255,14 @@ def evaluate(
     On a factor dataset eval.json also holds the disentanglement scores, from `disentanglement_sizes` samples
     (default disentangle.Sizes()). `precision` is the IWAE's: fp32 (default), bf16, or auto (bf16 where native);
     bf16 moved a discretized-logistic IWAE by 2.7x the seed spread (bench/evaluate_speed.py): not for comparisons.
+    `snapshot` evaluates the model kept at that fraction of the budget (TrainConfig.snapshots) into its own file.
     """
     run_dir = check_run_dir(Path(run_dir))
+    if snapshot is not None and (raw or on is not None):  # it keeps only the evaluated weights, for its own data
+        raise VaelabError("a snapshot is evaluated alone: --snapshot does not combine with --raw or --on")
     dev = resolve_device(device or "auto")
     precision = iwae_precision(precision, dev)
-    cfg, model, ckpt = Run(run_dir).load(dev, "train_model" if raw else "model")
+    cfg, model, ckpt = _model_to_evaluate(Run(run_dir), dev, raw, snapshot)
     test_size = cfg.test_size if test_size is None else test_size
     iwae_samples = cfg.iwae_samples if iwae_samples is None else iwae_samples
     _check_request(cfg, model, test_size, iwae_samples, on, dev)
@@ -280,15 +285,58 @@ def evaluate(
         dataset=name,
         epoch=ckpt["epoch"],
         eval_seconds=time.perf_counter() - t0,
-        weights="raw" if raw else WEIGHT_LABELS[bool(cfg.ema), bool(cfg.patience)],
+        weights=_weights_label(cfg, raw, snapshot),
+        step=ckpt.get("step"),
     )
+    _check_finite(run_dir, result)
+    if write:
+        atomic_write_json(_eval_out_path(Run(run_dir), name, raw, snapshot), result)
+    return result
+
+
+SNAPSHOT_IWAE_SAMPLES = 5  # the cheaper evaluation of the models kept along training: IWAE with K <= 5
+
+
+def evaluate_snapshots(run_dir: str | Path, data_dir=None, dataset: vdata.Dataset | None = None) -> list[float]:
+    """Evaluate every snapshot a run kept that has no evaluation yet, with the IWAE at K = min(the run's K,
+    SNAPSHOT_IWAE_SAMPLES) (everything else as eval.json); returns the fractions evaluated."""
+    run = Run(check_run_dir(Path(run_dir)))
+    cfg = run.config
+    todo = [f for f in snapshot_fractions(cfg.snapshots) if run.snapshot_path(f).is_file()]
+    todo = [f for f in todo if not run.snapshot_eval_path(f).is_file()]
+    if todo and dataset is None:
+        dataset = vdata.load(cfg.dataset, data_dir)
+    k = min(cfg.iwae_samples, SNAPSHOT_IWAE_SAMPLES)
+    for f in todo:
+        evaluate(run.path, dataset=dataset, iwae_samples=k, snapshot=f)
+    return todo
+
+
+def _check_finite(run_dir: Path, result: dict) -> None:
     bad = [k for k in ("neg_elbo", "iwae_nll") if not math.isfinite(result[k])]
     if bad:  # a model that gives NaN is a diverged run, never a result
         raise VaelabError(
             f"{run_dir}: the model gives a non-finite {' and '.join(bad)} on the test set; "
             "it diverged (retrain with a lower --lr)"
         )
-    if write:
-        path = Run(run_dir).eval_path(name)
-        atomic_write_json(path.with_name(f"{path.stem}-raw.json") if raw else path, result)
-    return result
+
+
+def _model_to_evaluate(run: Run, dev, raw: bool, snapshot: float | None) -> tuple:
+    if snapshot is None:
+        return run.load(dev, "train_model" if raw else "model")
+    return load_snapshot(run.snapshot_path(snapshot), dev)
+
+
+def _weights_label(cfg, raw: bool, snapshot: float | None) -> str:
+    if raw:
+        return "raw"
+    if snapshot is not None:  # a snapshot holds the weights validation read at that moment (no best epoch)
+        return f"{'ema' if cfg.ema else 'last'} at {snapshot:g} of the budget"
+    return WEIGHT_LABELS[bool(cfg.ema), bool(cfg.patience)]
+
+
+def _eval_out_path(run: Run, name: str, raw: bool, snapshot: float | None) -> Path:
+    if snapshot is not None:
+        return run.snapshot_eval_path(snapshot)
+    path = run.eval_path(name)
+    return path.with_name(f"{path.stem}-raw.json") if raw else path

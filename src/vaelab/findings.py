@@ -11,7 +11,8 @@ verdict (*not enough data*): the evidence shows the means and which way they lea
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,19 @@ VERDICTS = (HOLDS, MIXED, FAILS, INCONCLUSIVE, UNKNOWN)
 MIN_SEEDS = 3  # fewer seeds per cell: no confidence intervals
 ALPHA = 0.05
 ORGANISATION_MARGIN = 0.02  # without statistics: the probe must beat the untrained encoder by 2 points to 'hold'
+# The smallest effect of interest of each kind of finding: an effect shown (two one-sided tests) to lie within it is
+# "no effect"; one neither significant nor shown negligible is inconclusive.
+DELTA = {
+    "per_dim": 0.05,  # bits (or nats) per dimension between the datasets
+    "recon_share": 0.005,  # a reconstruction slope of 0.5 % of the mean reconstruction term per doubling
+    "kl": 1.0,  # nats of KL per doubling of the latent size
+    "probe_accuracy": 0.005,  # half a point of accuracy per doubling of β
+    "knn_accuracy": 0.005,
+    "silhouette": 0.01,
+    "points": 1.0,  # one point of probe accuracy between encoders
+    "mig": 0.01,  # per doubling of β
+    "dci_disentanglement": 0.01,
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,8 @@ class Finding:
     # family: holm() decides every verdict again from Holm-adjusted p-values.
     tests: tuple[tuple[float, int], ...] = ()
     rule: str = "single"
+    # the verdict at each fraction of the training budget, (fraction, verdict), the last one at 1 (along_training)
+    along: tuple[tuple[float, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,8 @@ class Effect:
     p: float
     n: int
     test: str
+    se: float = math.nan  # standard error of the estimate and its t degrees of freedom: for equivalence tests
+    df: int = 0
 
     def sign(self, claimed: int) -> int:
         """+1: significant in the claimed direction; -1: significant against it; 0: not significant."""
@@ -79,9 +97,10 @@ def paired(diffs) -> Effect:
         sd = 0.0  # equal up to rounding
     if n < 2 or not sd > 0:  # identical differences: no spread to test against
         p = 0.0 if n >= MIN_SEEDS and m != 0 and sd == 0 else 1.0
-        return Effect(m, m, m, p, n, "paired t-test")
-    half = _t(n - 1) * sd / math.sqrt(n)
-    return Effect(m, m - half, m + half, float(stats.ttest_1samp(d, 0.0).pvalue), n, "paired t-test")
+        return Effect(m, m, m, p, n, "paired t-test", 0.0 if sd == 0 else math.nan, max(n - 1, 0))
+    se = sd / math.sqrt(n)
+    half = _t(n - 1) * se
+    return Effect(m, m - half, m + half, float(stats.ttest_1samp(d, 0.0).pvalue), n, "paired t-test", se, n - 1)
 
 
 def mean_interval(values) -> Effect:
@@ -101,24 +120,69 @@ def trend(x, y) -> Effect:
         return Effect(math.nan, math.nan, math.nan, 1.0, n, "slope test")
     r = stats.linregress(lx, y)
     if not r.stderr > 0:  # a perfect line
-        return Effect(float(r.slope), float(r.slope), float(r.slope), 0.0 if r.slope else 1.0, n, "slope test")
+        s = float(r.slope)
+        return Effect(s, s, s, 0.0 if r.slope else 1.0, n, "slope test", 0.0, n - 2)
     half = _t(n - 2) * r.stderr
-    return Effect(float(r.slope), r.slope - half, r.slope + half, float(r.pvalue), n, "slope test")
+    return Effect(float(r.slope), r.slope - half, r.slope + half, float(r.pvalue), n, "slope test", r.stderr, n - 2)
+
+
+def tost(eff: Effect, delta: float) -> float:
+    """p of the two one-sided t-tests (Schuirmann 1987) that the effect lies within ±delta: the larger p of
+    'effect <= -delta' and 'effect >= delta', from the estimate's standard error and t degrees of freedom (for
+    paired differences the same as statsmodels' ttost_paired, tested). NaN when it cannot be computed."""
+    if not delta > 0 or eff.estimate != eff.estimate:
+        return math.nan
+    if eff.se == 0:  # no spread: within the bound or not, for certain
+        return 0.0 if abs(eff.estimate) < delta else 1.0
+    if not (eff.se > 0 and eff.df > 0):
+        return math.nan
+    below = stats.t.sf((eff.estimate + delta) / eff.se, eff.df)  # H0: effect <= -delta
+    above = stats.t.cdf((eff.estimate - delta) / eff.se, eff.df)  # H0: effect >= +delta
+    return float(max(below, above))
 
 
 def verdict_of(sign: int) -> str:
     return HOLDS if sign > 0 else FAILS if sign < 0 else INCONCLUSIVE
 
 
-def effect_test(eff: Effect, claimed: int) -> tuple[float, int]:
-    """An effect as (p, direction) for Finding.tests."""
+class Test(NamedTuple):
+    """One test behind a verdict: p of 'no effect' and the estimate's direction (+1 as claimed, -1 against, 0 none);
+    where the finding states a smallest effect of interest, the p of the equivalence test (tost) that the effect lies
+    within it, and that bound in words."""
+
+    p: float
+    direction: int
+    p_equiv: float = math.nan
+    within: str = ""
+
+
+NEGLIGIBLE = -2  # a test's sign when the effect is shown to lie within the smallest effect of interest
+
+
+def effect_test(eff: Effect, claimed: int, delta: float = math.nan, unit: str = "") -> Test:
+    """An effect as a Test of Finding.tests; with `delta` (the smallest effect of interest, in `unit`) also its
+    equivalence test."""
+    within = f"±{_f(delta)}{' ' + unit if unit else ''}" if delta > 0 else ""
     if not eff.estimate or eff.estimate != eff.estimate:
-        return eff.p, 0
-    return eff.p, 1 if np.sign(eff.estimate) == claimed else -1
+        return Test(eff.p, 0, tost(eff, delta), within)
+    return Test(eff.p, 1 if np.sign(eff.estimate) == claimed else -1, tost(eff, delta), within)
 
 
-def _significant(p: float, direction: int) -> int:
-    return direction if p < ALPHA else 0
+def _significant(p: float, direction: int, p_equiv: float = math.nan) -> int:
+    """+1 / -1: significant for / against the claim; NEGLIGIBLE: not significant, and shown to be within the
+    smallest effect of interest (every rule counts it against the claim: no effect); 0: the data cannot tell."""
+    if p < ALPHA:
+        return direction
+    return NEGLIGIBLE if p_equiv < ALPHA else 0
+
+
+def _negligible_text(tests: list[Test], signs: list[int], p_equivs: list[float]) -> str:
+    parts = [
+        f"within {t.within} (two one-sided tests, p {_p(pe)})"
+        for t, s, pe in zip(tests, signs, p_equivs)
+        if s == NEGLIGIBLE
+    ]
+    return f" No effect: {'; '.join(parts)}." if parts else ""
 
 
 def _all(signs: list[int]) -> str:
@@ -143,29 +207,52 @@ def _combine(signs: list[int]) -> str:
 RULES = {"single": lambda signs: verdict_of(signs[0]), "all": _all, "combine": _combine}
 
 
-def tested(claim: str, evidence: str, tests: list[tuple[float, int]], rule: str = "single") -> Finding:
-    """A finding whose verdict its tests decide (at the unadjusted level until holm() adjusts the family)."""
-    signs = [_significant(p, d) for p, d in tests]
+def tested(claim: str, evidence: str, tests: list, rule: str = "single") -> Finding:
+    """A finding whose verdict its tests (Test, or (p, direction) pairs) decide, at the unadjusted level until
+    holm() adjusts the family."""
+    tests = [Test(*t) for t in tests]
+    signs = [_significant(t.p, t.direction, t.p_equiv) for t in tests]
+    evidence += _negligible_text(tests, signs, [t.p_equiv for t in tests])
     return Finding(claim, evidence, RULES[rule](signs), tuple(tests), rule)
 
 
 def holm(findings: list[Finding]) -> list[Finding]:
-    """The study's findings as one family: every test's p adjusted by Holm's step-down method (statsmodels), each
-    verdict decided again from the adjusted p-values, and the evidence showing them beside the raw ones."""
-    ps = [p for f in findings for p, _ in f.tests]
-    if len(ps) < 2:
+    """The study's findings as one family: every test's p adjusted by Holm's step-down method (statsmodels), the
+    equivalence tests' p as a family of their own, each verdict decided again from the adjusted p-values, and the
+    evidence showing them beside the raw ones."""
+    tests = [t for f in findings for t in f.tests]
+    if not tests:
         return findings
-    adjusted = iter(multipletests(ps, alpha=ALPHA, method="holm")[1])
+    adjusted = iter(_holm_adjusted([t.p for t in tests]))
+    equiv = iter(_holm_adjusted([t.p_equiv for t in tests]))
     out = []
     for f in findings:
         if not f.tests:
             out.append(f)
             continue
         adj = [float(next(adjusted)) for _ in f.tests]
-        signs = [_significant(a, d) for a, (_, d) in zip(adj, f.tests)]
+        adj_equiv = [float(next(equiv)) for _ in f.tests]
+        signs = [_significant(a, t.direction, e) for a, e, t in zip(adj, adj_equiv, f.tests)]
         text = ", ".join(f"{_p(a).removeprefix('= ')}" for a in adj)
-        evidence = f"{f.evidence} Holm-adjusted p over the study's {len(ps)} tests: {text}."
-        out.append(Finding(f.claim, evidence, RULES[f.rule](signs), f.tests, f.rule))
+        # the evidence as tested() wrote it, less its unadjusted 'no effect' sentence: the adjusted one replaces it
+        base = f.evidence.removesuffix(_negligible_text(list(f.tests), _raw_signs(f), [t.p_equiv for t in f.tests]))
+        evidence = f"{base} Holm-adjusted p over the study's {len(tests)} tests: {text}." if len(tests) > 1 else base
+        evidence += _negligible_text(list(f.tests), signs, adj_equiv)
+        out.append(Finding(f.claim, evidence, RULES[f.rule](signs), f.tests, f.rule, f.along))
+    return out
+
+
+def _raw_signs(f: Finding) -> list[int]:
+    return [_significant(t.p, t.direction, t.p_equiv) for t in f.tests]
+
+
+def _holm_adjusted(ps: list[float]) -> list[float]:
+    """Holm-adjusted p (statsmodels) of the finite p-values among `ps`; NaN stays NaN."""
+    finite = [i for i, p in enumerate(ps) if p == p]
+    out = [math.nan] * len(ps)
+    if finite:
+        for i, a in zip(finite, multipletests([ps[i] for i in finite], alpha=ALPHA, method="holm")[1]):
+            out[i] = float(a)
     return out
 
 
@@ -260,7 +347,7 @@ def dataset_complexity(latent: pd.DataFrame) -> list[Finding]:
             tested(
                 claim,
                 f"{head}; CIFAR-10 minus Fashion-MNIST, paired by latent size and seed: {eff.text(unit_name)}.",
-                [effect_test(eff, +1)],
+                [effect_test(eff, +1, DELTA["per_dim"], unit_name)],
             )
         ]
     means = piv.groupby(level=0).mean()
@@ -285,7 +372,8 @@ def latent_size(latent: pd.DataFrame) -> list[Finding]:
         if k >= MIN_SEEDS:
             eff = trend(sub["latent_dim"], sub["recon"])
             text = f"{head}; slope per doubling of latent_dim: {eff.text('nats')}; {_last_gain(sub, 'recon')}."
-            out.append(tested(claim, text, [effect_test(eff, -1)]))
+            delta = DELTA["recon_share"] * abs(float(sub["recon"].mean()))
+            out.append(tested(claim, text, [effect_test(eff, -1, delta, "nats per doubling")]))
         else:
             steps, n = _steps(r, decreasing=True)
             verdict = HOLDS if r[-1] < r[0] and steps == n else MIXED if r[-1] < r[0] else FAILS
@@ -323,7 +411,11 @@ def compression_cost(latent: pd.DataFrame) -> list[Finding]:
         if k >= MIN_SEEDS:
             eff = trend(sub["latent_dim"], sub["kl"])
             out.append(
-                tested(claim, f"{head}; slope per doubling of latent_dim: {eff.text('nats')}.", [effect_test(eff, +1)])
+                tested(
+                    claim,
+                    f"{head}; slope per doubling of latent_dim: {eff.text('nats')}.",
+                    [effect_test(eff, +1, DELTA["kl"], "nats per doubling")],
+                )
             )
         else:
             steps, n = _steps(kl, decreasing=False)
@@ -352,7 +444,10 @@ def beta_organisation(beta: pd.DataFrame) -> list[Finding]:
             slopes = "; ".join(f"{m} {e.text()}" for m, e in zip(metrics, effs))
             out.append(
                 tested(
-                    claim, f"{head}; slopes per doubling of β: {slopes}.", [effect_test(e, +1) for e in effs], "combine"
+                    claim,
+                    f"{head}; slopes per doubling of β: {slopes}.",
+                    [effect_test(e, +1, DELTA[m], "per doubling") for e, m in zip(effs, metrics)],
+                    "combine",
                 )
             )
         else:
@@ -493,11 +588,11 @@ def _organisation_tested(claim: str, head: str, sub: pd.DataFrame, diff: pd.Seri
     the silhouette is reported as the clustering check it is, outside the verdict."""
     eff = paired(diff)
     text = f"{head}; trained minus untrained, paired by latent size and seed: {eff.text('points')}"
-    tests = [effect_test(eff, +1)]
+    tests = [effect_test(eff, +1, DELTA["points"], "points")]
     if "probe_accuracy_pca" in sub and sub["probe_accuracy_pca"].notna().all():
         pca = paired((sub["probe_accuracy"] - sub["probe_accuracy_pca"]) * 100)
         text += f"; trained minus PCA of the pixels: {pca.text('points')}"
-        tests.append(effect_test(pca, +1))
+        tests.append(effect_test(pca, +1, DELTA["points"], "points"))
     if "silhouette" in sub and sub["silhouette"].notna().any():
         text += f"; silhouette of the test codes' classes (a clustering check, not in the verdict) {_f(sub['silhouette'].mean())}"
     return tested(claim, text + ".", tests, "all")
@@ -531,22 +626,33 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
                 )
             )
     for ds, sub in latent.dropna(subset=["conditional_accuracy"]).groupby("dataset"):
-        best = sub.loc[sub["conditional_accuracy"].idxmax()]
-        acc = best["conditional_accuracy"]
-        try:  # samples are drawn equally per class: chance is one over the dataset's classes
-            chance = vdata.spec(ds).chance
-        except VaelabError:  # a user's dataset file that is not here: the test set's measured chance level
-            chance = float(best.get("chance_accuracy", 0.1))
-        out.append(
-            means_only(
-                f"{ds}: the latent space supports class-conditional generation without retraining.",
-                f"the reference classifier labels {acc:.0%} of samples from per-class Gaussians as the "
-                f"class asked for (latent_dim {int(best['latent_dim'])}; chance {chance:.0%}; 'holds' from "
-                f"50 %, 'partly' above twice chance; one run scored).",
-                HOLDS if acc >= 0.5 else MIXED if acc > 2 * chance else FAILS,
-            )
-        )
+        out.append(_conditional(ds, sub))
     return out
+
+
+def _conditional(ds: str, sub: pd.DataFrame) -> Finding:
+    """Class-conditional generation at the latent size with the most scored seeds: 'holds' when the reference
+    classifier labels significantly more than half the samples as the class asked for, 'partly' when only more
+    than twice chance, 'does not hold' when significantly below half and not above twice chance."""
+    claim = f"{ds}: the latent space supports class-conditional generation without retraining."
+    sizes = sub.groupby("latent_dim").size()
+    z = int(sizes[sizes == sizes.max()].index.max())  # the most seeds; of those, the largest size
+    acc = sub[sub["latent_dim"] == z]["conditional_accuracy"].to_numpy(float)
+    try:  # samples are drawn equally per class: chance is one over the dataset's classes
+        chance = vdata.spec(ds).chance
+    except VaelabError:  # a user's dataset file that is not here: the test set's measured chance level
+        chance = float(sub["chance_accuracy"].iloc[0]) if "chance_accuracy" in sub else 0.1
+    head = (
+        f"the reference classifier labels {', '.join(f'{a:.0%}' for a in acc)} of samples from per-class Gaussians "
+        f"as the class asked for (latent_dim {z}, one score per seed; chance {chance:.0%})"
+    )
+    if len(acc) >= MIN_SEEDS:
+        half, twice = paired(acc - 0.5), paired(acc - 2 * chance)
+        text = f"{head}; minus one half: {half.text()}; minus twice chance: {twice.text()}."
+        return tested(claim, text, [effect_test(half, +1), effect_test(twice, +1)], "combine")
+    a = float(acc.mean())
+    lean = HOLDS if a >= 0.5 else MIXED if a > 2 * chance else FAILS
+    return means_only(claim, f"{head}{no_stats_note(len(acc)).replace('per setting', 'scored')}.", lean)
 
 
 # ---------------------------------------------------------------- model families (the `families` preset)
@@ -612,11 +718,12 @@ def families(done: pd.DataFrame) -> list[Finding]:
             continue
         for ds in sorted(set(fam["dataset"])):
             claim = f"{ds}: {text}."
-            a = ref[ref["dataset"] == ds].set_index("seed")[metric]
-            b = fam[fam["dataset"] == ds].set_index("seed")[metric]
+            a = ref[ref["dataset"] == ds].set_index("seed")[metric].dropna()
+            b = fam[fam["dataset"] == ds].set_index("seed")[metric].dropna()
             both = a.index.intersection(b.index)
             if len(both) == 0:
-                out.append(Finding(claim, "needs runs of the reference VAE with the same seeds", UNKNOWN))
+                why = "no " + metric.replace("_", " ") + " measured" if b.empty else "needs runs of the reference VAE"
+                out.append(Finding(claim, f"{why} with the same seeds" if not b.empty else why, UNKNOWN))
                 continue
             diff = a[both] - b[both]
             head = (
@@ -736,7 +843,7 @@ def beta_disentangles(ds: str, rows: pd.DataFrame) -> list[Finding]:
         head = f"{m} {_f(means.iloc[0])} → {_f(means.iloc[-1])} as β goes {lo:g} → {hi:g}"
         if k >= MIN_SEEDS:
             eff = trend(rows["beta"], rows[m])
-            tests.append(effect_test(eff, +1))
+            tests.append(effect_test(eff, +1, DELTA[m], "per doubling"))
             change = abs(eff.estimate) * math.log2(hi / lo)
             swamped = eff.sign(+1) == 0 and change < seed_sd  # no evidence either way: inconclusive
             parts.append(
@@ -753,11 +860,32 @@ def beta_disentangles(ds: str, rows: pd.DataFrame) -> list[Finding]:
     return [tested(claim, "; ".join(parts) + ".", tests, "combine")]
 
 
+def icc(groups: list[np.ndarray]) -> Effect:
+    """Intra-class correlation ICC(1) of a one-way random-effects model (Shrout & Fleiss 1979): the share of the
+    variance that lies between groups, with its exact 95 % interval from the F distribution and the F-test of
+    ICC = 1/2 (between-group variance equal to the within-group one: under it MSB/MSW ~ (1 + k0) F(g-1, N-g),
+    k0 the effective group size of unbalanced groups). The estimate is ICC - 1/2, so its sign says which is larger."""
+    sizes = np.array([len(x) for x in groups], dtype=float)
+    g, n = len(groups), float(sizes.sum())
+    k0 = (n - (sizes**2).sum() / n) / (g - 1)
+    f_obs = float(stats.f_oneway(*groups).statistic)  # MSB / MSW
+    d1, d2 = g - 1, int(n) - g
+    if not math.isfinite(f_obs):  # no spread within groups
+        return Effect(0.5, 0.5, 0.5, 0.0, int(n), "ICC F-test of 1/2")
+    value = (f_obs - 1) / (f_obs + k0 - 1)
+    f_lo, f_hi = f_obs / stats.f.ppf(1 - ALPHA / 2, d1, d2), f_obs * stats.f.ppf(1 - ALPHA / 2, d2, d1)
+    lo, hi = (f_lo - 1) / (f_lo + k0 - 1), (f_hi - 1) / (f_hi + k0 - 1)
+    at_half = f_obs / (1 + k0)
+    p = min(1.0, 2 * min(stats.f.sf(at_half, d1, d2), stats.f.cdf(at_half, d1, d2)))
+    return Effect(float(value - 0.5), float(lo - 0.5), float(hi - 0.5), float(p), int(n), "ICC F-test of 1/2")
+
+
 def objective_vs_seed(ds: str, rows: pd.DataFrame) -> list[Finding]:
-    """'The objective matters more than the seed': the spread of the objectives' mean scores (each over its weights
-    and seeds) against the seeds' spread within one setting (objective, weight), by MIG and DCI disentanglement.
-    With 3 or more seeds it holds for a metric when a one-way ANOVA across objectives gives p < 0.05 and the
-    objectives' spread exceeds the seeds'; otherwise it is inconclusive (spreads alone never show 'no effect')."""
+    """'The objective matters more than the seed' (Locatello et al. 2019: more than its weight and the seed), by MIG
+    and DCI disentanglement, from a variance-components model: the intra-class correlation of the runs grouped by
+    objective (an objective's weights and seeds are its within spread). It holds for a metric when the ICC is
+    significantly above 1/2, does not hold when significantly below, and is inconclusive in between. With 2 seeds
+    the spreads are compared without a test."""
     claim = f"{ds}: the objective matters more than the seed for disentanglement (Locatello et al. 2019: often not)."
     if "objective" not in rows or rows["objective"].nunique() < 2:
         return [Finding(claim, "needs runs of two or more objectives", UNKNOWN)]
@@ -773,15 +901,60 @@ def objective_vs_seed(ds: str, rows: pd.DataFrame) -> list[Finding]:
         means = ", ".join(f"{o} {_f(v)}" for o, v in by_obj.mean().sort_values(ascending=False).items())
         head = f"{m}: objectives' means {means} (sd between objectives {_f(between)}; seeds' sd within a setting {_f(seed_sd)})"
         if k >= MIN_SEEDS:
-            p = float(stats.f_oneway(*[g.to_numpy(float) for _, g in by_obj]).pvalue)
-            tests.append((p, 1 if between > seed_sd else 0))  # the claim: objectives differ beyond the seeds
-            parts.append(f"{head}, ANOVA across objectives p {_p(p)}")
+            eff = icc([g.to_numpy(float) for _, g in by_obj])
+            tests.append(effect_test(eff, +1))
+            parts.append(
+                f"{head}; share of variance between objectives (ICC) {_f(eff.estimate + 0.5)}, 95 % CI "
+                f"[{_f(eff.lo + 0.5)}, {_f(eff.hi + 0.5)}], F-test of ICC = ½ p {_p(eff.p)}"
+            )
         else:
             signs.append(1 if between > 2 * seed_sd else -1 if between <= seed_sd else 0)
             parts.append(head)
     if k < MIN_SEEDS:
         return [means_only(claim, "; ".join(parts) + f"{no_stats_note(k)}.", _combine(signs))]
     return [tested(claim, "; ".join(parts) + ".", tests, "combine")]
+
+
+# ---------------------------------------------------------------- verdicts traced along training
+
+_FRACTION_NAMES = {0.25: "¼", 0.5: "½", 0.75: "¾", 1.0: "1"}
+
+
+def fraction_name(fraction: float) -> str:
+    return _FRACTION_NAMES.get(round(fraction, 6), f"{fraction:g}")
+
+
+def along_training(final: list[Finding], earlier: dict[float, list[Finding]]) -> list[Finding]:
+    """Each finding of the trained models with its verdict at every earlier fraction of the budget (the same claim
+    tested on the models kept there, TrainConfig.snapshots), the last entry its own at 1."""
+    if not earlier:
+        return final
+    verdicts = {fr: {f.claim: f.verdict for f in fs} for fr, fs in earlier.items()}
+    return [
+        replace(f, along=(*((fr, verdicts[fr].get(f.claim, UNKNOWN)) for fr in sorted(verdicts)), (1.0, f.verdict)))
+        for f in final
+    ]
+
+
+def stability(f: Finding) -> str:
+    """'stable since ½' (the verdict at 1 was already reached at ½ and kept), or 'changed at 1' (more training
+    changed it: it may change again); empty without snapshots."""
+    if len(f.along) < 2:
+        return ""
+    verdicts = [v for _, v in f.along]
+    if verdicts[-2] != verdicts[-1]:
+        return f"changed at 1, was '{verdicts[-2]}' at {fraction_name(f.along[-2][0])}"
+    first = len(verdicts) - 1
+    while first > 0 and verdicts[first - 1] == verdicts[-1]:
+        first -= 1
+    return f"stable since {fraction_name(f.along[first][0])}"
+
+
+def along_text(f: Finding) -> str:
+    """The verdicts along training in one line: '¼: inconclusive · ½: holds · 1: holds — stable since ½'."""
+    if len(f.along) < 2:
+        return ""
+    return " · ".join(f"{fraction_name(fr)}: {v}" for fr, v in f.along) + f" — {stability(f)}"
 
 
 def split_testable(findings: list[Finding]) -> tuple[list[Finding], list[Finding]]:

@@ -42,7 +42,10 @@ def unsupported(cfg: TrainConfig) -> str | None:
         (cfg.posterior == "gaussian" and cfg.prior == "standard", "a flow posterior or a learned prior"),
         (objective_entry(cfg.objective).stackable and cfg.free_bits == 0, f"objective {cfg.objective}"),
         (not cfg.conditional and cfg.perceptual_weight == 0, "a conditional model or the perceptual term"),
-        (not cfg.ema and not cfg.patience and not cfg.time_budget and not cfg.budget, "ema, patience or a budget"),
+        (
+            not (cfg.ema or cfg.patience or cfg.time_budget or cfg.budget or cfg.snapshots),
+            "ema, patience, a budget or snapshots",
+        ),
         (not cfg.compile and not cfg.channels_last and cfg.optimizer == "adam", "compile, channels_last or adamw"),
         (cfg.skip_grad_norm == 0 and cfg.weight_decay == 0, "skip_grad_norm or weight_decay"),
     ]

@@ -15,6 +15,7 @@ from .store import (
     LEGACY_CHECKPOINT,
     METRICS,
     RUNNING,
+    SNAPSHOTS,
     check_run_dir,
     read_json,
     read_json_object,
@@ -75,6 +76,17 @@ class Run:
         """eval.json, or eval-<dataset>.json for an evaluation on another dataset (`vaelab evaluate --on`)."""
         return self.path / (EVAL if dataset is None or dataset == self.config.dataset else f"eval-{dataset}.json")
 
+    def snapshot_path(self, fraction: float) -> Path:
+        """The model kept at `fraction` of the budget (TrainConfig.snapshots)."""
+        return self.path / SNAPSHOTS / f"at-{fraction:.2f}.safetensors"
+
+    def snapshot_eval_path(self, fraction: float) -> Path:
+        return self.path / SNAPSHOTS / f"eval-at-{fraction:.2f}.json"
+
+    def snapshot_eval(self, fraction: float) -> dict | None:
+        path = self.snapshot_eval_path(fraction)
+        return read_json_object(path, "evaluation results") if path.is_file() else None
+
     @property
     def config(self) -> TrainConfig:
         return from_dict(read_json_object(self.config_path, "a run config"))
@@ -126,6 +138,11 @@ class Study:
     @property
     def results_path(self) -> Path:
         return self.path / "results.csv"
+
+    @property
+    def fractions_path(self) -> Path:
+        """results-fractions.csv: results.csv's columns for the models kept along training, at each fraction."""
+        return self.path / "results-fractions.csv"
 
     @property
     def parquet_path(self) -> Path:

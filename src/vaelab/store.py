@@ -21,6 +21,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # vaelab < 0.2: a pickle, refused unless converted with --trust
 EVAL = "eval.json"
+SNAPSHOTS = "snapshots"  # snapshots/at-0.50.safetensors: the model at half the budget; eval-at-0.50.json its scores
 ERROR = "error.json"
 RUNNING = "RUNNING"  # a study's cell being run: the worker's pid, host and start
 LOCK = ".lock"

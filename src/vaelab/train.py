@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -16,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from . import data as vdata
+from . import distributed
 from .checkpoint import (  # noqa: F401
     CHECKPOINT_FORMAT,
     available_bytes,
@@ -27,12 +29,13 @@ from .checkpoint import (  # noqa: F401
     model_bytes,
     resolve_device,
     save_checkpoint,
+    save_snapshot,
 )
 from .classifier import reference_classifier
-from .config import TrainConfig, config_diff, from_dict, parse_budget
+from .config import TrainConfig, config_diff, from_dict, parse_budget, snapshot_fractions
 from .errors import VaelabError
 from .losses import TCCritic, objective, objective_entry, perceptual_term, scheduled_beta
-from .models import VAE
+from .models import VAE, noise
 from .models import build as build_model
 from .optim import fused_optimizer, lr_factor, make_optimizer  # noqa: F401
 from .run import Run
@@ -236,6 +239,19 @@ def train(
     Everything that can fail on bad input (device, data, splits, memory, a mismatching run) is checked before
     anything is written, so a failed start leaves no debris that blocks the corrected re-run."""
     out = Path(out_dir)
+    device, ds, splits = check_start(cfg, out, data_dir, resume, dataset)
+    d = distributed.current()
+    distributed.barrier(d)  # every process has checked the directory before the first one writes to it
+    if not d.main:  # rank 0 writes (and locks) the run directory; the others only train
+        return _train_locked(cfg, out, ds, device, splits["train"], splits["val"], progress, on_epoch_end)
+    ensure_writable_dir(out)
+    with FolderLock(out, "this run directory"):
+        return _train_locked(cfg, out, ds, device, splits["train"], splits["val"], progress, on_epoch_end)
+
+
+def check_start(cfg: TrainConfig, out: Path, data_dir=None, resume: bool = False, dataset=None) -> tuple:
+    """What can fail on bad input before training writes anything: the directory, device, data, splits and memory.
+    Returns (device, dataset, splits)."""
     if Run(out, check=False).holds_run() and not resume:
         raise VaelabError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     check_can_create(out)
@@ -247,10 +263,15 @@ def train(
         "training this model",
         device,
     )
+    return device, ds, splits
 
-    ensure_writable_dir(out)
-    with FolderLock(out, "this run directory"):
-        return _train_locked(cfg, out, ds, device, splits["train"], splits["val"], progress, on_epoch_end)
+
+def check_launch(cfg: TrainConfig, out: Path, data_dir=None, resume: bool = False) -> None:
+    """check_start, and that a run to resume has the same config: what `--nproc N` checks once before it starts
+    N processes, so that bad input gets one line and no process."""
+    check_start(cfg, Path(out), data_dir, resume)
+    if resume:
+        _stored_checkpoint(cfg, Path(out))
 
 
 # ---------------------------------------------------------------- budgets that mean the same on every machine
@@ -305,9 +326,11 @@ def _stored_checkpoint(cfg: TrainConfig, out: Path) -> dict | None:
 
 def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epoch_end) -> dict:
     ckpt = _stored_checkpoint(cfg, out)
-    remove_stale_temps(out)
-    atomic_write_json(Run(out, check=False).config_path, cfg.to_dict())
-    if ckpt is not None:
+    main = distributed.current().main
+    if main:  # the one writer (the other processes must not remove its files in flight)
+        remove_stale_temps(out)
+        atomic_write_json(Run(out, check=False).config_path, cfg.to_dict())
+    if ckpt is not None and main:
         # A kill between the checkpoint's rename and the metrics' leaves metrics.jsonl an epoch behind;
         # the checkpoint's history is the truth.
         write_metrics(out, ckpt["history"])
@@ -359,6 +382,14 @@ class _Trainer:
             torch.optim.Adam(self.critic.parameters(), lr=1e-4, betas=(0.5, 0.9)) if self.critic is not None else None
         )
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.dist = distributed.current()
+        # The critic's permutations draw from the batch generator in one process; on several, from one of each
+        # process's own (its shard's size must not move the batch order, which every process draws alike)
+        self.critic_gen = (
+            self.gen
+            if not self.dist.on
+            else torch.Generator(device=device).manual_seed(cfg.seed + 7919 * self.dist.rank)
+        )
         self.history, self.start_epoch, self.step, self.total_bad, self.bad_in_row = [], 0, 0, 0, 0
         self._restore(ckpt)
         self.evaluated = self.ema if self.ema is not None else self.model  # what validation (and patience) reads
@@ -369,6 +400,12 @@ class _Trainer:
         self.budget_steps = budget_steps(cfg, self.model, train_split)  # a count budget, as optimiser steps
         if self.budget_steps:
             self.total_steps = self.budget_steps  # the schedules span the budget
+        # snapshots still to keep; one a killed run already wrote is the same weights when the steps are redone
+        # (and one whose moment a restored run has passed cannot be made again: it stays missing, never later weights)
+        run, done = Run(out, check=False), _progress(cfg, self.step, self.total_steps, self.trained_s)
+        self.snapshots_due = [
+            f for f in snapshot_fractions(cfg.snapshots) if f > done and not run.snapshot_path(f).exists()
+        ]
 
     def _restore(self, ckpt: dict | None) -> None:
         """A checkpoint's state ("model" is what evaluation reads: the EMA, or the best epoch with patience)."""
@@ -396,9 +433,10 @@ class _Trainer:
     def run(self, show: bool, on_epoch_end) -> dict:
         cfg = self.cfg
         self.features = _perceptual_features(cfg, self.ds, self.device) if cfg.perceptual_weight > 0 else None
-        self.tracker = Tracker(self.out, cfg) if cfg.tracker else None  # closed however training ends
+        self.tracker = Tracker(self.out, cfg) if cfg.tracker and self.dist.main else None  # closed however it ends
         try:
-            self.forward = torch.compile(self.model) if cfg.compile else self.model
+            self.forward = distributed.wrap(self.model, self.dist, self.device)  # DDP on several processes
+            self.forward = torch.compile(self.forward) if cfg.compile else self.forward
             # bf16 autocast on CUDA and on CPUs (avx512_bf16/AMX make it pay); the loss terms stay fp32
             self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
             self.clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
@@ -421,7 +459,14 @@ class _Trainer:
         """The budget is spent: its steps (images, FLOPs) taken, or its seconds trained."""
         if self.budget_steps:
             return self.step >= self.budget_steps
-        return bool(self.cfg.time_budget) and self.trained_s + time.perf_counter() - ep.t0 >= self.cfg.time_budget
+        return bool(self.cfg.time_budget) and self._clock(ep) >= self.cfg.time_budget
+
+    def _clock(self, ep: _Epoch) -> float:
+        """Training seconds so far; on several processes rank 0's, so that a time budget stops them together."""
+        now = time.perf_counter() - ep.t0
+        if self.dist.on and self.cfg.time_budget:
+            now = distributed.from_main(now, self.dist, self.device)
+        return self.trained_s + now
 
     def _epoch(self, epoch: int, show: bool) -> _Epoch:
         self.model.train()
@@ -429,6 +474,7 @@ class _Trainer:
         bar = tqdm(total=self.n, unit="img", desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=not show, leave=False)
         for i, idx in enumerate(vdata.minibatches(self.n, self.cfg.batch_size, self.gen, self.device)):
             if self._step(idx, ep, epoch):
+                self._keep_snapshots(ep, epoch)
                 bar.update(len(idx))
                 if show and i % 20 == 0:
                     s = (ep.sums / max(ep.seen, 1)).tolist()
@@ -446,13 +492,42 @@ class _Trainer:
             torch.cuda.synchronize()
         return ep
 
+    def _keep_snapshots(self, ep: _Epoch, epoch: int) -> None:
+        """Keep the evaluated weights (the EMA's with --ema) once training passes each snapshot's fraction, measured
+        as the learning-rate schedule measures it (steps of a count budget, seconds of a time budget)."""
+        if not self.snapshots_due:
+            return
+        done = _progress(self.cfg, self.step, self.total_steps, self._clock(ep))
+        while self.snapshots_due and done >= self.snapshots_due[0]:
+            fraction = self.snapshots_due.pop(0)
+            self._sync_ema_buffers()
+            if not self.dist.main:
+                continue
+            record = {
+                "config": self.cfg.to_dict(),
+                "epoch": epoch,
+                "step": self.step,
+                "fraction": fraction,
+                "model": self.evaluated.state_dict(),
+                "shape": list(self.ds.shape),
+                "classes": list(self.ds.classes),
+            }
+            save_snapshot(Run(self.out, check=False).snapshot_path(fraction), record)
+
+    def _sync_ema_buffers(self) -> None:
+        if self.ema is not None:  # buffers (none in vaelab's nets today) follow the raw model
+            for b_ema, b in zip(self.ema.buffers(), self.model.buffers()):
+                b_ema.copy_(b)
+
     def _loss(self, idx: torch.Tensor, done: float, beta_t: float):
+        """The objective's mean over this process's images of the batch `idx` (all of them in one process)."""
         cfg = self.cfg
-        x = self.train_split.x[idx]
-        y = self.train_split.y[idx] if cfg.conditional else None
+        shard = distributed.shard(len(idx), self.dist) if self.dist.on else (0, len(idx))
+        x = self.train_split.x[idx[shard[0] : shard[1]]]
+        y = self.train_split.y[idx[shard[0] : shard[1]]] if cfg.conditional else None
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self.autocast:
+        with self.autocast, noise.batch_shard(len(idx), *shard) if self.dist.on else contextlib.nullcontext():
             terms = self.forward(x, y)
         if self.critic is not None:
             terms["tc"] = self.critic(terms["z"].float())
@@ -464,15 +539,18 @@ class _Trainer:
         """One optimiser step; False when the step was skipped (non-finite, or a gradient above skip_grad_norm)."""
         cfg = self.cfg
         # one measure of how far training is, for the KL schedule, the objective and the learning rate
-        done = _progress(cfg, self.step, self.total_steps, self.trained_s + time.perf_counter() - ep.t0)
+        done = _progress(cfg, self.step, self.total_steps, self._clock(ep))
         beta_t = scheduled_beta(cfg, self.step, self.steps_per_epoch, done)
         loss, terms = self._loss(idx, done, beta_t)
+        b = len(terms["recon"])  # this process's images of the batch
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # on several processes each mean is weighted by its share of the batch, so that the gradients DDP averages
+        # are the gradient of the whole batch's mean
+        (loss * (b * self.dist.world / len(idx)) if self.dist.on else loss).backward()
         grad_norm = _grad_norm(self.params)
         ep.steps += 1
-        # One host sync per step: a non-finite loss or gradient skips the update.
-        ok = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        # One host sync per step: a non-finite loss or gradient skips the update (in every process alike).
+        ok = bool(torch.isfinite(distributed.total(loss.detach(), self.dist)) & torch.isfinite(grad_norm))
         if ok and self.clip < math.inf:
             _clip(self.params, self.clip, grad_norm)
         if not ok:  # NaN/inf guard (as in vdvae): skip the update; the run in a row counts across epochs
@@ -492,7 +570,6 @@ class _Trainer:
         self._update(done, terms)
         if self.tracker is not None:
             self.tracker.step(self.step, loss.detach(), terms, beta_t, self.opt.param_groups[0]["lr"])
-        b = len(idx)
         ep.seen += b
         ep.sums += torch.stack([loss.detach() * b, terms["recon"].detach().sum(), terms["kl"].detach().sum()]).double()
         return True
@@ -503,23 +580,25 @@ class _Trainer:
             group["lr"] = self.cfg.lr * lr_factor(self.cfg, done)
         self.opt.step()
         if self.critic is not None:  # then the critic learns on this batch's codes (the model's are detached)
-            critic_loss = self.critic.loss(terms["z"].detach().float(), self.gen)
+            critic_loss = self.critic.loss(terms["z"].detach().float(), self.critic_gen)
             self.critic_opt.zero_grad(set_to_none=True)
             critic_loss.backward()
+            distributed.average_grads(self.critic.parameters(), self.dist)
             self.critic_opt.step()
-        if self.ema is not None:
-            torch._foreach_lerp_(*self.pairs, 1.0 - self.cfg.ema)  # ema += (1 - decay) * (w - ema), one fused pass
+        if self.ema is not None:  # ema += (1 - decay) * (w - ema), one fused pass
+            torch._foreach_lerp_(*self.pairs, 1.0 - ema_decay(self.cfg.ema, self.step))
         self.step += 1
 
     def _end_epoch(self, epoch: int, ep: _Epoch) -> dict:
         """Check the epoch, validate, write its history row and checkpoint; returns the row."""
         cfg, ckpt_path = self.cfg, Run(self.out, check=False).checkpoint_path
-        seconds = time.perf_counter() - ep.t0
+        seconds = distributed.from_main(time.perf_counter() - ep.t0, self.dist, self.device)
+        if self.dist.on:  # the epoch's tallies over every process's shards
+            ep.sums = distributed.total(ep.sums, self.dist)
+            ep.seen = int(distributed.total(torch.tensor(ep.seen, device=self.device), self.dist))
         check_epoch(cfg, epoch, ep.steps, ep.seen, ep.bad, ep.skipped_large, self.params, ckpt_path)
         self.trained_s += seconds
-        if self.ema is not None:  # buffers (none in vaelab's nets today) follow the raw model
-            for b_ema, b in zip(self.ema.buffers(), self.model.buffers()):
-                b_ema.copy_(b)
+        self._sync_ema_buffers()
         val = average_terms(self.evaluated, self.val_split) if len(self.val_split) else {}
         check_val(val, epoch, ckpt_path)
         self.total_bad += ep.bad
@@ -542,8 +621,9 @@ class _Trainer:
         if cfg.patience:
             self._patience(row, val, epoch)
         self.history.append(row)
-        save_checkpoint(self.out, self._record(epoch))
-        write_metrics(self.out, self.history)
+        if self.dist.main:
+            save_checkpoint(self.out, self._record(epoch))
+            write_metrics(self.out, self.history)
         if self.tracker is not None:
             self.tracker.epoch(row, self.evaluated, self.val_split.x, self.val_split.y)
         return row
@@ -582,6 +662,13 @@ class _Trainer:
             self.ds,
             **extra,
         )
+
+
+def ema_decay(decay: float, step: int) -> float:
+    """The EMA's decay at `step`, warmed up as TensorFlow's ExponentialMovingAverage does with num_updates:
+    min(decay, (1 + step) / (10 + step)). Without it, 0.999 keeps 3 % of the initial weights after 3,500 steps,
+    and a Fashion-MNIST model's validation ELBO was 132 nats worse than its raw weights' (docs/benchmarks.md#ema-snapshots)."""
+    return min(decay, (1 + step) / (10 + step))
 
 
 def _progress(cfg: TrainConfig, step: int, total_steps: int, trained_seconds: float) -> float:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import log_normal, make_likelihood
+from . import noise
 from .nets import ImageModel, ResBlock, fp32_out, need_multiple_of_4, res_stage
 
 
@@ -50,7 +51,7 @@ class TopDownGroup(nn.Module):
         stats = None
         if a is not None:
             qm, qlv = self.posterior_params(h, a)
-            z = qm if mean else qm + torch.exp(0.5 * qlv) * torch.randn_like(qm)
+            z = qm if mean else qm + torch.exp(0.5 * qlv) * noise.normal_like(qm)
             kl = gaussian_kl(qm, qlv, pm, plv).flatten(1).sum(1)
             zf = z.flatten(1)
             log_ratio = log_normal(zf, qm.flatten(1), qlv.flatten(1)) - log_normal(zf, pm.flatten(1), plv.flatten(1))

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import log_normal
+from . import noise
 
 
 class MaskedLinear(nn.Linear):
@@ -87,7 +88,7 @@ class GaussianPosterior(nn.Module):
         mu, logvar = self.gaussian(h)
         m, lv = (mu, logvar) if k is None else (mu[:, None], logvar[:, None])
         if eps is None:
-            eps = torch.randn(m.shape if k is None else (mu.shape[0], k, mu.shape[1]), device=mu.device, dtype=mu.dtype)
+            eps = noise.normal(tuple(m.shape) if k is None else (mu.shape[0], k, mu.shape[1]), mu)
         z = m + torch.exp(0.5 * lv) * eps
         return z, log_normal(z.float(), m.float(), lv.float()), mu, logvar
 

@@ -15,6 +15,7 @@ from .. import findings as vfindings
 from .. import latent, plots
 from ..checkpoint import load_checkpoint
 from ..errors import VaelabError
+from ..evaluate import SNAPSHOT_IWAE_SAMPLES
 from ..findings import per_dim
 from ..generate import Sampler, decode_mean
 from ..metrics import METRICS
@@ -28,6 +29,7 @@ from .results import (
     fmt_num,
     generation_runs,
     latent_table,
+    read_fractions,
     representative,
     study_findings,
     summarize,
@@ -62,6 +64,7 @@ class Page:
         if kind == "finding":
             f = payload[0]
             item = {"kind": kind, "claim": f.claim, "verdict": f.verdict, "evidence": f.evidence}
+            item["along"] = vfindings.along_text(f)  # the verdict at each fraction of training, and its stability
         elif kind == "fig":
             item = {"kind": kind, "src": payload[0], "caption": payload[1]}
         elif kind == "table":
@@ -665,7 +668,17 @@ def _findings_section(c: _Study) -> None:
             "Some runs trained with a perceptual term (DFC-VAE): their objective is no likelihood bound. "
             "Every ELBO, IWAE and bits/dim number here comes from the likelihood terms alone.",
         )
-    testable, untestable = study_findings(df)
+    along = read_fractions(c.out)
+    if along is not None:
+        fractions = ", ".join(vfindings.fraction_name(f) for f in sorted(along["fraction"].unique()))
+        page.add(
+            "text",
+            f"Every finding is also tested on the models each run kept along training (at {fractions} of its "
+            "budget; with an EMA of the weights these are good models at that moment, evaluated with the IWAE at "
+            f"K = {SNAPSHOT_IWAE_SAMPLES} rather than the final K). 'Stable since ½' says the final verdict was "
+            "already reached at half the budget; 'changed at 1' says more training changed it and may again.",
+        )
+    testable, untestable = study_findings(df, along)
     for f in testable:
         page.add("finding", f)
     if untestable:

@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -20,10 +21,10 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .. import data as vdata
-from .. import multirun
+from .. import distributed, multirun
 from ..config import from_dict
 from ..errors import VaelabError
-from ..evaluate import evaluate
+from ..evaluate import evaluate, evaluate_snapshots
 from ..run import Run, Study
 from ..store import (
     FolderLock,
@@ -38,7 +39,12 @@ from .spec import StudySpec, load_spec
 
 
 def run_cell(
-    run_dir: str | Path, config: dict, data_dir: str | None = None, threads: int | None = None, gpu: int | None = None
+    run_dir: str | Path,
+    config: dict,
+    data_dir: str | None = None,
+    threads: int | None = None,
+    gpu: int | None = None,
+    nproc: int = 1,
 ) -> str:
     """Train and evaluate one cell; 'done' if it already was. Failures are recorded in error.json, not raised."""
     run_dir = Path(run_dir)
@@ -56,7 +62,11 @@ def run_cell(
     atomic_write_json(run.running_path, {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
     try:
         cfg = from_dict(config)
-        train(cfg, run_dir, data_dir=data_dir, resume=True, progress=False)
+        if nproc > 1:  # one model on nproc processes (DistributedDataParallel), as `vaelab train --nproc`
+            _train_on_processes(run, cfg, data_dir, nproc, threads)
+        else:
+            train(cfg, run_dir, data_dir=data_dir, resume=True, progress=False)
+        evaluate_snapshots(run_dir, data_dir=data_dir)  # first: a cell with eval.json is done
         evaluate(run_dir, data_dir=data_dir)
         run.error_path.unlink(missing_ok=True)
         return "done"
@@ -72,6 +82,17 @@ def run_cell(
         return "failed"
     finally:
         run.running_path.unlink(missing_ok=True)
+
+
+def _train_on_processes(run: Run, cfg, data_dir: str | None, nproc: int, threads: int | None) -> None:
+    """The cell trained by `vaelab train --nproc` (its config handed over in a temporary file, removed after)."""
+    with tempfile.TemporaryDirectory(prefix="vaelab-cell-") as tmp:
+        config = Path(tmp) / "config.json"
+        atomic_write_json(config, cfg.to_dict())
+        args = ["train", "--config", str(config), "--out", str(run.path), "--no-eval"]
+        args += ["--resume"] if run.holds_run() else []
+        args += ["--data-dir", str(data_dir)] if data_dir else []
+        distributed.launch(args, nproc, threads=max(1, (threads or 1) // nproc) if threads else None)
 
 
 def check_datasets(spec: StudySpec, data_dir: str | None) -> None:
@@ -117,19 +138,22 @@ def run(
     gpus_per_run: float = 0.0,
     threads: int | None = None,
     together: bool = False,
+    nproc_per_run: int = 1,
 ) -> dict[str, int]:
     """Run (or resume) every cell of a study into out/runs/<run-id>/; returns counts by final status.
 
     threads: CPU threads each run uses (default: the machine's cores shared evenly among the jobs).
     together: first train the not-yet-started cells that differ only in seed and beta as one stacked model each
     (vaelab.multirun: small models fill a GPU); every cell is then evaluated (and any other trained) as usual.
+    nproc_per_run: each cell's one model trained on that many processes (DistributedDataParallel; on Ray the cell
+    reserves that many CPUs), `threads` then shared among them.
 
     One process at a time works on a study directory (a lock; a second one exits with a one-line message).
     A cell whose run directory was trained with another config is an error naming the cell and the fields,
     unless retrain_stale: then the old directory is set aside (runs/<id>.stale-N) and the cell trained anew."""
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec) if Path(spec).suffix else preset_spec(str(spec))
-    _check_options(jobs, threads, gpus_per_run, executor)
+    _check_options(jobs, threads, gpus_per_run, executor, nproc_per_run)
     check_datasets(spec, data_dir)
     out = Path(out)
     stale = _stale_cells(spec, out, retrain_stale)
@@ -151,6 +175,7 @@ def run(
             data_dir,
             gpus_per_run,
             threads,
+            nproc_per_run,
         )
         write_results(out)
     counts: dict[str, int] = {}
@@ -160,18 +185,20 @@ def run(
     return counts
 
 
-def _execute(name: str, args: list, executor: str, jobs: int, address, data_dir, gpus_per_run, threads) -> None:
+def _execute(name: str, args: list, executor: str, jobs: int, address, data_dir, gpus_per_run, threads, nproc) -> None:
     """Every cell of `args` ((run_dir, config) pairs) trained and evaluated: on Ray, a pool, or one by one here."""
     if executor == "ray":
-        _run_ray(args, address, data_dir, gpus_per_run)
+        _run_ray(args, address, data_dir, gpus_per_run, nproc)
     elif jobs == 1 or len(args) <= 1:
         for run_dir, cfg in tqdm(args, desc=name, unit="run", disable=None):
-            run_cell(run_dir, cfg, data_dir, threads)
+            run_cell(run_dir, cfg, data_dir, threads, nproc=nproc)
     else:
-        _run_pool(args, jobs, data_dir, threads)
+        _run_pool(args, jobs, data_dir, threads, nproc)
 
 
-def _check_options(jobs: int, threads: int | None, gpus_per_run: float, executor: str) -> None:
+def _check_options(jobs: int, threads: int | None, gpus_per_run: float, executor: str, nproc: int = 1) -> None:
+    if not 1 <= nproc <= 1024:
+        raise VaelabError(f"--nproc-per-run must be in 1..1024, got {nproc}")
     if not 1 <= jobs <= 1024:
         raise VaelabError(f"--jobs must be in 1..1024, got {jobs}")
     if threads is not None and not 1 <= threads <= 1024:
@@ -225,14 +252,16 @@ def _worker_init() -> None:
     tqdm.set_lock(threading.RLock())
 
 
-def _run_pool(args: list[tuple[str, dict]], jobs: int, data_dir: str | None, threads: int | None = None) -> None:
+def _run_pool(
+    args: list[tuple[str, dict]], jobs: int, data_dir: str | None, threads: int | None = None, nproc: int = 1
+) -> None:
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools or CUDA state
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
     try:
         gpus = torch.cuda.device_count()
         futures = [
-            pool.submit(run_cell, run_dir, cfg, data_dir, threads, i if gpus else None)
+            pool.submit(run_cell, run_dir, cfg, data_dir, threads, i if gpus else None, nproc)
             for i, (run_dir, cfg) in enumerate(args)
         ]
         for f in tqdm(as_completed(futures), total=len(futures), unit="run", disable=None):
@@ -261,14 +290,15 @@ def _check_reachable(address: str | None) -> None:
         raise VaelabError(f"cannot reach a Ray cluster at {address} ({e.strerror or e})") from None
 
 
-def ray_options(gpus_per_run: float) -> dict:
-    """Resources each cell asks Ray for: one CPU and, on a GPU cluster, its share of a GPU (Ray then sets
-    CUDA_VISIBLE_DEVICES per task, so cells spread over the GPUs instead of all landing on cuda:0)."""
-    return {"num_cpus": 1, "num_gpus": gpus_per_run}
+def ray_options(gpus_per_run: float, nproc: int = 1) -> dict:
+    """Resources each cell asks Ray for: a CPU per process of its model (--nproc-per-run) and, on a GPU cluster,
+    its share of GPUs (Ray then sets CUDA_VISIBLE_DEVICES per task, so cells spread over the GPUs instead of all
+    landing on cuda:0; a cell on N processes wants N)."""
+    return {"num_cpus": nproc, "num_gpus": gpus_per_run}
 
 
 def _run_ray(
-    args: list[tuple[str, dict]], address: str | None, data_dir: str | None, gpus_per_run: float = 0.0
+    args: list[tuple[str, dict]], address: str | None, data_dir: str | None, gpus_per_run: float = 0.0, nproc: int = 1
 ) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from offline machines
     try:
@@ -283,5 +313,5 @@ def _run_ray(
             raise VaelabError(
                 f"cannot connect to a Ray cluster at {address or 'auto'} ({str(e).splitlines()[0]})"
             ) from None
-    remote = ray.remote(**ray_options(gpus_per_run))(run_cell)
-    ray.get([remote.remote(run_dir, cfg, data_dir, 1) for run_dir, cfg in args])
+    remote = ray.remote(**ray_options(gpus_per_run, nproc))(run_cell)
+    ray.get([remote.remote(run_dir, cfg, data_dir, nproc, None, nproc) for run_dir, cfg in args])

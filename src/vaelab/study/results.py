@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import stats
 
 from .. import findings as vfindings
-from ..config import TrainConfig, config_diff, from_dict, upgrade
+from ..config import TrainConfig, config_diff, from_dict, snapshot_fractions, upgrade
 from ..errors import VaelabError
 from ..metrics import columns as metric_columns
 from ..metrics import computed as registered_metrics
@@ -77,14 +77,41 @@ def arch_label(cfg: dict) -> str:
     return model if model != "vae" else cfg.get("net", "conv")
 
 
-def study_findings(df) -> tuple[list, list]:
+def _findings_of(df) -> list:
+    return vfindings.compute(latent_rows(df), beta_rows(df), df[df["status"] == "done"])
+
+
+def study_findings(df, along=None) -> tuple[list, list]:
     """A results table's findings (vaelab.findings.compute on its β = 1 runs, its β sweep and every finished run),
-    as (those its grid can test, those it cannot)."""
-    return vfindings.split_testable(vfindings.compute(latent_rows(df), beta_rows(df), df[df["status"] == "done"]))
+    as (those its grid can test, those it cannot). `along`, the table of the models kept along training (a
+    `fraction` column; results-fractions.csv), gives each finding its verdict at every fraction."""
+    testable, untestable = vfindings.split_testable(_findings_of(df))
+    if along is not None and len(along):
+        earlier = {
+            float(fr): _findings_of(rows.drop(columns="fraction")) for fr, rows in along.groupby("fraction") if fr < 1
+        }
+        testable = vfindings.along_training(testable, earlier)
+    return testable, untestable
 
 
-def collect(out: str | Path):
-    """One row per cell from the run directories (never cached, so never stale)."""
+def read_fractions(out: str | Path):
+    """A study's results-fractions.csv (None without one): what study_findings(df, along) traces verdicts on."""
+    path = Study(out).fractions_path
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def snapshot_fractions_of(out: str | Path) -> list[float]:
+    """The fractions of the budget at which a study's cells keep models (their configs' snapshots)."""
+    cells = Study(out).spec().get("cells") or []
+    return sorted(
+        {f for c in cells if isinstance(c, dict) for f in snapshot_fractions(c["config"].get("snapshots", ""))}
+    )
+
+
+def collect(out: str | Path, fraction: float | None = None):
+    """One row per cell from the run directories (never cached, so never stale). With `fraction`, the metrics are
+    those of the model each run kept at that fraction of its budget (a run that stopped early before it: its
+    model); a cell without one is 'no snapshot'."""
     out = Path(out)
     study = Study(out).spec()
     cells = study.get("cells") if isinstance(study, dict) else None
@@ -120,8 +147,8 @@ def collect(out: str | Path):
         val = [h["val_neg_elbo"] for h in hist if "val_neg_elbo" in h]
         # the last epoch's relative change of the validation negative ELBO (< 0: still improving)
         row["last_val_change"] = (val[-1] - val[-2]) / abs(val[-2]) if len(val) > 1 and val[-2] else None
-        if run.eval_path().is_file():
-            ev = read_json(run.eval_path())
+        ev = _eval_at(run, fraction, row)
+        if ev is not None:
             ev = {**ev, **(ev.get("disentanglement") or {})}  # a factor dataset's scores sit in their own block
             row.update({k: ev.get(k) for k in metric_columns() + INFO_COLUMNS})
         if row["status"] == "failed":
@@ -134,10 +161,29 @@ def collect(out: str | Path):
     return pd.DataFrame(rows)
 
 
+def _eval_at(run: Run, fraction: float | None, row: dict) -> dict | None:
+    """The evaluation a row reads: eval.json, or at `fraction` the kept model's (the row's status says when there
+    is none)."""
+    if fraction is None or not run.eval_path().is_file():
+        return run.eval() if run.eval_path().is_file() else None
+    ev = run.snapshot_eval(fraction)
+    if ev is None and row["stopped_early"] and not run.snapshot_path(fraction).is_file():
+        return run.eval()  # patience ended training before this fraction: the model is the same from here on
+    if ev is None:
+        row["status"] = "no snapshot"
+    return ev
+
+
 def write_results(out: str | Path):
+    """results.csv (and .parquet), and with snapshots results-fractions.csv: the same columns at each fraction of
+    the budget (1 = results.csv's rows) in a `fraction` column."""
     out = Path(out)
     df = collect(out)
     atomic_write_text(Study(out).results_path, df.to_csv(index=False))
+    fractions = snapshot_fractions_of(out)
+    if fractions:
+        along = pd.concat([collect(out, f).assign(fraction=f) for f in fractions] + [df.assign(fraction=1.0)])
+        atomic_write_text(Study(out).fractions_path, along.to_csv(index=False))
     try:
         import pyarrow  # noqa: F401  (optional extra 'parquet': results.csv is the record without it)
 
@@ -258,14 +304,22 @@ def representative(df, dataset: str, **match):
     return None if sub.empty else sub.sort_values("seed").iloc[0]["run_id"]
 
 
-def generation_runs(out: Path, df) -> list[tuple[str, Path]]:
-    """Per dataset, the run whose generation the report shows: the largest latent size at β = 1, seed 0."""
+def generation_runs(out: Path, df, every_seed: bool = False) -> list[tuple[str, Path]]:
+    """Per dataset, the run whose generation the report shows: the largest latent size at β = 1, seed 0 (with
+    `every_seed`, that cell's run of every seed: what the generation findings test)."""
     runs = []
     done = df[df["status"] == "done"]
     for ds_name in sorted(done["dataset"].unique()):
         sub = done[(done["dataset"] == ds_name) & (done["beta"] == 1.0)]
-        if len(sub):
-            z = int(sub["latent_dim"].max())
+        if not len(sub):
+            continue
+        z = int(sub["latent_dim"].max())
+        if every_seed:
+            cell = sub[sub["latent_dim"] == z].sort_values("seed")
+            runs += [
+                (f"{ds_name}, latent_dim {z}, seed {r.seed}", Study(out).run_dir(r.run_id)) for r in cell.itertuples()
+            ]
+        else:
             runs.append(
                 (f"{ds_name}, latent_dim {z}", Study(out).run_dir(representative(df, ds_name, latent_dim=z, beta=1.0)))
             )
@@ -273,9 +327,9 @@ def generation_runs(out: Path, df) -> list[tuple[str, Path]]:
 
 
 def score_target(target, data_dir=None, n: int = 2000, every: bool = False) -> list[tuple[str, dict | str]]:
-    """`vaelab score`: a run's generation scores, or those of the runs a study's report shows (per dataset, the
-    largest latent size at beta = 1, seed 0; with `every`, all its finished runs), merged into their eval.json;
-    failures are recorded there too."""
+    """`vaelab score`: a run's generation scores, or those of a study's generation cells (per dataset, the largest
+    latent size at beta = 1, every seed, so that the generation findings have one score per seed; with `every`,
+    all its finished runs), merged into their eval.json; failures are recorded there too."""
 
     target = Path(target)
     if Study(target).exists():
@@ -283,7 +337,7 @@ def score_target(target, data_dir=None, n: int = 2000, every: bool = False) -> l
         runs = (
             [(r.run_id, Study(target).run_dir(r.run_id)) for r in df[df["status"] == "done"].itertuples()]
             if every
-            else generation_runs(target, df)
+            else generation_runs(target, df, every_seed=True)
         )
     else:
         runs = [(str(target), Run(target).path)]
