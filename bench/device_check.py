@@ -59,7 +59,7 @@ def _train_rate(cfg: TrainConfig, ds: vdata.Dataset) -> dict:
 
 def throughput(args) -> dict:
     n = 2000 if args.small else 30000
-    hvae = PRESETS["cifar10-hvae-gpu"].replace(time_budget=0.0, epochs=2, val_size=10, width=16 if args.small else 128)
+    hvae = PRESETS["cifar10-hvae-gpu"].replace(budget="", epochs=2, val_size=10, width=16 if args.small else 128)
     models = {
         "conv_fashion-mnist_latent16_bernoulli": (
             TrainConfig(dataset="fashion-mnist", latent_dim=16, likelihood="bernoulli", epochs=2, val_size=10),
@@ -189,6 +189,7 @@ def hvae(args) -> dict:
     cfg = PRESETS["cifar10-hvae-gpu"].replace(
         dataset="cifar10-lossless",
         val_size=500,
+        budget="",  # the preset's step count replaced by the section's seconds
         time_budget=args.seconds,
         **({} if args.skip_grad_norm < 0 else {"skip_grad_norm": args.skip_grad_norm}),
         iwae_samples=5 if args.small else 100,

@@ -82,3 +82,10 @@ def test_model_and_net_are_apart_and_0_1_configs_with_arch_still_read():
     assert spec.cells[0].config.net == "mlp"
     with pytest.raises(VaelabError, match="'arch' is now two: model"):
         parse_spec({"name": "old", "grid": {"arch": ["conv", "hierarchical"]}})
+
+
+def test_a_count_and_a_time_budget_do_not_combine_and_presets_use_counts():
+    with pytest.raises(VaelabError, match="give one budget"):
+        TrainConfig(budget="10steps", time_budget=5.0)
+    assert PRESETS["cifar10-hvae-cpu"].replace(budget="", time_budget=60.0).time_budget == 60.0
+    assert all(not p.time_budget for p in PRESETS.values())  # every training preset trains the same on any machine

@@ -336,6 +336,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _need(0 <= cfg.time_budget <= 30 * 86400, f"time_budget must be between 0 and 30 days, got {cfg.time_budget} s")
     if cfg.budget:
         parse_budget(cfg.budget)
+        _need(
+            not cfg.time_budget,
+            f"give one budget, a count (budget {cfg.budget}) or a time (time_budget {cfg.time_budget:g} s), not both "
+            "(--budget '' clears a preset's count)",
+        )
     snapshot_fractions(cfg.snapshots)
     for name in _COUNTS:
         _need(getattr(cfg, name) < 2**31, f"{name} is too large: {getattr(cfg, name)}")
@@ -446,11 +451,14 @@ PRESETS: dict[str, TrainConfig] = {
     "demo": TrainConfig(dataset="fashion-mnist", latent_dim=16, epochs=5, train_size=20000, iwae_samples=100),
 }
 # The deeper models, sized for a machine: a hierarchical VAE with the mixture-of-logistics decoder, trained for a
-# wall-clock budget (epochs only bound it) with a cosine schedule over the budget and an EMA of the weights.
+# count budget (the same model on every machine; epochs only bound it) with a cosine schedule over the budget and an
+# EMA of the weights. The step counts are what the wall-clock budgets these presets had bought where they were
+# measured (docs/benchmarks.md): an hour and ten minutes on 2 CPU cores, twenty minutes of an H200.
 _HVAE = dict(model="hierarchical", likelihood="dmol", ema=0.999, cosine=True, lr=2e-3, epochs=10_000)
 PRESETS.update(
     {
-        # 2 CPU cores: about 100-200 images/s; evaluation on 1,000 test images keeps K = 100 IWAE to minutes
+        # 2 CPU cores: about 100-200 images/s, 8,000 steps about an hour; evaluation on 1,000 test images keeps K = 100
+        # IWAE to minutes
         "cifar10-hvae-cpu": TrainConfig(
             dataset="cifar10",
             latent_dim=8,
@@ -458,11 +466,11 @@ PRESETS.update(
             depth=1,
             latent_groups=1,
             batch_size=64,
-            time_budget=3600.0,
+            budget="8000steps",
             test_size=1000,
             **_HVAE,
         ),
-        # ten minutes are ~2,000 steps: a shorter EMA horizon (~100 steps) than the hour-long runs' (~1,000)
+        # 2,000 steps, about ten minutes: a shorter EMA horizon (~100 steps) than the hour-long runs' (~1,000)
         "fashion-mnist-hvae-cpu": TrainConfig(
             dataset="fashion-mnist",
             latent_dim=8,
@@ -470,7 +478,7 @@ PRESETS.update(
             depth=1,
             latent_groups=1,
             batch_size=64,
-            time_budget=600.0,
+            budget="2000steps",
             **{**_HVAE, "ema": 0.99},
         ),
         # one GPU: wider and deeper, two groups per resolution, bf16 autocast. No skip_grad_norm: at 3000 it skipped every
@@ -482,7 +490,7 @@ PRESETS.update(
             depth=2,
             latent_groups=2,
             batch_size=128,
-            time_budget=1200.0,
+            budget="40000steps",  # ~33 steps/s on an H200 (2026-11-30): about twenty minutes
             bf16=True,
             grad_clip=200.0,
             **_HVAE,

@@ -443,6 +443,7 @@ class _Trainer:
             self.skip_above = cfg.skip_grad_norm if cfg.skip_grad_norm > 0 else math.inf
             self.params = [p for p in self.model.parameters() if p.requires_grad]
             self.pairs = (list(self.ema.parameters()), list(self.model.parameters())) if self.ema is not None else None
+            show = show and self.dist.main  # one progress bar, rank 0's
             for epoch in range(self.start_epoch, cfg.epochs):
                 ep = self._epoch(epoch, show)
                 row = self._end_epoch(epoch + 1, ep)

@@ -670,11 +670,11 @@ def _findings_section(c: _Study) -> None:
         )
     along = read_fractions(c.out)
     if along is not None:
-        fractions = ", ".join(vfindings.fraction_name(f) for f in sorted(along["fraction"].unique()))
+        fractions = ", ".join(vfindings.fraction_name(f) for f in sorted(along["fraction"].unique()) if f < 1)
         page.add(
             "text",
             f"Every finding is also tested on the models each run kept along training (at {fractions} of its "
-            "budget; with an EMA of the weights these are good models at that moment, evaluated with the IWAE at "
+            "budget, and at its end; with an EMA of the weights these are good models at that moment, evaluated with the IWAE at "
             f"K = {SNAPSHOT_IWAE_SAMPLES} rather than the final K). 'Stable since ½' says the final verdict was "
             "already reached at half the budget; 'changed at 1' says more training changed it and may again.",
         )
