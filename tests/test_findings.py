@@ -662,3 +662,39 @@ def test_no_effect_by_equivalence_survives_holm_and_says_so():
     a, b = F.holm([precise, noisy])  # equivalence p adjusted among themselves: 0.002 and 0.3
     assert a.verdict == F.FAILS and a.evidence.count("No effect") == 1 and "p = 0.002" in a.evidence
     assert b.verdict == F.INCONCLUSIVE
+
+
+# ---------------------------------------------------------------- "no effect" by equivalence, for every finding that states δ
+
+
+def test_no_effect_outcomes_of_every_finding_with_a_smallest_effect():
+    """Flat data measured precisely: each finding says 'does not hold' with 'No effect: within ±δ' — and the same
+    flat data measured noisily stays inconclusive (tested above, finding by finding)."""
+    flat_recon = latent_rows({2: 250, 8: 250, 32: 250}, 3, 0.01)  # ±0.5 % of 250 nats = ±1.25 per doubling
+    (f,) = [x for x in F.latent_size(flat_recon) if "reconstruction" in x.claim]
+    assert f.verdict == F.FAILS and "No effect: within ±1.25 nats per doubling" in f.evidence, f.evidence
+    same = complexity_rows([3.0, 3.0], [3.0, 3.0], 3, spread=0.001)
+    (f,) = F.dataset_complexity(same)
+    assert f.verdict == F.FAILS and "No effect: within ±0.05 bits/dim" in f.evidence, f.evidence
+    equal = org_rows([0.70, 0.701, 0.699], [0.70, 0.70, 0.70])  # trained = untrained = PCA
+    (f,) = F.organisation(equal)
+    assert f.verdict == F.FAILS and f.evidence.count("within ±1 points") == 2, f.evidence
+    flat_dis = dis_runs(lambda b: 0.1, lambda b: 0.1, 0.001)
+    (f,) = F.beta_disentangles("shapes2d", flat_dis)
+    assert f.verdict == F.FAILS and "No effect: within ±0.01 per doubling" in f.evidence, f.evidence
+
+
+def test_the_objective_matters_less_than_the_seed_when_the_icc_is_significantly_below_one_half():
+    """Six objectives with the same mean score and seeds that spread: the ICC's interval lies below one half."""
+    objectives = ["elbo", "beta_tcvae", "factor_vae", "dip_vae_i", "dip_vae_ii", "free_bits"]
+    rows = pd.DataFrame(
+        [
+            dict(dataset="shapes2d", objective=o, seed=s, mig=0.1 + e[0], dci_disentanglement=0.1 + e[1])
+            for j, o in enumerate(objectives)
+            for s in range(6)
+            for e in [noise(100 * j + s, 2, 0.1)]
+        ]
+    )
+    (f,) = F.objective_vs_seed("shapes2d", rows)
+    assert f.verdict == F.FAILS, f.evidence
+    assert "share of variance between objectives (ICC)" in f.evidence
