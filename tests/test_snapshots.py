@@ -151,10 +151,12 @@ def test_stability_says_since_when_the_verdict_holds(quarter, half, final, says)
     assert vf.along_text(traced[0]).startswith(f"¼: {quarter} · ½: {half} · 1: {final}")
 
 
-def test_a_claim_missing_at_a_fraction_counts_as_not_enough_data_and_none_without_snapshots():
+def test_a_claim_missing_at_a_fraction_is_not_measured_there_and_none_without_snapshots():
     traced = vf.along_training([_f("c", vf.HOLDS)], {0.5: [_f("other", vf.HOLDS)]})
-    assert traced[0].along == ((0.5, vf.UNKNOWN), (1.0, vf.HOLDS))
-    assert vf.stability(traced[0]) == "changed at 1, was 'not enough data' at ½"
+    assert traced[0].along == ((0.5, vf.NOT_MEASURED), (1.0, vf.HOLDS))
+    assert vf.stability(traced[0]) == "measured at the end only"
+    traced = vf.along_training([_f("c", vf.HOLDS)], {0.5: [_f("c", vf.HOLDS)], 0.25: [_f("other", vf.HOLDS)]})
+    assert vf.stability(traced[0]) == "stable since ½"
     assert vf.along_training([_f("c", vf.HOLDS)], {}) == [_f("c", vf.HOLDS)]
     assert vf.stability(_f("c", vf.HOLDS)) == "" and vf.along_text(_f("c", vf.HOLDS)) == ""
 

@@ -917,6 +917,7 @@ def objective_vs_seed(ds: str, rows: pd.DataFrame) -> list[Finding]:
 
 # ---------------------------------------------------------------- verdicts traced along training
 
+NOT_MEASURED = "not measured"  # a claim whose measurements exist for the final models only (generation scores)
 _FRACTION_NAMES = {0.25: "¼", 0.5: "½", 0.75: "¾", 1.0: "1"}
 
 
@@ -931,7 +932,9 @@ def along_training(final: list[Finding], earlier: dict[float, list[Finding]]) ->
         return final
     verdicts = {fr: {f.claim: f.verdict for f in fs} for fr, fs in earlier.items()}
     return [
-        replace(f, along=(*((fr, verdicts[fr].get(f.claim, UNKNOWN)) for fr in sorted(verdicts)), (1.0, f.verdict)))
+        replace(
+            f, along=(*((fr, verdicts[fr].get(f.claim, NOT_MEASURED)) for fr in sorted(verdicts)), (1.0, f.verdict))
+        )
         for f in final
     ]
 
@@ -939,15 +942,18 @@ def along_training(final: list[Finding], earlier: dict[float, list[Finding]]) ->
 def stability(f: Finding) -> str:
     """'stable since ½' (the verdict at 1 was already reached at ½ and kept), or 'changed at 1' (more training
     changed it: it may change again); empty without snapshots."""
+    measured = [(fr, v) for fr, v in f.along if v != NOT_MEASURED]
     if len(f.along) < 2:
         return ""
-    verdicts = [v for _, v in f.along]
+    if len(measured) < 2:  # e.g. generation scores, taken of the final models only
+        return "measured at the end only"
+    verdicts = [v for _, v in measured]
     if verdicts[-2] != verdicts[-1]:
-        return f"changed at 1, was '{verdicts[-2]}' at {fraction_name(f.along[-2][0])}"
+        return f"changed at 1, was '{verdicts[-2]}' at {fraction_name(measured[-2][0])}"
     first = len(verdicts) - 1
     while first > 0 and verdicts[first - 1] == verdicts[-1]:
         first -= 1
-    return f"stable since {fraction_name(f.along[first][0])}"
+    return f"stable since {fraction_name(measured[first][0])}"
 
 
 def along_text(f: Finding) -> str:

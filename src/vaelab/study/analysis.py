@@ -657,8 +657,9 @@ def _findings_section(c: _Study) -> None:
         "measurements on the test set. With 3 or more seeds per setting, each finding gives the 95 % "
         "confidence interval of the effect it claims and a test (paired across seeds for two settings, "
         "a regression slope on log2 of the setting for a trend); it holds only when the effect has the "
-        "claimed sign and p < 0.05, does not hold only when it is significant the other way, and is inconclusive "
-        "when the data cannot tell. With fewer seeds there is no verdict (not enough data): the evidence shows the "
+        "claimed sign and p < 0.05, does not hold only when it is significant the other way or shown by two "
+        "one-sided tests to lie within the finding's smallest effect of interest ('No effect: within ±δ'), and is "
+        "inconclusive when the data cannot tell. With fewer seeds there is no verdict (not enough data): the evidence shows the "
         "means and which way they lean. Shares (active units) get Wilson intervals, inside [0, 1]. The findings are "
         "one family: Holm-adjusted p-values decide the verdicts, and each finding shows raw and adjusted p.",
     )
