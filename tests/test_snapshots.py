@@ -224,3 +224,42 @@ def test_a_run_stopped_early_counts_its_model_at_later_fractions_and_one_without
     assert rows.loc["latent_dim-2__seed-0", "status"] == "no snapshot"
     assert rows.loc["latent_dim-8__seed-0", "status"] == "done"
     assert rows.loc["latent_dim-8__seed-0", "neg_elbo"] == stopped.eval()["neg_elbo"]
+
+
+def test_a_finding_untestable_at_a_fraction_is_not_measured_there():
+    import pandas as pd
+
+    from vaelab import study
+
+    rows = [
+        dict(
+            run_id=f"r{s}{f}",
+            status="done",
+            dataset="cifar10",
+            latent_dim=8,
+            beta=1.0,
+            seed=s,
+            fraction=f,
+            kl=1.0,
+            recon=10.0 + s,
+            neg_elbo=11.0 + s,
+            fd_prior=None if f < 1 else 5.0 + s,
+            fd_gmm=None if f < 1 else 4.0,
+            conditional_accuracy=None,
+        )
+        for s in range(3)
+        for f in (0.5, 1.0)
+    ]
+    along = pd.DataFrame(rows)
+    final = along[along["fraction"] == 1.0].drop(columns="fraction")
+    testable, _ = study.study_findings(final, along)
+    (mix,) = [f for f in testable if "mixture" in f.claim]
+    assert mix.along == ((0.5, vf.NOT_MEASURED), (1.0, mix.verdict))
+    assert vf.stability(mix) == "measured at the end only"
+    # a family finding whose measurement is missing at ½ ("no fd prior measured") is not measured there either
+    fam = pd.concat([along, along.assign(run_id=lambda d: d["run_id"] + "v", prior="vamp")]).assign(
+        prior=lambda d: d["prior"].fillna("standard")
+    )
+    testable, _ = study.study_findings(fam[fam["fraction"] == 1.0].drop(columns="fraction"), fam)
+    (vamp,) = [f for f in testable if "samples closer" in f.claim and "VampPrior" in f.claim]
+    assert vamp.along[0] == (0.5, vf.NOT_MEASURED)

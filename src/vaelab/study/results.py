@@ -87,8 +87,10 @@ def study_findings(df, along=None) -> tuple[list, list]:
     `fraction` column; results-fractions.csv), gives each finding its verdict at every fraction."""
     testable, untestable = vfindings.split_testable(_findings_of(df))
     if along is not None and len(along):
-        earlier = {
-            float(fr): _findings_of(rows.drop(columns="fraction")) for fr, rows in along.groupby("fraction") if fr < 1
+        earlier = {  # what the grid cannot test at a fraction (no generation scores there) counts as not measured
+            float(fr): vfindings.split_testable(_findings_of(rows.drop(columns="fraction")))[0]
+            for fr, rows in along.groupby("fraction")
+            if fr < 1
         }
         testable = vfindings.along_training(testable, earlier)
     return testable, untestable
