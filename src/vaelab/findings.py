@@ -211,7 +211,7 @@ def tested(claim: str, evidence: str, tests: list, rule: str = "single") -> Find
     """A finding whose verdict its tests (Test, or (p, direction) pairs) decide, at the unadjusted level until
     holm() adjusts the family."""
     tests = [Test(*t) for t in tests]
-    signs = [_significant(t.p, t.direction, t.p_equiv) for t in tests]
+    signs = _signs(tests, [t.p for t in tests], [t.p_equiv for t in tests])
     evidence += _negligible_text(tests, signs, [t.p_equiv for t in tests])
     return Finding(claim, evidence, RULES[rule](signs), tuple(tests), rule)
 
@@ -232,18 +232,21 @@ def holm(findings: list[Finding]) -> list[Finding]:
             continue
         adj = [float(next(adjusted)) for _ in f.tests]
         adj_equiv = [float(next(equiv)) for _ in f.tests]
-        signs = [_significant(a, t.direction, e) for a, e, t in zip(adj, adj_equiv, f.tests)]
+        signs = _signs(f.tests, adj, adj_equiv)
         text = ", ".join(f"{_p(a).removeprefix('= ')}" for a in adj)
         # the evidence as tested() wrote it, less its unadjusted 'no effect' sentence: the adjusted one replaces it
-        base = f.evidence.removesuffix(_negligible_text(list(f.tests), _raw_signs(f), [t.p_equiv for t in f.tests]))
+        raw_equiv = [t.p_equiv for t in f.tests]
+        raw = _signs(f.tests, [t.p for t in f.tests], raw_equiv)
+        base = f.evidence.removesuffix(_negligible_text(list(f.tests), raw, raw_equiv))
         evidence = f"{base} Holm-adjusted p over the study's {len(tests)} tests: {text}." if len(tests) > 1 else base
         evidence += _negligible_text(list(f.tests), signs, adj_equiv)
         out.append(Finding(f.claim, evidence, RULES[f.rule](signs), f.tests, f.rule, f.along))
     return out
 
 
-def _raw_signs(f: Finding) -> list[int]:
-    return [_significant(t.p, t.direction, t.p_equiv) for t in f.tests]
+def _signs(tests, ps: list[float], p_equivs: list[float]) -> list[int]:
+    """Each test's sign (_significant) at the given p-values: raw ones, or Holm-adjusted ones."""
+    return [_significant(p, t.direction, e) for t, p, e in zip(tests, ps, p_equivs)]
 
 
 def _holm_adjusted(ps: list[float]) -> list[float]:

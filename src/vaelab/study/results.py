@@ -114,7 +114,12 @@ def collect(out: str | Path, fraction: float | None = None):
     """One row per cell from the run directories (never cached, so never stale). With `fraction`, the metrics are
     those of the model each run kept at that fraction of its budget (a run that stopped early before it: its
     model); a cell without one is 'no snapshot'."""
-    out = Path(out)
+    return _table(_cells(Path(out)), fraction)
+
+
+def _cells(out: Path) -> list[tuple[Run, dict, dict]]:
+    """Each cell's run, its row without the evaluation's metrics, and how its stored config differs from the
+    cell's: what a table at any fraction shares, read once."""
     study = Study(out).spec()
     cells = study.get("cells") if isinstance(study, dict) else None
     if not isinstance(cells, list) or not all(
@@ -123,7 +128,7 @@ def collect(out: str | Path, fraction: float | None = None):
         raise VaelabError(
             f"{out / 'study.json'}: damaged (no valid 'cells'); run the study command again to rewrite it"
         )
-    rows = []
+    found = []
     for c in cells:
         d = Study(out).run_dir(c["run_id"])
         run = Run(d, check=False)
@@ -135,30 +140,49 @@ def collect(out: str | Path, fraction: float | None = None):
             **{k: cfg[k] for k in ("dataset", "latent_dim", "beta", "seed") if k not in c["overrides"]},
             "arch": arch_label(cfg),
         }
-        hist = read_jsonl(run.metrics_path)
-        row["epochs_done"] = len(hist)
+        row.update(_history_columns(read_jsonl(run.metrics_path)))
+        if row["status"] == "failed":
+            err = read_json(run.error_path)
+            row["error"] = err.get("error") if isinstance(err, dict) else "damaged error.json"
+        stale = stale_fields(d, from_dict(cfg)) if row["status"] == "done" else {}
+        found.append((run, row, stale))
+    return found
+
+
+def _history_columns(hist: list[dict]) -> dict[str, Any]:
+    """A run's training columns from its history (metrics.jsonl)."""
+    full = [h["seconds"] for h in hist if not h.get("partial")]  # a time budget's last epoch may be cut short
+    val = [h["val_neg_elbo"] for h in hist if "val_neg_elbo" in h]
+    return {
+        "epochs_done": len(hist),
         # the training images each run saw: what a time budget makes depend on the machine and its load
-        row["images_seen"] = round(sum(h["images_per_s"] * h["seconds"] for h in hist)) if hist else None
-        row["train_seconds"] = sum(h["seconds"] for h in hist) if hist else None
-        row["images_per_s"] = sum(h["images_per_s"] for h in hist) / len(hist) if hist else None
-        full = [h["seconds"] for h in hist if not h.get("partial")]  # a time budget's last epoch may be cut short
-        row["seconds_per_epoch"] = sum(full) / len(full) if full else None
+        "images_seen": round(sum(h["images_per_s"] * h["seconds"] for h in hist)) if hist else None,
+        "train_seconds": sum(h["seconds"] for h in hist) if hist else None,
+        "images_per_s": sum(h["images_per_s"] for h in hist) / len(hist) if hist else None,
+        "seconds_per_epoch": sum(full) / len(full) if full else None,
         # how far from convergence: the last epoch whose validation ELBO improved (early stopping records it)
-        row["best_epoch"] = hist[-1].get("best_epoch") if hist else None
-        row["stopped_early"] = bool(hist and hist[-1].get("stopped_early"))
-        val = [h["val_neg_elbo"] for h in hist if "val_neg_elbo" in h]
+        "best_epoch": hist[-1].get("best_epoch") if hist else None,
+        "stopped_early": bool(hist and hist[-1].get("stopped_early")),
         # the last epoch's relative change of the validation negative ELBO (< 0: still improving)
-        row["last_val_change"] = (val[-1] - val[-2]) / abs(val[-2]) if len(val) > 1 and val[-2] else None
+        "last_val_change": (val[-1] - val[-2]) / abs(val[-2]) if len(val) > 1 and val[-2] else None,
+    }
+
+
+def _table(cells: list[tuple[Run, dict, dict]], fraction: float | None):
+    """The results table of `cells` (from _cells) with each run's evaluation at `fraction` (None: eval.json)."""
+    rows = []
+    for run, base, stale in cells:
+        row = dict(base)
+        error = row.pop("error", None)  # after the metrics, as results.csv has always had it
         ev = _eval_at(run, fraction, row)
         if ev is not None:
             ev = {**ev, **(ev.get("disentanglement") or {})}  # a factor dataset's scores sit in their own block
             row.update({k: ev.get(k) for k in metric_columns() + INFO_COLUMNS})
-        if row["status"] == "failed":
-            err = read_json(run.error_path)
-            row["error"] = err.get("error") if isinstance(err, dict) else "damaged error.json"
-        elif row["status"] == "done" and (diff := stale_fields(d, from_dict(cfg))):
+        if error is not None:
+            row["error"] = error
+        if row["status"] == "done" and stale:
             row["status"] = "stale"  # trained with another config than the spec's: never mixed into results
-            row["error"] = "trained with another config: " + ", ".join(diff)
+            row["error"] = "trained with another config: " + ", ".join(stale)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -180,11 +204,12 @@ def write_results(out: str | Path):
     """results.csv (and .parquet), and with snapshots results-fractions.csv: the same columns at each fraction of
     the budget (1 = results.csv's rows) in a `fraction` column."""
     out = Path(out)
-    df = collect(out)
+    cells = _cells(out)  # read once for every fraction's table
+    df = _table(cells, None)
     atomic_write_text(Study(out).results_path, df.to_csv(index=False))
     fractions = snapshot_fractions_of(out)
     if fractions:
-        along = pd.concat([collect(out, f).assign(fraction=f) for f in fractions] + [df.assign(fraction=1.0)])
+        along = pd.concat([_table(cells, f).assign(fraction=f) for f in fractions] + [df.assign(fraction=1.0)])
         atomic_write_text(Study(out).fractions_path, along.to_csv(index=False))
     try:
         import pyarrow  # noqa: F401  (optional extra 'parquet': results.csv is the record without it)
