@@ -56,6 +56,27 @@ def test_shapes2d_loads_with_factors_and_a_fixed_test_split(tiny_root):
     assert np.array_equal(grid.images(f)[:, 0] // 255, factors.render(f, TINY_SHAPES))
 
 
+def test_shapes2d_32_is_the_2x2_means_of_shapes2d_and_keeps_every_factor_visible(tiny_root):
+    full, half = vdata.load("shapes2d", tiny_root), vdata.load("shapes2d-32", tiny_root)
+    assert half.shape == (1, 32, 32) and vdata.spec("shapes2d-32").shape == half.shape
+    assert np.array_equal(half.factors_train, full.factors_train) and np.array_equal(half.y_test, full.y_test)
+    # a pixel is the rounded mean of its 2x2 block: grey levels 0, 64, 128, 191, 255 only
+    means = full.x_test.astype(float).reshape(-1, 1, 32, 2, 32, 2).mean((3, 5))
+    assert np.array_equal(half.x_test, np.floor(means + 0.5).astype(np.uint8))
+    assert set(np.unique(half.x_train)) <= {0, 64, 128, 191, 255}
+
+    # halving merges few images that differ at 64x64: here 8 of 272 (small sprites turned by a few degrees); on the
+    # full grid 512 of 437,248 (a square turned by 90 degrees is one image at both sizes)
+    def distinct(ds):
+        images = np.concatenate([ds.x_train, ds.x_test])
+        return len(np.unique(images.reshape(len(images), -1), axis=0))
+
+    assert 0.95 * distinct(full) <= distinct(half) < distinct(full) < int(np.prod(TINY_SHAPES))
+    grid = factors.FactorGrid(half)
+    f = grid.sample_factors(20, np.random.default_rng(1))
+    assert grid.images(f).shape == (20, 1, 32, 32)
+
+
 def _npz(path, **arrays):
     buf = io.BytesIO()
     np.savez(buf, **arrays)

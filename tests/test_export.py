@@ -79,3 +79,66 @@ def test_every_command_that_takes_a_run_takes_an_exported_file(tiny_root, tmp_pa
     cfg = tiny_config(epochs=2, train_size=64)
     with pytest.raises(VaelabError, match="no optimizer state"):
         train(cfg, unpacked, data_dir=tiny_root, resume=True)
+
+
+# ---------------------------------------------------------------- ONNX
+
+ONNX_CASES = {  # every network and both likelihood families (continuous, discrete); grey and colour
+    "conv, Bernoulli, grey, conditional": dict(likelihood="bernoulli", conditional=True),
+    "mlp, Gaussian, grey, IAF posterior": dict(net="mlp", likelihood="gaussian", posterior="iaf"),
+    "resnet, mixture of logistics, colour": dict(dataset="cifar10", net="resnet", width=8, depth=1, likelihood="dmol"),
+    "hierarchical, discretized logistic, colour": dict(
+        dataset="cifar10", model="hierarchical", width=4, depth=1, latent_groups=1
+    ),
+    "conv4, Bernoulli, factors": dict(dataset="shapes2d-32", net="conv4", likelihood="bernoulli", val_size=16),
+}
+
+
+@pytest.mark.parametrize("fields", ONNX_CASES.values(), ids=ONNX_CASES.keys())
+def test_onnxruntime_reproduces_the_posterior_means_and_decoded_images(tiny_root, tmp_path, fields):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnx
+
+    train(tiny_config(epochs=1, train_size=64, **fields), tmp_path / "r", data_dir=tiny_root)
+    assert main(["export", str(tmp_path / "r"), str(tmp_path / "m.onnx")]) == 0
+    cfg, model, ckpt = Run(tmp_path / "r").load()
+    enc = ort.InferenceSession(str(tmp_path / "m.encoder.onnx"))
+    dec = ort.InferenceSession(str(tmp_path / "m.decoder.onnx"))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (5, *ckpt["shape"]), generator=gen, dtype=torch.uint8)  # a batch the export never saw
+    z = torch.randn(7, model.latent_dim, generator=gen)
+    y = torch.arange(7) % 10
+    extra = {"y": y.numpy()} if model.num_classes else {}
+    with torch.no_grad():
+        mu, logvar = model.encode(x, y[:5] if model.num_classes else None)
+        if hasattr(model, "temperature"):
+            model.temperature = 0.0  # the exported decoder's lower groups sit at their prior means
+        x_mean = model.likelihood.mean(model.decode(z, y if model.num_classes else None).float())
+    got_mu, got_logvar = enc.run(None, {"x": x.numpy(), **({"y": y[:5].numpy()} if extra else {})})
+    (got_x,) = dec.run(None, {"z": z.numpy(), **extra})
+    assert got_x.shape == tuple(x_mean.shape) and got_mu.shape == tuple(mu.shape)
+    for got, want in ((got_mu, mu), (got_logvar, logvar), (got_x, x_mean)):
+        assert abs(got - want.numpy()).max() <= 1e-4
+    meta = json.loads({p.key: p.value for p in onnx.load(tmp_path / "m.decoder.onnx").metadata_props}["vaelab"])
+    assert meta["graph"] == "decoder" and meta["config"] == cfg.to_dict()
+    assert meta["dataset"]["shape"] == list(ckpt["shape"]) and meta["dataset"]["classes"] == list(ckpt["classes"])
+
+
+def test_an_onnx_export_that_fails_names_the_parts_and_writes_nothing(tiny_root, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxscript")
+    train(tiny_config(epochs=1, train_size=64, posterior="iaf"), tmp_path / "r", data_dir=tiny_root)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Unsupported: aten::made_up_op\nmore detail")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    assert main(["export", str(tmp_path / "r"), str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "posterior iaf" in err and "aten::made_up_op" in err and "encoder" in err
+    assert not list(tmp_path.glob("m*"))
+    assert main(["export", str(tmp_path / "r"), str(tmp_path / "m.onx")]) == 2
+    assert "is a .safetensors file" in capsys.readouterr().err
+    monkeypatch.setitem(__import__("sys").modules, "onnxscript", None)  # as if not installed
+    assert main(["export", str(tmp_path / "r"), str(tmp_path / "m.onnx")]) == 2
+    assert "pip install 'vaelab[onnx]'" in capsys.readouterr().err and not list(tmp_path.glob("m*"))

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from . import data as vdata
-from . import distributed, study
+from . import distributed, serve, study
 from . import findings as vfindings
 from .checkpoint import check_fits, convert_legacy, resolve_device
 from .config import HELP, PRESETS, TrainConfig, from_dict, preset, upgrade
@@ -21,10 +21,12 @@ from .data import status
 from .data.folder import with_options
 from .errors import VaelabError
 from .evaluate import evaluate, evaluate_snapshots
+from .explorer import Explorer
 from .export import export, is_export, load, unpack
 from .generate import Sampler
 from .latent import explore
 from .metrics import METRICS
+from .onnx_export import export_onnx
 from .plots import image_grid, save_image
 from .report import render
 from .run import Run, Study
@@ -226,6 +228,22 @@ def _run_arg(arg: str) -> Path:
     return check_run_dir(Path(arg))
 
 
+def cmd_serve(args) -> int:
+    run = _run_arg(args.run)
+    sock = serve.bind(args.host, args.port)  # first: a port that cannot be had is refused before any loading
+    explorer = Explorer.for_run(run, args.data_dir)
+    if explorer.mu is None:
+        print("serve: the dataset is not here: test images, the map, the GMM and arithmetic are off", file=sys.stderr)
+    print(f"vaelab serve: {serve.address(sock)} (Ctrl-C stops it)", flush=True)
+    with sock:
+        try:
+            serve.server(explorer, sock, f"vaelab explorer: {Path(args.run).name}").run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then re-raises it: the way to stop, not an error
+            pass
+    print("vaelab serve: stopped", file=sys.stderr)
+    return 0
+
+
 def cmd_explore(args) -> int:
     run = _run_arg(args.run)
     figs, measures = explore(run, data_dir=args.data_dir)
@@ -332,7 +350,12 @@ def cmd_score(args) -> int:
 
 
 def cmd_export(args) -> int:
-    print(export(check_run_dir(Path(args.run)), Path(args.file)))
+    run, path = check_run_dir(Path(args.run)), Path(args.file)
+    if path.suffix == ".onnx":
+        for p in export_onnx(run, path):
+            print(p)
+        return 0
+    print(export(run, path))
     return 0
 
 
@@ -391,6 +414,8 @@ EXAMPLES = {
     "  vaelab sample runs/fm16 --sampler gmm        (GMM on the aggregate posterior)\n"
     "  vaelab sample runs/cvae --class 'Ankle boot' (a --conditional run)",
     "explore": "examples:\n  vaelab explore runs/fm16",
+    "serve": "examples:\n  vaelab serve runs/fm16                      (open the address it prints)\n"
+    "  vaelab serve fm16.safetensors --data-dir ~/data\n  vaelab serve runs/fm16 --host 0.0.0.0 --port 8080",
     "reconstruct": "examples:\n  vaelab reconstruct runs/fm16 --n 16",
     "study": "examples:\n  vaelab study --preset quick --out studies/quick --jobs 2\n  vaelab study tiny.toml --out studies/tiny\n"
     "  vaelab study --preset seed --out studies/seed --executor ray --address auto\n"
@@ -398,7 +423,8 @@ EXAMPLES = {
     "findings": "examples:\n  vaelab findings docs/studies/standard/results.csv\n  vaelab findings studies/quick",
     "analyze": "examples:\n  vaelab analyze studies/quick && vaelab report studies/quick --render-only",
     "report": "examples:\n  vaelab score studies/quick && vaelab report studies/quick\n  vaelab report runs/fm16",
-    "export": "examples:\n  vaelab export runs/fm16 fm16.safetensors\n  vaelab sample fm16.safetensors --n 16",
+    "export": "examples:\n  vaelab export runs/fm16 fm16.safetensors\n  vaelab sample fm16.safetensors --n 16\n"
+    "  vaelab export runs/fm16 fm16.onnx    # fm16.encoder.onnx and fm16.decoder.onnx",
     "score": "examples:\n  vaelab score studies/quick\n  vaelab score runs/fm16 --samples 5000",
     "datasets": "examples:\n  vaelab datasets\n  vaelab datasets --data-dir ../shared/data",
     "convert": "examples:\n  vaelab convert runs/old --i-trust-this-file\n\nvaelab 0.1 stored checkpoints as pickles, "
@@ -573,7 +599,7 @@ def _parser_study(add, data_arg: dict) -> None:
         help="a built-in study: quick (minutes on a laptop), standard (the study's span in two hours on "
         "2 cores), seed (the full study, 40 epochs a run), families (posteriors, priors, "
         "objectives), architectures (conv, resnet, hierarchical) or disentangle "
-        "(objectives on shapes2d)",
+        "(objectives on shapes2d-32)",
     )
     st.add_argument("--out", help="study directory (runs/, study.json, results.csv)")
     st.add_argument(
@@ -658,6 +684,20 @@ def _parser_analyze(add, data_arg: dict) -> None:
     an.set_defaults(func=cmd_analyze)
 
 
+def _parser_serve(add, data_arg: dict) -> None:
+    sv = add(
+        "serve",
+        "Explore a model's latent space in the browser: one slider per latent dimension (by KL), test images' "
+        "codes, samples from the prior, the aggregate posterior or a class, interpolation and latent arithmetic "
+        "(needs vaelab[serve]).",
+    )
+    sv.add_argument("run", help="a run directory or an exported model file")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    sv.add_argument("--data-dir", **data_arg)
+    sv.set_defaults(func=cmd_serve)
+
+
 def _parser_datasets(add, data_arg: dict) -> None:
     d = add("datasets", "Show each dataset's status and where it was found.")
     d.add_argument("--data-dir", **data_arg)
@@ -668,10 +708,11 @@ def _parser_export(add, data_arg: dict) -> None:
     ex = add(
         "export",
         "Write a run's model to one shareable .safetensors file (weights, config, dataset facts; no "
-        "pickle), which vaelab.load(FILE) and vaelab sample FILE read.",
+        "pickle), which vaelab.load(FILE) and vaelab sample FILE read; or, for NAME.onnx, its encoder and decoder "
+        "as NAME.encoder.onnx and NAME.decoder.onnx for onnxruntime and other runtimes (needs vaelab[onnx]).",
     )
     ex.add_argument("run", help="the run directory to export")
-    ex.add_argument("file", metavar="FILE.safetensors", help="the model file to write")
+    ex.add_argument("file", metavar="FILE.safetensors|NAME.onnx", help="the model file to write")
     ex.set_defaults(func=cmd_export)
 
 
@@ -735,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_findings(add, data_arg)
     _parser_datasets(add, data_arg)
     _parser_export(add, data_arg)
+    _parser_serve(add, data_arg)
     _parser_score(add, data_arg)
     _parser_convert(add, data_arg)
     return p

@@ -115,7 +115,7 @@ class TrainConfig:
 
 # One line per field: `vaelab train --help` shows it beside the flag (tests/test_cli.py checks every field has one).
 HELP: dict[str, str] = {
-    "dataset": "fashion-mnist, cifar10, cifar10-lossless, shapes2d, dsprites, npz:PATH or folder:PATH",
+    "dataset": "fashion-mnist, cifar10, cifar10-lossless, shapes2d, shapes2d-32, dsprites, npz:PATH or folder:PATH",
     "train_size": "training images to use (0 = all left after the validation split)",
     "val_size": "validation images carved from the training split (fixed, whatever the seed)",
     "model": "the whole model: vae (the flat VAE) or hierarchical (a top-down hierarchical VAE)",

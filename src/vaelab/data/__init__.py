@@ -41,6 +41,7 @@ from .factors import (
     SHAPES2D_FILE,
     FactorGrid,
     generate_into,
+    halved,
     locate_dsprites,
     locate_shapes2d,
 )
@@ -238,6 +239,20 @@ DATASETS: dict[str, DatasetSpec] = {
         f"shapes2d/{SHAPES2D_FILE} (rendered on first use)",
         locate_shapes2d,
         lambda p: load_factor_npz(p, "shapes2d"),
+        None,
+        SHAPES,
+        classifier_epochs=2,
+        generate=generate_into,
+        factor_names=FACTOR_NAMES,
+    ),
+    # shapes2d at 32x32 (2x2 means): a quarter of the pixels, so the disentanglement study trains 3.5x more steps
+    # in the same time (conv4, 2026-12-01, 2-core CPU: 36 ms against 125 ms a step of 64)
+    "shapes2d-32": DatasetSpec(
+        "shapes2d-32",
+        (1, 32, 32),
+        f"shapes2d/{SHAPES2D_FILE} (rendered on first use), halved",
+        locate_shapes2d,
+        lambda p: halved(load_factor_npz(p, "shapes2d"), "shapes2d-32"),
         None,
         SHAPES,
         classifier_epochs=2,

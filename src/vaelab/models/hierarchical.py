@@ -200,7 +200,7 @@ class HierarchicalVAE(ImageModel):
         """The top group's posterior (mean, log-variance): it depends on x alone, not on sampled latents."""
         a = self.features(x)[self.sizes[0]]
         g = self.groups[0]
-        h = self.h0.expand(len(x), -1, -1, -1)
+        h = self.h0.expand(x.shape[0], -1, -1, -1)
         qm, qlv = g.posterior_params(h, a)
         return qm.flatten(1), qlv.flatten(1)
 
@@ -214,7 +214,7 @@ class HierarchicalVAE(ImageModel):
         """A top-group code -> likelihood parameters, the lower groups drawn from their priors at `temperature`
         (0: their means)."""
         t = self.temperature
-        return self._top_down(len(z), top=z, temperature=t, mean=t == 0)[0]
+        return self._top_down(z.shape[0], top=z, temperature=t, mean=t == 0)[0]
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
