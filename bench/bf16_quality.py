@@ -14,8 +14,6 @@ Usage: python bench/bf16_quality.py --json OUT.json [--steps S] [--jobs 2] [--da
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from stamp import stamp, write
 from vaelab.config import TrainConfig
 from vaelab.evaluate import evaluate
 from vaelab.train import train
@@ -78,16 +77,7 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(one, *zip(*grid), [args.steps] * len(grid), [args.data_dir] * len(grid)))
     summary = compare(runs)
-    out = {
-        "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "steps": args.steps,
-        "date": time.strftime("%Y-%m-%d"),
-        "summary": summary,
-        "runs": runs,
-    }
-    Path(args.json).write_text(json.dumps(out, indent=2))
-    print(json.dumps(summary, indent=2))
+    write(args.json, {**stamp(), "steps": args.steps, "summary": summary, "runs": runs}, summary)
 
 
 if __name__ == "__main__":

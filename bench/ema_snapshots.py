@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from stamp import stamp, write
 from vaelab.config import TrainConfig
 from vaelab.train import train
 
@@ -65,16 +65,7 @@ def main() -> None:
     summary = {
         r["name"]: {"at B/2": r["val_neg_elbo"].get(half), "at end": list(r["val_neg_elbo"].values())[-1]} for r in runs
     }
-    out = {
-        "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "steps": args.steps,
-        "date": time.strftime("%Y-%m-%d"),
-        "summary": summary,
-        "runs": runs,
-    }
-    Path(args.json).write_text(json.dumps(out, indent=2))
-    print(json.dumps(summary, indent=2))
+    write(args.json, {**stamp(), "steps": args.steps, "summary": summary, "runs": runs}, summary)
 
 
 if __name__ == "__main__":

@@ -141,3 +141,35 @@ def quick_classifier(monkeypatch, epochs: int = 2):
 
     spec = vdata.DATASETS["fashion-mnist"]
     monkeypatch.setitem(vdata.DATASETS, "fashion-mnist", dataclasses.replace(spec, classifier_epochs=epochs))
+
+
+def headless_chromium(tmp_path, window: str = "1280,2000"):
+    """A headless Chromium driven by selenium, logging the browser console; skips when either is missing
+    (Debian packages chromium and chromium-driver; .ci/run installs them)."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip(
+            "headless Chromium not installed (Debian packages chromium and chromium-driver; .ci/run installs them)"
+        )
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--window-size={window}",
+    ):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts)

@@ -626,6 +626,14 @@ def test_a_report_names_the_claims_its_grid_cannot_test_apart():
     testable, untestable = F.split_testable(found)
     assert [f.claim for f in untestable] == [found[0].claim] and testable == [found[1]]
     assert found[0].evidence.startswith("needs")
+    # a β sweep of one dataset only: the other dataset's β claims are named in the line, with the dataset
+    both = complexity_rows([2.6, 2.5], [5.6, 5.5], 3, spread=0.05)
+    beta = both[both["dataset"] == "fashion-mnist"].assign(beta=2.0)
+    missing = F.beta_missing(both, beta)
+    assert [f.claim.split(":")[0] for f in missing] == ["cifar10"] and missing[0].verdict == F.UNKNOWN
+    _, untestable = F.split_testable(missing)
+    assert "no β sweep of cifar10" in F.untestable_text(untestable)
+    assert F.beta_missing(both, both) == [] and F.beta_missing(both, None) == []
 
 
 def test_icc_is_the_share_of_variance_between_groups_and_tests_one_half():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import quick_classifier
+from conftest import headless_chromium, quick_classifier
 from test_latent import assert_real_figure
 from vaelab import study
 from vaelab.cli import main
@@ -139,38 +139,9 @@ def test_run_report_and_cli(mini_study, tiny_root, capsys):
     assert "neither a study directory" in capsys.readouterr().err
 
 
-def _chrome():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip(
-            "headless Chromium not installed (Debian packages chromium and chromium-driver; .ci/run installs them)"
-        )
-    return webdriver, chromium, driver
-
-
 def test_report_in_headless_chromium(mini_study, mini_report, tmp_path):
-    webdriver, chromium, driver_path = _chrome()
-    from selenium.webdriver.chrome.service import Service
-
     index = mini_report
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1280,2000",
-    ):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(driver_path), options=opts)
+    browser = headless_chromium(tmp_path)
     try:
         browser.get(index.resolve().as_uri())
         n, bad = browser.execute_script(

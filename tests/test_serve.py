@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
+from conftest import headless_chromium, tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
 from vaelab.cli import main
@@ -146,14 +146,24 @@ def test_fifty_concurrent_clients_are_served_without_an_error_or_a_leak(explorer
             return results
 
         first = round_of_clients()
-        threads_after_first = threading.active_count()
+        threads_after_first, rss_after_first = threading.active_count(), _rss()
         second = round_of_clients()
+        rss_growth = _rss() - rss_after_first
     for results in (first, second):
         assert len(results) == 200
         assert sorted({s for s, _ in results}) == [200, 400]
         assert sum(s == 400 for s, _ in results) == 50
         assert all(Image.open(io.BytesIO(b)).size == (56, 28) for s, b in results if s == 200)
     assert threading.active_count() <= threads_after_first  # a second round leaves no more threads behind
+    assert rss_growth < 50 * 2**20  # nor memory: 200 more requests hold on to less than 50 MB
+
+
+def _rss() -> int:
+    """This process's resident memory in bytes (Linux)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_serve_on_an_exported_file_and_its_refusals(run, tiny_root, tmp_path, capsys, monkeypatch):
@@ -215,31 +225,6 @@ def test_factor_labels_temperature_and_classes(tiny_root, tmp_path, fields, chec
         assert not np.array_equal(ex.decode(z, "Bag"), ex.decode(z, "Sneaker"))
 
 
-def _chrome(tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    import shutil
-
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("headless Chromium not installed (Debian packages chromium and chromium-driver)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver), options=opts)
-
-
 PIXELS = """const img = document.getElementById(arguments[0]);
 const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
 c.getContext('2d').drawImage(img, 0, 0); return [img.dataset.n, c.toDataURL()];"""
@@ -248,7 +233,7 @@ c.getContext('2d').drawImage(img, 0, 0); return [img.dataset.n, c.toDataURL()];"
 def test_the_page_in_headless_chromium(explorer, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser = _chrome(tmp_path)
+    browser = headless_chromium(tmp_path, "1280,1000")
     try:
         with running(explorer) as url:
             browser.get(url)

@@ -28,6 +28,15 @@ FORMAT = "vaelab-model"
 VERSION = 1  # bump when the layout changes; older files then say which vaelab wrote them
 
 
+def dataset_facts(cfg, ckpt) -> dict:
+    """What an exported model says about its data: name, image shape, classes and pixel levels."""
+    try:
+        levels = vdata.spec(cfg.dataset).levels
+    except VaelabError:  # a user's npz that is not here any more: the checkpoint still knows shape and classes
+        levels = 256
+    return {"name": cfg.dataset, "shape": list(ckpt["shape"]), "classes": list(ckpt["classes"]), "levels": levels}
+
+
 def export(run_dir, path) -> Path:
     """Write a run's model (what evaluation reads: its EMA or best epoch) to one file anyone can load safely."""
     cfg, model, ckpt = Run(run_dir).load()
@@ -35,11 +44,6 @@ def export(run_dir, path) -> Path:
     if path.suffix != ".safetensors":
         raise VaelabError(f"{path}: an exported model is a .safetensors file")
     check_regular_target(path)
-    try:
-        facts = vdata.spec(cfg.dataset)
-        levels = facts.levels
-    except VaelabError:  # a user's npz that is not here any more: the checkpoint still knows shape and classes
-        levels = 256
     save_tree(
         path,
         {
@@ -47,12 +51,7 @@ def export(run_dir, path) -> Path:
             "version": VERSION,
             "config": cfg.to_dict(),
             "model": model.state_dict(),
-            "dataset": {
-                "name": cfg.dataset,
-                "shape": list(ckpt["shape"]),
-                "classes": list(ckpt["classes"]),
-                "levels": levels,
-            },
+            "dataset": dataset_facts(cfg, ckpt),
             "trained": {"epoch": ckpt["epoch"], "history": ckpt["history"]},
             "versions": {"vaelab": __version__, "torch": torch.__version__},
         },

@@ -790,6 +790,21 @@ def kl_groups(latent: pd.DataFrame) -> list[Finding]:
     return out
 
 
+def beta_missing(latent: pd.DataFrame, beta: pd.DataFrame | None) -> list[Finding]:
+    """The β claims of a dataset that the latent sweep has and the β sweep lacks (e.g. a grid cut to fit its
+    time): named, so that a report's line of untestable claims says which dataset they are missing for."""
+    if beta is None or len(beta) == 0:
+        return []  # beta_tradeoff already says that no β sweep has finished
+    return [
+        Finding(
+            f"{ds}: β trades reconstruction for a more compact code, and larger β gives a more organised latent space.",
+            f"no β sweep of {ds} in this grid",
+            UNKNOWN,
+        )
+        for ds in sorted(set(latent["dataset"]) - set(beta["dataset"]))
+    ]
+
+
 def compute(latent: pd.DataFrame, beta: pd.DataFrame, done: pd.DataFrame | None = None) -> list[Finding]:
     """All findings from per-run rows: `latent` the finished β = 1 runs, `beta` the finished runs of the β sweep,
     `done` every finished run (for the disentanglement claims). The original study's claims read the reference
@@ -805,6 +820,7 @@ def compute(latent: pd.DataFrame, beta: pd.DataFrame, done: pd.DataFrame | None 
         + compression_cost(latent)
         + beta_tradeoff(beta)
         + beta_organisation(beta)
+        + beta_missing(latent, beta)
         + organisation(latent)
         + generation(latent)
         + fams

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import data as vdata
 from .errors import VaelabError
+from .export import dataset_facts
 from .run import Run
 from .store import atomic_write_bytes, check_regular_target
 from .version import __version__
@@ -95,20 +95,11 @@ def export_onnx(run_dir, path) -> tuple[Path, Path]:
 
 
 def _facts(cfg, ckpt) -> dict:
-    try:
-        levels = vdata.spec(cfg.dataset).levels
-    except VaelabError:
-        levels = 256
     return {
         "format": FORMAT,
         "version": VERSION,
         "config": cfg.to_dict(),
-        "dataset": {
-            "name": cfg.dataset,
-            "shape": list(ckpt["shape"]),
-            "classes": list(ckpt["classes"]),
-            "levels": levels,
-        },
+        "dataset": dataset_facts(cfg, ckpt),
         "vaelab": __version__,
         "torch": torch.__version__,
     }
