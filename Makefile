@@ -27,7 +27,7 @@ demo: $(STAMP)
 	@echo "open $(STUDY)/report/index.html"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

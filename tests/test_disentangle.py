@@ -312,6 +312,10 @@ def test_a_disentanglement_study_reports_its_metrics_findings_and_traversals(tin
     assert "larger β gives more disentangled codes" in md and "the objective matters more than the seed" in md
     assert "recon_disentanglement_shapes2d.png" in md and md.count("labelled with the factor it tells most") >= 2
     assert (out / "report" / "fig" / "recon_disentanglement_shapes2d.png").is_file()
+    best = df.sort_values(["mig", "seed"], ascending=[False, True]).iloc[0]
+    assert f"Highest MIG: {best['mig']:.2f} ({best['objective']}" in md
+    reach = int((df.loc[df["objective"] == "factor_vae", "mig"] >= 0.2).sum())
+    assert f"factor_vae {reach} of 2" in md and "Runs reaching MIG ≥ 0.2: elbo " in md
 
 
 def test_shapes2d_is_rendered_into_the_cache_when_nowhere_else(tmp_path, monkeypatch):
