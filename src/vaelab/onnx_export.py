@@ -14,8 +14,10 @@ Exported with torch.export (the `dynamo` exporter), which needs the optional pac
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -105,6 +107,18 @@ def _facts(cfg, ckpt) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _quiet(name: str):
+    """The exporter logs a warning per missing optional op library (torchvision): not the user's concern."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _graph(module, args, in_names, out_names, cfg, meta) -> bytes:
     """One graph's bytes (weights inside, no external data file), with `meta` as JSON under metadata key vaelab."""
     keep = [a is not None for a in args]
@@ -113,7 +127,7 @@ def _graph(module, args, in_names, out_names, cfg, meta) -> bytes:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dynamic = {name: {0: batch} for name in in_names}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet("torch.onnx"):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module,
