@@ -45,7 +45,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     times = []
     for i in range(args.requests + 20):  # the first 20 warm the server and the model
-        body = json.dumps({"z": rng.standard_normal(16).round(4).tolist()}).encode()  # bytes: one packet with the headers
+        # bytes, so that http.client sends the body in one packet with the headers
+        body = json.dumps({"z": rng.standard_normal(16).round(4).tolist()}).encode()
         t0 = time.perf_counter()
         conn.request("POST", "/api/decode", body, {"Content-Type": "application/json"})
         r = conn.getresponse()
