@@ -22,14 +22,15 @@ from . import data as vdata
 from .codes import encode_split
 from .disentangle import mutual_info_matrix
 from .errors import VaelabError
+from .evaluate import AU_THRESHOLD, active_units
 from .generate import Sampler, decode_mean
 from .latent import class_centroids, lerp, slerp
+from .losses import kl_per_dim
 from .run import Run
 
 MAX_BATCH = 64  # codes one request may decode
 Z_LIMIT = 100.0  # |z_i| beyond this is no code a Gaussian prior or posterior produces: refused
 N_TEST = 2000  # test images the explorer encodes (the map, "reset to a test image", the class centroids)
-ACTIVE = 0.01  # a dimension is active when its posterior mean varies over the data (Burda et al. 2016, sec. 5.2)
 
 
 class BadRequest(VaelabError):
@@ -64,6 +65,8 @@ class Explorer:
         self._device = next(model.parameters()).device
         self.x_test = self.y_test = self.mu = None
         self.kl = np.full(self.latent_dim, np.nan)
+        self.active = np.zeros(self.latent_dim, bool)
+        self._info: dict | None = None
         self.labels: list[str] = [""] * self.latent_dim
         if dataset is not None:
             self._encode_test(dataset)
@@ -84,9 +87,10 @@ class Explorer:
         idx = vdata.test_indices(len(ds.x_test), min(N_TEST, len(ds.x_test)))
         self.x_test, self.y_test = np.asarray(ds.x_test[idx]), np.asarray(ds.y_test[idx])
         mu, logvar = encode_split(self.model, vdata.to_split(self.x_test, self.y_test, self._device))
-        self.mu, logvar = mu.float().cpu().numpy(), logvar.float().cpu().numpy()
-        # KL(q(z_i|x) || N(0, 1)) per dimension, averaged over the images (Kingma & Welling 2014, appendix B)
-        self.kl = 0.5 * (self.mu**2 + np.exp(logvar) - 1 - logvar).mean(0)
+        mu, logvar = mu.float().cpu(), logvar.float().cpu()
+        self.kl = kl_per_dim(mu, logvar).mean(0).numpy()  # KL(q(z_i|x) || N(0, 1)), averaged over the images
+        self.active = (active_units(mu)[1] > AU_THRESHOLD).numpy()  # what eval.json counts as active units
+        self.mu = mu.numpy()
         if ds.factors_test is not None:
             mi = mutual_info_matrix(self.mu, np.asarray(ds.factors_test[idx]), bins=20)
             self.labels = [ds.factor_names[int(row.argmax())] if row.max() > 0.05 else "" for row in mi]
@@ -94,6 +98,12 @@ class Explorer:
     # ---------------------------------------------------------------- what the page needs once
 
     def info(self) -> dict:
+        """Made once: the test codes it describes never change."""
+        if self._info is None:
+            self._info = self._make_info()
+        return self._info
+
+    def _make_info(self) -> dict:
         have = self.mu is not None
         order = np.argsort(-np.nan_to_num(self.kl, nan=0.0), kind="stable") if have else np.arange(self.latent_dim)
         dims = [self._dim(int(i)) for i in order]
@@ -114,7 +124,7 @@ class Explorer:
             return {"index": i, "kl": None, "active": None, "label": "", "lo": -3.0, "hi": 3.0}
         lo = min(-3.0, float(np.quantile(self.mu[:, i], 0.005)))
         hi = max(3.0, float(np.quantile(self.mu[:, i], 0.995)))
-        active = bool(self.mu[:, i].var() > ACTIVE)
+        active = bool(self.active[i])
         return {"index": i, "kl": float(self.kl[i]), "active": active, "label": self.labels[i], "lo": lo, "hi": hi}
 
     def _map(self) -> list[list[float]]:

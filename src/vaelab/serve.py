@@ -21,6 +21,7 @@ from .errors import VaelabError
 from .explorer import BadRequest, Explorer
 
 MAX_BODY = 1 << 20  # bytes of JSON one request may send (64 codes of 512 numbers need about 0.4 MB)
+_NEEDS = "vaelab serve needs the optional packages starlette and uvicorn: pip install 'vaelab[serve]'"
 _ENV = Environment(loader=PackageLoader("vaelab", "templates"), autoescape=select_autoescape(["html.j2"]))
 
 
@@ -40,7 +41,7 @@ def _starlette():
         from starlette.responses import HTMLResponse, JSONResponse, Response
         from starlette.routing import Route
     except ImportError:
-        raise VaelabError("vaelab serve needs the optional packages starlette and uvicorn: pip install 'vaelab[serve]'")
+        raise VaelabError(_NEEDS) from None
     return Starlette, Request, HTMLResponse, JSONResponse, Response, Route
 
 
@@ -135,7 +136,7 @@ def server(explorer: Explorer, sock: socket.socket, title: str = "vaelab explore
     try:
         import uvicorn
     except ImportError:
-        raise VaelabError("vaelab serve needs the optional packages starlette and uvicorn: pip install 'vaelab[serve]'")
+        raise VaelabError(_NEEDS) from None
     config = uvicorn.Config(app(explorer, title), log_level="warning", access_log=False, lifespan="off")
     return uvicorn.Server(config)
 
