@@ -113,6 +113,9 @@ def test_interpolations_and_traversals():
     assert torch.allclose(line[0], z0) and torch.allclose(arc[-1], z1, atol=1e-6)
     assert torch.allclose(arc.norm(dim=1), torch.ones(5), atol=1e-6)  # stays on the circle
     assert line[2].norm() < 0.8
+    # given fractions t land on the same path as the evenly spaced points
+    assert torch.allclose(latent.lerp(z0, z1, [0.25, 0.5]), line[1:3])
+    assert torch.allclose(latent.slerp(z0, z1, [0.75]), arc[3:4], atol=1e-6)
     t = latent.traverse(torch.zeros(4), [1, 3], torch.tensor([-1.0, 2.0]))
     assert t.tolist() == [[0, -1, 0, 0], [0, 2, 0, 0], [0, 0, 0, -1], [0, 0, 0, 2]]
     assert latent.manifold_grid(3).shape == (9, 2)

@@ -206,8 +206,7 @@ class Explorer:
         t = _number(t, "t", 0.0, 1.0)
         if mode not in ("linear", "spherical"):
             raise BadRequest(f"mode must be linear or spherical, got {str(mode)[:50]!r}")
-        path = (slerp if mode == "spherical" else lerp)(za, zb, 101)
-        return path[round(t * 100)].tolist()
+        return (slerp if mode == "spherical" else lerp)(za, zb, [t])[0].tolist()
 
     def arithmetic(self, a, b, c) -> list[float]:
         """centroid(A) + (centroid(B) - centroid(C)), the class centroids of the test codes (White 2016)."""

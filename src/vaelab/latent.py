@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,22 @@ from .generate import Sampler, decode_mean, nearest_neighbours
 from .run import Run
 
 
-def lerp(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
-    t = torch.linspace(0, 1, steps, device=z0.device)[:, None]
+def _fractions(steps: int | Sequence[float], device) -> torch.Tensor:
+    """`steps` evenly spaced fractions from 0 to 1, or the given fractions, as a column."""
+    if isinstance(steps, int):
+        return torch.linspace(0, 1, steps, device=device)[:, None]
+    return torch.as_tensor(steps, dtype=torch.float32, device=device).reshape(-1, 1)
+
+
+def lerp(z0: torch.Tensor, z1: torch.Tensor, steps: int | Sequence[float]) -> torch.Tensor:
+    """Points on the line from z0 to z1: `steps` evenly spaced, or at the given fractions t."""
+    t = _fractions(steps, z0.device)
     return (1 - t) * z0 + t * z1
 
 
-def slerp(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
+def slerp(z0: torch.Tensor, z1: torch.Tensor, steps: int | Sequence[float]) -> torch.Tensor:
     """Spherical interpolation (Shoemake 1985; White 2016 for Gaussian latents): keeps the norm typical of N(0, I)."""
-    t = torch.linspace(0, 1, steps, device=z0.device)[:, None]
+    t = _fractions(steps, z0.device)
     cos = torch.dot(z0, z1) / (z0.norm() * z1.norm()).clamp(min=1e-12)
     omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
     so = torch.sin(omega)
