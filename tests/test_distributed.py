@@ -61,7 +61,8 @@ def test_two_processes_train_the_model_one_process_trains(data, tmp_path):
     only float rounding differs (DDP sums two half-batch gradients). Adam makes rounding grow over hundreds of steps:
     one process on 1 thread and on 2 threads (nothing but rounding changes) end 20 % apart in relative L2 of the
     weights here. So the first epoch must agree to 1e-6, and after 200 steps two processes may be no further from one
-    process than rounding alone takes it (3 x the 1-vs-2-thread distance), with the same validation ELBO within 1 %."""
+    process than rounding alone takes it (3 x the 1-vs-2-thread distance), with the same validation ELBO within 1 % or
+    3 x rounding's own change to it."""
     args = [*BASE, "--epochs", "25", "--data-dir", data, "--no-eval"]
     one = vaelab("train", *args, "--out", tmp_path / "one")
     rounding = subprocess.run(
@@ -78,9 +79,12 @@ def test_two_processes_train_the_model_one_process_trains(data, tmp_path):
     first_a, first_b = a["history"][0], b["history"][0]
     assert first_b["val_neg_elbo"] == pytest.approx(first_a["val_neg_elbo"], rel=1e-6)
     assert first_b["train_loss"] == pytest.approx(first_a["train_loss"], rel=1e-6)  # the whole batch's, not a shard's
-    yardstick = _rel_all(a["model"], load_checkpoint(tmp_path / "threads")["model"])
+    threads = load_checkpoint(tmp_path / "threads")
+    yardstick = _rel_all(a["model"], threads["model"])
     assert _rel_all(a["model"], b["model"]) < 3 * yardstick
-    assert b["history"][-1]["val_neg_elbo"] == pytest.approx(a["history"][-1]["val_neg_elbo"], rel=0.01)
+    # the validation ELBO: within 1 %, or within 3 x what rounding alone moved it (1.1 % on an AMD EPYC, 2026-12-01)
+    val_a, val_b, val_t = (r["history"][-1]["val_neg_elbo"] for r in (a, b, threads))
+    assert abs(val_b - val_a) <= max(0.01 * abs(val_a), 3 * abs(val_t - val_a)), (val_a, val_b, val_t)
     # the run directory looks like any other: the same files, one line of history per epoch
     assert {p.name for p in (tmp_path / "two").iterdir()} == {p.name for p in (tmp_path / "one").iterdir()}
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 25
