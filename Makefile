@@ -27,7 +27,7 @@ demo: $(STAMP)
 	@echo "open $(STUDY)/report/index.html"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

@@ -119,8 +119,31 @@ def count(key: str, n: int = 1) -> None:
     RELIABILITY[key] = RELIABILITY.get(key, 0) + n
 
 
+def pytest_configure(config):
+    # Under pytest-xdist (make test runs one worker per core) each worker gets an even share of the cores for
+    # torch, so two workers on two cores do not oversubscribe them; subprocesses the tests start choose their own.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_sessionfinish(session):
+    # An xdist worker hands its counts to the controller, which adds them up (pytest_testnodedown).
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["reliability"] = dict(RELIABILITY)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # the controller side of pytest-xdist
+    for key, n in getattr(node, "workeroutput", {}).get("reliability", {}).items():
+        count(key, n)
+
+
 def pytest_terminal_summary(terminalreporter):
-    if not RELIABILITY:
+    if not RELIABILITY or hasattr(terminalreporter.config, "workeroutput"):
         return
     import json
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,6 +17,8 @@ from conftest import count
 from vaelab import VaelabError, study
 from vaelab.cli import main
 from vaelab.train import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY_TOML = """\
 name = "tiny"
@@ -55,6 +58,35 @@ def test_spec_from_the_issue_expands_to_two_runs(tmp_path):
     assert spec.cells[1].config.latent_dim == 8 and spec.cells[1].config.train_size == 100
     again = study.load_spec(write(tmp_path, TINY_TOML, "again.toml"))
     assert [c.run_id for c in again.cells] == [c.run_id for c in spec.cells]  # stable names
+
+
+def test_a_written_study_json_reruns_as_it_stands_and_an_edited_one_is_refused(tmp_path):
+    spec = study.load_spec(write(tmp_path, TINY_TOML))
+    recorded = {
+        **spec.to_dict(),
+        "cells": [{"run_id": c.run_id, "overrides": c.overrides, "config": c.config.to_dict()} for c in spec.cells],
+    }
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(recorded, indent=1))
+    again = study.load_spec(path)
+    assert [(c.run_id, c.config) for c in again.cells] == [(c.run_id, c.config) for c in spec.cells]
+    recorded["cells"][1]["config"]["latent_dim"] = 9
+    path.write_text(json.dumps(recorded, indent=1))
+    with pytest.raises(VaelabError, match="run latent_dim-8__seed-0 is not what 'cells' records"):
+        study.load_spec(path)
+    recorded["cells"] = recorded["cells"][:1] * 3
+    path.write_text(json.dumps(recorded, indent=1))
+    with pytest.raises(VaelabError, match="not what 'cells' records"):
+        study.load_spec(path)
+
+
+@pytest.mark.parametrize(
+    "spec_json", sorted((ROOT / "docs" / "studies").glob("*/spec.json")), ids=lambda p: p.parent.name
+)
+def test_the_committed_studies_specs_rerun_as_they_stand(spec_json):
+    ids = [c.run_id for c in study.load_spec(spec_json).cells]
+    recorded = json.loads(spec_json.read_text()).get("cells")  # present where the study's own study.json was kept
+    assert ids == [c["run_id"] for c in recorded] if recorded else len(ids) >= 12
 
 
 def test_yaml_and_sweeps_union_without_duplicates(tmp_path):

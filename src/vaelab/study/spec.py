@@ -60,7 +60,9 @@ class StudySpec:
         return {"name": self.name, "base": self.base, "sweep": list(self.sweeps)}
 
 
-_TOP_KEYS = ("name", "base", "grid", "zip", "sweep")
+# "cells" is what a study writes into its study.json (and what docs/studies/*/spec.json hold): the expanded runs,
+# accepted so such a file re-runs as it stands, and checked against its base and sweeps (_check_cells).
+_TOP_KEYS = ("name", "base", "grid", "zip", "sweep", "cells")
 
 
 _SWEEP_KEYS = ("grid", "zip", "base")
@@ -123,8 +125,30 @@ def parse_spec(d: dict, where: str = "<spec>", text: str | None = None) -> Study
         if rid not in seen:
             seen.add(rid)
             cells.append(Cell(rid, cfg, {k: getattr(cfg, k) for k in keys}))
+    if "cells" in d:
+        _check_cells(d["cells"], cells, where, text)
     name = d.get("name") or Path(where).stem
     return StudySpec(str(name), base, tuple(sweeps), tuple(cells))
+
+
+def _check_cells(stored, cells: list[Cell], where: str, text: str | None) -> None:
+    """A study.json's recorded cells must be the runs its base and sweeps give today (same ids, same configs once
+    read by this version), else re-running it would train something other than what it records."""
+    try:
+        recorded = {c["run_id"]: from_dict(c["config"]) for c in stored}
+    except (TypeError, KeyError, VaelabError) as e:
+        raise _fail(where, text, "cells", f"'cells' is not a list of recorded runs ({e})") from None
+    for cell in cells:
+        if recorded.get(cell.run_id) != cell.config:
+            raise _fail(
+                where,
+                text,
+                "cells",
+                f"run {cell.run_id} is not what 'cells' records (the spec was edited or written by another version "
+                "of vaelab); delete 'cells' to run what base and sweep say",
+            )
+    if len(recorded) != len(cells):
+        raise _fail(where, text, "cells", f"'cells' records {len(recorded)} runs, base and sweep give {len(cells)}")
 
 
 def _check_top(d, where: str, text: str | None) -> None:
