@@ -450,6 +450,52 @@ def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tm
     count("kill_trials_resumable", len(runs))
 
 
+def _gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" in status.read_text()
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the kernel's parent-death signal")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killing_only_the_driver_of_a_parallel_study_ends_its_workers(tiny_root, tmp_path, sig):
+    """kill PID (or a scheduler's SIGTERM, or the OOM killer's SIGKILL) reaches the driver alone, not its process
+    group; its worker processes must not train on as orphans."""
+    spec = tmp_path / "slow.toml"
+    spec.write_text(SLOW_SPEC)
+    out = tmp_path / "S"
+    cmd = [sys.executable, "-m", "vaelab.cli", "study", str(spec), "--out", str(out), "--jobs", "2"]
+    proc = subprocess.Popen(
+        [*cmd, "--data-dir", str(tiny_root)],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert _wait_for(lambda: len(list(out.glob("runs/*/RUNNING"))) >= 2, 180)
+        workers = [json.loads(p.read_text())["pid"] for p in out.glob("runs/*/RUNNING")]
+        assert workers and proc.pid not in workers
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert _wait_for(lambda: all(_gone(pid) for pid in workers), 30), workers
+    finally:  # whatever happened, leave no process of this test behind (they share its session)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    if sig == signal.SIGTERM:  # handled as Ctrl-C is: one line, the way to continue, the shell's code for SIGTERM
+        assert proc.returncode == 143 and "run the same 'vaelab study' command again" in err, (proc.returncode, err)
+        assert "Traceback" not in err and err.strip().count("\n") == 0
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    count("kill_trials")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_one_writes_nothing(tiny_root, tmp_path, capsys):
     count("bad_inputs_tried")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -19,7 +21,7 @@ from .checkpoint import check_fits, convert_legacy, resolve_device
 from .config import HELP, PRESETS, TrainConfig, from_dict, preset, upgrade
 from .data import status
 from .data.folder import with_options
-from .errors import VaelabError
+from .errors import Terminated, VaelabError
 from .evaluate import evaluate, evaluate_snapshots
 from .explorer import Explorer
 from .export import export, is_export, load, unpack
@@ -795,10 +797,25 @@ def _error(msg: str) -> int:
     return 2
 
 
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # what --nproc hands each process it starts
+    # Python's default SIGTERM ends the process at once: a study's worker processes would train on as orphans.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    try:
+        return _dispatch(args)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args) -> int:
     try:
         return args.func(args)
     except VaelabError as e:
@@ -814,9 +831,9 @@ def main(argv: list[str] | None = None) -> int:
         if "alloc" in str(e).lower() or "out of memory" in str(e).lower():  # torch's allocator, CPU or CUDA
             return _error("out of memory; use smaller sizes (--batch-size, --latent-dim, --n, --iwae-samples)")
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"vaelab: interrupted; {_resume_hint(args)}", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ with vaelab.multirun; stale cells set aside, bad specs refused before any cell s
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import re
@@ -36,6 +37,8 @@ from ..train import train
 from .presets import preset_spec
 from .results import cell_status, stale_fields, write_results
 from .spec import StudySpec, load_spec
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def run_cell(
@@ -245,7 +248,20 @@ def _train_groups(todo: list, out: Path, data_dir: str | None) -> None:
             print(f"vaelab: {len(cells)} runs trained together stopped ({e}); each goes on alone", file=sys.stderr)
 
 
-def _worker_init() -> None:
+def _die_with(parent: int) -> None:
+    """A worker must not outlive its driver: SIGTERM reaches the driver, which ends the workers itself, but a
+    SIGKILL (or a crash) cannot be caught, so on Linux the kernel sends the worker SIGTERM when the driver dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the driver died before prctl took effect
+        os._exit(1)
+
+
+def _worker_init(parent: int) -> None:
+    _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops the workers
     # tqdm's default lock is a multiprocessing semaphore; a worker ended by the driver would leak it (and the
     # resource tracker would print a warning). One process, one thread each: a thread lock does.
@@ -257,7 +273,7 @@ def _run_pool(
 ) -> None:
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools or CUDA state
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
     try:
         gpus = torch.cuda.device_count()
         futures = [
