@@ -407,6 +407,10 @@ def test_a_second_study_process_on_the_same_folder_is_refused(tiny_root, tmp_pat
         first.wait()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tmp_path):
     spec = tmp_path / "slow.toml"
     spec.write_text(SLOW_SPEC)
@@ -425,7 +429,15 @@ def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tm
         str(tiny_root),
     ]
     proc = subprocess.Popen(
-        cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # A shell without job control starts background commands with SIGINT ignored (POSIX), and Python then
+        # installs no KeyboardInterrupt handler: the suite run as 'bash .ci/run &' would never see this Ctrl-C.
+        preexec_fn=_default_sigint,
     )
     assert _wait_for(lambda: len(list(out.glob("runs/*/checkpoint.safetensors"))) >= 2, 180)
     markers = [json.loads(p.read_text())["pid"] for p in out.glob("runs/*/RUNNING")]

@@ -49,7 +49,8 @@ def mini_report(mini_study, tiny_root):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VAELAB_CACHE", str(mini_study.parent / "cache"))
         before = report(mini_study, data_dir=tiny_root).read_text()  # not scored yet: the report says how
-        assert re.search(r"not scored yet: run (&#x27;|&#39;|')vaelab score", before)
+        assert re.search(r"not scored yet: run (&#x27;|&#39;|')vaelab score …/" + mini_study.name, before)
+        assert str(mini_study.parent) not in before  # no machine's path in what may be published
         assert main(["score", str(mini_study), "--data-dir", str(tiny_root), "--samples", "200"]) == 0
         return report(mini_study, data_dir=tiny_root)
 

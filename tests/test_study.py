@@ -243,7 +243,7 @@ def test_sigkill_mid_study_then_rerun_completes(tiny_root, tmp_path):
     epochs_before = load_checkpoint(ckpt.parent)["epoch"]
     assert epochs_before < 40 or (ckpt.parent / "eval.json").exists()
     assert study.cell_status(ckpt.parent) in ("interrupted", "done")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     df = study.collect(out)
     assert list(df["status"]) == ["done", "done"] and list(df["epochs_done"]) == [40, 40]

@@ -332,7 +332,8 @@ def _read_scores(runs: list[tuple[str, Path]], target: Path) -> list[tuple[str, 
                     label,
                     run_dir,
                     ev.get("generation_error")
-                    or f"not scored yet: run 'vaelab score {target}' (it trains the reference classifier once)",
+                    # the folder's name, not its path: a published summary must not carry one machine's paths
+                    or f"not scored yet: run 'vaelab score …/{target.name}' (it trains the reference classifier once)",
                 )
             )
     return out
