@@ -411,34 +411,36 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tmp_path):
+def _gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" in status.read_text()
+    except FileNotFoundError:
+        return True
+
+
+def _start_parallel_study(tiny_root, tmp_path) -> tuple[subprocess.Popen, Path]:
+    """A slow `vaelab study --jobs 2` in its own session (so a test can signal its whole process group)."""
     spec = tmp_path / "slow.toml"
     spec.write_text(SLOW_SPEC)
     out = tmp_path / "S"
-    cmd = [
-        sys.executable,
-        "-m",
-        "vaelab.cli",
-        "study",
-        str(spec),
-        "--out",
-        str(out),
-        "--jobs",
-        "2",
-        "--data-dir",
-        str(tiny_root),
-    ]
+    cmd = [sys.executable, "-m", "vaelab.cli", "study", str(spec), "--out", str(out), "--jobs", "2"]
     proc = subprocess.Popen(
-        cmd,
+        [*cmd, "--data-dir", str(tiny_root)],
         env=_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
         # A shell without job control starts background commands with SIGINT ignored (POSIX), and Python then
-        # installs no KeyboardInterrupt handler: the suite run as 'bash .ci/run &' would never see this Ctrl-C.
+        # installs no KeyboardInterrupt handler: the suite run as 'bash .ci/run &' would never see a Ctrl-C.
         preexec_fn=_default_sigint,
     )
+    return proc, out
+
+
+def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tmp_path):
+    proc, out = _start_parallel_study(tiny_root, tmp_path)
     assert _wait_for(lambda: len(list(out.glob("runs/*/checkpoint.safetensors"))) >= 2, 180)
     markers = [json.loads(p.read_text())["pid"] for p in out.glob("runs/*/RUNNING")]
     t0 = time.monotonic()
@@ -449,7 +451,7 @@ def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tm
     assert "run the same 'vaelab study' command again" in err and "--resume" not in err
     assert "Traceback" not in err and err.strip().count("\n") == 0
     for pid in markers:  # the workers are gone, not training on
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        assert _gone(pid)
     # Nothing lost: every interrupted run holds a readable checkpoint that a resume continues from.
     from vaelab.study import cell_status
     from vaelab.train import load_checkpoint
@@ -462,31 +464,12 @@ def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tm
     count("kill_trials_resumable", len(runs))
 
 
-def _gone(pid: int) -> bool:
-    status = Path(f"/proc/{pid}/status")
-    try:
-        return "zombie" in status.read_text()
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the kernel's parent-death signal")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killing_only_the_driver_of_a_parallel_study_ends_its_workers(tiny_root, tmp_path, sig):
     """kill PID (or a scheduler's SIGTERM, or the OOM killer's SIGKILL) reaches the driver alone, not its process
     group; its worker processes must not train on as orphans."""
-    spec = tmp_path / "slow.toml"
-    spec.write_text(SLOW_SPEC)
-    out = tmp_path / "S"
-    cmd = [sys.executable, "-m", "vaelab.cli", "study", str(spec), "--out", str(out), "--jobs", "2"]
-    proc = subprocess.Popen(
-        [*cmd, "--data-dir", str(tiny_root)],
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc, out = _start_parallel_study(tiny_root, tmp_path)
     try:
         assert _wait_for(lambda: len(list(out.glob("runs/*/RUNNING"))) >= 2, 180)
         workers = [json.loads(p.read_text())["pid"] for p in out.glob("runs/*/RUNNING")]

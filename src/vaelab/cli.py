@@ -811,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     finally:
-        if in_main:
+        if previous is not None:  # None: not on the main thread, or a handler installed outside Python
             signal.signal(signal.SIGTERM, previous)
 
 

@@ -253,7 +253,7 @@ def _die_with(parent: int) -> None:
     SIGKILL (or a crash) cannot be caught, so on Linux the kernel sends the worker SIGTERM when the driver dies."""
     if sys.platform.startswith("linux"):
         try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         except (OSError, AttributeError):
             pass
     if os.getppid() != parent:  # the driver died before prctl took effect
