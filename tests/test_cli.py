@@ -81,7 +81,7 @@ def test_resume_from_cli_continues_the_stored_config(tiny_root, tmp_path, capsys
 @pytest.mark.parametrize(
     "argv,msg",
     [
-        (["train", "--dataset", "mnist", "--out", "{tmp}/x"], "unknown dataset 'mnist'"),
+        (["train", "--dataset", "kmnist", "--out", "{tmp}/x"], "unknown dataset 'kmnist'"),
         (["train", "--latent-dim", "0", "--out", "{tmp}/x"], "latent_dim must be >= 1"),
         (["train", "--beta", "-1", "--out", "{tmp}/x"], "beta must be >= 0"),
         (["train", "--out", "/proc/vaelab-x"], "cannot create output directory"),

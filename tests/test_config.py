@@ -28,7 +28,7 @@ def test_round_trip_through_dict():
         ({"latnt_dim": 3}, "did you mean 'latent_dim'"),
         ({"latent_dim": 0}, "latent_dim must be >= 1"),
         ({"beta": -1}, "beta must be >= 0"),
-        ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
+        ({"dataset": "kmnist"}, "unknown dataset 'kmnist'"),
         ({"likelihood": "poisson"}, "unknown likelihood"),
         ({"latent_dim": 2.5}, "must be int"),
         ({"cosine": "yes"}, "must be bool"),

@@ -164,7 +164,7 @@ def test_capacity_objective_known_value_and_neutral_setting():
         (
             {"objective": "tcvae"},
             "unknown objective 'tcvae' (known: elbo, free_bits, capacity, beta_tcvae, "
-            "factor_vae, dip_vae_i, dip_vae_ii)",
+            "factor_vae, dip_vae_i, dip_vae_ii, iwae)",
         ),
         ({"kl_schedule": "sigmoid"}, "unknown kl_schedule"),
         ({"objective": "free_bits", "prior": "mog"}, "needs the factorised standard prior"),

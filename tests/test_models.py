@@ -12,7 +12,7 @@ from vaelab.losses import log_normal
 from vaelab.models import VAE
 
 
-@pytest.mark.parametrize("arch", ["conv", "mlp", "resnet"])
+@pytest.mark.parametrize("arch", ["conv", "mlp", "mlp_tanh", "mlp_gated", "resnet"])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "discretized_logistic"])
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_forward_terms_and_shapes(arch, likelihood, shape):
@@ -270,7 +270,7 @@ def test_the_readme_laplace_prior_is_a_density_with_matching_samples(monkeypatch
 _PARTS = [("gaussian", "standard"), ("iaf", "standard"), ("gaussian", "mog"), ("gaussian", "vamp")]
 
 
-@pytest.mark.parametrize("arch", ["conv", "mlp", "resnet", "hierarchical"])
+@pytest.mark.parametrize("arch", ["conv", "mlp", "mlp_gated", "resnet", "hierarchical"])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "discretized_logistic", "dmol"])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 8, 8)])
 def test_every_network_likelihood_and_part_gives_finite_terms(arch, likelihood, shape):

@@ -135,7 +135,7 @@ def test_standard_preset_spans_the_grid_on_full_training_sets_with_count_budgets
         (("latent_dim = [2, 8]", "latnt_dim = [2, 8]"), 11, "unknown field 'latnt_dim' (did you mean 'latent_dim'?)"),
         (("latent_dim = [2, 8]", "latent_dim = [2, 0]"), 11, "latent_dim must be >= 1"),
         (("epochs = 1", "epochs = -3"), 4, "epochs must be >= 1"),
-        (('dataset = "fashion-mnist"', 'dataset = "mnist"'), 3, "unknown dataset 'mnist'"),
+        (('dataset = "fashion-mnist"', 'dataset = "kmnist"'), 3, "unknown dataset 'kmnist'"),
         (("[grid]", "[gird]"), 10, "unknown key 'gird' (did you mean 'grid'?)"),
         (("seed = [0]", "seed = 0"), 12, "[grid] seed must be a non-empty list"),
         (("seed = [0]", "seed = [0.5]"), 12, "[grid] field 'seed' must be int"),

@@ -35,11 +35,13 @@ from .run import Run, Study
 from .scoring import score_run
 from .store import (
     CONFIG,
+    atomic_write_text,
     check_regular_target,
     check_run_dir,
     ensure_writable_dir,
     read_json_object,
 )
+from .study import reproduce as vreproduce
 from .study import score_target
 from .study.analysis import analyze
 from .train import check_launch, load_checkpoint, train
@@ -396,6 +398,32 @@ def cmd_findings(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    if args.list:
+        for r in vreproduce.list_rows():
+            print(f"{r['id']:<22}  {r['published']:6.2f}  {r['metric']}  {r['dataset']}  {r['model']}  {r['source']}")
+        return 0
+    if args.ledger:
+        text = vreproduce.ledger_markdown(args.ledger)
+        if args.write:
+            atomic_write_text(Path(args.write), text)
+            print(f"ledger written: {args.write}")
+        else:
+            print(text, end="")
+        return 0
+    if not args.row:
+        raise VaelabError("name a row (vaelab reproduce --list shows them), or pass --list or --ledger DIR")
+    out = Path(args.out or f"reproductions/{args.row}")
+    result = vreproduce.reproduce(args.row, out, args.seeds, args.budget or "", args.k, args.data_dir)
+    print(
+        f"{result['id']}: {result['mean']:.2f} ± {result['sd']:.2f} nats over {len(result['measured'])} seeds "
+        f"(published {result['published']:.2f}, gap {result['gap']:+.2f}, tolerance {result['tolerance']:g}"
+        + (", reduced budget: not comparable" if result["reduced"] else f", within: {result['within']}")
+        + f"); {vreproduce.Reproduction(out).result_path}"
+    )
+    return 0
+
+
 def cmd_analyze(args) -> int:
     target = _target_arg(args.target)
     path = analyze(target, data_dir=args.data_dir, classifier=not args.no_classifier)
@@ -735,6 +763,27 @@ def _parser_score(add, data_arg: dict) -> None:
     sc.set_defaults(func=cmd_score)
 
 
+def _parser_reproduce(add, data_arg: dict) -> None:
+    r = add(
+        "reproduce",
+        "Train and score a published VAE likelihood (a row of the literature's tables) over seeds, resumably, into "
+        "DIR/reproduction.json beside the published value; --list shows the rows, --ledger DIR the table of a "
+        "folder of such files.",
+    )
+    r.add_argument("row", nargs="?", help="the row's id (vaelab reproduce --list)")
+    r.add_argument("--list", action="store_true", help="list the published rows and exit")
+    r.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    r.add_argument(
+        "--budget", default=None, help="a reduced training budget (e.g. 2e6images, 50000steps); recorded as reduced"
+    )
+    r.add_argument("--k", type=int, default=None, help="importance samples of the test NLL (default: the paper's)")
+    r.add_argument("--out", default=None, help="the reproduction's directory (default reproductions/ROW)")
+    r.add_argument("--ledger", metavar="DIR", default=None, help="print the ledger table of DIR/*.json")
+    r.add_argument("--write", metavar="FILE", default=None, help="with --ledger: write the table to FILE")
+    r.add_argument("--data-dir", **data_arg)
+    r.set_defaults(func=cmd_reproduce)
+
+
 def _parser_convert(add, data_arg: dict) -> None:
     c = add("convert", "Convert a vaelab 0.1 run's pickle checkpoint to the safe format (only if you trust it).")
     c.add_argument("run", help="the vaelab 0.1 run directory holding checkpoint.pt")
@@ -780,6 +829,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_export(add, data_arg)
     _parser_serve(add, data_arg)
     _parser_score(add, data_arg)
+    _parser_reproduce(add, data_arg)
     _parser_convert(add, data_arg)
     return p
 

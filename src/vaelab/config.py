@@ -47,6 +47,7 @@ class TrainConfig:
     # linear (rising over warmup_epochs, Bowman et al. 2016; 0 = constant) or cyclical (Fu et al. 2019).
     objective: str = "elbo"
     beta: float = 1.0
+    train_samples: int = 1  # iwae: posterior draws per image in the training bound (Burda et al. 2016's k)
     kl_schedule: str = "linear"
     warmup_epochs: float = 0.0
     kl_cycles: int = 4
@@ -115,11 +116,12 @@ class TrainConfig:
 
 # One line per field: `vaelab train --help` shows it beside the flag (tests/test_cli.py checks every field has one).
 HELP: dict[str, str] = {
-    "dataset": "fashion-mnist, cifar10, cifar10-lossless, shapes2d, shapes2d-32, dsprites, npz:PATH or folder:PATH",
+    "dataset": "fashion-mnist, mnist, binarized-mnist, cifar10, cifar10-lossless, shapes2d, shapes2d-32, dsprites, "
+    "npz:PATH or folder:PATH",
     "train_size": "training images to use (0 = all left after the validation split)",
     "val_size": "validation images carved from the training split (fixed, whatever the seed)",
     "model": "the whole model: vae (the flat VAE) or hierarchical (a top-down hierarchical VAE)",
-    "net": "the vae's encoder/decoder network: conv (the study's), mlp, resnet or conv4",
+    "net": "the vae's encoder/decoder network: conv (the study's), mlp, mlp_tanh, mlp_gated, resnet or conv4",
     "latent_dim": "latent dimensions (per group for the hierarchical model)",
     "likelihood": "p(x|z): bernoulli, gaussian, discretized_logistic or dmol (mixture of logistics)",
     "gaussian_sigma": "gaussian likelihood's sigma (0 = learn one shared sigma)",
@@ -134,8 +136,9 @@ HELP: dict[str, str] = {
     "flow_hidden": "iaf: width of each step's MADE",
     "prior": "p(z): standard, mog (learned mixture) or vamp (VampPrior)",
     "prior_components": "mog and vamp: mixture components",
-    "objective": "elbo, free_bits, capacity, beta_tcvae, factor_vae, dip_vae_i or dip_vae_ii",
+    "objective": "elbo, free_bits, capacity, beta_tcvae, factor_vae, dip_vae_i, dip_vae_ii or iwae",
     "beta": "weight of the KL term (of the total correlation for beta_tcvae)",
+    "train_samples": "iwae: importance samples per image in the training bound (k)",
     "kl_schedule": "linear (warm-up over warmup_epochs) or cyclical",
     "warmup_epochs": "epochs over which the KL weight rises from 0 to beta (0 = constant)",
     "kl_cycles": "cyclical schedule: cycles over training",
@@ -305,6 +308,7 @@ _RANGES = (
     ("val_size", lambda v: v >= 0, ">= 0"),
     ("test_size", lambda v: v >= 0, ">= 0"),
     ("iwae_samples", lambda v: v >= 1, ">= 1"),
+    ("train_samples", lambda v: 1 <= v <= 10_000, "in 1..10000"),
     ("seed", lambda v: 0 <= v < 2**32, "in 0..2**32-1"),
     ("max_skip_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("skip_grad_norm", lambda v: v >= 0, ">= 0"),
@@ -411,6 +415,10 @@ def _check_combinations(cfg: TrainConfig) -> None:
         f"the {cfg.objective} objective needs the factorised standard prior and the gaussian posterior",
     )
     _need(cfg.tc_alpha >= 0 and cfg.tc_gamma >= 0, "tc_alpha and tc_gamma must be >= 0")
+    _need(
+        cfg.train_samples == 1 or bool(objective_entry(cfg.objective).samples),
+        f"train_samples {cfg.train_samples} needs an objective that reads several draws per image (iwae)",
+    )
     _need(cfg.factor_gamma >= 0 and cfg.dip_lambda >= 0, "factor_gamma and dip_lambda must be >= 0")
     _need(
         not (cfg.prior == "vamp" and cfg.conditional), "the vamp prior needs an unconditional model (no --conditional)"

@@ -48,6 +48,7 @@ def unsupported(cfg: TrainConfig) -> str | None:
         ),
         (not cfg.compile and not cfg.channels_last and cfg.optimizer == "adam", "compile, channels_last or adamw"),
         (cfg.skip_grad_norm == 0 and cfg.weight_decay == 0, "skip_grad_norm or weight_decay"),
+        (not vdata.binarized(cfg.dataset), f"the dynamically binarized {cfg.dataset}"),
     ]
     bad = [why for ok, why in checks if not ok]
     return ", ".join(bad) if bad else None

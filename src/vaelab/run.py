@@ -164,3 +164,21 @@ class Study:
 
     def run(self, run_id: str) -> Run:
         return Run(self.run_dir(run_id), check=False)
+
+
+class Reproduction:
+    """One reproduction directory (`vaelab reproduce ID --out DIR`): seed-<n>/ (one run directory per seed) and
+    reproduction.json (the row's published value beside the measured ones). The only code that knows these names."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Reproduction({str(self.path)!r})"
+
+    @property
+    def result_path(self) -> Path:
+        return self.path / "reproduction.json"
+
+    def run(self, seed: int) -> Run:
+        return Run(self.path / f"seed-{seed}", check=False)

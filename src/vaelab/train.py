@@ -34,7 +34,7 @@ from .checkpoint import (  # noqa: F401
 from .classifier import reference_classifier
 from .config import TrainConfig, config_diff, from_dict, parse_budget, snapshot_fractions
 from .errors import VaelabError
-from .losses import TCCritic, objective, objective_entry, perceptual_term, scheduled_beta
+from .losses import TCCritic, draws, objective, objective_entry, perceptual_term, scheduled_beta
 from .models import VAE, noise
 from .models import build as build_model
 from .optim import fused_optimizer, lr_factor, make_optimizer  # noqa: F401
@@ -300,7 +300,7 @@ def step_flops(cfg: TrainConfig, model: torch.nn.Module, split: vdata.Split) -> 
     y = split.y[: cfg.batch_size] if cfg.conditional else None
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
-        objective(probe(x, y), cfg.beta, cfg, 0.0, n_data=len(split)).backward()
+        objective(probe(x, y, **draws(cfg)), cfg.beta, cfg, 0.0, n_data=len(split)).backward()
     return int(counter.get_total_flops())
 
 
@@ -382,6 +382,7 @@ class _Trainer:
             torch.optim.Adam(self.critic.parameters(), lr=1e-4, betas=(0.5, 0.9)) if self.critic is not None else None
         )
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.binarize = vdata.binarized(cfg.dataset)  # dynamic binarization draws from the batch generator
         self.dist = distributed.current()
         # The critic's permutations draw from the batch generator in one process; on several, from one of each
         # process's own (its shard's size must not move the batch order, which every process draws alike)
@@ -525,11 +526,13 @@ class _Trainer:
         cfg = self.cfg
         shard = distributed.shard(len(idx), self.dist) if self.dist.on else (0, len(idx))
         x = self.train_split.x[idx[shard[0] : shard[1]]]
+        if self.binarize:  # a fresh draw of the whole batch (the same count on every process), then this shard's
+            x = vdata.binarize(self.train_split.x[idx], self.gen)[shard[0] : shard[1]]
         y = self.train_split.y[idx[shard[0] : shard[1]]] if cfg.conditional else None
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast, noise.batch_shard(len(idx), *shard) if self.dist.on else contextlib.nullcontext():
-            terms = self.forward(x, y)
+            terms = self.forward(x, y, **draws(cfg))
         if self.critic is not None:
             terms["tc"] = self.critic(terms["z"].float())
         if self.features is not None:

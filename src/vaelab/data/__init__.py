@@ -48,12 +48,19 @@ from .factors import (
 from .factors import load_npz as load_factor_npz
 from .folder import folder_spec
 from .idx import (
+    BINARIZE_SEED,
     FASHION_CLASSES,
     FASHION_CONTENT,
     FASHION_FILES,
+    MNIST_CLASSES,
+    MNIST_CONTENT,
+    binarize_fixed,
     download_fashion,
+    load_binarized_mnist,
     load_fashion,
+    load_mnist,
     locate_fashion,
+    locate_mnist,
     read_idx,
 )
 from .npz import FOLDER, is_user_dataset
@@ -83,6 +90,7 @@ __all__ = [
     "source_key",
     "SPLIT_SEED",
     "FASHION_CLASSES",
+    "MNIST_CLASSES",
     "CIFAR_CLASSES",
     "FACTOR_NAMES",
     "SHAPES",
@@ -100,6 +108,10 @@ __all__ = [
     "make_splits",
     "minibatches",
     "to_float",
+    "binarize",
+    "binarized",
+    "binarize_fixed",
+    "BINARIZE_SEED",
     "search_roots",
     "is_user_dataset",
 ]
@@ -141,17 +153,17 @@ def check_file(path: Path) -> tuple[str, str]:
         )
     if official_md5 is not None and path.name == name and _digest(data, "md5") == official_md5:
         return VERIFIED, "matches the official MD5"
-    if name in FASHION_CONTENT:
-        want, size = FASHION_CONTENT[name]
+    tables = [t[name] for t in (FASHION_CONTENT, MNIST_CONTENT) if name in t]
+    if tables:
         try:
             content = gzip.decompress(data) if path.suffix == ".gz" else data
         except (OSError, EOFError, zlib.error) as e:
             return CORRUPT, f"cannot decompress ({e})"
-        if _digest(content, "sha256") == want:
+        if any(_digest(content, "sha256") == want for want, _ in tables):
             return VERIFIED, "content matches the official release"
         header_n = struct.unpack(">I", content[4:8])[0] if len(content) >= 8 else -1
         official_n = 60000 if name.startswith("train") else 10000
-        if len(content) == size or header_n == official_n:
+        if any(len(content) == size for _, size in tables) or header_n == official_n:
             return CORRUPT, "content differs from the official release (a changed, truncated or re-packed file)"
         return UNVERIFIED, f"not the official file ({header_n} items); no known hash"
     if len(data) != CIFAR_SIZE:
@@ -207,6 +219,32 @@ DATASETS: dict[str, DatasetSpec] = {
         attribute_pairs=(("Sneaker", "Ankle boot"), ("T-shirt/top", "Shirt")),
         mirror=False,
         classifier_epochs=10,
+    ),
+    # MNIST (LeCun et al. 1998), the dataset of the VAE likelihood tables; binarized-mnist is its dynamically
+    # binarized form (Burda et al. 2016; Tomczak & Welling 2018): training images drawn as Bernoulli(intensity) at
+    # every use, validation and test images once with a fixed seed (BINARIZE_SEED). Digits are not mirror-symmetric.
+    "mnist": DatasetSpec(
+        "mnist",
+        (1, 28, 28),
+        "mnist/{" + ",".join(FASHION_FILES) + "}",
+        locate_mnist,
+        load_mnist,
+        None,
+        MNIST_CLASSES,
+        mirror=False,
+        classifier_epochs=5,
+    ),
+    "binarized-mnist": DatasetSpec(
+        "binarized-mnist",
+        (1, 28, 28),
+        "mnist/{" + ",".join(FASHION_FILES) + "}",
+        locate_mnist,
+        load_binarized_mnist,
+        None,
+        MNIST_CLASSES,
+        mirror=False,
+        classifier_epochs=5,
+        binarize=True,
     ),
     "cifar10": DatasetSpec(
         "cifar10",
@@ -439,14 +477,28 @@ def to_split(x: np.ndarray, y: np.ndarray, device: torch.device | str) -> Split:
     return Split(torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(y).to(device))
 
 
+def binarized(name: str) -> bool:
+    """Whether a dataset is dynamically binarized: its training images are drawn anew at every use (`binarize`)."""
+    return name in DATASETS and DATASETS[name].binarize
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dynamic binarization: each pixel drawn as Bernoulli(intensity / 255), uint8 0 or 255, from `generator`."""
+    u = torch.rand(x.shape, generator=generator, device=x.device)
+    return (u * 255.0 < x).to(torch.uint8) * 255
+
+
 def make_splits(
     ds: Dataset, val_size: int, train_size: int, test_size: int, device: torch.device | str = "cpu"
 ) -> dict[str, Split]:
     tr, va = split_indices(len(ds.x_train), val_size, train_size)
     te = test_indices(len(ds.x_test), test_size)
+    x_val = ds.x_train[va]
+    if binarized(ds.name):  # validation is scored on one fixed draw, as the test set is (idx.BINARIZE_SEED)
+        x_val = binarize_fixed(x_val, BINARIZE_SEED + 1)
     return {
         "train": to_split(ds.x_train[tr], ds.y_train[tr], device),
-        "val": to_split(ds.x_train[va], ds.y_train[va], device),
+        "val": to_split(x_val, ds.y_train[va], device),
         "test": to_split(ds.x_test[te], ds.y_test[te], device),
     }
 

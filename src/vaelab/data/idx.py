@@ -1,4 +1,5 @@
-"""Fashion-MNIST from the official IDX files (gzip or not), located, downloaded with checksums."""
+"""Fashion-MNIST and MNIST from the official IDX files (gzip or not), located, verified by content hashes, and
+MNIST's binarized form (test images drawn once with a fixed seed; training images at every use, by the trainer)."""
 
 from __future__ import annotations
 
@@ -70,13 +71,38 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(dims).copy()
 
 
-def load_fashion(folder: Path) -> Dataset:
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+
+
+# SHA-256 and size of each MNIST file's decompressed bytes (LeCun's IDX files; the same names as Fashion-MNIST's), so
+# that any gzip of them verifies, with or without a SHA256SUMS beside it
+MNIST_CONTENT = {
+    "train-images-idx3-ubyte.gz": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47040016),
+    "train-labels-idx1-ubyte.gz": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60008),
+    "t10k-images-idx3-ubyte.gz": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 7840016),
+    "t10k-labels-idx1-ubyte.gz": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10008),
+}
+
+
+# The fixed draw of binarized MNIST's held-out images (test; validation in data.make_splits): every model is scored on
+# the same bits. Training images are drawn anew at every use (dynamic binarization, Burda et al. 2016, section 5).
+BINARIZE_SEED = 20161231
+
+
+def binarize_fixed(x: np.ndarray, seed: int) -> np.ndarray:
+    """Each pixel drawn once as Bernoulli(intensity / 255) from a generator only `seed` decides: uint8 0 or 255."""
+    u = np.random.default_rng(seed).random(x.shape, dtype=np.float32)
+    return ((u * 255.0 < x).astype(np.uint8)) * np.uint8(255)
+
+
+def load_idx_dataset(folder: Path, name: str, classes: tuple[str, ...]) -> Dataset:
+    """The four IDX files of an MNIST-layout dataset (train/t10k images and labels) in `folder`."""
     paths = {}
-    for name in FASHION_FILES:
-        p = find_file(folder, name)
+    for file in FASHION_FILES:
+        p = find_file(folder, file)
         if p is None:
-            raise VaelabError(f"{folder}: missing {name}")
-        paths[name] = p
+            raise VaelabError(f"{folder}: missing {file}")
+        paths[file] = p
     arrays = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         x = read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"], 3)
@@ -86,7 +112,29 @@ def load_fashion(folder: Path) -> Dataset:
         if len(x) != len(y):
             raise VaelabError(f"{folder}: {split} has {len(x)} images but {len(y)} labels")
         arrays[split] = (x[:, None], check_labels(y, 10, str(paths[f"{prefix}-labels-idx1-ubyte.gz"])))
-    return Dataset("fashion-mnist", *arrays["train"], *arrays["test"], FASHION_CLASSES, str(folder))
+    return Dataset(name, *arrays["train"], *arrays["test"], classes, str(folder))
+
+
+def load_fashion(folder: Path) -> Dataset:
+    return load_idx_dataset(folder, "fashion-mnist", FASHION_CLASSES)
+
+
+def load_mnist(folder: Path) -> Dataset:
+    return load_idx_dataset(folder, "mnist", MNIST_CLASSES)
+
+
+def load_binarized_mnist(folder: Path) -> Dataset:
+    """MNIST with its test images binarized once (BINARIZE_SEED); training images stay intensities for the trainer's
+    draw at every use."""
+    ds = load_idx_dataset(folder, "binarized-mnist", MNIST_CLASSES)
+    ds.x_test = binarize_fixed(ds.x_test, BINARIZE_SEED)
+    return ds
+
+
+def locate_mnist(root: Path) -> Path | None:
+    """root/mnist only: its files have Fashion-MNIST's names, so the folder's name tells them apart."""
+    folder = root / "mnist"
+    return folder if all(find_file(folder, n) for n in FASHION_FILES) else None
 
 
 def locate_fashion(root: Path) -> Path | None:

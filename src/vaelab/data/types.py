@@ -76,6 +76,7 @@ class DatasetSpec:
     cache: bool = True  # keep a decoded copy (formats that are slow to decode)
     generate: Callable[[Path], Path] | None = None  # made here, not downloaded: renders into the folder it gets
     factor_names: tuple[str, ...] = ()  # a factor dataset's generating factors (the disentanglement metrics)
+    binarize: bool = False  # dynamically binarized: training images drawn as Bernoulli(intensity) at every use
 
     @property
     def chance(self) -> float:

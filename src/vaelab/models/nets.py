@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -129,14 +130,20 @@ class ConvDecoder(nn.Module):
         return fp32_out(self.deconv[-1], h)
 
 
+def _dense_stack(dims: list[int], act: type[nn.Module]) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), act()]
+    return layers
+
+
 class MLPEncoder(nn.Module):
-    def __init__(self, shape, n_cond: int = 0, hidden: tuple[int, ...] = (512, 256)):
+    """Dense layers of `hidden` units with activation `act` on the flattened image (and the condition)."""
+
+    def __init__(self, shape, n_cond: int = 0, hidden: tuple[int, ...] = (512, 256), act: type[nn.Module] = nn.ReLU):
         super().__init__()
         dims = [shape[0] * shape[1] * shape[2] + n_cond, *hidden]
-        layers: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*_dense_stack(dims, act))
         self.out_dim = dims[-1]
 
     def forward(self, x, cond=None):
@@ -145,18 +152,62 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    def __init__(self, shape, in_dim: int, out_channels: int, hidden: tuple[int, ...] = (256, 512)):
+    """Dense layers of `hidden` units with activation `act`, then one to the likelihood's parameters per pixel."""
+
+    def __init__(
+        self, shape, in_dim: int, out_channels: int, hidden: tuple[int, ...] = (256, 512), act: type[nn.Module] = nn.ReLU
+    ):
         super().__init__()
         c, h, w = shape
         self.out_shape = (out_channels, h, w)
         dims = [in_dim, *hidden]
-        layers: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-        self.net = nn.Sequential(*layers, nn.Linear(dims[-1], out_channels * h * w))
+        self.net = nn.Sequential(*_dense_stack(dims, act), nn.Linear(dims[-1], out_channels * h * w))
 
     def forward(self, z):
         return fp32_out(self.net[-1], self.net[:-1](z)).view(-1, *self.out_shape)
+
+
+class GatedDense(nn.Module):
+    """h * sigmoid(g): a linear layer gated by another (Dauphin et al. 2017), the unit of Tomczak & Welling's MLPs."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.h, self.g = nn.Linear(d_in, d_out), nn.Linear(d_in, d_out)
+        for layer in (self.h, self.g):  # He initialisation, as the VampPrior code initialises its layers
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x):
+        return self.h(x) * torch.sigmoid(self.g(x))
+
+
+class GatedMLPEncoder(nn.Module):
+    """Tomczak & Welling 2018 (section 5, the VampPrior's MLP): two gated dense layers of 300 units."""
+
+    def __init__(self, shape, n_cond: int = 0, hidden: tuple[int, ...] = (300, 300)):
+        super().__init__()
+        dims = [shape[0] * shape[1] * shape[2] + n_cond, *hidden]
+        self.net = nn.Sequential(*(GatedDense(a, b) for a, b in zip(dims[:-1], dims[1:])))
+        self.out_dim = dims[-1]
+
+    def forward(self, x, cond=None):
+        h = x.flatten(1)
+        return self.net(h if cond is None else torch.cat([h, cond], 1))
+
+
+class GatedMLPDecoder(nn.Module):
+    """Its mirror: two gated dense layers of 300 units, then a linear layer to the likelihood's parameters."""
+
+    def __init__(self, shape, in_dim: int, out_channels: int, hidden: tuple[int, ...] = (300, 300)):
+        super().__init__()
+        c, h, w = shape
+        self.out_shape = (out_channels, h, w)
+        dims = [in_dim, *hidden]
+        self.net = nn.Sequential(*(GatedDense(a, b) for a, b in zip(dims[:-1], dims[1:])))
+        self.out = nn.Linear(dims[-1], out_channels * h * w)
+
+    def forward(self, z):
+        return fp32_out(self.out, self.net(z)).view(-1, *self.out_shape)
 
 
 class ResBlock(nn.Module):
@@ -297,6 +348,12 @@ class Arch:
 ARCHS: dict[str, Arch] = {
     "conv": Arch(ConvEncoder, ConvDecoder),
     "mlp": Arch(MLPEncoder, MLPDecoder),
+    # the likelihood tables' MLPs: Burda et al. 2016 (one stochastic layer: 2 x 200 tanh units each way) and
+    # Tomczak & Welling 2018 (2 x 300 gated units each way)
+    "mlp_tanh": Arch(
+        partial(MLPEncoder, hidden=(200, 200), act=nn.Tanh), partial(MLPDecoder, hidden=(200, 200), act=nn.Tanh)
+    ),
+    "mlp_gated": Arch(GatedMLPEncoder, GatedMLPDecoder),
     "resnet": Arch(ResNetEncoder, ResNetDecoder, sized=True),
     "conv4": Arch(Conv4Encoder, Conv4Decoder),
 }

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..losses import log_normal
+from ..losses import log_normal, log_normal_components
 
 
 class Prior(nn.Module):
@@ -56,7 +56,7 @@ class MixtureOfGaussians(Prior):
         self.logits = nn.Parameter(torch.zeros(components))
 
     def log_prob(self, z):
-        comp = log_normal(z.unsqueeze(-2), self.means, self.logvars)  # (..., K)
+        comp = log_normal_components(z, self.means, self.logvars)  # (..., K)
         return torch.logsumexp(comp + torch.log_softmax(self.logits, 0), dim=-1)
 
     def sample(self, n, generator=None):
@@ -84,7 +84,7 @@ class VampPrior(Prior):
 
     def log_prob(self, z):
         mu, logvar = self.components()
-        comp = log_normal(z.unsqueeze(-2), mu, logvar)
+        comp = log_normal_components(z, mu.float(), logvar.float())
         return torch.logsumexp(comp, dim=-1) - math.log(len(mu))
 
     def sample(self, n, generator=None):

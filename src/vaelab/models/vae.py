@@ -125,11 +125,15 @@ class VAE(ImageModel):
         return self.decoder(z if cond is None else torch.cat([z, cond], 1))
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor | None = None, eps: torch.Tensor | None = None
+        self, x: torch.Tensor, y: torch.Tensor | None = None, eps: torch.Tensor | None = None, k: int | None = None
     ) -> dict[str, torch.Tensor]:
         """Named per-example terms of the ELBO. KL(q || p) is analytic where the prior allows it (N(0, I); then
         also per dimension, `kl_per_dim`), else the one-sample estimate log q(z|x) - log p(z) at the same z.
-        `eps` (B, D): the posterior's standard-normal noise, when the caller draws it."""
+        `eps` (B, D): the posterior's standard-normal noise, when the caller draws it. With `k`, K draws per image
+        instead (the IWAE objective): `log_px` and `log_ratio` (B, K), log p(x|z) and log p(z) - log q(z|x) of each,
+        recon and kl their means over the draws, mu and logvar the posterior's, z and params the first draw's."""
+        if k is not None:
+            return self._k_terms(x, y, k)
         z, log_q, mu, logvar = self.posterior_sample(x, y, eps=eps)
         params = self.decode(z, y).float()
         recon = -self.likelihood.log_prob(params, x)
@@ -142,20 +146,35 @@ class VAE(ImageModel):
         terms["elbo"] = -(recon + terms["kl"])
         return terms
 
+    def _k_terms(self, x: torch.Tensor, y: torch.Tensor | None, k: int) -> dict[str, torch.Tensor]:
+        h = self.features(x, y)
+        log_px, log_ratio, z, params, mu, logvar = self._draws(h, x, y, k)
+        recon, kl = -log_px.mean(1), -log_ratio.mean(1)
+        terms = dict(mu=mu, logvar=logvar, z=z[:, 0], params=params[:, 0], recon=recon, kl=kl, elbo=-(recon + kl))
+        return {**terms, "log_px": log_px, "log_ratio": log_ratio}
+
+    def _draws(self, h: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None, k: int) -> tuple:
+        """K posterior draws per image from the encoder's features h: (log p(x|z), log p(z) - log q(z|x)) each (B, K),
+        the draws z (B, K, D), the decoder's params (B, K, ...), and the base Gaussian's mu and logvar."""
+        b = x.shape[0]
+        z, log_q, mu, logvar = self.posterior.rsample(h, k)
+        yf = y.repeat_interleave(k) if y is not None else None
+        params = self.decode(z.reshape(b * k, self.latent_dim), yf).float()
+        log_px = self.likelihood.log_prob(params, x.repeat_interleave(k, dim=0)).view(b, k)
+        log_ratio = self.prior.log_prob(z.float()) - log_q
+        return log_px, log_ratio, z, params.view(b, k, *params.shape[1:]), mu, logvar
+
     def log_weights(self, x: torch.Tensor, y: torch.Tensor | None, k: int, max_batch: int = 4096) -> torch.Tensor:
         """K importance log-weights per image, log p(x|z) + log p(z) - log q(z|x) with z ~ q(z|x): shape (B, K).
         The IWAE bound is their log-mean-exp (Burda et al. 2016, eq. 8); K = 1 gives the Monte-Carlo ELBO."""
-        b, d = x.shape[0], self.latent_dim
+        b = x.shape[0]
         log_w = torch.empty(b, k, device=x.device)
         chunk = max(1, max_batch // b)
         h = self.features(x, y)  # the encoder runs once; only the posterior's draws repeat per chunk
         for s in range(0, k, chunk):
             kk = min(chunk, k - s)
-            z, log_q, _, _ = self.posterior.rsample(h, kk)
-            yf = y.repeat_interleave(kk) if y is not None else None
-            params = self.decode(z.reshape(b * kk, d), yf).float()
-            log_px = self.likelihood.log_prob(params, x.repeat_interleave(kk, dim=0)).view(b, kk)
-            log_w[:, s : s + kk] = log_px + self.prior.log_prob(z.float()) - log_q
+            log_px, log_ratio = self._draws(h, x, y, kk)[:2]
+            log_w[:, s : s + kk] = log_px + log_ratio
         return log_w
 
     @torch.no_grad()

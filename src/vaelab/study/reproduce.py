@@ -1,0 +1,319 @@
+"""Reproductions of published VAE likelihoods: one row per published number (paper, table, protocol, value), a row
+trained and scored over seeds into DIR/reproduction.json, and the ledger (docs/reproductions.md) made from those files."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import TrainConfig, parse_budget
+from ..errors import VaelabError
+from ..evaluate import evaluate
+from ..run import Reproduction  # noqa: F401  (the CLI names its result file through it)
+from ..store import atomic_write_json, read_json_object
+from ..train import train
+from ..version import __version__
+
+
+@dataclass(frozen=True)
+class Row:
+    """A published result and the recipe that produced it, as vaelab's config (the paper's network, optimiser, batch,
+    schedule and split); `setup` says what the paper did that vaelab does differently."""
+
+    id: str
+    source: str  # paper, year, table
+    model: str
+    published: float  # nats, the paper's -log p(x) on its test set
+    config: TrainConfig
+    paper_epochs: int
+    k: int = 5000  # importance samples of the paper's test NLL
+    tolerance: float = 1.0  # nats, stated before the runs
+    metric: str = "test NLL (nats), IWAE bound"
+    binarization: str = "dynamic (training images drawn at every use; test drawn once)"
+    setup: str = ""
+    warmup_epochs: float = field(default=0.0)  # the paper's KL warm-up, scaled with a reduced budget
+
+
+# Burda et al. 2016, section 5 and appendix: 784-200-200-50 with tanh units each way, Bernoulli decoder, 60,000
+# training images (no validation), Adam (beta2 0.999, eps 1e-4), batch 20, 3^i epochs at lr 1e-3 * 10^(-i/7) for
+# i = 0..7 (3,280 epochs), test NLL with k = 5,000.
+_BURDA = dict(
+    dataset="binarized-mnist",
+    net="mlp_tanh",
+    latent_dim=50,
+    likelihood="bernoulli",
+    val_size=0,
+    batch_size=20,
+    lr=1e-3,
+    cosine=True,
+    epochs=3280,
+    iwae_samples=5000,
+)
+_BURDA_SETUP = (
+    "Burda et al. 2016 (section 5, appendix C): MLP 784-200-200-50, tanh, Bernoulli decoder; 60,000 training images; "
+    "Adam, batch 20, lr 1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7 (3,280 epochs); NLL with k = 5,000. vaelab: the "
+    "same network, data and batch; a cosine decay from 1e-3 in place of the staircase; Adam's eps 1e-8, not 1e-4."
+)
+# Tomczak & Welling 2018, section 4: two gated dense layers of 300 units each way, 40 latents, Bernoulli decoder;
+# 50,000 / 10,000 / 10,000 split; Adam lr 5e-4, batch 100, KL warm-up over 100 epochs, early stopping after 50
+# epochs without a better validation ELBO, at most 2,000 epochs; K = 500 pseudo-inputs; NLL with 5,000 samples.
+_TOMCZAK = dict(
+    dataset="binarized-mnist",
+    net="mlp_gated",
+    latent_dim=40,
+    likelihood="bernoulli",
+    val_size=10_000,
+    batch_size=100,
+    lr=5e-4,
+    epochs=2000,
+    patience=50,
+    iwae_samples=5000,
+)
+_TOMCZAK_SETUP = (
+    "Tomczak & Welling 2018 (section 4): gated MLP 300-300 each way, 40 latents, Bernoulli decoder; 50,000 / 10,000 / "
+    "10,000 split; Adam lr 5e-4, batch 100, KL warm-up 100 epochs, early stopping after 50 epochs, at most 2,000; "
+    "NLL with 5,000 samples. vaelab: the same; pseudo-inputs through a sigmoid (the paper: a hard tanh), the "
+    "posterior's log-variance unbounded (the paper: a hard tanh to [-6, 2])."
+)
+
+ROWS: dict[str, Row] = {
+    r.id: r
+    for r in (
+        Row(
+            "burda2016-vae",
+            "Burda et al. 2016, Table 1 (MNIST, one stochastic layer, VAE, k = 1)",
+            "VAE, MLP 200-200 tanh, 50 latents",
+            86.76,
+            TrainConfig(**_BURDA),
+            3280,
+            setup=_BURDA_SETUP,
+        ),
+        Row(
+            "burda2016-iwae-k5",
+            "Burda et al. 2016, Table 1 (MNIST, one stochastic layer, IWAE, k = 5)",
+            "IWAE (k = 5 in training), MLP 200-200 tanh, 50 latents",
+            85.54,
+            TrainConfig(**_BURDA, objective="iwae", train_samples=5),
+            3280,
+            setup=_BURDA_SETUP,
+        ),
+        Row(
+            "burda2016-iwae-k50",
+            "Burda et al. 2016, Table 1 (MNIST, one stochastic layer, IWAE, k = 50)",
+            "IWAE (k = 50 in training), MLP 200-200 tanh, 50 latents",
+            84.78,
+            TrainConfig(**_BURDA, objective="iwae", train_samples=50),
+            3280,
+            setup=_BURDA_SETUP,
+        ),
+        Row(
+            "tomczak2018-vae",
+            "Tomczak & Welling 2018, Table 2 (dynamic MNIST, VAE (L = 1), standard prior)",
+            "VAE, gated MLP 300-300, 40 latents, N(0, I) prior",
+            88.56,
+            TrainConfig(**_TOMCZAK, warmup_epochs=100),
+            2000,
+            setup=_TOMCZAK_SETUP,
+            warmup_epochs=100,
+        ),
+        Row(
+            "tomczak2018-vampprior",
+            "Tomczak & Welling 2018, Table 2 (dynamic MNIST, VAE (L = 1) + VampPrior)",
+            "VAE, gated MLP 300-300, 40 latents, VampPrior (500 pseudo-inputs)",
+            85.57,
+            TrainConfig(**_TOMCZAK, warmup_epochs=100, prior="vamp", prior_components=500),
+            2000,
+            setup=_TOMCZAK_SETUP,
+            warmup_epochs=100,
+        ),
+    )
+}
+
+# Published rows vaelab cannot run yet, named rather than faked (docs/reproductions.md says why).
+NOT_YET = (
+    "Burda et al. 2016, Table 1, two stochastic layers (VAE 85.33, IWAE k = 5 83.89, k = 50 82.90): needs the "
+    "two-stochastic-layer MLP model",
+    "Tomczak & Welling 2018, Table 2, HVAE (L = 2) + VampPrior (83.19): needs the two-layer MLP model",
+    "Kingma et al. 2016 (IAF), Table 1: a ResNet VAE on statically binarized MNIST (Larochelle & Murray's set, "
+    "not in ../shared/data)",
+)
+
+
+def row(row_id: str) -> Row:
+    if row_id not in ROWS:
+        raise VaelabError(f"unknown reproduction '{row_id}' (known: {', '.join(ROWS)}; vaelab reproduce --list)")
+    return ROWS[row_id]
+
+
+def list_rows() -> list[dict]:
+    """One line of facts per published row, for `vaelab reproduce --list`."""
+    return [
+        {
+            "id": r.id,
+            "source": r.source,
+            "dataset": f"{r.config.dataset} ({r.binarization.split(' (')[0]})",
+            "model": r.model,
+            "metric": f"{r.metric}, k = {r.k:,}",
+            "published": r.published,
+        }
+        for r in ROWS.values()
+    ]
+
+
+def epochs_of(r: Row, budget: str) -> float:
+    """The epochs a budget buys for this row (its training set size and batch), or the paper's without one."""
+    if not budget:
+        return float(r.paper_epochs)
+    amount, unit = parse_budget(budget)
+    n_train = 60_000 - r.config.val_size
+    per_epoch = {"images": n_train, "steps": math.ceil(n_train / r.config.batch_size)}
+    if unit not in per_epoch:
+        raise VaelabError(f"a reproduction's budget is a count of steps or images (e.g. 2e6images), got {budget!r}")
+    return amount / per_epoch[unit]
+
+
+def config_for(r: Row, seed: int, budget: str, k: int) -> TrainConfig:
+    """The row's recipe for one seed; under a reduced budget the KL warm-up keeps its share of training."""
+    cfg = r.config.replace(seed=seed, iwae_samples=k)
+    if budget:
+        share = min(1.0, epochs_of(r, budget) / r.paper_epochs)
+        cfg = cfg.replace(budget=budget, warmup_epochs=r.warmup_epochs * share)
+    return cfg
+
+
+def machine() -> str:
+    """This machine in words: cores and the CPU's model name (or the platform's processor)."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core {name}"
+
+
+def _seed_result(rep: Reproduction, cfg: TrainConfig, data_dir, progress) -> dict:
+    """Train (or resume, or find finished) one seed's run, then score it at the row's k (once)."""
+    run = rep.run(cfg.seed)
+    t0 = time.perf_counter()
+    train(cfg, run.path, data_dir=data_dir, resume=run.holds_run(), progress=progress)
+    scored = run.eval()
+    if not (scored and scored.get("iwae_samples") == cfg.iwae_samples and "iwae_nll" in scored):
+        scored = evaluate(run.path, data_dir=data_dir)
+    history = run.metrics
+    return {
+        "seed": cfg.seed,
+        "nll": scored["iwae_nll"],
+        "neg_elbo": scored["neg_elbo"],
+        "epochs": round((history[-1]["step"] if history else 0) * cfg.batch_size / (60_000 - cfg.val_size), 2),
+        "steps": history[-1]["step"] if history else 0,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def reproduce(
+    row_id: str,
+    out: str | Path,
+    seeds: int = 3,
+    budget: str = "",
+    k: int | None = None,
+    data_dir=None,
+    progress: bool | None = None,
+) -> dict:
+    """Train and score a row over seeds 0..seeds-1 in `out` (resumable: finished seeds are kept) and write
+    out/reproduction.json. A budget or k below the paper's is recorded, and such a row is never 'within'."""
+    r = row(row_id)
+    if not 1 <= seeds <= 100:
+        raise VaelabError(f"--seeds must be in 1..100, got {seeds}")
+    k = r.k if k is None else k
+    if not 1 <= k <= 100_000:
+        raise VaelabError(f"--k must be in 1..100,000, got {k}")
+    epochs_of(r, budget)  # a budget this row cannot count is refused before anything trains
+    rep = Reproduction(out)
+    per_seed = [_seed_result(rep, config_for(r, s, budget, k), data_dir, progress) for s in range(seeds)]
+    result = summarize(r, per_seed, budget, k)
+    atomic_write_json(rep.result_path, result)
+    return result
+
+
+def summarize(r: Row, per_seed: list[dict], budget: str, k: int) -> dict:
+    """reproduction.json: the published value, the measured one per seed, their mean and sd, the gap and whether it
+    is within the tolerance (never under a reduced budget or k)."""
+    measured = [s["nll"] for s in per_seed]
+    mean = statistics.fmean(measured)
+    sd = statistics.stdev(measured) if len(measured) > 1 else 0.0
+    reduced = bool(budget) or k < r.k
+    epochs = statistics.fmean(s["epochs"] for s in per_seed)
+    return {
+        "id": r.id,
+        "source": r.source,
+        "model": r.model,
+        "dataset": r.config.dataset,
+        "binarization": r.binarization,
+        "metric": r.metric,
+        "k": k,
+        "paper_k": r.k,
+        "published": r.published,
+        "measured": measured,
+        "mean": mean,
+        "sd": sd,
+        "gap": mean - r.published,
+        "tolerance": r.tolerance,
+        "within": (not reduced) and abs(mean - r.published) <= r.tolerance,
+        "reduced": reduced,
+        "budget": budget or f"the paper's ({r.paper_epochs:,} epochs)",
+        "epochs": epochs,
+        "paper_epochs": r.paper_epochs,
+        "per_seed": per_seed,
+        "setup": r.setup,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "vaelab_version": __version__,
+    }
+
+
+LEDGER_KEYS = ("id", "source", "published", "measured", "mean", "sd", "tolerance", "within", "budget", "metric", "k")
+
+
+def read_ledger(folder: str | Path) -> list[dict]:
+    """The committed reproduction.json files of a ledger folder (ID.json each), checked for the fields the table
+    needs, in the registry's order."""
+    rows = []
+    for path in sorted(Path(folder).glob("*.json")):
+        d = read_json_object(path, "a reproduction.json")
+        missing = [key for key in LEDGER_KEYS if key not in d]
+        if missing:
+            raise VaelabError(f"{path}: not a reproduction.json (missing {', '.join(missing)})")
+        if path.stem != d["id"]:
+            raise VaelabError(f"{path}: holds row '{d['id']}', not '{path.stem}'")
+        rows.append(d)
+    order = list(ROWS)
+    return sorted(rows, key=lambda d: (order.index(d["id"]) if d["id"] in order else len(order), d["id"]))
+
+
+def ledger_markdown(folder: str | Path) -> str:
+    """docs/reproductions.md's table: one line per committed row, generated (vaelab reproduce --ledger)."""
+    rows = read_ledger(folder)
+    within = sum(d["within"] for d in rows)
+    lines = [
+        "| row | paper | metric | published | vaelab (mean ± sd, seeds) | gap | tolerance | within? | budget | "
+        "day, machine |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in rows:
+        budget = d["budget"] + (f" ({d['epochs']:.0f} of {d['paper_epochs']:,} epochs)" if d.get("reduced") else "")
+        lines.append(
+            f"| `{d['id']}` | {d['source']} | {d['metric']}, k = {d['k']:,} | {d['published']:.2f} | "
+            f"{d['mean']:.2f} ± {d['sd']:.2f} ({len(d['measured'])}) | {d['mean'] - d['published']:+.2f} | "
+            f"{d['tolerance']:g} | {'yes' if d['within'] else 'no'} | {budget} | {d.get('date', '?')}, "
+            f"{d.get('machine', '?')} |"
+        )
+    head = f"{within} of {len(rows)} rows within their tolerance.\n\n"
+    return head + "\n".join(lines) + "\n"
