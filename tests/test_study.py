@@ -83,10 +83,19 @@ def test_a_written_study_json_reruns_as_it_stands_and_an_edited_one_is_refused(t
 @pytest.mark.parametrize(
     "spec_json", sorted((ROOT / "docs" / "studies").glob("*/spec.json")), ids=lambda p: p.parent.name
 )
-def test_the_committed_studies_specs_rerun_as_they_stand(spec_json):
+def test_the_committed_studies_specs_rerun_as_they_stand_and_an_edit_is_refused(spec_json, tmp_path):
     ids = [c.run_id for c in study.load_spec(spec_json).cells]
-    recorded = json.loads(spec_json.read_text()).get("cells")  # present where the study's own study.json was kept
-    assert ids == [c["run_id"] for c in recorded] if recorded else len(ids) >= 12
+    d = json.loads(spec_json.read_text())
+    assert ids == [c["run_id"] for c in d["cells"]] and len(ids) >= 12  # every committed spec records its runs
+    results = spec_json.parent / "results.csv"
+    if results.is_file():  # the runs it records are the runs the study's table holds
+        import pandas as pd
+
+        assert set(ids) == set(pd.read_csv(results)["run_id"])
+    edited = {**d, "base": {**d["base"], "iwae_samples": 5 if d["base"].get("iwae_samples") != 5 else 7}}
+    (tmp_path / "spec.json").write_text(json.dumps(edited))
+    with pytest.raises(VaelabError, match="is not what 'cells' records"):
+        study.load_spec(tmp_path / "spec.json")
 
 
 def test_yaml_and_sweeps_union_without_duplicates(tmp_path):

@@ -1,7 +1,16 @@
 """vaelab: train, evaluate and compare Variational Autoencoders on image data."""
 
 from .errors import VaelabError
-from .export import load
 from .version import __version__
 
 __all__ = ["VaelabError", "__version__", "load"]
+
+
+def __getattr__(name: str):
+    """`vaelab.load`, imported when first asked for: `import vaelab` (and the command's start) stays light, so that
+    Ctrl-C while it starts is one line, not a traceback from inside torch's import."""
+    if name == "load":
+        from .export import load
+
+        return load
+    raise AttributeError(f"module 'vaelab' has no attribute {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -116,6 +117,8 @@ def cmd_train(args) -> int:
     cfg = _train_config(args, out)
     if args.nproc < 1:
         raise VaelabError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not distributed.from_env().on:
+        distributed.check_nproc(args.nproc, cfg.device)
     if args.nproc > 1 and not distributed.from_env().on:  # launch N processes here, as torchrun would
         check_launch(cfg, out, args.data_dir, args.resume)
         distributed.launch([*_without_nproc(args.argv), "--no-eval"], args.nproc)  # its rank 0 reports training
@@ -233,8 +236,16 @@ def _run_arg(arg: str) -> Path:
 
 
 def cmd_serve(args) -> int:
+    if not 0 <= args.port <= 65535:
+        raise VaelabError(f"--port must be in 0..65535 (0 picks a free one), got {args.port}")
     run = _run_arg(args.run)
     sock = serve.bind(args.host, args.port)  # first: a port that cannot be had is refused before any loading
+    if not serve.loopback(sock):
+        print(
+            f"serve: warning: listening on {args.host}, beyond this machine: the API has no authentication, so "
+            "anyone who can reach this address can use it and read the model's test images",
+            file=sys.stderr,
+        )
     explorer = Explorer.for_run(run, args.data_dir)
     if explorer.mu is None:
         print("serve: the dataset is not here: test images, the map, the GMM and arithmetic are off", file=sys.stderr)
@@ -356,10 +367,10 @@ def cmd_score(args) -> int:
 def cmd_export(args) -> int:
     run, path = check_run_dir(Path(args.run)), Path(args.file)
     if path.suffix == ".onnx":
-        for p in export_onnx(run, path):
+        for p in export_onnx(run, path, force=args.force):
             print(p)
         return 0
-    print(export(run, path))
+    print(export(run, path, force=args.force))
     return 0
 
 
@@ -386,8 +397,7 @@ def cmd_findings(args) -> int:
         df = pd.read_csv(path)
     except (OSError, ValueError) as e:
         raise VaelabError(f"{path}: cannot read a results table ({e})") from None
-    if not {"status", "dataset"} <= set(df.columns):
-        raise VaelabError(f"{path}: not a vaelab results.csv (no status and dataset columns)")
+    df = study.check_table(df, path)
     along = study.read_fractions(path.parent) if path.name == Study(path.parent).results_path.name else None
     testable, untestable = study.study_findings(df, along)
     for f in testable:
@@ -743,6 +753,7 @@ def _parser_export(add, data_arg: dict) -> None:
     )
     ex.add_argument("run", help="the run directory to export")
     ex.add_argument("file", metavar="FILE.safetensors|NAME.onnx", help="the model file to write")
+    ex.add_argument("--force", action="store_true", help="replace the file(s) if they exist")
     ex.set_defaults(func=cmd_export)
 
 
@@ -880,9 +891,12 @@ def _dispatch(args) -> int:
     except RuntimeError as e:
         if "alloc" in str(e).lower() or "out of memory" in str(e).lower():  # torch's allocator, CPU or CUDA
             return _error("out of memory; use smaller sizes (--batch-size, --latent-dim, --n, --iwae-samples)")
+        if os.environ.get(distributed.WORKER):  # a peer's death breaks this process's collectives: one line
+            return _error(f"process {distributed.from_env().rank}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         raise
     except KeyboardInterrupt as e:
-        print(f"vaelab: interrupted; {_resume_hint(args)}", file=sys.stderr)
+        if not os.environ.get(distributed.WORKER):  # `vaelab train --nproc N` reports it once, for all
+            print(f"vaelab: interrupted; {_resume_hint(args)}", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
 
 

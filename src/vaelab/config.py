@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -221,18 +222,21 @@ BUDGET_UNITS = ("steps", "images", "flops")
 def parse_budget(value: str) -> tuple[float, str]:
     """(amount, unit) of a budget: "3000steps", "2e6images", "2e13flops", or a duration ("90s", "30m") in seconds."""
     text = str(value).strip().lower()
-    unit = next((u for u in BUDGET_UNITS if text.endswith(u)), None)
-    if unit is None:
-        if text[-1:] not in _UNITS:
-            raise VaelabError(f"not a budget: {value!r} (use 3000steps, 2e6images, 2e13flops or a time: 90s, 30m)")
+    word = re.fullmatch(r"([0-9.eE+-]*)\s*([a-z]*)", text)
+    unit = word.group(2) if word else "?"
+    if unit not in BUDGET_UNITS and unit not in _UNITS:
+        raise VaelabError(f"not a budget: {value!r} (use 3000steps, 2e6images, 2e13flops or a time: 90s, 30m)")
+    if unit not in BUDGET_UNITS:
         amount, unit = parse_duration(text), "seconds"
     else:
         try:
-            amount = float(text[: -len(unit)])
+            amount = float(word.group(1))
         except ValueError:
             raise VaelabError(f"not a budget: {value!r} (a number before '{unit}', e.g. 3000{unit})") from None
     if not (math.isfinite(amount) and amount >= 1):
         raise VaelabError(f"a budget must be at least 1 {unit}, got {value!r}")
+    if unit in ("steps", "images") and amount != int(amount):
+        raise VaelabError(f"a budget of {unit} is a whole number, got {value!r}")
     return amount, unit
 
 

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import uuid
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from .errors import VaelabError
+from .errors import Terminated, VaelabError
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,33 @@ def wrap(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Modu
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+WORKER = "VAELAB_WORKER"  # set in the processes `launch` starts
+
+
+def check_nproc(nproc: int, device: str) -> None:
+    """Refuse more processes than this machine has places for: GPUs when training on CUDA, else CPU cores (each
+    process needs at least one; more only wait on each other)."""
+    cuda = device != "cpu" and torch.cuda.is_available()
+    have, what = (torch.cuda.device_count(), "GPUs") if cuda else (os.cpu_count() or 1, "CPU cores")
+    if nproc > have:
+        raise VaelabError(
+            f"--nproc {nproc} is more than this machine's {have} {what}: use at most {have} (several machines: torchrun)"
+        )
+
+
+def failure_text(failures: dict) -> str:
+    """Which process stopped the others: one killed by a signal before one that exited with an error (a peer's death
+    makes the others' collectives fail too), the earlier before the later, then by rank; the rest follow."""
+
+    def said(rank, f) -> str:
+        how = f"was killed by signal {-f.exitcode}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
+        return f"process {rank} {how}"
+
+    order = sorted(failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[1].timestamp, kv[0]))
+    rest = ", ".join(said(*kv) for kv in order[1:])
+    return said(*order[0]) + (f" (then {rest})" if rest else "")
+
+
 def launch(args: list[str], nproc: int, threads: int | None = None) -> None:
     """Run `python -m vaelab ARGS` in nproc processes on this machine, as `torchrun --standalone --nproc-per-node
     NPROC` does; any process that fails ends all of them, and this raises one line naming it."""
@@ -143,15 +172,18 @@ def launch(args: list[str], nproc: int, threads: int | None = None) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads or omp or max(1, (os.cpu_count() or 1) // nproc))
     quiet = logging.getLogger("torch.distributed.elastic")
     level, quiet.level = quiet.level, logging.CRITICAL  # the failure is reported below, in one line
+    os.environ[WORKER] = "1"  # the processes stay quiet on Ctrl-C: this one reports it, once
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "vaelab", *args)
     except ChildFailedError as e:
-        rank, failure = min(e.failures.items())
         raise VaelabError(
-            f"training on {nproc} processes stopped: process {rank} exited with code {failure.exitcode} "
-            "(its message, if any, is above); the run resumes with --resume"
+            f"training on {nproc} processes stopped: {failure_text(e.failures)} (its message, if any, is above); "
+            "the run resumes with --resume"
         ) from None
+    except SignalException as e:  # Ctrl-C or SIGTERM reached the launcher: the same answer as one process gives
+        raise (KeyboardInterrupt() if e.sigval == signal.SIGINT else Terminated()) from None
     finally:
+        os.environ.pop(WORKER, None)
         quiet.level = level
         if omp is None:
             os.environ.pop("OMP_NUM_THREADS", None)

@@ -324,6 +324,12 @@ def _check_finite(run_dir: Path, result: dict) -> None:
 def _model_to_evaluate(run: Run, dev, raw: bool, snapshot: float | None) -> tuple:
     if snapshot is None:
         return run.load(dev, "train_model" if raw else "model")
+    kept = snapshot_fractions(run.config.snapshots)
+    if snapshot not in kept:
+        raise VaelabError(
+            f"{run.path}: keeps no snapshot at {snapshot:g} "
+            + (f"(it keeps {', '.join(f'{f:g}' for f in kept)})" if kept else "(trained without --snapshots)")
+        )
     return load_snapshot(run.snapshot_path(snapshot), dev)
 
 

@@ -38,18 +38,25 @@ class BadRequest(VaelabError):
 
 
 def _number(value, name: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadRequest(f"{name} must be a finite number, got {value!r}"[:200])
+    # an int is compared exactly, never converted first: a 400-digit integer overflows a float
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (isinstance(value, int) or math.isfinite(value)):
+        raise BadRequest(f"{name} must be a finite number, got {_short(value)}")
     if not lo <= value <= hi:
-        raise BadRequest(f"{name} must be in [{lo:g}, {hi:g}], got {value:g}")
+        raise BadRequest(f"{name} must be in [{lo:g}, {hi:g}], got {_short(value)}")
     return float(value)
+
+
+def _short(value) -> str:
+    """A request's value for a message: its repr, cut to 40 characters (a 400-digit integer, a long string)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _index(value, name: str, n: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"{name} must be an integer, got {value!r}"[:200])
+        raise BadRequest(f"{name} must be an integer, got {_short(value)}")
     if not 0 <= value < n:
-        raise BadRequest(f"{name} {value} is out of range (0..{n - 1})")
+        raise BadRequest(f"{name} {_short(value)} is out of range (0..{n - 1})")
     return value
 
 
@@ -152,8 +159,8 @@ class Explorer:
     def class_index(self, name) -> int:
         if isinstance(name, int) and not isinstance(name, bool):
             return _index(name, "class", len(self.classes))
-        if name not in self.classes:
-            raise BadRequest(f"unknown class {str(name)[:50]!r} (known: {', '.join(self.classes)})")
+        if not isinstance(name, str) or name not in self.classes:
+            raise BadRequest(f"unknown class {_short(name)} (known: {', '.join(self.classes)})")
         return self.classes.index(name)
 
     def decode(self, z, class_name=None, temperature: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -162,6 +169,8 @@ class Explorer:
         codes = torch.from_numpy(self.codes(z)).to(self._device)
         t = _number(temperature, "temperature", 0.0, 2.0)
         y = None
+        if class_name is not None and not self.model.num_classes:
+            raise BadRequest("this model is unconditional: it decodes without a class (leave class out)")
         if self.model.num_classes:
             k = 0 if class_name is None else self.class_index(class_name)
             y = torch.full((len(codes),), k, device=self._device)
@@ -189,7 +198,7 @@ class Explorer:
         """A code from the prior, the GMM on the aggregate posterior ("gmm") or a class's Gaussian ("class")."""
         seed = _index(seed, "seed", 2**31)
         if source not in ("prior", "gmm", "class"):
-            raise BadRequest(f"source must be prior, gmm or class, got {str(source)[:50]!r}")
+            raise BadRequest(f"source must be prior, gmm or class, got {_short(source)}")
         if source == "prior":
             with self._lock:
                 return self.sampler.codes(1, "prior", seed=seed)[0].tolist()
@@ -205,7 +214,7 @@ class Explorer:
         za, zb = torch.tensor(self.code(a)), torch.tensor(self.code(b))
         t = _number(t, "t", 0.0, 1.0)
         if mode not in ("linear", "spherical"):
-            raise BadRequest(f"mode must be linear or spherical, got {str(mode)[:50]!r}")
+            raise BadRequest(f"mode must be linear or spherical, got {_short(mode)}")
         return (slerp if mode == "spherical" else lerp)(za, zb, [t])[0].tolist()
 
     def arithmetic(self, a, b, c) -> list[float]:

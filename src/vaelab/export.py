@@ -18,7 +18,7 @@ from .run import Run
 from .store import (
     atomic_write_json,
     atomic_write_text,
-    check_regular_target,
+    check_new_target,
     load_tree,
     save_tree,
 )
@@ -37,13 +37,14 @@ def dataset_facts(cfg, ckpt) -> dict:
     return {"name": cfg.dataset, "shape": list(ckpt["shape"]), "classes": list(ckpt["classes"]), "levels": levels}
 
 
-def export(run_dir, path) -> Path:
-    """Write a run's model (what evaluation reads: its EMA or best epoch) to one file anyone can load safely."""
-    cfg, model, ckpt = Run(run_dir).load()
+def export(run_dir, path, force: bool = False) -> Path:
+    """Write a run's model (what evaluation reads: its EMA or best epoch) to one file anyone can load safely; an
+    existing file is replaced only with `force`."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise VaelabError(f"{path}: an exported model is a .safetensors file")
-    check_regular_target(path)
+    check_new_target(path, force)
+    cfg, model, ckpt = Run(run_dir).load()
     save_tree(
         path,
         {

@@ -363,7 +363,7 @@ def dataset_complexity(latent: pd.DataFrame) -> list[Finding]:
 
 def latent_size(latent: pd.DataFrame) -> list[Finding]:
     out = []
-    for ds, sub in latent.groupby("dataset"):
+    for ds, sub in latent.dropna(subset=["recon"]).groupby("dataset"):  # a run without its scores says nothing
         claim = f"{ds}: larger latent sizes improve reconstruction."
         means = sub.groupby("latent_dim")["recon"].mean().sort_index()
         if len(means) < 2:
@@ -389,7 +389,7 @@ def _last_gain(sub: pd.DataFrame, metric: str) -> str:
     """Where a metric stops improving (falling) with latent size: each step between consecutive sizes paired by
     seed, and the largest size whose step is a significant gain."""
     sizes = sorted(sub["latent_dim"].unique())
-    wide = sub.pivot_table(index="seed", columns="latent_dim", values=metric)
+    wide = sub.pivot_table(index="seed", columns="latent_dim", values=metric).reindex(columns=sizes)
     steps, last = [], None
     for a, b in zip(sizes[:-1], sizes[1:]):
         eff = paired((wide[a] - wide[b]).dropna())

@@ -27,7 +27,7 @@ from torch import nn
 from .errors import VaelabError
 from .export import dataset_facts
 from .run import Run
-from .store import atomic_write_bytes, check_regular_target
+from .store import atomic_write_bytes, check_new_target
 from .version import __version__
 
 FORMAT, VERSION = "vaelab-onnx", 1
@@ -63,12 +63,12 @@ def paths(path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".encoder.onnx"), stem.with_name(stem.name + ".decoder.onnx")
 
 
-def export_onnx(run_dir, path) -> tuple[Path, Path]:
+def export_onnx(run_dir, path, force: bool = False) -> tuple[Path, Path]:
     """Write a run's model (what evaluation reads) as NAME.encoder.onnx and NAME.decoder.onnx; returns both paths.
-    Nothing is written unless both graphs export."""
+    Nothing is written unless both graphs export; existing files are replaced only with `force`."""
     enc_path, dec_path = paths(path)
     for p in (enc_path, dec_path):
-        check_regular_target(p)
+        check_new_target(p, force)
     try:
         import onnx  # noqa: F401  (the exporter's own dependencies: refuse early, in one line)
         import onnxscript  # noqa: F401

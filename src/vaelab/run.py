@@ -26,6 +26,12 @@ _LOADED: OrderedDict[tuple, tuple] = OrderedDict()  # (path, checkpoint mtime, d
 _KEEP = 8  # models kept per process: a study report walks many runs, and each is read once per version
 
 
+def snapshot_name(fraction: float) -> str:
+    """A snapshot's fraction in its file name, exactly: two decimals where they say it all (at-0.25, the name it has
+    always had), else the float's shortest exact form (at-0.251), so that no two fractions share a file."""
+    return f"{fraction:.2f}" if float(f"{fraction:.2f}") == fraction else repr(float(fraction))
+
+
 class Run:
     """One run directory. Every module that needs a run's files or model goes through this class, so the layout
     is written down once and a model is loaded once per process (until its checkpoint changes)."""
@@ -78,10 +84,10 @@ class Run:
 
     def snapshot_path(self, fraction: float) -> Path:
         """The model kept at `fraction` of the budget (TrainConfig.snapshots)."""
-        return self.path / SNAPSHOTS / f"at-{fraction:.2f}.safetensors"
+        return self.path / SNAPSHOTS / f"at-{snapshot_name(fraction)}.safetensors"
 
     def snapshot_eval_path(self, fraction: float) -> Path:
-        return self.path / SNAPSHOTS / f"eval-at-{fraction:.2f}.json"
+        return self.path / SNAPSHOTS / f"eval-at-{snapshot_name(fraction)}.json"
 
     def snapshot_eval(self, fraction: float) -> dict | None:
         path = self.snapshot_eval_path(fraction)

@@ -2,7 +2,8 @@
 
 The page (templates/explorer.html.j2) asks the JSON API below for codes and the PNG endpoints for images; every
 number is computed by vaelab.explorer.Explorer, which validates each request. A refused request is answered
-400 with {"error": "<one line>"}; the server keeps serving. Binds 127.0.0.1 unless told otherwise.
+400 with {"error": "<one line>"} (413 for a body over MAX_BODY, 404/405 for an unknown path or method, also as
+JSON); the server keeps serving. Binds 127.0.0.1 unless told otherwise.
 
 Starlette and uvicorn are optional (`pip install 'vaelab[serve]'`): they are imported when a server is made.
 """
@@ -19,6 +20,10 @@ from PIL import Image
 
 from .errors import VaelabError
 from .explorer import BadRequest, Explorer
+
+class TooLarge(VaelabError):
+    """A request body over MAX_BODY: answered 413 without reading the rest."""
+
 
 MAX_BODY = 1 << 20  # bytes of JSON one request may send (64 codes of 512 numbers need about 0.4 MB)
 _NEEDS = "vaelab serve needs the optional packages starlette and uvicorn: pip install 'vaelab[serve]'"
@@ -51,13 +56,23 @@ def app(explorer: Explorer, title: str = "vaelab explorer"):
     page = _ENV.get_template("explorer.html.j2").render(title=title, info=explorer.info())
 
     async def body(request) -> dict:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise BadRequest(f"request body over {MAX_BODY} bytes")
+        """The JSON object a POST sends, read no further than MAX_BODY bytes: a larger Content-Length is refused
+        before any of it is read, and a chunked body is dropped as soon as it passes the limit."""
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            raise TooLarge(f"request body over {MAX_BODY} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise TooLarge(f"request body over {MAX_BODY} bytes")
+            chunks.append(chunk)
         try:
-            data = json.loads(raw or b"{}")
+            data = json.loads(b"".join(chunks) or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("the request body is not JSON") from None
+        except RecursionError:  # '[' * 100000: deeper than the decoder's stack
+            raise BadRequest("the request body is nested too deeply") from None
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
         return data
@@ -69,6 +84,8 @@ def app(explorer: Explorer, title: str = "vaelab explorer"):
             try:
                 data = await body(request) if request.method == "POST" else dict(request.query_params)
                 out = answer(explorer, data)
+            except TooLarge as e:
+                return JSONResponse({"error": str(e)}, status_code=413, headers={"Connection": "close"})
             except VaelabError as e:  # BadRequest, and a sampler that cannot fit without data
                 return JSONResponse({"error": str(e).splitlines()[0][:300]}, status_code=400)
             if isinstance(out, bytes):
@@ -80,7 +97,11 @@ def app(explorer: Explorer, title: str = "vaelab explorer"):
     routes = [Route("/", lambda request: HTMLResponse(page))]
     for path, method, answer in ENDPOINTS:
         routes.append(Route(path, handler(answer), methods=[method]))
-    return Starlette(routes=routes)
+
+    async def http_error(request, exc):  # 404 and 405 as the JSON every other refusal is
+        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"[:300]}, exc.status_code)
+
+    return Starlette(routes=routes, exception_handlers={404: http_error, 405: http_error})
 
 
 def _int(data: dict, key: str, default=None):
@@ -139,6 +160,17 @@ def server(explorer: Explorer, sock: socket.socket, title: str = "vaelab explore
         raise VaelabError(_NEEDS) from None
     config = uvicorn.Config(app(explorer, title), log_level="warning", access_log=False, lifespan="off")
     return uvicorn.Server(config)
+
+
+def loopback(sock: socket.socket) -> bool:
+    """Whether a bound socket listens on this machine only (127.0.0.0/8 or ::1)."""
+    import ipaddress
+
+    host = sock.getsockname()[0]
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def address(sock: socket.socket) -> str:

@@ -36,6 +36,17 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's 0600 is for secrets, not results
 
 
+def check_new_target(path: Path, force: bool = False) -> Path:
+    """A file a command is about to create: its folder must exist (a mistyped folder is not made silently), and an
+    existing file is replaced only with force; never anything but a regular file (check_regular_target)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise VaelabError(f"{path.parent}: no such folder (create it first)")
+    if not force and (path.exists() or path.is_symlink()):
+        raise VaelabError(f"{path}: already exists; pass --force to replace it")
+    return check_regular_target(path)
+
+
 def check_regular_target(path: Path) -> Path:
     """Refuse to replace anything but a regular file: a symlink, a device node, a folder or a fifo."""
     path = Path(path)

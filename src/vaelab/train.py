@@ -258,12 +258,39 @@ def check_start(cfg: TrainConfig, out: Path, data_dir=None, resume: bool = False
     device = resolve_device(cfg.device)
     ds = dataset if dataset is not None else vdata.load(cfg.dataset, data_dir)
     splits = vdata.make_splits(ds, cfg.val_size, cfg.train_size, cfg.test_size, device)
+    check_snapshot_steps(cfg, planned_steps(cfg, len(splits["train"])))
     check_fits(
         model_bytes(cfg, ds.shape, len(ds.classes), min(cfg.batch_size, len(splits["train"]))),
         "training this model",
         device,
     )
     return device, ds, splits
+
+
+def planned_steps(cfg: TrainConfig, n_train: int) -> int | None:
+    """The optimiser steps a run will take, where its config alone says (epochs, a steps or images budget); None
+    for a FLOP budget (its model counts them) or a time budget."""
+    if cfg.time_budget:
+        return None
+    if not cfg.budget:
+        return cfg.epochs * math.ceil(n_train / cfg.batch_size)
+    amount, unit = parse_budget(cfg.budget)
+    return {"steps": int(amount), "images": math.ceil(amount / cfg.batch_size)}.get(unit)
+
+
+def check_snapshot_steps(cfg: TrainConfig, total: int | None) -> None:
+    """Two snapshot fractions that fall on the same optimiser step would keep the same model twice: refused. A
+    snapshot is kept after the first step at which step / total reaches its fraction."""
+    fractions = snapshot_fractions(cfg.snapshots)
+    if total is None or len(fractions) < 2:
+        return
+    steps = [math.ceil(f * total - 1e-9) for f in fractions]
+    for (f1, s1), (f2, s2) in zip(zip(fractions, steps), zip(fractions[1:], steps[1:])):
+        if s1 == s2:
+            raise VaelabError(
+                f"snapshots {f1:g} and {f2:g} both fall on step {s1} of {total}: give fractions at least "
+                f"1/{total} apart"
+            )
 
 
 def check_launch(cfg: TrainConfig, out: Path, data_dir=None, resume: bool = False) -> None:
@@ -401,6 +428,8 @@ class _Trainer:
         self.budget_steps = budget_steps(cfg, self.model, train_split)  # a count budget, as optimiser steps
         if self.budget_steps:
             self.total_steps = self.budget_steps  # the schedules span the budget
+        if cfg.budget and parse_budget(cfg.budget)[1] == "flops":  # only now known: the model counted them
+            check_snapshot_steps(cfg, self.total_steps)
         # snapshots still to keep; one a killed run already wrote is the same weights when the steps are redone
         # (and one whose moment a restored run has passed cannot be made again: it stays missing, never later weights)
         run, done = Run(out, check=False), _progress(cfg, self.step, self.total_steps, self.trained_s)

@@ -77,6 +77,40 @@ def arch_label(cfg: dict) -> str:
     return model if model != "vae" else cfg.get("net", "conv")
 
 
+AXES = ("latent_dim", "beta", "seed")  # the columns findings group and pair by: numbers in every row
+
+
+def check_table(df: pd.DataFrame, path) -> pd.DataFrame:
+    """A results table `vaelab findings` can read, or one line naming the column and row that is not: the status,
+    dataset and seed columns present, the axes numeric, and no infinite value in any numeric column."""
+    missing = [c for c in ("status", "dataset", *AXES) if c not in df.columns]
+    if missing:
+        raise VaelabError(f"{path}: not a vaelab results table (no {', '.join(missing)} column)")
+    # a metric the table lacks is a metric no run measured: the findings that need it are then not testable
+    df = df.assign(**{c: np.nan for c in metric_columns() if c not in df.columns})
+    label = (lambda i: f"row {i + 2} ({df['run_id'].iloc[i]})") if "run_id" in df.columns else (lambda i: f"row {i + 2}")
+    done = (df["status"] == "done").to_numpy()
+    for col in df.columns:
+        values = pd.to_numeric(df[col], errors="coerce")
+        numeric = values.notna().to_numpy()
+        if col not in AXES and not numeric.any():
+            continue  # a text column (budget, arch, objective)
+        text = df[col].notna().to_numpy() & ~numeric & (done if col in AXES else True)
+        if text.any():
+            i = int(np.flatnonzero(text)[0])
+            raise VaelabError(f"{path}: {col} in {label(i)} is {str(df[col].iloc[i])[:40]!r}, not a number")
+        inf = np.flatnonzero(np.isinf(values.to_numpy(dtype=float)))
+        if len(inf):
+            raise VaelabError(f"{path}: {col} in {label(int(inf[0]))} is {values.iloc[inf[0]]}, not a finite number")
+        if col in AXES:
+            df[col] = values
+    for col in AXES:
+        empty = done & df[col].isna().to_numpy()
+        if empty.any():
+            raise VaelabError(f"{path}: {col} in {label(int(np.flatnonzero(empty)[0]))} is empty (a finished run has one)")
+    return df
+
+
 def _findings_of(df) -> list:
     return vfindings.compute(latent_rows(df), beta_rows(df), df[df["status"] == "done"])
 
