@@ -345,3 +345,60 @@ def test_findings_from_a_results_csv_alone(tmp_path, capsys):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     assert main(["findings", str(tmp_path / "x.csv")]) == 2
     assert "not a vaelab results.csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "budget, words",
+    [
+        ("1e6widgets", "not a budget: '1e6widgets'"),
+        ("1.5steps", "a budget of steps is a whole number"),
+        ("2.5images", "whole number"),
+    ],
+)
+def test_a_budget_in_an_unknown_unit_or_a_fraction_of_a_step_is_refused(budget, words, tmp_path, capsys):
+    assert main(["train", "--budget", budget, "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_more_processes_than_the_machine_has_cores_are_refused_before_any_starts(tiny_root, tmp_path, capsys):
+    import os
+
+    n = (os.cpu_count() or 1) + 1
+    argv = ["train", *TINY, "--nproc", str(n), "--out", str(tmp_path / "r"), "--data-dir", str(tiny_root)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--nproc {n} is more than this machine's {n - 1} CPU cores" in err and not (tmp_path / "r").exists()
+
+
+def test_export_refuses_to_replace_a_file_or_make_a_folder_unless_told(tiny_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--no-eval", "--out", str(run), "--data-dir", str(tiny_root)]) == 0
+    target = tmp_path / "m.safetensors"
+    target.write_bytes(b"someone's file")
+    capsys.readouterr()
+    assert main(["export", str(run), str(target)]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err and target.read_bytes() == b"someone's file"
+    assert main(["export", str(run), str(target), "--force"]) == 0 and target.read_bytes() != b"someone's file"
+    assert main(["export", str(run), str(tmp_path / "no" / "such" / "m.safetensors")]) == 2
+    assert "no such folder" in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while torch and the rest import (before the CLI exists) is one line and exit 130, not a traceback."""
+    import importlib.abc
+    import sys
+
+    from vaelab.__main__ import console
+
+    class Interrupted(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "vaelab.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "vaelab.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    assert console() == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["vaelab: interrupted while starting; nothing was changed"]

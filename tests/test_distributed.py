@@ -132,7 +132,8 @@ def test_kill_9_of_any_process_leaves_a_run_that_resumes(data, tmp_path, victim)
     os.kill(_workers(proc.pid)[victim], signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    assert err.strip().splitlines()[-1].startswith("vaelab: error: training on 2 processes stopped: process")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"vaelab: error: training on 2 processes stopped: process {victim} was killed by signal 9")
     cut = load_checkpoint(out)
     assert 2 <= cut["epoch"] and cut["step"] < 120
     resumed = vaelab(
@@ -142,6 +143,41 @@ def test_kill_9_of_any_process_leaves_a_run_that_resumes(data, tmp_path, victim)
     done = load_checkpoint(out)
     assert done["step"] == 120 and [r["epoch"] for r in done["history"]] == list(range(1, done["epoch"] + 1))
     count("kill_trials")
+
+
+def test_ctrl_c_of_two_processes_is_one_line_and_exit_130_and_the_run_resumes(data, tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group: the launcher and both workers."""
+    out = tmp_path / "r"
+    args = [*BASE, "--epochs", "1000", "--budget", "120steps", "--data-dir", data, "--no-eval", "--out", out]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaelab", "train", *map(str, args), "--nproc", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        start_new_session=True,
+    )
+    _wait_for_epoch(out, 2, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [f"vaelab: interrupted; continue with: vaelab train --resume --out {out}"]
+    resumed = vaelab("train", "--resume", "--out", out, "--data-dir", data, "--no-eval", "--nproc", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(out)["step"] == 120
+
+
+def test_a_failure_names_the_process_that_died_first():
+    from types import SimpleNamespace
+
+    from vaelab.distributed import failure_text
+
+    died = {0: SimpleNamespace(exitcode=1, timestamp=100), 1: SimpleNamespace(exitcode=-9, timestamp=100)}
+    assert failure_text(died) == "process 1 was killed by signal 9 (then process 0 exited with code 1)"
+    stopped = {0: SimpleNamespace(exitcode=-15, timestamp=99), 1: SimpleNamespace(exitcode=-9, timestamp=100)}
+    assert failure_text(stopped).startswith("process 1 was killed by signal 9")  # SIGTERM: the launcher's stop
+    later = {0: SimpleNamespace(exitcode=1, timestamp=101), 1: SimpleNamespace(exitcode=2, timestamp=100)}
+    assert failure_text(later).startswith("process 1 exited with code 2")
 
 
 def _free_port() -> int:

@@ -4,6 +4,7 @@ hold and is inconclusive, with and without the seeds that statistics need."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import re
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from vaelab import findings as F
+from vaelab.cli import main
 
 LN2 = math.log(2)
 DIMS = {"fashion-mnist": 784, "cifar10": 3072}
@@ -706,3 +708,38 @@ def test_the_objective_matters_less_than_the_seed_when_the_icc_is_significantly_
     (f,) = F.objective_vs_seed("shapes2d", rows)
     assert f.verdict == F.FAILS, f.evidence
     assert "share of variance between objectives (ICC)" in f.evidence
+
+
+_STANDARD = Path(__file__).resolve().parents[1] / "docs" / "studies" / "standard" / "results.csv"
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda d: d.drop(columns=["seed"]), "no seed column"),
+        (
+            lambda d: d.assign(latent_dim=d["latent_dim"].astype(object).where(d.index != 3, "big")),
+            "latent_dim in row 5",
+        ),
+        (lambda d: d.assign(recon=d["recon"].where(d["dataset"] != "cifar10", -np.inf)), "recon in row 14"),
+        (lambda d: d.assign(seed=d["seed"].where(d.index != 0, np.nan)), "seed in row 2"),
+    ],
+)
+def test_findings_on_a_malformed_table_say_one_line_naming_column_and_row(change, words, tmp_path, capsys):
+    path = tmp_path / "results.csv"
+    change(pd.read_csv(_STANDARD)).to_csv(path, index=False)
+    assert main(["findings", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+
+
+@pytest.mark.parametrize(
+    "column", ["recon", "kl", "bpd_elbo", "neg_elbo", "active_units", "probe_accuracy", "silhouette"]
+)
+def test_findings_without_a_metric_or_with_it_empty_are_drawn_from_the_rest(column, tmp_path, capsys):
+    df = pd.read_csv(_STANDARD)
+    for i, table in enumerate((df.drop(columns=[column]), df.assign(**{column: np.nan}))):
+        path = tmp_path / f"r{i}.csv"
+        table.to_csv(path, index=False)
+        assert main(["findings", str(path)]) == 0
+        assert "**" in capsys.readouterr().out

@@ -174,7 +174,10 @@ def test_the_registry_lists_at_least_four_published_rows(capsys):
 
 
 def _made_up(values):
-    return [{"seed": i, "nll": v, "neg_elbo": v + 4, "epochs": 1.0, "steps": 10, "seconds": 1.0} for i, v in enumerate(values)]
+    return [
+        {"seed": i, "nll": v, "neg_elbo": v + 4, "epochs": 1.0, "steps": 10, "seconds": 1.0}
+        for i, v in enumerate(values)
+    ]
 
 
 def test_within_needs_the_full_protocol_and_the_gap_inside_the_tolerance():

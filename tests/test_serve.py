@@ -92,7 +92,7 @@ def test_every_bad_request_is_a_400_with_one_line_and_the_next_request_works(exp
     assert r.status_code == 400 and words in r.json()["error"] and "\n" not in r.json()["error"]
     for raw in (b"{not json", b"[1, 2]", b"x" * (serve.MAX_BODY + 1)):
         r = client.post("/api/decode", content=raw)
-        assert r.status_code == 400 and r.json()["error"]
+        assert r.status_code == (413 if len(raw) > serve.MAX_BODY else 400) and r.json()["error"]
     assert client.get("/api/test", params={"index": "x"}).status_code == 400
     ok = client.post("/api/decode", json={"z": [0.5] * 6})
     assert ok.status_code == 200 and ok.headers["content-type"] == "image/png"
@@ -276,3 +276,163 @@ def test_the_page_in_headless_chromium(explorer, tmp_path):
             assert severe == [], severe
     finally:
         browser.quit()
+
+
+# ---------------------------------------------------------------- hostile requests: never a 500, never a whole huge body
+
+_ANY_JSON = None
+
+
+def _any_json():
+    """Every kind of JSON value, huge integers and non-finite numbers (as browsers and json.dumps send them) included."""
+    from hypothesis import strategies as st
+
+    global _ANY_JSON
+    if _ANY_JSON is None:
+        scalars = st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.integers(min_value=10**300, max_value=10**400),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.text(max_size=20),
+            st.sampled_from(["Sneaker", "prior", "gmm", "class", "linear", "spherical", "T-shirt/top"]),
+        )
+        _ANY_JSON = st.recursive(
+            scalars,
+            lambda inner: st.lists(inner, max_size=8) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+            max_leaves=30,
+        )
+    return _ANY_JSON
+
+
+_FIELDS = ["z", "class", "temperature", "seed", "index", "source", "a", "b", "c", "t", "mode", "dim", "values"]
+
+
+@pytest.mark.parametrize("path, method", [(p, m) for p, m, _ in serve.ENDPOINTS])
+def test_no_request_to_any_endpoint_gets_a_500(explorer, path, method):
+    """Property-based: any JSON object over the fields the endpoints read (and codes of the right length with any
+    numbers in them) is answered 200 or 400 with one line, never 500."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from starlette.testclient import TestClient
+
+    client = TestClient(serve.app(explorer), raise_server_exceptions=False)
+    number = st.one_of(st.integers(), st.integers(min_value=-(10**400), max_value=10**400), st.floats())
+    fields = st.fixed_dictionaries(
+        {},
+        optional={k: _any_json() for k in _FIELDS}
+        | {"z": st.one_of(_any_json(), st.lists(number, min_size=6, max_size=6))},
+    )
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(fields)
+    def check(data):
+        if method == "POST":
+            r = client.post(path, content=json.dumps(data).encode())
+        else:
+            r = client.get(path, params={k: json.dumps(v)[:200] for k, v in data.items()})
+        assert r.status_code in (200, 400), (r.status_code, r.text[:200])
+        if r.status_code == 400:
+            assert "\n" not in r.json()["error"]
+
+    check()
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        (b'{"z": [1' + b"0" * 400 + b", 0, 0, 0, 0, 0]}", "z[0] must be in [-100, 100], got an integer of 401 digits"),
+        (b'{"z": [0, 0, 0, 0, 0, 0], "temperature": 1' + b"0" * 400 + b"}", "temperature must be in [0, 2]"),
+        (b'{"a": 0, "b": 1, "t": 1' + b"0" * 400 + b"}", "t must be in [0, 1]"),
+        (b'{"z": [0, 0, 0, 0, 0, 0], "dim": 0, "values": [-1' + b"0" * 400 + b"]}", "value must be in"),
+        (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+        (b'{"z": [0, 0, 0, 0, 0, 0], "class": "Bag"}', "this model is unconditional"),
+    ],
+)
+def test_huge_integers_deep_nesting_and_a_class_for_an_unconditional_model_are_400(explorer, raw, words):
+    from starlette.testclient import TestClient
+
+    client = TestClient(serve.app(explorer), raise_server_exceptions=False)
+    path = "/api/interpolate" if b'"t"' in raw else "/api/traverse" if b'"dim"' in raw else "/api/decode"
+    r = client.post(path, content=raw)
+    assert r.status_code == 400 and words in r.json()["error"], r.text[:300]
+
+
+def test_unknown_paths_and_methods_answer_json_and_oversized_bodies_413(explorer):
+    from starlette.testclient import TestClient
+
+    client = TestClient(serve.app(explorer), raise_server_exceptions=False)
+    r = client.get("/api/nothing")
+    assert r.status_code == 404 and "/api/nothing" in r.json()["error"]
+    r = client.get("/api/decode")
+    assert r.status_code == 405 and r.json()["error"]
+    r = client.post("/api/decode", content=b"x" * (serve.MAX_BODY + 1))
+    assert r.status_code == 413 and "over" in r.json()["error"]
+
+    def chunks():  # a chunked body (no Content-Length) that never ends on its own: cut at the limit
+        for _ in range(64):
+            yield b" " * 65536
+
+    r = client.post("/api/decode", content=chunks())
+    assert r.status_code == 413
+
+
+def _send_huge(url: str, chunked: bool, total: int = 300 * 2**20) -> bytes:
+    """POST a body of `total` bytes over a raw socket, writing until the server answers or closes; the answer."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    s = socket.create_connection((u.hostname, u.port), timeout=30)
+    head = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
+    s.sendall(f"POST /api/decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{head}\r\n\r\n".encode())
+    block, sent = b"1" * (1 << 20), 0
+    try:
+        while sent < total:  # bounded: at most `total` bytes
+            s.sendall((b"100000\r\n" + block + b"\r\n") if chunked else block)
+            sent += len(block)
+    except OSError:
+        pass  # the server answered and closed: the rest is not read
+    try:
+        return s.recv(4096)
+    except OSError:
+        return b""
+    finally:
+        s.close()
+
+
+def test_a_300_mib_body_is_refused_without_being_held_in_memory(explorer):
+    import resource
+
+    with running(explorer) as url:
+        _post(url + "api/decode", {"z": [0.0] * 6})
+        before = _rss()
+        peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        answers = [_send_huge(url, chunked) for chunked in (False, True)]
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        after = _rss()
+        assert _post(url + "api/decode", {"z": [0.0] * 6})[0] == 200  # still serving
+    for a in answers:
+        assert a == b"" or a.startswith(b"HTTP/1.1 413"), a[:80]
+    assert after - before < 64 * 2**20  # the bound docs/reliability.md states
+    assert peak - max(peak_before, before) < 64 * 2**20
+
+
+def test_port_range_and_a_warning_for_an_address_beyond_this_machine(run, tiny_root, capsys, monkeypatch):
+    assert main(["serve", str(run), "--port", "70000"]) == 2
+    assert "--port must be in 0..65535" in capsys.readouterr().err
+
+    class Stub:
+        def __init__(self, explorer, sock, title):
+            pass
+
+        def run(self, sockets):
+            pass
+
+    monkeypatch.setattr(serve, "server", Stub)
+    assert main(["serve", str(run), "--port", "0", "--data-dir", str(tiny_root)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["serve", str(run), "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tiny_root)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: listening on 0.0.0.0" in err and "no authentication" in err

@@ -263,3 +263,25 @@ def test_a_finding_untestable_at_a_fraction_is_not_measured_there():
     testable, _ = study.study_findings(fam[fam["fraction"] == 1.0].drop(columns="fraction"), fam)
     (vamp,) = [f for f in testable if "samples closer" in f.claim and "VampPrior" in f.claim]
     assert vamp.along[0] == (0.5, vf.NOT_MEASURED)
+
+
+def test_snapshot_files_are_named_exactly_and_same_step_fractions_are_refused(tiny_root, tmp_path, capsys):
+    from vaelab.run import snapshot_name
+
+    assert [snapshot_name(f) for f in (0.25, 0.5, 0.251, 1 / 3)] == ["0.25", "0.50", "0.251", repr(1 / 3)]
+    base = ["train", "--dataset", "fashion-mnist", "--latent-dim", "4", "--val-size", "30", "--batch-size", "64"]
+    base += ["--no-eval", "--epochs", "1000", "--data-dir", str(tiny_root)]
+    out = tmp_path / "same"
+    assert main([*base, "--budget", "400steps", "--snapshots", "0.251,0.252", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "both fall on step 101 of 400" in err[0] and not out.exists()
+    out = tmp_path / "apart"
+    assert main([*base, "--budget", "20steps", "--snapshots", "0.3,0.35", "--out", str(out)]) == 0
+    a, b = (load_snapshot(Run(out).snapshot_path(f))[2] for f in (0.3, 0.35))
+    assert (a["step"], b["step"]) == (6, 7) and not _same(a["model"], b["model"])
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["at-0.30.safetensors", "at-0.35.safetensors"]
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--snapshot", "0.35", "--data-dir", str(tiny_root)]) == 0
+    assert (out / "snapshots" / "eval-at-0.35.json").is_file()
+    assert main(["evaluate", str(out), "--snapshot", "0.34", "--data-dir", str(tiny_root)]) == 2
+    assert "keeps no snapshot at 0.34 (it keeps 0.3, 0.35)" in capsys.readouterr().err

@@ -862,6 +862,12 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _interrupt_once(signum, frame):
+    """A launched worker stops at the first Ctrl-C and ignores the copies that follow while it unwinds."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -869,6 +875,8 @@ def main(argv: list[str] | None = None) -> int:
     # Python's default SIGTERM ends the process at once: a study's worker processes would train on as orphans.
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    if in_main and os.environ.get(distributed.WORKER):  # Ctrl-C reaches a worker twice (the terminal, the launcher)
+        signal.signal(signal.SIGINT, _interrupt_once)
     try:
         return _dispatch(args)
     finally:
@@ -892,7 +900,9 @@ def _dispatch(args) -> int:
         if "alloc" in str(e).lower() or "out of memory" in str(e).lower():  # torch's allocator, CPU or CUDA
             return _error("out of memory; use smaller sizes (--batch-size, --latent-dim, --n, --iwae-samples)")
         if os.environ.get(distributed.WORKER):  # a peer's death breaks this process's collectives: one line
-            return _error(f"process {distributed.from_env().rank}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            return _error(
+                f"process {distributed.from_env().rank}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            )
         raise
     except KeyboardInterrupt as e:
         if not os.environ.get(distributed.WORKER):  # `vaelab train --nproc N` reports it once, for all

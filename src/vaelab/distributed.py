@@ -141,14 +141,17 @@ def check_nproc(nproc: int, device: str) -> None:
 
 
 def failure_text(failures: dict) -> str:
-    """Which process stopped the others: one killed by a signal before one that exited with an error (a peer's death
-    makes the others' collectives fail too), the earlier before the later, then by rank; the rest follow."""
+    """Which process stopped the others: one that died of anything but SIGTERM (the launcher stops the survivors with
+    SIGTERM: -15, or 143 through vaelab's handler) first, then one killed by a signal before one that exited with an
+    error (a peer's death makes the others' collectives fail too), the earlier before the later, then by rank."""
 
     def said(rank, f) -> str:
         how = f"was killed by signal {-f.exitcode}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
         return f"process {rank} {how}"
 
-    order = sorted(failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[1].timestamp, kv[0]))
+    order = sorted(
+        failures.items(), key=lambda kv: (kv[1].exitcode in (-15, 143), kv[1].exitcode >= 0, kv[1].timestamp, kv[0])
+    )
     rest = ", ".join(said(*kv) for kv in order[1:])
     return said(*order[0]) + (f" (then {rest})" if rest else "")
 
@@ -170,8 +173,13 @@ def launch(args: list[str], nproc: int, threads: int | None = None) -> None:
     # each process's CPU threads: given, or as set, or the cores shared among the processes
     omp = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads or omp or max(1, (os.cpu_count() or 1) // nproc))
-    quiet = logging.getLogger("torch.distributed.elastic")
-    level, quiet.level = quiet.level, logging.CRITICAL  # the failure is reported below, in one line
+    # the failure (or Ctrl-C) is reported below, in one line: elastic's loggers each set their own level
+    quiet = [
+        logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("torch.distributed.elastic")
+    ]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.CRITICAL)
     os.environ[WORKER] = "1"  # the processes stay quiet on Ctrl-C: this one reports it, once
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "vaelab", *args)
@@ -184,7 +192,8 @@ def launch(args: list[str], nproc: int, threads: int | None = None) -> None:
         raise (KeyboardInterrupt() if e.sigval == signal.SIGINT else Terminated()) from None
     finally:
         os.environ.pop(WORKER, None)
-        quiet.level = level
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
         if omp is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:

@@ -39,7 +39,11 @@ class BadRequest(VaelabError):
 
 def _number(value, name: str, lo: float, hi: float) -> float:
     # an int is compared exactly, never converted first: a 400-digit integer overflows a float
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (isinstance(value, int) or math.isfinite(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (isinstance(value, int) or math.isfinite(value))
+    ):
         raise BadRequest(f"{name} must be a finite number, got {_short(value)}")
     if not lo <= value <= hi:
         raise BadRequest(f"{name} must be in [{lo:g}, {hi:g}], got {_short(value)}")
@@ -48,7 +52,11 @@ def _number(value, name: str, lo: float, hi: float) -> float:
 
 def _short(value) -> str:
     """A request's value for a message: its repr, cut to 40 characters (a 400-digit integer, a long string)."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
+    text = (
+        repr(value)
+        if not isinstance(value, int) or abs(value) < 10**30
+        else f"an integer of {len(str(abs(value)))} digits"
+    )
     return text if len(text) <= 40 else text[:37] + "..."
 
 

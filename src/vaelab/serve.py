@@ -21,6 +21,7 @@ from PIL import Image
 from .errors import VaelabError
 from .explorer import BadRequest, Explorer
 
+
 class TooLarge(VaelabError):
     """A request body over MAX_BODY: answered 413 without reading the rest."""
 

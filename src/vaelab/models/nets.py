@@ -155,7 +155,12 @@ class MLPDecoder(nn.Module):
     """Dense layers of `hidden` units with activation `act`, then one to the likelihood's parameters per pixel."""
 
     def __init__(
-        self, shape, in_dim: int, out_channels: int, hidden: tuple[int, ...] = (256, 512), act: type[nn.Module] = nn.ReLU
+        self,
+        shape,
+        in_dim: int,
+        out_channels: int,
+        hidden: tuple[int, ...] = (256, 512),
+        act: type[nn.Module] = nn.ReLU,
     ):
         super().__init__()
         c, h, w = shape

@@ -88,7 +88,9 @@ def check_table(df: pd.DataFrame, path) -> pd.DataFrame:
         raise VaelabError(f"{path}: not a vaelab results table (no {', '.join(missing)} column)")
     # a metric the table lacks is a metric no run measured: the findings that need it are then not testable
     df = df.assign(**{c: np.nan for c in metric_columns() if c not in df.columns})
-    label = (lambda i: f"row {i + 2} ({df['run_id'].iloc[i]})") if "run_id" in df.columns else (lambda i: f"row {i + 2}")
+    label = (
+        (lambda i: f"row {i + 2} ({df['run_id'].iloc[i]})") if "run_id" in df.columns else (lambda i: f"row {i + 2}")
+    )
     done = (df["status"] == "done").to_numpy()
     for col in df.columns:
         values = pd.to_numeric(df[col], errors="coerce")
@@ -107,7 +109,9 @@ def check_table(df: pd.DataFrame, path) -> pd.DataFrame:
     for col in AXES:
         empty = done & df[col].isna().to_numpy()
         if empty.any():
-            raise VaelabError(f"{path}: {col} in {label(int(np.flatnonzero(empty)[0]))} is empty (a finished run has one)")
+            raise VaelabError(
+                f"{path}: {col} in {label(int(np.flatnonzero(empty)[0]))} is empty (a finished run has one)"
+            )
     return df
 
 
