@@ -4,8 +4,8 @@ hold and is inconclusive, with and without the seeds that statistics need."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, write_fashion
 
+from conftest import tiny_config, write_fashion
 from vaelab import data as vdata
 from vaelab.cli import main
 from vaelab.config import from_dict
