@@ -239,3 +239,55 @@ def test_the_committed_ledger_is_well_formed_and_is_the_generated_table():
         assert d["within"] == ((not d["reduced"]) and abs(d["mean"] - d["published"]) <= d["tolerance"])
     table = rep.ledger_markdown(LEDGER)
     assert table in (ROOT / "docs" / "reproductions.md").read_text()
+
+
+def test_the_ledger_is_generated_into_its_page_between_markers(tmp_path, capsys):
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    for rid, values in (("tomczak2018-vae", [88.9, 89.1, 89.2]), ("burda2016-vae", [90.0, 90.5, 89.9])):
+        d = rep.summarize(rep.ROWS[rid], _made_up(values), "" if rid.startswith("t") else "2e6images", 5000)
+        (folder / f"{rid}.json").write_text(json.dumps(d))
+    page = tmp_path / "reproductions.md"
+    page.write_text(f"# Prose before\n\n{rep.BEGIN}\nold table\n{rep.END}\n\nProse after.\n")
+    assert main(["reproduce", "--ledger", str(folder), "--write", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# Prose before") and text.endswith("Prose after.\n") and "old table" not in text
+    table = rep.ledger_markdown(folder)
+    assert table in text and table.startswith("1 of 2 rows within their tolerance.")
+    burda, tomczak = (line for line in table.splitlines() if line.startswith("| `"))
+    assert "`burda2016-vae`" in burda and "| no |" in burda and "2e6images" in burda
+    assert "`tomczak2018-vae`" in tomczak and "| yes |" in tomczak and "+0.51" in tomczak
+    (folder / "burda2016-vae.json").write_text(json.dumps({"id": "burda2016-vae"}))
+    assert main(["reproduce", "--ledger", str(folder)]) == 2
+    assert "not a reproduction.json (missing" in capsys.readouterr().err
+
+
+def test_the_two_layer_model_offers_the_flat_vaes_terms_and_a_valid_bound():
+    cfg = from_dict({"model": "two_layer", "latent_dim": 3, "likelihood": "bernoulli"})
+    torch.manual_seed(0)
+    model = build(cfg, (1, 6, 6))
+    x = (torch.rand(5, 1, 6, 6) < 0.4).to(torch.uint8) * 255
+    t = model(x)
+    assert t["recon"].shape == t["kl"].shape == (5,) and t["mu"].shape == t["z"].shape == (5, 3)
+    assert torch.allclose(t["elbo"], -(t["recon"] + t["kl"]))
+    torch.manual_seed(1)
+    k_terms = model(x, k=6)
+    torch.manual_seed(1)
+    log_w = model.log_weights(x, None, 6)  # one chunk: the same noise stream
+    assert torch.allclose(k_terms["log_px"] + k_terms["log_ratio"], log_w, atol=1e-4)
+    with torch.no_grad():  # the IWAE bound tightens with K in expectation (Burda et al. 2016, theorem 1)
+        w = model.log_weights(x, None, 2000)
+    bounds = [(torch.logsumexp(w.view(5, -1, k), 2) - math.log(k)).mean().item() for k in (1, 10, 2000)]
+    assert bounds[0] < bounds[1] < bounds[2]
+    assert model.reconstruct(x).shape == x.shape and model.decode(torch.zeros(2, 3)).shape == (2, 1, 6, 6)
+    with pytest.raises(VaelabError, match="two_layer model"):
+        from_dict({"model": "two_layer", "prior": "vamp"})
+
+
+def test_the_two_layer_model_trains_and_is_evaluated_from_the_cli(mnist_root, tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["train", "--dataset", "binarized-mnist", "--model", "two_layer", "--latent-dim", "4"]
+    argv += ["--likelihood", "bernoulli", "--epochs", "2", "--val-size", "20", "--iwae-samples", "5"]
+    assert main([*argv, "--out", str(out), "--data-dir", str(mnist_root)]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["iwae_nll"] <= ev["neg_elbo"] + 1.0 and ev["latent_dim"] == 4 and ev["kl_estimator"] == "monte carlo"

@@ -36,7 +36,6 @@ from .run import Run, Study
 from .scoring import score_run
 from .store import (
     CONFIG,
-    atomic_write_text,
     check_regular_target,
     check_run_dir,
     ensure_writable_dir,
@@ -411,15 +410,13 @@ def cmd_findings(args) -> int:
 def cmd_reproduce(args) -> int:
     if args.list:
         for r in vreproduce.list_rows():
-            print(f"{r['id']:<22}  {r['published']:6.2f}  {r['metric']}  {r['dataset']}  {r['model']}  {r['source']}")
+            print(f"{r['id']:<26}  {r['published']:6.2f}  {r['metric']}  {r['dataset']}  {r['model']}  {r['source']}")
         return 0
     if args.ledger:
-        text = vreproduce.ledger_markdown(args.ledger)
         if args.write:
-            atomic_write_text(Path(args.write), text)
-            print(f"ledger written: {args.write}")
+            print(f"ledger written: {vreproduce.write_ledger(args.ledger, args.write)}")
         else:
-            print(text, end="")
+            print(vreproduce.ledger_markdown(args.ledger), end="")
         return 0
     if not args.row:
         raise VaelabError("name a row (vaelab reproduce --list shows them), or pass --list or --ledger DIR")
@@ -790,7 +787,9 @@ def _parser_reproduce(add, data_arg: dict) -> None:
     r.add_argument("--k", type=int, default=None, help="importance samples of the test NLL (default: the paper's)")
     r.add_argument("--out", default=None, help="the reproduction's directory (default reproductions/ROW)")
     r.add_argument("--ledger", metavar="DIR", default=None, help="print the ledger table of DIR/*.json")
-    r.add_argument("--write", metavar="FILE", default=None, help="with --ledger: write the table to FILE")
+    r.add_argument(
+        "--write", metavar="FILE", default=None, help="with --ledger: put the table into FILE (between its markers)"
+    )
     r.add_argument("--data-dir", **data_arg)
     r.set_defaults(func=cmd_reproduce)
 

@@ -121,7 +121,8 @@ HELP: dict[str, str] = {
     "npz:PATH or folder:PATH",
     "train_size": "training images to use (0 = all left after the validation split)",
     "val_size": "validation images carved from the training split (fixed, whatever the seed)",
-    "model": "the whole model: vae (the flat VAE) or hierarchical (a top-down hierarchical VAE)",
+    "model": "the whole model: vae (the flat VAE), hierarchical (a top-down hierarchical VAE) or two_layer (two "
+    "stochastic layers of dense units, Burda et al. 2016)",
     "net": "the vae's encoder/decoder network: conv (the study's), mlp, mlp_tanh, mlp_gated, resnet or conv4",
     "latent_dim": "latent dimensions (per group for the hierarchical model)",
     "likelihood": "p(x|z): bernoulli, gaussian, discretized_logistic or dmol (mixture of logistics)",
@@ -401,6 +402,17 @@ def _check_combinations(cfg: TrainConfig) -> None:
             cfg.objective in works,
             f"the hierarchical model supports the {', '.join(works[:-1])} and {works[-1]} "
             f"objectives, not {cfg.objective}",
+        )
+    if cfg.model == "two_layer":  # its own Gaussian layers, N(0, I) on top; its KL is a one-draw estimate
+        _need(
+            cfg.posterior == "gaussian" and cfg.prior == "standard" and not cfg.conditional,
+            "the two_layer model has its own Gaussian layers: use it with the default --posterior and --prior, "
+            "without --conditional",
+        )
+        _need(
+            cfg.objective in ("elbo", "iwae") and cfg.likelihood != "dmol",
+            "the two_layer model trains with the elbo or iwae objective and a one-parameter or two-parameter "
+            "likelihood (not dmol)",
         )
     _need(
         1 <= cfg.likelihood_components <= 100,

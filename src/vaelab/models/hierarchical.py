@@ -10,6 +10,7 @@ from torch import nn
 from ..losses import log_normal, make_likelihood
 from . import noise
 from .nets import ImageModel, ResBlock, fp32_out, need_multiple_of_4, res_stage
+from .stacked import two_layer
 
 
 def gaussian_kl(qm, qlv, pm, plv) -> torch.Tensor:
@@ -236,4 +237,4 @@ def _hierarchical(cfg, shape, num_classes):
 
 
 # Models other than the flat VAE, by `model` (models.build); model "vae" is the flat VAE with the network `net`.
-MODELS = {"hierarchical": _hierarchical}
+MODELS = {"hierarchical": _hierarchical, "two_layer": two_layer}
