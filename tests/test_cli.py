@@ -344,7 +344,7 @@ def test_findings_from_a_results_csv_alone(tmp_path, capsys):
     assert "costs compression" in out and "PCA of the pixels" in out
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     assert main(["findings", str(tmp_path / "x.csv")]) == 2
-    assert "not a vaelab results.csv" in capsys.readouterr().err
+    assert "not a vaelab results table" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -125,7 +125,7 @@ def test_cli_evaluates_a_snapshot_and_refuses_a_missing_one(tiny_root, tmp_path,
     assert Run(run).snapshot_eval(0.5) is not None and Run(run).eval() is not None
     assert main(["evaluate", str(run), "--snapshot", "0.75", "--data-dir", str(tiny_root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no such snapshot" in err[0]
+    assert len(err) == 1 and "keeps no snapshot at 0.75 (it keeps 0.5)" in err[0]
 
 
 # ---------------------------------------------------------------- findings traced along training
