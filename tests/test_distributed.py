@@ -117,9 +117,8 @@ def _wait_for_epoch(out: Path, epoch: int, proc: subprocess.Popen, limit: float 
     pytest.fail("no checkpoint in time")
 
 
-@pytest.mark.parametrize("victim", [0, 1])
-def test_kill_9_of_any_process_leaves_a_run_that_resumes(data, tmp_path, victim):
-    out = tmp_path / "r"
+def _two_processes(data, out: Path, **popen) -> subprocess.Popen:
+    """`vaelab train --nproc 2` on a 120-step budget, started and past its second epoch."""
     args = [*BASE, "--epochs", "1000", "--budget", "120steps", "--data-dir", data, "--no-eval", "--out", out]
     proc = subprocess.Popen(
         [sys.executable, "-m", "vaelab", "train", *map(str, args), "--nproc", "2"],
@@ -127,8 +126,16 @@ def test_kill_9_of_any_process_leaves_a_run_that_resumes(data, tmp_path, victim)
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
+        **popen,
     )
     _wait_for_epoch(out, 2, proc)
+    return proc
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_kill_9_of_any_process_leaves_a_run_that_resumes(data, tmp_path, victim):
+    out = tmp_path / "r"
+    proc = _two_processes(data, out)
     os.kill(_workers(proc.pid)[victim], signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
@@ -148,16 +155,7 @@ def test_kill_9_of_any_process_leaves_a_run_that_resumes(data, tmp_path, victim)
 def test_ctrl_c_of_two_processes_is_one_line_and_exit_130_and_the_run_resumes(data, tmp_path):
     """Ctrl-C in a terminal reaches the whole process group: the launcher and both workers."""
     out = tmp_path / "r"
-    args = [*BASE, "--epochs", "1000", "--budget", "120steps", "--data-dir", data, "--no-eval", "--out", out]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vaelab", "train", *map(str, args), "--nproc", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        start_new_session=True,
-    )
-    _wait_for_epoch(out, 2, proc)
+    proc = _two_processes(data, out, start_new_session=True)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -206,6 +206,17 @@ def verify(source: Path) -> tuple[str, str]:
     return worst, why
 
 
+# what MNIST and its binarized form share: the same files, found in mnist/ (their names are Fashion-MNIST's)
+_MNIST = dict(
+    shape=(1, 28, 28),
+    what="mnist/{" + ",".join(FASHION_FILES) + "}",
+    locate=locate_mnist,
+    download=None,
+    classes=MNIST_CLASSES,
+    mirror=False,  # digits are not mirror-symmetric
+    classifier_epochs=5,
+)
+
 DATASETS: dict[str, DatasetSpec] = {
     # Fashion-MNIST's shoes all point left and its garments sit centred: mirroring adds no useful variety there.
     "fashion-mnist": DatasetSpec(
@@ -223,29 +234,8 @@ DATASETS: dict[str, DatasetSpec] = {
     # MNIST (LeCun et al. 1998), the dataset of the VAE likelihood tables; binarized-mnist is its dynamically
     # binarized form (Burda et al. 2016; Tomczak & Welling 2018): training images drawn as Bernoulli(intensity) at
     # every use, validation and test images once with a fixed seed (BINARIZE_SEED). Digits are not mirror-symmetric.
-    "mnist": DatasetSpec(
-        "mnist",
-        (1, 28, 28),
-        "mnist/{" + ",".join(FASHION_FILES) + "}",
-        locate_mnist,
-        load_mnist,
-        None,
-        MNIST_CLASSES,
-        mirror=False,
-        classifier_epochs=5,
-    ),
-    "binarized-mnist": DatasetSpec(
-        "binarized-mnist",
-        (1, 28, 28),
-        "mnist/{" + ",".join(FASHION_FILES) + "}",
-        locate_mnist,
-        load_binarized_mnist,
-        None,
-        MNIST_CLASSES,
-        mirror=False,
-        classifier_epochs=5,
-        binarize=True,
-    ),
+    "mnist": DatasetSpec("mnist", load=load_mnist, **_MNIST),
+    "binarized-mnist": DatasetSpec("binarized-mnist", load=load_binarized_mnist, binarize=True, **_MNIST),
     "cifar10": DatasetSpec(
         "cifar10",
         (3, 32, 32),

@@ -82,53 +82,51 @@ _TOMCZAK_SETUP = (
     "posterior's log-variance unbounded (the paper: a hard tanh to [-6, 2])."
 )
 
+_TWO_LAYER = dict(model="two_layer", net="conv")  # the two_layer model has its own networks: net at its default
+
+
+def _burda(row_id: str, what: str, described: str, published: float, **fields) -> Row:
+    """A row of Burda et al. 2016's Table 1 (MNIST): their recipe with `fields` changed."""
+    cfg = TrainConfig(**{**_BURDA, **fields})
+    source = f"Burda et al. 2016, Table 1 (MNIST, {what})"
+    return Row(row_id, source, described, published, cfg, 3280, setup=_BURDA_SETUP)
+
+
 ROWS: dict[str, Row] = {
     r.id: r
     for r in (
-        Row(
-            "burda2016-vae",
-            "Burda et al. 2016, Table 1 (MNIST, one stochastic layer, VAE, k = 1)",
-            "VAE, MLP 200-200 tanh, 50 latents",
-            86.76,
-            TrainConfig(**_BURDA),
-            3280,
-            setup=_BURDA_SETUP,
-        ),
-        Row(
+        _burda("burda2016-vae", "one stochastic layer, VAE, k = 1", "VAE, MLP 200-200 tanh, 50 latents", 86.76),
+        _burda(
             "burda2016-iwae-k5",
-            "Burda et al. 2016, Table 1 (MNIST, one stochastic layer, IWAE, k = 5)",
+            "one stochastic layer, IWAE, k = 5",
             "IWAE (k = 5 in training), MLP 200-200 tanh, 50 latents",
             85.54,
-            TrainConfig(**_BURDA, objective="iwae", train_samples=5),
-            3280,
-            setup=_BURDA_SETUP,
+            objective="iwae",
+            train_samples=5,
         ),
-        Row(
+        _burda(
             "burda2016-iwae-k50",
-            "Burda et al. 2016, Table 1 (MNIST, one stochastic layer, IWAE, k = 50)",
+            "one stochastic layer, IWAE, k = 50",
             "IWAE (k = 50 in training), MLP 200-200 tanh, 50 latents",
             84.78,
-            TrainConfig(**_BURDA, objective="iwae", train_samples=50),
-            3280,
-            setup=_BURDA_SETUP,
+            objective="iwae",
+            train_samples=50,
         ),
-        Row(
+        _burda(
             "burda2016-vae-2layer",
-            "Burda et al. 2016, Table 1 (MNIST, two stochastic layers, VAE, k = 1)",
+            "two stochastic layers, VAE, k = 1",
             "VAE with two stochastic layers (100 and 50 units; MLPs 200-200 and 100-100 tanh)",
             85.33,
-            TrainConfig(**{**_BURDA, "net": "conv"}, model="two_layer"),
-            3280,
-            setup=_BURDA_SETUP,
+            **_TWO_LAYER,
         ),
-        Row(
+        _burda(
             "burda2016-iwae-k5-2layer",
-            "Burda et al. 2016, Table 1 (MNIST, two stochastic layers, IWAE, k = 5)",
+            "two stochastic layers, IWAE, k = 5",
             "IWAE (k = 5 in training) with two stochastic layers (100 and 50 units)",
             83.89,
-            TrainConfig(**{**_BURDA, "net": "conv"}, model="two_layer", objective="iwae", train_samples=5),
-            3280,
-            setup=_BURDA_SETUP,
+            objective="iwae",
+            train_samples=5,
+            **_TWO_LAYER,
         ),
         Row(
             "tomczak2018-vae",
