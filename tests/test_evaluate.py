@@ -52,6 +52,7 @@ class LinearGaussian(torch.nn.Module):
     likelihood, prior."""
 
     log_weights = VAE.log_weights  # the one method ELBO, IWAE and sampling share, on this model's parts
+    _draws = VAE._draws  # its K posterior draws, which the iwae objective's terms share
     posterior_sample = VAE.posterior_sample
 
     def __init__(self, exact: bool, shape=(1, 2, 3), latent_dim=2, sigma=0.2, seed=0):

@@ -403,17 +403,7 @@ def _check_combinations(cfg: TrainConfig) -> None:
             f"the hierarchical model supports the {', '.join(works[:-1])} and {works[-1]} "
             f"objectives, not {cfg.objective}",
         )
-    if cfg.model == "two_layer":  # its own Gaussian layers, N(0, I) on top; its KL is a one-draw estimate
-        _need(
-            cfg.posterior == "gaussian" and cfg.prior == "standard" and not cfg.conditional,
-            "the two_layer model has its own Gaussian layers: use it with the default --posterior and --prior, "
-            "without --conditional",
-        )
-        _need(
-            cfg.objective in ("elbo", "iwae") and cfg.likelihood != "dmol",
-            "the two_layer model trains with the elbo or iwae objective and a one-parameter or two-parameter "
-            "likelihood (not dmol)",
-        )
+    _check_two_layer(cfg)
     _need(
         1 <= cfg.likelihood_components <= 100,
         f"likelihood_components must be in 1..100, got {cfg.likelihood_components}",
@@ -440,6 +430,22 @@ def _check_combinations(cfg: TrainConfig) -> None:
         not (cfg.prior == "vamp" and cfg.conditional), "the vamp prior needs an unconditional model (no --conditional)"
     )
     _need(not cfg.patience or cfg.val_size > 0, "early stopping (patience) needs a validation set (val_size > 0)")
+
+
+def _check_two_layer(cfg: TrainConfig) -> None:
+    """The two_layer model has its own Gaussian layers, N(0, I) on top; its KL is a one-draw estimate."""
+    if cfg.model != "two_layer":
+        return
+    _need(
+        cfg.posterior == "gaussian" and cfg.prior == "standard" and not cfg.conditional,
+        "the two_layer model has its own Gaussian layers: use it with the default --posterior and --prior, "
+        "without --conditional",
+    )
+    _need(
+        cfg.objective in ("elbo", "iwae") and cfg.likelihood != "dmol",
+        "the two_layer model trains with the elbo or iwae objective and a one-parameter or two-parameter "
+        "likelihood (not dmol)",
+    )
 
 
 def config_diff(stored: TrainConfig, wanted: TrainConfig) -> dict[str, tuple[Any, Any]]:
