@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export VAELAB_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 STUDY ?= studies/quick
 
-.PHONY: demo test bench bench-time venv clean
+.PHONY: demo test test-fast bench bench-time venv clean
 
 $(STAMP): pyproject.toml requirements/ci.txt
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=25
+
+# The fast lane while you work: everything but the tests marked slow (whole studies, reports, the notebook,
+# multi-process training, kills). `make test` (what CI runs) still runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow" --durations=10
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

@@ -229,6 +229,7 @@ def test_datasets_command(tiny_root, capsys):
     assert "fashion-mnist" in out and "unverified" in out and "missing" in out and "no known hash" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags",
     [

@@ -273,6 +273,7 @@ def test_objectives_that_need_a_gaussian_code_refuse_other_models():
         tiny_config(factor_gamma=-1.0)
 
 
+@pytest.mark.slow
 def test_a_disentanglement_study_reports_its_metrics_findings_and_traversals(tiny_root, tmp_path, monkeypatch):
     import pandas as pd
 

@@ -19,7 +19,10 @@ from conftest import count, write_fashion
 from vaelab import VaelabError, distributed
 from vaelab.train import load_checkpoint
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+pytestmark = [
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in"),
+    pytest.mark.slow,  # each test starts processes: `make test` runs them, `make test-fast` does not
+]
 
 BASE = ["--dataset", "fashion-mnist", "--latent-dim", "4", "--val-size", "40", "--batch-size", "128"]
 BASE += ["--iwae-samples", "2", "--test-size", "20"]

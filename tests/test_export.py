@@ -52,6 +52,7 @@ def test_foreign_or_newer_files_are_refused_in_one_line(tiny_root, tmp_path, cap
     assert "vaelab" in header["__metadata__"]  # config and facts travel as JSON metadata, never as pickle
 
 
+@pytest.mark.slow
 def test_every_command_that_takes_a_run_takes_an_exported_file(tiny_root, tmp_path, capsys):
     """evaluate, reconstruct, explore and report unpack the file once into a run directory under the user cache and
     give the same numbers as on the run itself; training cannot continue from it."""
@@ -94,6 +95,7 @@ ONNX_CASES = {  # every network and both likelihood families (continuous, discre
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fields", ONNX_CASES.values(), ids=ONNX_CASES.keys())
 def test_onnxruntime_reproduces_the_posterior_means_and_decoded_images(tiny_root, tmp_path, fields):
     ort = pytest.importorskip("onnxruntime")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole notebook: `make test` runs it, `make test-fast` does not
+
 NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "vae_comparative_study.ipynb"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 import torch
 
 from vaelab import metrics, study
@@ -24,6 +25,7 @@ def mean_pixel(model, x, y, terms):
     return model.likelihood.mean(terms["params"]).flatten(1).mean(1)
 
 
+@pytest.mark.slow
 def test_an_objective_and_a_metric_added_by_registration_reach_every_output(tiny_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(OBJECTIVES, "elbo_l1", Objective(elbo_plus_l1))
     monkeypatch.setitem(

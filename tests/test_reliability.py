@@ -360,6 +360,7 @@ def _wait_for(pred, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_second_study_process_on_the_same_folder_is_refused(tiny_root, tmp_path):
     (tmp_path / "slow.toml").write_text(SLOW_SPEC)
     out = tmp_path / "S"
@@ -439,6 +440,7 @@ def _start_parallel_study(tiny_root, tmp_path) -> tuple[subprocess.Popen, Path]:
     return proc, out
 
 
+@pytest.mark.slow
 def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tmp_path):
     proc, out = _start_parallel_study(tiny_root, tmp_path)
     assert _wait_for(lambda: len(list(out.glob("runs/*/checkpoint.safetensors"))) >= 2, 180)
@@ -464,6 +466,7 @@ def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tm
     count("kill_trials_resumable", len(runs))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the kernel's parent-death signal")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killing_only_the_driver_of_a_parallel_study_ends_its_workers(tiny_root, tmp_path, sig):

@@ -15,6 +15,8 @@ from vaelab import study
 from vaelab.cli import main
 from vaelab.report import report
 
+pytestmark = pytest.mark.slow  # a study and its report each: `make test` runs them, `make test-fast` does not
+
 SPEC = """\
 name = "mini"
 [base]

@@ -179,6 +179,7 @@ seed = [0, 1, 2]
 """
 
 
+@pytest.mark.slow
 def test_a_study_traces_its_findings_along_training(tiny_root, tmp_path, capsys):
     import pandas as pd
 

@@ -227,6 +227,7 @@ def test_a_failing_cell_is_recorded_and_others_finish(tiny_root, tmp_path, capsy
     assert "failed or stale runs:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_jobs_2_matches_jobs_1(tiny_root, tmp_path):
     spec = study.load_spec(write(tmp_path, TINY_TOML))
     study.run(spec, tmp_path / "one", jobs=1, data_dir=str(tiny_root))
@@ -235,6 +236,7 @@ def test_jobs_2_matches_jobs_1(tiny_root, tmp_path):
     assert list(a["neg_elbo"]) == pytest.approx(list(b["neg_elbo"]), rel=1e-4)  # same seeds, other processes
 
 
+@pytest.mark.slow
 def test_sigkill_mid_study_then_rerun_completes(tiny_root, tmp_path):
     spec_path = write(
         tmp_path, TINY_TOML.replace("epochs = 1", "epochs = 40").replace("train_size = 100", "train_size = 200")
@@ -261,6 +263,7 @@ def test_sigkill_mid_study_then_rerun_completes(tiny_root, tmp_path):
     count("kill_trials_resumed_to_completion")
 
 
+@pytest.mark.slow
 def test_ray_executor_on_a_local_ray(tiny_root, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'vaelab[ray]'")
     spec = study.load_spec(write(tmp_path, TINY_TOML))
@@ -459,6 +462,7 @@ def test_results_say_how_far_from_convergence_each_run_stopped(tiny_root, tmp_pa
     assert rows[0][-1].startswith(f"{df['last_val_change'].iloc[0] * 100:+.3f} %")
 
 
+@pytest.mark.slow
 def test_a_study_trained_for_seconds_says_its_cells_depend_on_the_machine(tiny_root, tmp_path):
     from vaelab.report import report
 
