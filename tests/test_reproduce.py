@@ -253,9 +253,10 @@ def test_the_ledger_is_generated_into_its_page_between_markers(tmp_path, capsys)
     text = page.read_text()
     assert text.startswith("# Prose before") and text.endswith("Prose after.\n") and "old table" not in text
     table = rep.ledger_markdown(folder)
-    assert table in text and table.startswith("1 of 2 rows within their tolerance.")
+    assert table in text and table.startswith("1 of 2 rows within their tolerance under the papers' protocol; 1 ran")
+    assert "(0 of them land within the tolerance all the same)" in table
     burda, tomczak = (line for line in table.splitlines() if line.startswith("| `"))
-    assert "`burda2016-vae`" in burda and "| no |" in burda and "2e6images" in burda
+    assert "`burda2016-vae`" in burda and "| not counted (reduced) |" in burda and "2e6images" in burda
     assert "`tomczak2018-vae`" in tomczak and "| yes |" in tomczak and "+0.51" in tomczak
     (folder / "burda2016-vae.json").write_text(json.dumps({"id": "burda2016-vae"}))
     assert main(["reproduce", "--ledger", str(folder)]) == 2
