@@ -217,6 +217,7 @@ def test_a_reduced_reproduction_runs_end_to_end_and_resumes(mnist_root, tmp_path
         (["burda2016-vae", "--budget", "90s"], "a count of steps or images"),
         (["burda2016-vae", "--seeds", "0"], "--seeds must be in 1..100"),
         (["burda2016-vae", "--k", "0"], "--k must be in"),
+        (["burda2016-vae", "--jobs", "0"], "--jobs must be in 1..256"),
         (["nope"], "unknown reproduction 'nope'"),
     ],
 )
@@ -292,3 +293,23 @@ def test_the_two_layer_model_trains_and_is_evaluated_from_the_cli(mnist_root, tm
     assert main([*argv, "--out", str(out), "--data-dir", str(mnist_root)]) == 0
     ev = json.loads((out / "eval.json").read_text())
     assert ev["iwae_nll"] <= ev["neg_elbo"] + 1.0 and ev["latent_dim"] == 4 and ev["kl_estimator"] == "monte carlo"
+
+
+@pytest.mark.slow
+def test_seeds_in_parallel_give_the_same_row_as_one_after_another(mnist_root, tmp_path):
+    args = [
+        "reproduce",
+        "burda2016-vae",
+        "--seeds",
+        "2",
+        "--budget",
+        "8steps",
+        "--k",
+        "3",
+        "--data-dir",
+        str(mnist_root),
+    ]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    one, two = (json.loads((tmp_path / d / "reproduction.json").read_text()) for d in ("one", "two"))
+    assert one["measured"] == two["measured"] and len(set(one["measured"])) == 2

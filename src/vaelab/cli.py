@@ -421,7 +421,7 @@ def cmd_reproduce(args) -> int:
     if not args.row:
         raise VaelabError("name a row (vaelab reproduce --list shows them), or pass --list or --ledger DIR")
     out = Path(args.out or f"reproductions/{args.row}")
-    result = vreproduce.reproduce(args.row, out, args.seeds, args.budget or "", args.k, args.data_dir)
+    result = vreproduce.reproduce(args.row, out, args.seeds, args.budget or "", args.k, args.data_dir, jobs=args.jobs)
     print(
         f"{result['id']}: {result['mean']:.2f} ± {result['sd']:.2f} nats over {len(result['measured'])} seeds "
         f"(published {result['published']:.2f}, gap {result['gap']:+.2f}, tolerance {result['tolerance']:g}"
@@ -781,6 +781,7 @@ def _parser_reproduce(add, data_arg: dict) -> None:
     r.add_argument("row", nargs="?", help="the row's id (vaelab reproduce --list)")
     r.add_argument("--list", action="store_true", help="list the published rows and exit")
     r.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    r.add_argument("--jobs", type=int, default=1, help="seeds trained at once, in as many processes (default 1)")
     r.add_argument(
         "--budget", default=None, help="a reduced training budget (e.g. 2e6images, 50000steps); recorded as reduced"
     )

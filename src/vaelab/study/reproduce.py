@@ -18,6 +18,7 @@ from ..run import Reproduction  # noqa: F401  (the CLI names its result file thr
 from ..store import atomic_write_json, atomic_write_text, read_json_object
 from ..train import train
 from ..version import __version__
+from .execution import _run_pool
 
 
 @dataclass(frozen=True)
@@ -241,18 +242,25 @@ def reproduce(
     k: int | None = None,
     data_dir=None,
     progress: bool | None = None,
+    jobs: int = 1,
 ) -> dict:
     """Train and score a row over seeds 0..seeds-1 in `out` (resumable: finished seeds are kept) and write
-    out/reproduction.json. A budget or k below the paper's is recorded, and such a row is never 'within'."""
+    out/reproduction.json; with jobs > 1 the seeds train in that many processes at once (as a study's cells do).
+    A budget or k below the paper's is recorded, and such a row is never 'within'."""
     r = row(row_id)
     if not 1 <= seeds <= 100:
         raise VaelabError(f"--seeds must be in 1..100, got {seeds}")
     k = r.k if k is None else k
     if not 1 <= k <= 100_000:
         raise VaelabError(f"--k must be in 1..100,000, got {k}")
+    if not 1 <= jobs <= 256:
+        raise VaelabError(f"--jobs must be in 1..256, got {jobs}")
     epochs_of(r, budget)  # a budget this row cannot count is refused before anything trains
     rep = Reproduction(out)
-    per_seed = [_seed_result(rep, config_for(r, s, budget, k), data_dir, progress) for s in range(seeds)]
+    configs = [config_for(r, s, budget, k) for s in range(seeds)]
+    if jobs > 1:  # train and score in parallel; the loop below then finds every seed done (or says why one is not)
+        _run_pool([(str(rep.run(c.seed).path), c.to_dict()) for c in configs], min(jobs, seeds), data_dir)
+    per_seed = [_seed_result(rep, c, data_dir, progress) for c in configs]
     result = summarize(r, per_seed, budget, k)
     atomic_write_json(rep.result_path, result)
     return result
