@@ -32,7 +32,7 @@ from .metrics import METRICS
 from .onnx_export import export_onnx
 from .plots import image_grid, save_image
 from .report import render
-from .run import Run, Study
+from .run import Reproduction, Run, Study
 from .scoring import score_run
 from .store import (
     CONFIG,
@@ -426,7 +426,7 @@ def cmd_reproduce(args) -> int:
         f"{result['id']}: {result['mean']:.2f} ± {result['sd']:.2f} nats over {len(result['measured'])} seeds "
         f"(published {result['published']:.2f}, gap {result['gap']:+.2f}, tolerance {result['tolerance']:g}"
         + (", reduced budget: not comparable" if result["reduced"] else f", within: {result['within']}")
-        + f"); {vreproduce.Reproduction(out).result_path}"
+        + f"); {Reproduction(out).result_path}"
     )
     return 0
 

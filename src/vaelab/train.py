@@ -270,12 +270,9 @@ def check_start(cfg: TrainConfig, out: Path, data_dir=None, resume: bool = False
 def planned_steps(cfg: TrainConfig, n_train: int) -> int | None:
     """The optimiser steps a run will take, where its config alone says (epochs, a steps or images budget); None
     for a FLOP budget (its model counts them) or a time budget."""
-    if cfg.time_budget:
+    if cfg.time_budget or (cfg.budget and parse_budget(cfg.budget)[1] == "flops"):
         return None
-    if not cfg.budget:
-        return cfg.epochs * math.ceil(n_train / cfg.batch_size)
-    amount, unit = parse_budget(cfg.budget)
-    return {"steps": int(amount), "images": math.ceil(amount / cfg.batch_size)}.get(unit)
+    return budget_steps(cfg, None, None) or cfg.epochs * math.ceil(n_train / cfg.batch_size)
 
 
 def check_snapshot_steps(cfg: TrainConfig, total: int | None) -> None:
@@ -304,9 +301,9 @@ def check_launch(cfg: TrainConfig, out: Path, data_dir=None, resume: bool = Fals
 # ---------------------------------------------------------------- budgets that mean the same on every machine
 
 
-def budget_steps(cfg: TrainConfig, model: torch.nn.Module, split: vdata.Split) -> int | None:
+def budget_steps(cfg: TrainConfig, model: torch.nn.Module | None, split: vdata.Split | None) -> int | None:
     """The optimiser steps a count budget allows (None without one): steps as given, images over the batch size,
-    FLOPs over the FLOPs of one training step. Counts, unlike seconds, train the same model however fast or busy
+    FLOPs over the FLOPs of one training step (only these need the model and its split). Counts, unlike seconds, train the same model however fast or busy
     the machine is."""
     if not cfg.budget:
         return None
@@ -428,8 +425,8 @@ class _Trainer:
         self.budget_steps = budget_steps(cfg, self.model, train_split)  # a count budget, as optimiser steps
         if self.budget_steps:
             self.total_steps = self.budget_steps  # the schedules span the budget
-        if cfg.budget and parse_budget(cfg.budget)[1] == "flops":  # only now known: the model counted them
-            check_snapshot_steps(cfg, self.total_steps)
+        # the steps are known now, a FLOP budget's too (check_start could check every other budget before writing)
+        check_snapshot_steps(cfg, None if cfg.time_budget else self.total_steps)
         # snapshots still to keep; one a killed run already wrote is the same weights when the steps are redone
         # (and one whose moment a restored run has passed cannot be made again: it stays missing, never later weights)
         run, done = Run(out, check=False), _progress(cfg, self.step, self.total_steps, self.trained_s)

@@ -8,13 +8,13 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import TrainConfig, parse_budget
 from ..errors import VaelabError
 from ..evaluate import evaluate
-from ..run import Reproduction  # noqa: F401  (the CLI names its result file through it)
+from ..run import Reproduction
 from ..store import atomic_write_json, atomic_write_text, read_json_object
 from ..train import train
 from ..version import __version__
@@ -37,24 +37,13 @@ class Row:
     metric: str = "test NLL (nats), IWAE bound"
     binarization: str = "dynamic (training images drawn at every use; test drawn once)"
     setup: str = ""
-    warmup_epochs: float = field(default=0.0)  # the paper's KL warm-up, scaled with a reduced budget
 
 
 # Burda et al. 2016, section 5 and appendix: 784-200-200-50 with tanh units each way, Bernoulli decoder, 60,000
 # training images (no validation), Adam (beta2 0.999, eps 1e-4), batch 20, 3^i epochs at lr 1e-3 * 10^(-i/7) for
 # i = 0..7 (3,280 epochs), test NLL with k = 5,000.
-_BURDA = dict(
-    dataset="binarized-mnist",
-    net="mlp_tanh",
-    latent_dim=50,
-    likelihood="bernoulli",
-    val_size=0,
-    batch_size=20,
-    lr=1e-3,
-    cosine=True,
-    epochs=3280,
-    iwae_samples=5000,
-)
+_TABLES = dict(dataset="binarized-mnist", likelihood="bernoulli", iwae_samples=5000)  # every row: scored at k = 5,000
+_BURDA = dict(_TABLES, net="mlp_tanh", latent_dim=50, val_size=0, batch_size=20, lr=1e-3, cosine=True, epochs=3280)
 _BURDA_SETUP = (
     "Burda et al. 2016 (section 5, appendix C): MLP 784-200-200-50, tanh (two stochastic layers: 200-200 to 100 "
     "units, 100-100 to 50), Bernoulli decoder; 60,000 training images; "
@@ -65,16 +54,7 @@ _BURDA_SETUP = (
 # 50,000 / 10,000 / 10,000 split; Adam lr 5e-4, batch 100, KL warm-up over 100 epochs, early stopping after 50
 # epochs without a better validation ELBO, at most 2,000 epochs; K = 500 pseudo-inputs; NLL with 5,000 samples.
 _TOMCZAK = dict(
-    dataset="binarized-mnist",
-    net="mlp_gated",
-    latent_dim=40,
-    likelihood="bernoulli",
-    val_size=10_000,
-    batch_size=100,
-    lr=5e-4,
-    epochs=2000,
-    patience=50,
-    iwae_samples=5000,
+    _TABLES, net="mlp_gated", latent_dim=40, val_size=10_000, batch_size=100, lr=5e-4, epochs=2000, patience=50
 )
 _TOMCZAK_SETUP = (
     "Tomczak & Welling 2018 (section 4): gated MLP 300-300 each way, 40 latents, Bernoulli decoder; 50,000 / 10,000 / "
@@ -137,7 +117,6 @@ ROWS: dict[str, Row] = {
             TrainConfig(**_TOMCZAK, warmup_epochs=100),
             2000,
             setup=_TOMCZAK_SETUP,
-            warmup_epochs=100,
         ),
         Row(
             "tomczak2018-vampprior",
@@ -147,17 +126,9 @@ ROWS: dict[str, Row] = {
             TrainConfig(**_TOMCZAK, warmup_epochs=100, prior="vamp", prior_components=500),
             2000,
             setup=_TOMCZAK_SETUP,
-            warmup_epochs=100,
         ),
     )
 }
-
-# Published rows vaelab cannot run yet, named rather than faked (docs/reproductions.md says why).
-NOT_YET = (
-    "Tomczak & Welling 2018, Table 2, HVAE (L = 2) + VampPrior (83.19): needs the two-layer MLP model",
-    "Kingma et al. 2016 (IAF), Table 1: a ResNet VAE on statically binarized MNIST (Larochelle & Murray's set, "
-    "not in ../shared/data)",
-)
 
 
 def row(row_id: str) -> Row:
@@ -181,12 +152,19 @@ def list_rows() -> list[dict]:
     ]
 
 
+MNIST_TRAIN = 60_000  # every row's training split, before its validation images are carved off
+
+
+def _n_train(cfg: TrainConfig) -> int:
+    return MNIST_TRAIN - cfg.val_size
+
+
 def epochs_of(r: Row, budget: str) -> float:
     """The epochs a budget buys for this row (its training set size and batch), or the paper's without one."""
     if not budget:
         return float(r.paper_epochs)
     amount, unit = parse_budget(budget)
-    n_train = 60_000 - r.config.val_size
+    n_train = _n_train(r.config)
     per_epoch = {"images": n_train, "steps": math.ceil(n_train / r.config.batch_size)}
     if unit not in per_epoch:
         raise VaelabError(f"a reproduction's budget is a count of steps or images (e.g. 2e6images), got {budget!r}")
@@ -198,7 +176,7 @@ def config_for(r: Row, seed: int, budget: str, k: int) -> TrainConfig:
     cfg = r.config.replace(seed=seed, iwae_samples=k)
     if budget:
         share = min(1.0, epochs_of(r, budget) / r.paper_epochs)
-        cfg = cfg.replace(budget=budget, warmup_epochs=r.warmup_epochs * share)
+        cfg = cfg.replace(budget=budget, warmup_epochs=r.config.warmup_epochs * share)
     return cfg
 
 
@@ -228,7 +206,7 @@ def _seed_result(rep: Reproduction, cfg: TrainConfig, data_dir, progress) -> dic
         "seed": cfg.seed,
         "nll": scored["iwae_nll"],
         "neg_elbo": scored["neg_elbo"],
-        "epochs": round((history[-1]["step"] if history else 0) * cfg.batch_size / (60_000 - cfg.val_size), 2),
+        "epochs": round((history[-1]["step"] if history else 0) * cfg.batch_size / _n_train(cfg), 2),
         "steps": history[-1]["step"] if history else 0,
         "seconds": round(time.perf_counter() - t0, 1),
     }
