@@ -21,9 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import synthetic  # noqa: E402
+from vaelab.checkpoint import load_checkpoint, resolve_device  # noqa: E402
 from vaelab.config import TrainConfig  # noqa: E402
 from vaelab.multirun import train_together  # noqa: E402
-from vaelab.train import load_checkpoint, resolve_device, train  # noqa: E402
+from vaelab.train import train  # noqa: E402
 
 
 def main() -> None:

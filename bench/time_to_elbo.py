@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from vaelab import data as vdata
 from vaelab.config import TrainConfig
 from vaelab.models import VAE
-from vaelab.train import average_terms, train
+from vaelab.train import train
+from vaelab.train.epochs import average_terms
 
 
 class Reached(Exception):
@@ -80,7 +81,7 @@ def vaelab_recipe(cfg: TrainConfig, ds: vdata.Dataset, test: vdata.Split, target
             reached = False
         except Reached:
             reached = True
-        from vaelab.train import load_checkpoint
+        from vaelab.checkpoint import load_checkpoint
 
         seconds = sum(h["seconds"] for h in load_checkpoint(tmp)["history"])
     return {"seconds": seconds, "epochs": seen.get("epoch"), "neg_elbo": seen.get("neg_elbo"), "reached": reached}

@@ -17,7 +17,7 @@ cells = [
     ),
     code(
         "import os\nfrom pathlib import Path\n\nimport numpy as np\nimport torch\nfrom IPython.display import Image, display\n\n"
-        "import vaelab\nfrom vaelab import data, findings, generate, latent, plots, report, study\nfrom vaelab.study import analysis\nfrom vaelab.config import TrainConfig\n"
+        "import vaelab\nfrom vaelab import data, generate, latent, plots, report, study\nfrom vaelab.study import analysis, findings\nfrom vaelab.config import TrainConfig\n"
         "from vaelab.models import VAE\nfrom vaelab.train import train\nfrom vaelab.run import Run\nfrom vaelab.evaluate import evaluate\n\n"
         "SCALE = os.environ.get('VAELAB_NOTEBOOK_SCALE', 'full')\nDATA_DIR = os.environ.get('VAELAB_DATA')  # None: vaelab searches the usual places\n"
         "OUT = Path(os.environ.get('VAELAB_NOTEBOOK_OUT', 'notebook_runs'))\n"

@@ -199,7 +199,7 @@ def test_convert_needs_trust_and_then_gives_a_safe_checkpoint(tiny_root, tmp_pat
     """A benign vaelab 0.1 checkpoint (same content, pickled) converts only with --i-trust-this-file."""
     import torch
 
-    from vaelab.train import load_checkpoint
+    from vaelab.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(run), "--data-dir", str(tiny_root), "--no-eval"]) == 0
@@ -343,9 +343,32 @@ def test_findings_from_a_results_csv_alone(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Fashion-MNIST is easier to model than CIFAR-10" in out and "Holm-adjusted p" in out
     assert "costs compression" in out and "PCA of the pixels" in out
+    assert out.startswith("## At a glance\n\n| claim | dataset | verdict |") and "| **partly holds** |" in out
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     assert main(["findings", str(tmp_path / "x.csv")]) == 2
     assert "not a vaelab results table" in capsys.readouterr().err
+
+
+def test_findings_draw_a_forest_and_refresh_a_summary(tmp_path, capsys):
+    """--forest writes the effects against their ±δ bands; --summary replaces only a summary's Findings section."""
+    import shutil
+    from pathlib import Path
+
+    study = Path(__file__).parent.parent / "docs" / "studies" / "cifar-beta"
+    shutil.copy(study / "results.csv", tmp_path / "results.csv")
+    shutil.copy(study / "results-fractions.csv", tmp_path / "results-fractions.csv")
+    summary = tmp_path / "summary.md"
+    summary.write_text("# s\n\n## Findings\nold text\n\n## Datasets\nkept\n")
+    argv = ["findings", str(tmp_path / "results.csv"), "--forest", str(tmp_path / "f.png"), "--summary", str(summary)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "fig" / "findings_forest.png").is_file()
+    text = summary.read_text()
+    assert "old text" not in text and text.endswith("## Datasets\nkept\n") and "| claim | dataset | verdict |" in text
+    assert "not converged" in text and "fig/findings_forest.png" in text
+    for bad in (["--forest", str(tmp_path / "no" / "f.png")], ["--summary", str(tmp_path / "results.csv")]):
+        assert main(["findings", str(tmp_path / "results.csv"), *bad]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from vaelab import VaelabError
-from vaelab.config import PRESETS, TrainConfig, from_dict, preset
+from vaelab.config import TrainConfig, from_dict
+from vaelab.config.presets import PRESETS, preset
 
 
 def test_frozen_and_replace():

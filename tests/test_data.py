@@ -281,8 +281,10 @@ def test_verification_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
     write_fashion(folder)
     _sums(folder)
     calls = []
-    real = vdata.check_file
-    monkeypatch.setattr(vdata, "check_file", lambda p: calls.append(p.name) or real(p))
+    from vaelab.data import checksums
+
+    real = checksums.check_file
+    monkeypatch.setattr(checksums, "check_file", lambda p: calls.append(p.name) or real(p))
     vdata.verify(folder)
     assert len(calls) == 4
     vdata.verify(folder)

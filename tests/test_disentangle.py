@@ -278,7 +278,7 @@ def test_a_disentanglement_study_reports_its_metrics_findings_and_traversals(tin
     import pandas as pd
 
     from vaelab import study
-    from vaelab.report import report
+    from vaelab.cli.commands import report
 
     small = D.Sizes(batch=8, beta_train=20, beta_eval=20, factor_train=20, factor_eval=20, variance=200, codes=300)
     monkeypatch.setattr(D, "Sizes", lambda: small)

@@ -17,7 +17,7 @@ import torch
 
 from conftest import count, write_fashion
 from vaelab import VaelabError, distributed
-from vaelab.train import load_checkpoint
+from vaelab.checkpoint import load_checkpoint
 
 pytestmark = [
     pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in"),

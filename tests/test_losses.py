@@ -291,8 +291,8 @@ def test_an_objective_is_added_by_registration_alone(tiny_root, tmp_path, monkey
     from conftest import tiny_config
     from vaelab import data as vdata
     from vaelab import multirun
-    from vaelab.findings import main_weight
     from vaelab.losses import OBJECTIVES, Objective, beta_elbo
+    from vaelab.study.model_findings import main_weight
     from vaelab.train import train
 
     def elbo_l1(terms, beta, cfg=None, progress=0.0):

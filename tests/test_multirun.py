@@ -6,7 +6,8 @@ import pytest
 
 from conftest import tiny_config
 from vaelab import VaelabError, multirun
-from vaelab.train import load_checkpoint, train
+from vaelab.checkpoint import load_checkpoint
+from vaelab.train import train
 
 # Tolerance: the stacked step computes the same sums in another order (batched matmuls and convolutions, Adam's
 # update written out instead of the fused kernel), so gradients differ by float32 rounding. Adam's first steps move

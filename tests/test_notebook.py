@@ -36,7 +36,8 @@ def test_notebook_runs_headless_on_tiny_data(tiny_root, tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs)
     assert "bpd_elbo" in text
     # The verdicts the notebook printed are the ones its own results give (recomputed here from the run dirs).
-    from vaelab import findings, study
+    from vaelab import study
+    from vaelab.study import findings
 
     rows = study.latent_rows(study.collect(tmp_path / "runs" / "latent-study"))
     want = findings.dataset_complexity(rows) + findings.latent_size(rows)

@@ -11,8 +11,8 @@ import torch
 
 from vaelab import metrics, study
 from vaelab.cli import main
+from vaelab.cli.commands import report
 from vaelab.losses import OBJECTIVES, Objective, beta_elbo
-from vaelab.report import report
 
 
 def elbo_plus_l1(terms, beta, cfg=None, progress=0.0):

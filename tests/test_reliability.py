@@ -219,7 +219,7 @@ def _damage(kind: str, run: Path, study_dir: Path, tmp: Path) -> list[str]:
         (run / "checkpoint.safetensors").write_bytes(b"\x08\0\0\0\0\0\0\0{}      ")
         return ["sample", str(run)]
     if kind == "checkpoint-other-architecture":
-        from vaelab.train import load_checkpoint, save_checkpoint
+        from vaelab.checkpoint import load_checkpoint, save_checkpoint
 
         ck = load_checkpoint(run)
         ck["config"] = {**ck["config"], "latent_dim": 7}
@@ -455,8 +455,8 @@ def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tm
     for pid in markers:  # the workers are gone, not training on
         assert _gone(pid)
     # Nothing lost: every interrupted run holds a readable checkpoint that a resume continues from.
+    from vaelab.checkpoint import load_checkpoint
     from vaelab.study import cell_status
-    from vaelab.train import load_checkpoint
 
     runs = [p.parent for p in out.glob("runs/*/checkpoint.safetensors")]
     assert len(runs) >= 2

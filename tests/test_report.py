@@ -13,7 +13,7 @@ from conftest import headless_chromium, quick_classifier
 from test_latent import assert_real_figure
 from vaelab import study
 from vaelab.cli import main
-from vaelab.report import report
+from vaelab.cli.commands import report
 
 pytestmark = pytest.mark.slow  # a study and its report each: `make test` runs them, `make test-fast` does not
 
@@ -156,6 +156,16 @@ def test_report_in_headless_chromium(mini_study, mini_report, tmp_path):
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
         assert "Findings" in browser.find_element("tag name", "h2").text
+        # the findings open with a table of verdicts, coloured, and each finding's paragraph folds under <details>
+        colours, folded, opened = browser.execute_script(
+            "const v=[...document.querySelectorAll('table.glance .v')];"
+            "const d=[...document.querySelectorAll('details.finding')];"
+            "const f=d[0]; const closed=f.getBoundingClientRect().height; f.open=true;"
+            "return [v.map(e=>getComputedStyle(e).backgroundColor), d.filter(e=>!e.open).length + 1 === d.length,"
+            " f.getBoundingClientRect().height > closed];"
+        )
+        assert colours and all(c not in ("rgba(0, 0, 0, 0)", "transparent") for c in colours), colours
+        assert folded and opened
         shot = mini_study / "report" / "screenshot.png"
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10000
     finally:
@@ -268,6 +278,20 @@ def test_render_escapes_html_but_not_markdown(tmp_path):
                     {"kind": "table", "head": ["a", "b"], "rows": [["1", "<i>2</i>"]]},
                     {"kind": "finding", "claim": "c", "verdict": "holds", "evidence": "e & f"},
                     {"kind": "fig", "src": "fig/x.png", "caption": "cap"},
+                    {
+                        "kind": "glance",
+                        "rows": [
+                            {
+                                "claim": "c <b>",
+                                "dataset": "d",
+                                "verdict": "no effect (negligible)",
+                                "effect": "1 [0, 2]",
+                                "p_adjusted": "0.01",
+                                "stability": "stable since ½",
+                                "convergence": "not converged",
+                            }
+                        ],
+                    },
                 ],
             }
         ],
@@ -276,6 +300,8 @@ def test_render_escapes_html_but_not_markdown(tmp_path):
     (tmp_path / "report" / "page.json").write_text(json.dumps(page))
     html = render(tmp_path).read_text()
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;i&gt;2&lt;/i&gt;" in html
-    assert '<div class="finding ok"><b>c</b>' in html and 'src="fig/x.png"' in html
+    assert '<details class="finding ok"><summary><b>c</b>' in html and 'src="fig/x.png"' in html  # folded
+    assert '<span class="v v-no">no effect (negligible)</span>' in html and "c &lt;b&gt;" in html
     md = (tmp_path / "report" / "summary.md").read_text()
     assert md.startswith("# t <b>\n") and "| 1 | <i>2</i> |" in md and "- **c** — *holds*: e & f" in md
+    assert "| c <b> | d | **no effect (negligible)** | 1 [0, 2] | 0.01 | stable since ½ | not converged |" in md

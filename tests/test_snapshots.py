@@ -11,13 +11,14 @@ import torch
 from conftest import tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
-from vaelab import findings as vf
-from vaelab.checkpoint import load_snapshot
+from vaelab.checkpoint import load_checkpoint, load_snapshot
 from vaelab.cli import main
 from vaelab.config import TrainConfig, snapshot_fractions
 from vaelab.evaluate import SNAPSHOT_IWAE_SAMPLES, evaluate, evaluate_snapshots
 from vaelab.run import Run
-from vaelab.train import ema_decay, load_checkpoint, train
+from vaelab.study import verdicts as vf
+from vaelab.train import train
+from vaelab.train.epochs import ema_decay
 
 
 @pytest.fixture

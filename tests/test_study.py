@@ -15,8 +15,8 @@ import pytest
 
 from conftest import count
 from vaelab import VaelabError, study
+from vaelab.checkpoint import load_checkpoint
 from vaelab.cli import main
-from vaelab.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -324,7 +324,7 @@ def test_conditional_vae_runs_in_a_study(tiny_root, tmp_path):
         "latent_dim-2__conditional-True__seed-0",
     ]
     assert study.run(spec, tmp_path / "S", data_dir=str(tiny_root)) == {"done": 2}
-    from vaelab.train import load_model
+    from vaelab.checkpoint import load_model
 
     _, model, _ = load_model(tmp_path / "S" / "runs" / spec.cells[1].run_id)
     assert model.num_classes == 10
@@ -464,7 +464,7 @@ def test_results_say_how_far_from_convergence_each_run_stopped(tiny_root, tmp_pa
 
 @pytest.mark.slow
 def test_a_study_trained_for_seconds_says_its_cells_depend_on_the_machine(tiny_root, tmp_path):
-    from vaelab.report import report
+    from vaelab.cli.commands import report
 
     spec = study.load_spec(write(tmp_path, TINY_TOML.replace("epochs = 1", 'epochs = 2\ntime_budget = "1h"')))
     out = tmp_path / "S"

@@ -11,8 +11,10 @@ import torch
 from conftest import count, quick_classifier, tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
+from vaelab.checkpoint import load_checkpoint, load_model
 from vaelab.models import VAE, build
-from vaelab.train import TrainingDiverged, load_checkpoint, load_model, train
+from vaelab.train import train
+from vaelab.train.epochs import TrainingDiverged
 
 
 @pytest.fixture
@@ -160,7 +162,7 @@ def test_conditional_run_trains(ds, tmp_path):
 
 
 def test_gradient_norm_and_clipping_match_torch():
-    from vaelab.train import _clip, _grad_norm
+    from vaelab.train.epochs import _clip, _grad_norm
 
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
@@ -284,7 +286,7 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_what_evaluation_reads(ds, 
     _, model, _ = Run(tmp_path / "e").load()
     assert all(torch.equal(model.state_dict()[k], ema[k]) for k in ema)
     from vaelab.models import build
-    from vaelab.train import average_terms
+    from vaelab.train.epochs import average_terms
 
     splits = vdata.make_splits(ds, cfg.val_size, cfg.train_size, cfg.test_size, "cpu")
     torch.manual_seed(0)
@@ -457,7 +459,7 @@ def test_a_run_whose_every_step_is_skipped_for_its_gradient_norm_is_refused_not_
 def test_count_budgets_stop_at_their_step_and_span_the_schedule(ds, tmp_path):
     """3 steps, 70 images (= 3 batches of 32) and a FLOP budget of 3 steps' FLOPs all train exactly 3 steps, the
     cosine schedule spread over them; epochs is only the upper bound."""
-    from vaelab.train import step_flops
+    from vaelab.train.budget import step_flops
 
     cfg = tiny_config(epochs=50, batch_size=32, cosine=True)
     flops = step_flops(
@@ -476,7 +478,7 @@ def test_a_flop_budget_gives_the_same_weights_beside_a_busy_process(ds, tmp_path
     import subprocess
     import sys
 
-    from vaelab.train import step_flops
+    from vaelab.train.budget import step_flops
 
     cfg = tiny_config(epochs=50)
     flops = step_flops(cfg, build(cfg, ds.shape, len(ds.classes)), vdata.make_splits(ds, 40, 0, 0)["train"])

@@ -119,7 +119,7 @@ def test_images_the_conv_net_cannot_halve_twice_get_a_clear_error(tmp_path, caps
 def test_a_study_on_an_npz_reports_from_its_run_directories_after_the_file_is_gone(tmp_path):
     """Reports read run directories: moving the user's data file away must not break the report or its findings."""
     from vaelab import study
-    from vaelab.report import report
+    from vaelab.cli.commands import report
 
     rng = np.random.default_rng(3)
     name = _write(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.optim.adam import adam  # torch.optim's functional Adam: the update torch.optim.Adam makes
 
 from . import data as vdata
 from .checkpoint import resolve_device, save_checkpoint
@@ -29,7 +30,7 @@ from .models import build as build_model
 from .optim import lr_factor, make_optimizer
 from .run import Run
 from .store import FolderLock, atomic_write_json, check_can_create, ensure_writable_dir
-from .train import average_terms, check_epoch, check_val, checkpoint_record, diverged, epoch_row, write_metrics
+from .train.epochs import average_terms, check_epoch, check_val, checkpoint_record, diverged, epoch_row, write_metrics
 
 VARY = ("seed", "beta")  # what may differ between the runs of a group; every other field is shared
 
@@ -118,29 +119,34 @@ class _Stack:
         self.params = {k: v.detach() for k, v in params.items()}
         self.exp_avg = {k: torch.zeros_like(v) for k, v in self.params.items()}
         self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in self.params.items()}
-        self.steps = torch.zeros(len(models), device=device)  # Adam's step per run (a skipped update does not count)
+        # Adam's step per run and parameter, as torch.optim keeps it (a skipped update does not count)
+        self.steps = {k: torch.zeros(len(models), device=device) for k in self.params}
 
     @torch.no_grad()
-    def adam_step(self, grads, loss, lr, clip, beta1=0.9, beta2=0.999, adam_eps=1e-8) -> torch.Tensor:
-        """train's guards and torch.optim.Adam's update (its defaults, which train uses), per run: a run whose loss
-        or gradient is not finite skips the step (weights, moments and step count kept); a gradient norm above
-        `clip` is scaled to it. Returns which runs stepped."""
+    def adam_step(self, grads, loss, lr: list[float], clip: float, opt: dict) -> torch.Tensor:
+        """train's guards, then torch.optim's functional Adam (the update train's optimizer makes) on each run's
+        slice of the stacked tensors: a run whose loss or gradient is not finite skips the step (weights, moments
+        and step count kept); a gradient norm above `clip` is scaled to it. Returns which runs stepped."""
         norm = torch.sqrt(sum(g.float().pow(2).flatten(1).sum(1) for g in grads.values()))
         ok = torch.isfinite(loss) & torch.isfinite(norm)
         coef = torch.where(norm > clip, clip / (norm + 1e-6), torch.ones_like(norm))
-        coef = torch.where(ok, coef, torch.zeros_like(coef))
-        self.steps += ok.float()
-        bc1 = 1 - beta1 ** self.steps.clamp(min=1)
-        bc2 = 1 - beta2 ** self.steps.clamp(min=1)
-        for k, p in self.params.items():
-            s = (-1,) + (1,) * (p.dim() - 1)
-            g = torch.nan_to_num(grads[k]) * coef.view(s)
-            u = ok.view(s)
-            m, v = self.exp_avg[k], self.exp_avg_sq[k]
-            m.copy_(torch.where(u, m.lerp(g, 1 - beta1), m))
-            v.copy_(torch.where(u, v * beta2 + (1 - beta2) * g * g, v))
-            denom = (v.sqrt() / bc2.sqrt().view(s)).add_(adam_eps)
-            p.sub_(u.float() * (lr / bc1).view(s) * m / denom)
+        keys = list(self.params)
+        for i in torch.nonzero(ok).flatten().tolist():
+            adam(
+                [self.params[k][i] for k in keys],
+                [grads[k][i] * coef[i] for k in keys],
+                [self.exp_avg[k][i] for k in keys],
+                [self.exp_avg_sq[k][i] for k in keys],
+                [],
+                [self.steps[k][i] for k in keys],
+                amsgrad=False,
+                beta1=opt["betas"][0],
+                beta2=opt["betas"][1],
+                lr=lr[i],
+                weight_decay=opt["weight_decay"],
+                eps=opt["eps"],
+                maximize=False,
+            )
         return ok
 
     @torch.no_grad()
@@ -149,7 +155,7 @@ class _Stack:
         for k, p in model.named_parameters():
             p.copy_(self.params[k][i])
             opt.state[p] = {
-                "step": torch.tensor(float(self.steps[i]), dtype=torch.float32, device=p.device),
+                "step": torch.tensor(float(self.steps[k][i]), dtype=torch.float32, device=p.device),
                 "exp_avg": self.exp_avg[k][i].clone(),
                 "exp_avg_sq": self.exp_avg_sq[k][i].clone(),
             }
@@ -222,6 +228,8 @@ class _Group:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg0.bf16)
         self.noise_dtype = torch.bfloat16 if cfg0.bf16 else torch.float32  # the dtype train's posterior draws in
         self.step_fn = vmap(grad_and_value(self._loss, has_aux=True))
+        # Adam's hyperparameters exactly as train's optimizer holds them (its defaults)
+        self.adam = {k: make_optimizer(cfg0, runs[0].model).defaults[k] for k in ("betas", "eps", "weight_decay")}
 
     def _loss(self, p, b, x, eps, beta):
         with self.autocast:
@@ -260,8 +268,8 @@ class _Group:
             [scheduled_beta(r.cfg, r.step, self.steps_per_epoch, d) for r, d in zip(runs, done)], device=self.device
         )
         grads, (loss, aux) = self.step_fn(self.stack.params, self.stack.buffers, x, eps, beta_t)
-        lr = torch.tensor([r.cfg.lr * lr_factor(r.cfg, d) for r, d in zip(runs, done)], device=self.device)
-        return loss, aux, self.stack.adam_step(grads, loss, lr, self.clip)
+        lr = [r.cfg.lr * lr_factor(r.cfg, d) for r, d in zip(runs, done)]
+        return loss, aux, self.stack.adam_step(grads, loss, lr, self.clip, self.adam)
 
     def _count(self, ok: list[bool], bad: list[int], epoch: int) -> None:
         """train's NaN guard per run: a good step counts, a run of max_bad_steps non-finite ones in a row diverges."""

@@ -333,3 +333,32 @@ def recon_vs_disentanglement(rows, metrics: list[str]):
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+VERDICT_COLOURS = {
+    "holds": "#16a34a",
+    "partly holds": "#d97706",
+    "no effect (negligible)": "#2563eb",
+    "does not hold": "#dc2626",
+}
+
+
+def forest(points: list[dict], title: str = ""):
+    """Each effect with its 95 % interval, in units of its smallest effect of interest δ and signed so that the
+    claimed direction is positive: the band [-1, 1] is 'no effect', right of 1 an effect as claimed."""
+    n = max(len(points), 1)
+    fig, ax = plt.subplots(figsize=(10, 0.3 * n + 1.2))
+    ax.axvspan(-1, 1, color="#dbeafe", zorder=0, label="±δ (negligible)")
+    ax.axvline(0, color="#6b7280", lw=0.8)
+    for i, p in enumerate(points):
+        c = VERDICT_COLOURS.get(p["verdict"], "#6b7280")
+        ax.plot([p["lo"], p["hi"]], [i, i], color=c, lw=2)
+        ax.plot([p["estimate"]], [i], "o", color=c, ms=4)
+    ax.set_yticks(range(len(points)), [p["label"][:95] for p in points], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("effect / δ (symmetric log scale; positive = as claimed)")
+    ax.set_title(title or "Effects against their smallest effect of interest", fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -12,7 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from .errors import VaelabError
 from .run import Study
 from .store import atomic_write_text, read_json
-from .study.analysis import PAGE, analyze
+from .study.page import PAGE
 
 _ENV = Environment(
     loader=PackageLoader("vaelab", "templates"), autoescape=select_autoescape(["html.j2"]), keep_trailing_newline=True
@@ -29,9 +29,3 @@ def render(target: str | Path) -> Path:
     atomic_write_text(rep / "index.html", _ENV.get_template("report.html.j2").render(page=page, made=made))
     atomic_write_text(rep / "summary.md", _ENV.get_template("summary.md.j2").render(page=page))
     return rep / "index.html"
-
-
-def report(target: str | Path, data_dir=None, classifier: bool = True) -> Path:
-    """The analysis (vaelab.study.analysis.analyze), then the rendering: what `vaelab report` does."""
-    analyze(target, data_dir, classifier)
-    return render(target)

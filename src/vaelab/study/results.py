@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .. import findings as vfindings
 from ..config import TrainConfig, config_diff, from_dict, snapshot_fractions, upgrade
 from ..errors import VaelabError
 from ..metrics import columns as metric_columns
@@ -28,6 +27,8 @@ from ..store import (
     read_json,
     read_jsonl,
 )
+from . import findings as vfindings
+from . import verdicts
 from .spec import _FIELD_ORDER, format_value
 
 INFO_COLUMNS = ["n_dims", "likelihood_discrete"]  # carried into results for units, never averaged
@@ -119,18 +120,39 @@ def _findings_of(df) -> list:
     return vfindings.compute(latent_rows(df), beta_rows(df), df[df["status"] == "done"])
 
 
+IWAE_COLUMNS = ("iwae_nll", "bpd_iwae")  # their value depends on K: fractions and the end compare at equal K only
+
+
+def half_change(df, along) -> pd.Series:
+    """Each run's relative change of test negative ELBO from the model kept at half of its budget to its end
+    (negative: still improving); NaN where no model was kept at half."""
+    if along is None or "fraction" not in along or "run_id" not in df:
+        return pd.Series(np.nan, index=df.index)
+    half = along[np.isclose(along["fraction"], 0.5)].drop_duplicates("run_id").set_index("run_id")["neg_elbo"]
+    at_half = df["run_id"].map(half).astype(float)
+    return (df["neg_elbo"] - at_half) / at_half.abs()
+
+
 def study_findings(df, along=None) -> tuple[list, list]:
-    """A results table's findings (vaelab.findings.compute on its β = 1 runs, its β sweep and every finished run),
-    as (those its grid can test, those it cannot). `along`, the table of the models kept along training (a
-    `fraction` column; results-fractions.csv), gives each finding its verdict at every fraction."""
-    testable, untestable = vfindings.split_testable(_findings_of(df))
+    """A results table's findings (vaelab.study.findings.compute on its β = 1 runs, its β sweep and every finished
+    run), as (those its grid can test, those it cannot). `along`, the table of the models kept along training (a
+    `fraction` column; results-fractions.csv), gives each finding its verdict at every fraction (IWAE-based claims
+    only where the fraction was scored at the same K) and the ½ → end change of its cells."""
+    if along is not None and len(along) and ("half_change" not in df or df["half_change"].isna().all()):
+        df = df.assign(half_change=half_change(df, along))
+    testable, untestable = verdicts.split_testable(_findings_of(df))
     if along is not None and len(along):
+        same_k = (
+            "iwae_samples" in along and "iwae_samples" in df and set(along["iwae_samples"]) == set(df["iwae_samples"])
+        )
+        if not same_k:  # e.g. K = 5 along training, K = 20 at the end: not the same quantity
+            along = along.assign(**{c: np.nan for c in IWAE_COLUMNS if c in along})
         earlier = {  # what the grid cannot test at a fraction (no generation scores there) counts as not measured
-            float(fr): vfindings.split_testable(_findings_of(rows.drop(columns="fraction")))[0]
+            float(fr): verdicts.split_testable(_findings_of(rows.drop(columns="fraction")))[0]
             for fr, rows in along.groupby("fraction")
             if fr < 1
         }
-        testable = vfindings.along_training(testable, earlier)
+        testable = verdicts.along_training(testable, earlier)
     return testable, untestable
 
 
@@ -244,10 +266,14 @@ def write_results(out: str | Path):
     out = Path(out)
     cells = _cells(out)  # read once for every fraction's table
     df = _table(cells, None)
-    atomic_write_text(Study(out).results_path, df.to_csv(index=False))
     fractions = snapshot_fractions_of(out)
+    along = None
     if fractions:
         along = pd.concat([_table(cells, f).assign(fraction=f) for f in fractions] + [df.assign(fraction=1.0)])
+    if along is not None and 0.5 in fractions:
+        df = df.assign(half_change=half_change(df, along))  # convergence: the ½ -> end change of each cell
+    atomic_write_text(Study(out).results_path, df.to_csv(index=False))
+    if along is not None:
         atomic_write_text(Study(out).fractions_path, along.to_csv(index=False))
     try:
         import pyarrow  # noqa: F401  (optional extra 'parquet': results.csv is the record without it)

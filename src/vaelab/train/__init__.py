@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import math
 import sys
 import time
@@ -13,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from . import data as vdata
-from . import distributed
-from .checkpoint import (  # noqa: F401
+from .. import data as vdata
+from .. import distributed
+from ..checkpoint import (  # noqa: F401
     CHECKPOINT_FORMAT,
     available_bytes,
     check_fits,
@@ -31,198 +28,37 @@ from .checkpoint import (  # noqa: F401
     save_checkpoint,
     save_snapshot,
 )
-from .classifier import reference_classifier
-from .config import TrainConfig, config_diff, from_dict, parse_budget, snapshot_fractions
-from .errors import VaelabError
-from .losses import TCCritic, draws, objective, objective_entry, perceptual_term, scheduled_beta
-from .models import VAE, noise
-from .models import build as build_model
-from .optim import fused_optimizer, lr_factor, make_optimizer  # noqa: F401
-from .run import Run
-from .store import (
+from ..config import TrainConfig, snapshot_fractions
+from ..losses import TCCritic, draws, objective, objective_entry, perceptual_term, scheduled_beta
+from ..models import build as build_model
+from ..models import noise
+from ..optim import fused_optimizer, lr_factor, make_optimizer  # noqa: F401
+from ..run import Run
+from ..store import (
     FolderLock,
     atomic_write_json,
-    atomic_write_text,
-    check_can_create,
     ensure_writable_dir,
     remove_stale_temps,
 )
-from .tracking import Tracker
-from .version import __version__
-
-
-class TrainingDiverged(VaelabError):
-    pass
-
-
-@torch.no_grad()
-def average_terms(model: VAE, split: vdata.Split, batch_size: int = 1000) -> dict[str, float]:
-    """Mean recon, KL and negative ELBO (nats per image) over a split, one posterior sample per image."""
-    model.eval()
-    sums = torch.zeros(3, device=split.x.device, dtype=torch.float64)
-    for idx in vdata.minibatches(len(split), batch_size, device=split.x.device, shuffle=False):
-        t = model(split.x[idx], split.y[idx] if model.num_classes else None)
-        sums += torch.stack([t["recon"].sum(), t["kl"].sum(), (t["recon"] + t["kl"]).sum()]).double()
-    recon, kl, nelbo = (sums / max(len(split), 1)).tolist()
-    return {"recon": recon, "kl": kl, "neg_elbo": nelbo}
-
-
-def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
-        return torch.nn.utils.get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-
-
-def _clip(params: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> None:
-    """Scale gradients to max_norm; unlike clip_grad_norm_, no pass over them when the norm is already below it."""
-    if float(norm) <= max_norm:
-        return
-    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):  # torch >= 2.6
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-    else:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
-def write_metrics(out: Path, history: list[dict]) -> None:
-    """metrics.jsonl, one line per finished epoch, rewritten whole (atomically) from the run's history."""
-    atomic_write_text(Run(out, check=False).metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-
-
-def _rng_state(gen: torch.Generator) -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "batches": gen.get_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def _set_rng_state(state: dict, gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["batches"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _perceptual_features(cfg: TrainConfig, ds: vdata.Dataset, device: torch.device):
-    """The reference classifier's feature map, frozen, on the training device (trained once and cached when
-    absent: minutes on a CPU)."""
-    clf, _ = reference_classifier(cfg.dataset, ds=ds)
-    clf = clf.to(device).eval()
-    for p in clf.parameters():
-        p.requires_grad_(False)
-    return clf.features
-
-
-# ---------------------------------------------------------------- what both trainers share (train and multirun)
-
-
-def epoch_row(
-    epoch: int,
-    step: int,
-    beta: float,
-    lr: float,
-    train_terms: list[float],
-    val: dict,
-    seconds: float,
-    seen: float,
-    skipped: int,
-    skipped_large: int,
-    **extra,
-) -> dict:
-    """One line of a run's history (metrics.jsonl), the same schema from either trainer."""
-    return {
-        "epoch": epoch,
-        "step": step,
-        "beta": beta,
-        "lr": lr,
-        "train_loss": train_terms[0],
-        "train_recon": train_terms[1],
-        "train_kl": train_terms[2],
-        **{f"val_{k}": v for k, v in val.items()},
-        "seconds": seconds,
-        "images_per_s": seen / seconds if seconds > 0 else 0.0,
-        "skipped_steps": skipped,
-        "skipped_large_grad": skipped_large,
-        **extra,
-    }
-
-
-def checkpoint_record(
-    cfg: TrainConfig,
-    epoch: int,
-    step: int,
-    bad_steps: int,
-    bad_in_row: int,
-    model: dict,
-    optimizer: dict,
-    rng: dict,
-    history: list[dict],
-    ds: vdata.Dataset,
-    **extra,
-) -> dict:
-    """A checkpoint's contents, the same layout from either trainer (`extra`: raw, EMA and critic weights)."""
-    return {
-        "config": cfg.to_dict(),
-        "epoch": epoch,
-        "step": step,
-        "bad_steps": bad_steps,
-        "bad_in_row": bad_in_row,
-        "model": model,
-        "optimizer": optimizer,
-        **extra,
-        "rng": rng,
-        "history": history,
-        "shape": list(ds.shape),
-        "classes": list(ds.classes),
-        "versions": {"vaelab": __version__, "torch": torch.__version__},
-    }
-
-
-def check_epoch(
-    cfg: TrainConfig,
-    epoch: int,
-    steps: int,
-    seen: float,
-    bad: int,
-    skipped_large: int,
-    params,
-    ckpt_path: Path,
-    run: Path | None = None,
-) -> None:
-    """An epoch that went bad never overwrites the last good checkpoint: every step skipped for its gradient norm,
-    too many non-finite steps, or weights that are no longer finite."""
-    if steps and seen == 0 and skipped_large:  # no update at all: the model would never train
-        raise diverged(
-            epoch,
-            f"all {skipped_large} steps had a gradient norm above skip_grad_norm "
-            f"{cfg.skip_grad_norm:g} and were skipped (raise it, or 0 = off)",
-            ckpt_path,
-            run,
-        )
-    if bad and (bad > cfg.max_skip_share * steps or seen == 0):
-        raise diverged(
-            epoch,
-            f"{bad} of {steps} steps were non-finite and skipped (more than max_skip_share {cfg.max_skip_share:g})",
-            ckpt_path,
-            run,
-        )
-    if not all(bool(torch.isfinite(p).all()) for p in params):
-        raise diverged(epoch, "the weights are no longer finite", ckpt_path, run)
-
-
-def check_val(val: dict, epoch: int, ckpt_path: Path, run: Path | None = None) -> None:
-    if not all(math.isfinite(v) for v in val.values()):
-        raise diverged(epoch, "the validation ELBO is not finite", ckpt_path, run)
-
-
-def diverged(epoch: int, why: str, ckpt_path: Path, run: Path | None = None) -> TrainingDiverged:
-    """The one exception of a run that went bad; `run` names it when several train together."""
-    kept = f"the last good checkpoint is kept in {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written"
-    where = f"{run}: " if run is not None else ""
-    return TrainingDiverged(
-        f"{where}training diverged in epoch {epoch}: {why}; {kept} (try a lower --lr or --grad-clip)"
-    )
+from ..tracking import Tracker
+from .budget import _stored_checkpoint, budget_steps, check_snapshot_steps, check_start
+from .epochs import (
+    _best,
+    _clip,
+    _grad_norm,
+    _improves,
+    _perceptual_features,
+    _rng_state,
+    _set_rng_state,
+    average_terms,
+    check_epoch,
+    check_val,
+    checkpoint_record,
+    diverged,
+    ema_decay,
+    epoch_row,
+    write_metrics,
+)
 
 
 def train(
@@ -247,105 +83,6 @@ def train(
     ensure_writable_dir(out)
     with FolderLock(out, "this run directory"):
         return _train_locked(cfg, out, ds, device, splits["train"], splits["val"], progress, on_epoch_end)
-
-
-def check_start(cfg: TrainConfig, out: Path, data_dir=None, resume: bool = False, dataset=None) -> tuple:
-    """What can fail on bad input before training writes anything: the directory, device, data, splits and memory.
-    Returns (device, dataset, splits)."""
-    if Run(out, check=False).holds_run() and not resume:
-        raise VaelabError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
-    check_can_create(out)
-    device = resolve_device(cfg.device)
-    ds = dataset if dataset is not None else vdata.load(cfg.dataset, data_dir)
-    splits = vdata.make_splits(ds, cfg.val_size, cfg.train_size, cfg.test_size, device)
-    check_snapshot_steps(cfg, planned_steps(cfg, len(splits["train"])))
-    check_fits(
-        model_bytes(cfg, ds.shape, len(ds.classes), min(cfg.batch_size, len(splits["train"]))),
-        "training this model",
-        device,
-    )
-    return device, ds, splits
-
-
-def planned_steps(cfg: TrainConfig, n_train: int) -> int | None:
-    """The optimiser steps a run will take, where its config alone says (epochs, a steps or images budget); None
-    for a FLOP budget (its model counts them) or a time budget."""
-    if cfg.time_budget or (cfg.budget and parse_budget(cfg.budget)[1] == "flops"):
-        return None
-    return budget_steps(cfg, None, None) or cfg.epochs * math.ceil(n_train / cfg.batch_size)
-
-
-def check_snapshot_steps(cfg: TrainConfig, total: int | None) -> None:
-    """Two snapshot fractions that fall on the same optimiser step would keep the same model twice: refused. A
-    snapshot is kept after the first step at which step / total reaches its fraction."""
-    fractions = snapshot_fractions(cfg.snapshots)
-    if total is None or len(fractions) < 2:
-        return
-    steps = [math.ceil(f * total - 1e-9) for f in fractions]
-    for (f1, s1), (f2, s2) in zip(zip(fractions, steps), zip(fractions[1:], steps[1:])):
-        if s1 == s2:
-            raise VaelabError(
-                f"snapshots {f1:g} and {f2:g} both fall on step {s1} of {total}: give fractions at least "
-                f"1/{total} apart"
-            )
-
-
-def check_launch(cfg: TrainConfig, out: Path, data_dir=None, resume: bool = False) -> None:
-    """check_start, and that a run to resume has the same config: what `--nproc N` checks once before it starts
-    N processes, so that bad input gets one line and no process."""
-    check_start(cfg, Path(out), data_dir, resume)
-    if resume:
-        _stored_checkpoint(cfg, Path(out))
-
-
-# ---------------------------------------------------------------- budgets that mean the same on every machine
-
-
-def budget_steps(cfg: TrainConfig, model: torch.nn.Module | None, split: vdata.Split | None) -> int | None:
-    """The optimiser steps a count budget allows (None without one): steps as given, images over the batch size,
-    FLOPs over the FLOPs of one training step (only these need the model and its split). Counts, unlike seconds, train the same model however fast or busy
-    the machine is."""
-    if not cfg.budget:
-        return None
-    amount, unit = parse_budget(cfg.budget)
-    if unit == "steps":
-        return int(amount)
-    if unit == "images":
-        return math.ceil(amount / cfg.batch_size)
-    return max(1, int(amount // step_flops(cfg, model, split)))
-
-
-def step_flops(cfg: TrainConfig, model: torch.nn.Module, split: vdata.Split) -> int:
-    """FLOPs of one training step (the model's forward, the objective and the backward pass) at the run's batch
-    size, counted by torch.utils.flop_counter on a copy of the model: shapes decide them, not the machine. A
-    critic's or a perceptual network's FLOPs are not counted."""
-    probe = copy.deepcopy(model).train()
-    x = split.x[: cfg.batch_size]
-    y = split.y[: cfg.batch_size] if cfg.conditional else None
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
-        objective(probe(x, y, **draws(cfg)), cfg.beta, cfg, 0.0, n_data=len(split)).backward()
-    return int(counter.get_total_flops())
-
-
-# ---------------------------------------------------------------- one run
-
-
-def _stored_checkpoint(cfg: TrainConfig, out: Path) -> dict | None:
-    """The run's checkpoint when it continues one (same config, not an unpacked export), else None."""
-    run = Run(out, check=False)
-    if not (run.checkpoint_path.exists() or run.legacy_checkpoint_path.exists()):
-        return None
-    ckpt = load_checkpoint(out)
-    if "exported_from" in ckpt:
-        raise VaelabError(
-            f"{out}: a model unpacked from {ckpt['exported_from']} (vaelab export) for evaluation; "
-            "it holds no optimizer state, so training cannot continue from it"
-        )
-    stored = from_dict(ckpt["config"])
-    if stored != cfg:
-        raise VaelabError(f"{out}: resume with a different config than the run's ({config_diff(stored, cfg)})")
-    return ckpt
 
 
 def _train_locked(cfg, out, ds, device, train_split, val_split, progress, on_epoch_end) -> dict:
@@ -694,29 +431,6 @@ class _Trainer:
         )
 
 
-def ema_decay(decay: float, step: int) -> float:
-    """The EMA's decay at `step`, warmed up as TensorFlow's ExponentialMovingAverage does with num_updates:
-    min(decay, (1 + step) / (10 + step)). Without it, 0.999 keeps 3 % of the initial weights after 3,500 steps,
-    and a Fashion-MNIST model's validation ELBO was 132 nats worse than its raw weights' (docs/benchmarks.md#ema-snapshots)."""
-    return min(decay, (1 + step) / (10 + step))
-
-
 def _progress(cfg: TrainConfig, step: int, total_steps: int, trained_seconds: float) -> float:
     """The share of training done: of the time budget's seconds when there is one, else of the steps."""
     return trained_seconds / cfg.time_budget if cfg.time_budget else step / total_steps
-
-
-def _improves(value: float, best: float, min_improvement: float) -> bool:
-    """A validation negative ELBO better than the best by more than the relative margin."""
-    if not math.isfinite(best):  # nothing yet to beat
-        return math.isfinite(value)
-    return value < best - min_improvement * abs(best)
-
-
-def _best(history: list[dict], min_improvement: float) -> tuple[float, int]:
-    """The best validation negative ELBO in a run's history by the same rule, and its epoch (inf, 0 if none)."""
-    best, epoch = math.inf, 0
-    for r in history:
-        if "val_neg_elbo" in r and _improves(r["val_neg_elbo"], best, min_improvement):
-            best, epoch = r["val_neg_elbo"], r["epoch"]
-    return best, epoch
