@@ -14,7 +14,7 @@ from vaelab import data as vdata
 from vaelab.checkpoint import load_checkpoint, load_snapshot
 from vaelab.cli import main
 from vaelab.config import TrainConfig, snapshot_fractions
-from vaelab.evaluate import SNAPSHOT_IWAE_SAMPLES, evaluate, evaluate_snapshots
+from vaelab.evaluate import evaluate, evaluate_snapshots
 from vaelab.run import Run
 from vaelab.study import verdicts as vf
 from vaelab.train import train
@@ -104,15 +104,18 @@ def test_a_snapshot_lost_after_its_moment_is_not_made_up_from_later_weights(ds, 
     assert not Run(tmp_path / "r").snapshot_path(0.5).exists()
 
 
-def test_snapshots_are_evaluated_cheaply_into_their_own_files(ds, tmp_path):
+def test_snapshots_are_evaluated_at_the_runs_k_into_their_own_files(ds, tmp_path):
     run = tmp_path / "r"
     train(tiny_config(epochs=100, budget="14steps", snapshots="0.5", iwae_samples=8), run, dataset=ds)
     assert evaluate_snapshots(run, dataset=ds) == [0.5]
     ev = Run(run).snapshot_eval(0.5)
-    assert ev["iwae_samples"] == min(8, SNAPSHOT_IWAE_SAMPLES) and ev["step"] == 7
+    assert ev["iwae_samples"] == 8 and ev["step"] == 7  # the run's own K: fractions compare the same quantity
     assert ev["weights"] == "last at 0.5 of the budget"
     assert not Run(run).eval_path().exists()  # the run's own eval.json is untouched
     assert evaluate_snapshots(run, dataset=ds) == []  # done once
+    stale = {**ev, "iwae_samples": 5}  # scored at another K (vaelab < 0.3): scored again at the run's
+    Run(run).snapshot_eval_path(0.5).write_text(__import__("json").dumps(stale))
+    assert evaluate_snapshots(run, dataset=ds) == [0.5] and Run(run).snapshot_eval(0.5)["iwae_samples"] == 8
     with pytest.raises(VaelabError, match="does not combine"):
         evaluate(run, dataset=ds, snapshot=0.5, raw=True)
 
@@ -287,3 +290,22 @@ def test_snapshot_files_are_named_exactly_and_same_step_fractions_are_refused(ti
     assert (out / "snapshots" / "eval-at-0.35.json").is_file()
     assert main(["evaluate", str(out), "--snapshot", "0.34", "--data-dir", str(tiny_root)]) == 2
     assert "keeps no snapshot at 0.34 (it keeps 0.3, 0.35)" in capsys.readouterr().err
+
+
+def test_fractions_compare_iwae_only_at_the_same_k_and_convergence_is_the_half_to_end_change():
+    import math
+
+    import pandas as pd
+
+    from vaelab.study import results
+
+    df = pd.DataFrame({"run_id": ["a", "b"], "iwae_samples": [20, 20], "iwae_nll": [1.0, 2.0], "neg_elbo": [99.0, 50]})
+    rows = pd.DataFrame(
+        {"run_id": ["a", "b"], "iwae_samples": [20, 5], "iwae_nll": [1.5, 2.5], "neg_elbo": [100.0, 50]}
+    )
+    out = results._same_k(rows, df)
+    assert out["iwae_nll"].iloc[0] == 1.5 and math.isnan(out["iwae_nll"].iloc[1])  # K 5 vs 20: not compared
+    assert results._same_k(rows.drop(columns="iwae_samples"), df)["iwae_nll"].isna().all()  # K unknown
+    along = pd.concat([rows.assign(fraction=0.5), df.assign(fraction=1.0)])
+    assert results.half_change(df, along).tolist() == pytest.approx([-0.01, 0.0])  # (end - half) / |half|
+    assert results.half_change(df, None).isna().all()

@@ -294,21 +294,18 @@ def evaluate(
     return result
 
 
-SNAPSHOT_IWAE_SAMPLES = 5  # the cheaper evaluation of the models kept along training: IWAE with K <= 5
-
-
 def evaluate_snapshots(run_dir: str | Path, data_dir=None, dataset: vdata.Dataset | None = None) -> list[float]:
-    """Evaluate every snapshot a run kept that has no evaluation yet, with the IWAE at K = min(the run's K,
-    SNAPSHOT_IWAE_SAMPLES) (everything else as eval.json); returns the fractions evaluated."""
+    """Evaluate every snapshot a run kept as eval.json is evaluated, the IWAE at the run's own K, so that a verdict
+    along training compares the same quantity at every fraction; a snapshot scored at another K (vaelab < 0.3
+    used K <= 5) is scored again. Returns the fractions evaluated."""
     run = Run(check_run_dir(Path(run_dir)))
     cfg = run.config
     todo = [f for f in snapshot_fractions(cfg.snapshots) if run.snapshot_path(f).is_file()]
-    todo = [f for f in todo if not run.snapshot_eval_path(f).is_file()]
+    todo = [f for f in todo if (run.snapshot_eval(f) or {}).get("iwae_samples") != cfg.iwae_samples]
     if todo and dataset is None:
         dataset = vdata.load(cfg.dataset, data_dir)
-    k = min(cfg.iwae_samples, SNAPSHOT_IWAE_SAMPLES)
     for f in todo:
-        evaluate(run.path, dataset=dataset, iwae_samples=k, snapshot=f)
+        evaluate(run.path, dataset=dataset, iwae_samples=cfg.iwae_samples, snapshot=f)
     return todo
 
 

@@ -22,15 +22,15 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.optim.adam import adam  # torch.optim's functional Adam: the update torch.optim.Adam makes
 
 from . import data as vdata
-from .checkpoint import resolve_device, save_checkpoint
+from .checkpoint import resolve_device
 from .config import TrainConfig
 from .errors import VaelabError
 from .losses import objective, objective_entry, scheduled_beta
 from .models import build as build_model
-from .optim import lr_factor, make_optimizer
+from .optim import make_optimizer
 from .run import Run
 from .store import FolderLock, atomic_write_json, check_can_create, ensure_writable_dir
-from .train.epochs import average_terms, check_epoch, check_val, checkpoint_record, diverged, epoch_row, write_metrics
+from .train.epochs import StepCore, average_terms, checkpoint_record
 
 VARY = ("seed", "beta")  # what may differ between the runs of a group; every other field is shared
 
@@ -81,7 +81,8 @@ class _Run:
         self.noise.set_state(
             self.cpu_state if device.type == "cpu" else torch.Generator(device=device).manual_seed(cfg.seed).get_state()
         )
-        self.step, self.bad_in_row, self.history = 0, 0, []
+        self.step, self.history = 0, []
+        self.core = StepCore(cfg=cfg, out=out, history=self.history)  # train's guard, schedule and epoch end
 
     def with_global_noise(self, fn):
         """Run fn with this run's noise generator as torch's global one (validation draws from the global)."""
@@ -268,25 +269,17 @@ class _Group:
             [scheduled_beta(r.cfg, r.step, self.steps_per_epoch, d) for r, d in zip(runs, done)], device=self.device
         )
         grads, (loss, aux) = self.step_fn(self.stack.params, self.stack.buffers, x, eps, beta_t)
-        lr = [r.cfg.lr * lr_factor(r.cfg, d) for r, d in zip(runs, done)]
+        lr = [r.core.lr_at(d) for r, d in zip(runs, done)]
         return loss, aux, self.stack.adam_step(grads, loss, lr, self.clip, self.adam)
 
     def _count(self, ok: list[bool], bad: list[int], epoch: int) -> None:
-        """train's NaN guard per run: a good step counts, a run of max_bad_steps non-finite ones in a row diverges."""
+        """train's NaN guard per run (StepCore.guard): a good step counts, a run of max_bad_steps non-finite ones in
+        a row diverges."""
         for r_i, (r, good) in enumerate(zip(self.runs, ok)):
-            if good:
+            if r.core.guard(ok=good, epoch=epoch, run=r.out):
                 r.step += 1
-                r.bad_in_row = 0
-                continue
-            r.bad_in_row += 1
-            bad[r_i] += 1
-            if r.bad_in_row >= r.cfg.max_bad_steps:
-                raise diverged(
-                    epoch + 1,
-                    f"{r.bad_in_row} non-finite steps in a row",
-                    Run(r.out, check=False).checkpoint_path,
-                    r.out,
-                )
+            else:
+                bad[r_i] += 1
 
 
 def _end_epoch(
@@ -296,53 +289,28 @@ def _end_epoch(
     cfg, (steps_per_epoch, total_steps) = r.cfg, schedule
     opt = make_optimizer(cfg, r.model)  # train's optimizer, holding this run's Adam state, for its checkpoint
     stack.unstack(r_i, r.model, opt)
-    check_epoch(
-        cfg,
-        epoch + 1,
-        steps_per_epoch,
-        stats["seen"],
-        stats["bad"],
-        0,
-        r.model.parameters(),
-        Run(r.out, check=False).checkpoint_path,
-        r.out,
-    )
-    val = r.with_global_noise(lambda: average_terms(r.model, val_split)) if len(val_split) else {}
-    check_val(val, epoch + 1, Run(r.out, check=False).checkpoint_path, r.out)
-    lr = cfg.lr * lr_factor(cfg, max(r.step - 1, 0) / total_steps) if r.step else cfg.lr  # the last step's
+    lr = r.core.lr_at(max(r.step - 1, 0) / total_steps) if r.step else cfg.lr  # the last step's
     for group in opt.param_groups:
         group["lr"] = lr
-    beta = scheduled_beta(cfg, r.step, steps_per_epoch, r.step / total_steps)
-    tr = (stats["sums"] / max(stats["seen"], 1)).tolist()
-    r.history.append(
-        epoch_row(
-            epoch + 1,
-            r.step,
-            beta,
-            lr,
-            tr,
-            val,
-            stats["seconds"],
-            stats["seen"],
-            stats["bad"],
-            0,
-            trained_with="multirun",
-        )
+    row, _ = r.core.close_epoch(
+        epoch=epoch + 1,
+        step=r.step,
+        beta=scheduled_beta(cfg, r.step, steps_per_epoch, r.step / total_steps),
+        lr=lr,
+        sums=stats["sums"],
+        seen=stats["seen"],
+        steps=steps_per_epoch,
+        bad=stats["bad"],
+        skipped_large=0,
+        seconds=stats["seconds"],
+        params=r.model.parameters(),
+        validate=lambda: r.with_global_noise(lambda: average_terms(r.model, val_split)) if len(val_split) else {},
+        run=r.out,
+        trained_with="multirun",
     )
-    bad_steps = sum(h["skipped_steps"] for h in r.history)
-    save_checkpoint(
-        r.out,
-        checkpoint_record(
-            cfg,
-            epoch + 1,
-            r.step,
-            bad_steps,
-            r.bad_in_row,
-            r.model.state_dict(),
-            opt.state_dict(),
-            r.rng(),
-            r.history,
-            ds,
-        ),
-    )
-    write_metrics(r.out, r.history)
+    bad_steps = sum(h["skipped_steps"] for h in r.history) + stats["bad"]
+    record = lambda: checkpoint_record(  # noqa: E731
+        cfg, epoch + 1, r.step, bad_steps, r.core.bad_in_row, r.model.state_dict(), opt.state_dict(), r.rng(),
+        r.history, ds,
+    )  # fmt: skip
+    r.core.commit(row, record)

@@ -13,7 +13,6 @@ from .. import data as vdata
 from .. import latent, plots
 from ..checkpoint import load_checkpoint
 from ..errors import VaelabError
-from ..evaluate import SNAPSHOT_IWAE_SAMPLES
 from ..metrics import computed as registered_metrics
 from ..run import Run, Study
 from . import findings as vfindings
@@ -127,8 +126,8 @@ def _findings_section(c: _Study) -> None:
         page.add(
             "text",
             f"Every finding is also tested on the models each run kept along training (at {fractions} of its "
-            "budget, and at its end; with an EMA of the weights these are good models at that moment, evaluated with the IWAE at "
-            f"K = {SNAPSHOT_IWAE_SAMPLES} rather than the final K). 'Stable since ½' says the final verdict was "
+            "budget, and at its end; with an EMA of the weights these are good models at that moment, evaluated like the "
+            "final ones, the IWAE at the same K). 'Stable since ½' says the final verdict was "
             "already reached at half the budget; 'changed at 1' says more training changed it and may again.",
         )
     testable, untestable = study_findings(df, along)

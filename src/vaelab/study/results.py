@@ -31,7 +31,7 @@ from . import findings as vfindings
 from . import verdicts
 from .spec import _FIELD_ORDER, format_value
 
-INFO_COLUMNS = ["n_dims", "likelihood_discrete"]  # carried into results for units, never averaged
+INFO_COLUMNS = ["n_dims", "likelihood_discrete", "iwae_samples"]  # carried into results (units, K), never averaged
 
 
 def _pid_alive(info: dict) -> bool:
@@ -142,18 +142,28 @@ def study_findings(df, along=None) -> tuple[list, list]:
         df = df.assign(half_change=half_change(df, along))
     testable, untestable = verdicts.split_testable(_findings_of(df))
     if along is not None and len(along):
-        same_k = (
-            "iwae_samples" in along and "iwae_samples" in df and set(along["iwae_samples"]) == set(df["iwae_samples"])
-        )
-        if not same_k:  # e.g. K = 5 along training, K = 20 at the end: not the same quantity
-            along = along.assign(**{c: np.nan for c in IWAE_COLUMNS if c in along})
         earlier = {  # what the grid cannot test at a fraction (no generation scores there) counts as not measured
-            float(fr): verdicts.split_testable(_findings_of(rows.drop(columns="fraction")))[0]
+            float(fr): verdicts.split_testable(_findings_of(_same_k(rows.drop(columns="fraction"), df)))[0]
             for fr, rows in along.groupby("fraction")
             if fr < 1
         }
         testable = verdicts.along_training(testable, earlier)
     return testable, untestable
+
+
+def _same_k(rows, df):
+    """A fraction's rows with their IWAE-based columns blanked where the run was scored at another K than at its end
+    (e.g. K = 5 along training, K = 20 at the end: not the same quantity), or where K was not recorded."""
+    if "iwae_samples" in rows and "iwae_samples" in df and "run_id" in rows and "run_id" in df:
+        end = rows["run_id"].map(df.set_index("run_id")["iwae_samples"])
+        other = ~(rows["iwae_samples"] == end).to_numpy()
+    else:
+        other = np.ones(len(rows), dtype=bool)
+    rows = rows.copy()
+    for c in IWAE_COLUMNS:
+        if c in rows:
+            rows.loc[other, c] = np.nan
+    return rows
 
 
 def read_fractions(out: str | Path):

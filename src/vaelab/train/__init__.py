@@ -15,24 +15,14 @@ from tqdm.auto import tqdm
 
 from .. import data as vdata
 from .. import distributed
-from ..checkpoint import (  # noqa: F401
-    CHECKPOINT_FORMAT,
-    available_bytes,
-    check_fits,
-    convert_legacy,
-    legacy_message,
-    load_checkpoint,
-    load_model,
-    model_bytes,
-    resolve_device,
-    save_checkpoint,
+from ..checkpoint import (
     save_snapshot,
 )
 from ..config import TrainConfig, snapshot_fractions
 from ..losses import TCCritic, draws, objective, objective_entry, perceptual_term, scheduled_beta
 from ..models import build as build_model
 from ..models import noise
-from ..optim import fused_optimizer, lr_factor, make_optimizer  # noqa: F401
+from ..optim import make_optimizer
 from ..run import Run
 from ..store import (
     FolderLock,
@@ -43,6 +33,7 @@ from ..store import (
 from ..tracking import Tracker
 from .budget import _stored_checkpoint, budget_steps, check_snapshot_steps, check_start
 from .epochs import (
+    StepCore,
     _best,
     _clip,
     _grad_norm,
@@ -51,12 +42,8 @@ from .epochs import (
     _rng_state,
     _set_rng_state,
     average_terms,
-    check_epoch,
-    check_val,
     checkpoint_record,
-    diverged,
     ema_decay,
-    epoch_row,
     write_metrics,
 )
 
@@ -154,6 +141,7 @@ class _Trainer:
         )
         self.history, self.start_epoch, self.step, self.total_bad, self.bad_in_row = [], 0, 0, 0, 0
         self._restore(ckpt)
+        self.core = StepCore(cfg=cfg, out=out, history=self.history, bad_in_row=self.bad_in_row, write=self.dist.main)
         self.evaluated = self.ema if self.ema is not None else self.model  # what validation (and patience) reads
         # Early stopping (patience): the best epoch's evaluated weights are kept as the checkpoint's "model".
         self.best_state = ckpt["model"] if (ckpt is not None and cfg.patience) else None
@@ -320,17 +308,9 @@ class _Trainer:
         ok = bool(torch.isfinite(distributed.total(loss.detach(), self.dist)) & torch.isfinite(grad_norm))
         if ok and self.clip < math.inf:
             _clip(self.params, self.clip, grad_norm)
-        if not ok:  # NaN/inf guard (as in vdvae): skip the update; the run in a row counts across epochs
-            self.bad_in_row += 1
+        if not self.core.guard(ok=ok, epoch=epoch):  # NaN/inf guard (as in vdvae): skip; a run of them diverges
             ep.bad += 1
-            if self.bad_in_row >= cfg.max_bad_steps:
-                raise diverged(
-                    epoch + 1,
-                    f"{self.bad_in_row} non-finite steps in a row",
-                    Run(self.out, check=False).checkpoint_path,
-                )
             return False
-        self.bad_in_row = 0
         if float(grad_norm) > self.skip_above:  # a rare huge gradient (VDVAE's skip_threshold): no update
             ep.skipped_large += 1
             return False
@@ -344,7 +324,7 @@ class _Trainer:
     def _update(self, done: float, terms: dict) -> None:
         """The optimiser step at the scheduled learning rate, then the critic's step and the EMA's."""
         for group in self.opt.param_groups:
-            group["lr"] = self.cfg.lr * lr_factor(self.cfg, done)
+            group["lr"] = self.core.lr_at(done)
         self.opt.step()
         if self.critic is not None:  # then the critic learns on this batch's codes (the model's are detached)
             critic_loss = self.critic.loss(terms["z"].detach().float(), self.critic_gen)
@@ -357,40 +337,34 @@ class _Trainer:
         self.step += 1
 
     def _end_epoch(self, epoch: int, ep: _Epoch) -> dict:
-        """Check the epoch, validate, write its history row and checkpoint; returns the row."""
-        cfg, ckpt_path = self.cfg, Run(self.out, check=False).checkpoint_path
+        """Check the epoch, validate, write its history row and checkpoint (StepCore); returns the row."""
+        cfg = self.cfg
         seconds = distributed.from_main(time.perf_counter() - ep.t0, self.dist, self.device)
         if self.dist.on:  # the epoch's tallies over every process's shards
             ep.sums = distributed.total(ep.sums, self.dist)
             ep.seen = int(distributed.total(torch.tensor(ep.seen, device=self.device), self.dist))
-        check_epoch(cfg, epoch, ep.steps, ep.seen, ep.bad, ep.skipped_large, self.params, ckpt_path)
         self.trained_s += seconds
         self._sync_ema_buffers()
-        val = average_terms(self.evaluated, self.val_split) if len(self.val_split) else {}
-        check_val(val, epoch, ckpt_path)
         self.total_bad += ep.bad
-        beta = scheduled_beta(
-            cfg, self.step, self.steps_per_epoch, _progress(cfg, self.step, self.total_steps, self.trained_s)
-        )
-        row = epoch_row(
-            epoch,
-            self.step,
-            beta,
-            self.opt.param_groups[0]["lr"],
-            (ep.sums / max(ep.seen, 1)).tolist(),
-            val,
-            seconds,
-            ep.seen,
-            ep.bad,
-            ep.skipped_large,
+        done = _progress(cfg, self.step, self.total_steps, self.trained_s)
+        row, val = self.core.close_epoch(
+            epoch=epoch,
+            step=self.step,
+            beta=scheduled_beta(cfg, self.step, self.steps_per_epoch, done),
+            lr=self.opt.param_groups[0]["lr"],
+            sums=ep.sums,
+            seen=ep.seen,
+            steps=ep.steps,
+            bad=ep.bad,
+            skipped_large=ep.skipped_large,
+            seconds=seconds,
+            params=self.params,
+            validate=lambda: average_terms(self.evaluated, self.val_split) if len(self.val_split) else {},
             **({"partial": True} if ep.out_of_time and ep.seen < self.n else {}),
         )
         if cfg.patience:
             self._patience(row, val, epoch)
-        self.history.append(row)
-        if self.dist.main:
-            save_checkpoint(self.out, self._record(epoch))
-            write_metrics(self.out, self.history)
+        self.core.commit(row, lambda: self._record(epoch))
         if self.tracker is not None:
             self.tracker.epoch(row, self.evaluated, self.val_split.x, self.val_split.y)
         return row
@@ -421,7 +395,7 @@ class _Trainer:
             epoch,
             self.step,
             self.total_bad,
-            self.bad_in_row,
+            self.core.bad_in_row,
             best if best is not None else self.evaluated.state_dict(),
             self.opt.state_dict(),
             _rng_state(self.gen),

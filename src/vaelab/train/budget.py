@@ -10,23 +10,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import data as vdata
-from ..checkpoint import (  # noqa: F401
-    CHECKPOINT_FORMAT,
-    available_bytes,
+from ..checkpoint import (
     check_fits,
-    convert_legacy,
-    legacy_message,
     load_checkpoint,
-    load_model,
     model_bytes,
     resolve_device,
-    save_checkpoint,
-    save_snapshot,
 )
 from ..config import TrainConfig, config_diff, from_dict, parse_budget, snapshot_fractions
 from ..errors import VaelabError
 from ..losses import draws, objective
-from ..optim import fused_optimizer, lr_factor, make_optimizer  # noqa: F401
 from ..run import Run
 from ..store import (
     check_can_create,

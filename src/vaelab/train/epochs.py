@@ -9,24 +9,14 @@ from pathlib import Path
 import torch
 
 from .. import data as vdata
-from ..checkpoint import (  # noqa: F401
-    CHECKPOINT_FORMAT,
-    available_bytes,
-    check_fits,
-    convert_legacy,
-    legacy_message,
-    load_checkpoint,
-    load_model,
-    model_bytes,
-    resolve_device,
+from ..checkpoint import (
     save_checkpoint,
-    save_snapshot,
 )
 from ..classifier import reference_classifier
 from ..config import TrainConfig
 from ..errors import VaelabError
 from ..models import VAE
-from ..optim import fused_optimizer, lr_factor, make_optimizer  # noqa: F401
+from ..optim import lr_factor
 from ..run import Run
 from ..store import (
     atomic_write_text,
@@ -229,3 +219,50 @@ def _best(history: list[dict], min_improvement: float) -> tuple[float, int]:
         if "val_neg_elbo" in r and _improves(r["val_neg_elbo"], best, min_improvement):
             best, epoch = r["val_neg_elbo"], r["epoch"]
     return best, epoch
+
+
+class StepCore:
+    """What every trainer does around its optimiser steps, in one place that train's loop and multirun's stacked one
+    both drive: the non-finite guard (a skipped step; max_bad_steps of them in a row diverge), the learning rate at
+    a moment of training, and an epoch's end — its tallies and validation checked, its history row, checkpoint and
+    metrics written."""
+
+    def __init__(self, *, cfg: TrainConfig, out: Path, history: list[dict], bad_in_row: int = 0, write: bool = True):
+        self.cfg, self.out, self.history, self.bad_in_row, self.write = cfg, out, history, bad_in_row, write
+        self.ckpt_path = Run(out, check=False).checkpoint_path
+
+    def lr_at(self, progress: float) -> float:
+        """The learning rate at `progress` in [0, 1] of training (optim.lr_factor's schedule)."""
+        return self.cfg.lr * lr_factor(self.cfg, progress)
+
+    def guard(self, *, ok: bool, epoch: int, run: Path | None = None) -> bool:
+        """A finite step resets the count of non-finite ones in a row; a non-finite one is skipped (False), and
+        max_bad_steps of them in a row end the run as diverged. `epoch` counts from 0."""
+        if ok:
+            self.bad_in_row = 0
+            return True
+        self.bad_in_row += 1
+        if self.bad_in_row >= self.cfg.max_bad_steps:
+            raise diverged(epoch + 1, f"{self.bad_in_row} non-finite steps in a row", self.ckpt_path, run)
+        return False
+
+    def close_epoch(
+        self, *, epoch: int, step: int, beta: float, lr: float, sums, seen: int, steps: int, bad: int,
+        skipped_large: int, seconds: float, params, validate, run: Path | None = None, **extra,
+    ) -> tuple[dict, dict]:  # fmt: skip
+        """The epoch's tallies checked, its validation terms (validate()) checked, and its history row; returns
+        (row, validation terms). `epoch` counts from 1."""
+        check_epoch(self.cfg, epoch, steps, seen, bad, skipped_large, params, self.ckpt_path, run)
+        val = validate()
+        check_val(val, epoch, self.ckpt_path, run)
+        row = epoch_row(
+            epoch, step, beta, lr, (sums / max(seen, 1)).tolist(), val, seconds, seen, bad, skipped_large, **extra
+        )
+        return row, val
+
+    def commit(self, row: dict, record) -> None:
+        """The row into the history, then (where this process writes) the checkpoint record() and metrics.jsonl."""
+        self.history.append(row)
+        if self.write:
+            save_checkpoint(self.out, record())
+            write_metrics(self.out, self.history)
