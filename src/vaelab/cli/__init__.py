@@ -30,19 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    def add(name, help_):
+    def add(name, help_, examples):
         return sub.add_parser(
             name,
             help=help_,
             description=help_,
-            epilog=parsers.EXAMPLES.get(name),
+            epilog=examples,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    data_arg = dict(
-        default=None, help="folder holding the datasets (default: $VAELAB_DATA, the user cache, /usr/share/datasets)"
-    )
-    parsers.add_all(add, data_arg)
+    parsers.add_all(add)
     return p
 
 

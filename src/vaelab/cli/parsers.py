@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 from ..config import HELP, TrainConfig
 from ..config.presets import PRESETS
@@ -52,363 +53,402 @@ EXAMPLES = {
 }
 
 
-def _parser_train(add, data_arg: dict) -> None:
-    t = add("train", "Train a VAE into a run directory (then evaluate it on the test set).")
-    t.add_argument("--out", required=True, help="run directory to create (or continue, with --resume)")
-    t.add_argument(
-        "--preset", default="fashion-mnist", choices=sorted(PRESETS), help="base config (default fashion-mnist)"
-    )
-    t.add_argument("--config", help="JSON file of config fields, applied over the preset")
-    t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    t.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
-    t.add_argument(
-        "--nproc",
-        type=int,
-        default=1,
-        metavar="N",
-        help="train on N processes of this machine (DistributedDataParallel, as torchrun --nproc-per-node N; "
-        "the same global batch, so the same model within float rounding); default 1",
-    )
-    t.add_argument("--data-dir", **data_arg)
-    t.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        metavar="N",
-        help="folder:PATH datasets: resize (shorter side) and centre-crop to N x N (a multiple of 4; "
-        "default the images' median size); same as folder:PATH?size=N",
-    )
-    t.add_argument(
-        "--image-mode",
-        choices=["auto", "grey", "rgb"],
-        default=None,
-        help="folder:PATH datasets: force grey or colour (default auto: grey when every image is)",
-    )
-    t.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="folder:PATH datasets: leave out files that do not decode (default: the first is an error)",
-    )
-    t.add_argument(
-        "--arch",
-        default=None,
-        metavar="NAME",
-        help="vaelab 0.1's flag: a network (same as --net NAME) or hierarchical (same as --model hierarchical)",
-    )
-    _add_config_flags(t)
-    t.set_defaults(func=commands.cmd_train)
+def opt(*flags: str, **kwargs) -> tuple:
+    """One option of a command: argparse's add_argument arguments."""
+    return flags, kwargs
 
 
-def _parser_evaluate(add, data_arg: dict) -> None:
-    e = add("evaluate", "Evaluate a trained run on the test set; writes RUN/eval.json.")
-    e.add_argument("run", help="a run directory or an exported model file")
-    e.add_argument(
-        "--test-size", type=int, default=None, help="subsample N test images (default: the run's config, 0 = all)"
-    )
-    e.add_argument(
-        "--iwae-samples", type=int, default=None, help="importance samples K for the IWAE bound (default: config)"
-    )
-    e.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default=None,
-        help="where to compute (default auto: cuda when there is one)",
-    )
-    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    e.add_argument(
-        "--on",
-        metavar="DATASET",
-        help="test on another dataset of the same shape "
-        "(e.g. cifar10-lossless: real CIFAR-10 pixels); writes RUN/eval-DATASET.json",
-    )
-    e.add_argument(
-        "--raw",
-        action="store_true",
-        help="evaluate the raw latest weights of a run trained with --ema "
-        "or --patience (not its EMA / best epoch); writes RUN/eval[-DATASET]-raw.json",
-    )
-    e.add_argument(
-        "--snapshot",
-        type=float,
-        metavar="FRACTION",
-        default=None,
-        help="evaluate the model kept at this fraction of the budget (train --snapshots); "
-        "writes RUN/snapshots/eval-at-FRACTION.json",
-    )
-    e.add_argument(
-        "--precision",
-        choices=["auto", "bf16", "fp32"],
-        default="fp32",
-        help="the IWAE's decoder passes: fp32 (default); bf16 = bf16 autocast with the output layer and "
-        "likelihood in fp32 (1.4x faster on this CPU, shifts the bound by a few Monte-Carlo standard "
-        "errors: for quick looks); auto = bf16 where the device computes it natively",
-    )
-    e.add_argument("--data-dir", **data_arg)
-    e.set_defaults(func=commands.cmd_evaluate)
+# options several commands share, written once
+DATA_DIR = opt(
+    "--data-dir",
+    default=None,
+    help="folder holding the datasets (default: $VAELAB_DATA, the user cache, /usr/share/datasets)",
+)
+RUN = opt("run", help="a run directory or an exported model file")
+TARGET = opt("target", metavar="STUDY_OR_RUN", help="a study directory, a run directory or a model file")
+PNG = opt("--png", help="output PNG path")
+DEVICE = opt(
+    "--device",
+    choices=["auto", "cpu", "cuda"],
+    default=None,
+    help="where to compute (default auto: cuda when there is one)",
+)
 
 
-def _parser_sample(add, data_arg: dict) -> None:
-    s = add("sample", "Decode samples from the prior into a PNG grid (RUN/samples.png by default).")
-    s.add_argument("run", help="a run directory or an exported model file")
-    s.add_argument("--n", type=int, default=64, help="samples to draw (default 64)")
-    s.add_argument("--nrow", type=int, default=8, help="images per row of the grid (default 8)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the draws: the same seed gives the same images")
-    s.add_argument("--stochastic", action="store_true", help="draw pixels from p(x|z) instead of showing its mean")
-    s.add_argument("--png", help="output PNG path")
-    s.add_argument(
-        "--class",
-        dest="class_name",
-        metavar="NAME",
-        help="generate this class (a CVAE run, or the per-class Gaussian fitted to an ordinary run's codes)",
-    )
-    s.add_argument(
-        "--sampler",
-        choices=["prior", "gmm", "class-gaussian"],
-        default=None,
-        help="where z comes from: the model's prior p(z) (default), a GMM on the aggregate posterior, "
-        "or a class's Gaussian",
-    )
-    s.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default=None,
-        help="where to compute (default auto: cuda when there is one)",
-    )
-    s.add_argument("--data-dir", **data_arg)
-    s.set_defaults(func=commands.cmd_sample)
+@dataclass(frozen=True)
+class Command:
+    """One `vaelab` command: its help line, the function it runs, its options in order, whether every TrainConfig
+    field is also a flag, and its examples."""
+
+    help: str
+    func: Callable
+    options: tuple
+    config_flags: bool = False
+    examples: str | None = None
 
 
-def _parser_explore(add, data_arg: dict) -> None:
-    x = add("explore", "Latent exploration and conditional generation: figures in RUN/explore/ and latent measures.")
-    x.add_argument("run", help="a run directory or an exported model file")
-    x.add_argument("--samples", type=int, default=2000, help="samples scored by the reference classifier")
-    x.add_argument(
-        "--no-classifier",
-        action="store_true",
-        help="skip the reference classifier's scores (its first use trains it: minutes on a CPU)",
-    )
-    x.add_argument("--data-dir", **data_arg)
-    x.set_defaults(func=commands.cmd_explore)
-
-
-def _parser_reconstruct(add, data_arg: dict) -> None:
-    r = add("reconstruct", "Save test originals (top) and their reconstructions (bottom) as a PNG.")
-    r.add_argument("run", help="a run directory or an exported model file")
-    r.add_argument("--n", type=int, default=16, help="number of test images")
-    r.add_argument("--png", help="output PNG path")
-    r.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default=None,
-        help="where to compute (default auto: cuda when there is one)",
-    )
-    r.add_argument("--data-dir", **data_arg)
-    r.set_defaults(func=commands.cmd_reconstruct)
-
-
-def _parser_study(add, data_arg: dict) -> None:
-    st = add("study", "Run or resume a comparative study (a grid of runs), or show its status.")
-    st.add_argument(
-        "target",
-        nargs="*",
-        metavar="SPEC | status STUDY",
-        help="a .toml/.yaml/.json study spec, or 'status' and a study directory",
-    )
-    st.add_argument(
-        "--preset",
-        help="a built-in study: quick (minutes on a laptop), standard (the study's span in two hours on "
-        "2 cores), seed (the full study, 40 epochs a run), families (posteriors, priors, "
-        "objectives), architectures (conv, resnet, hierarchical) or disentangle "
-        "(objectives on shapes2d-32)",
-    )
-    st.add_argument("--out", help="study directory (runs/, study.json, results.csv)")
-    st.add_argument(
-        "--together",
-        action="store_true",
-        help="train cells that differ only in seed and beta as one stacked model each (vmap: many small "
-        "runs fill a GPU); same numbers as one by one, within float rounding",
-    )
-    st.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (processes)")
-    st.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads per run (default: the cores shared evenly among --jobs); e.g. --jobs 1 "
-        "--threads 1 leaves a core free and gives every run the same compute",
-    )
-    st.add_argument(
-        "--executor", choices=["local", "ray"], default="local", help="local processes (default) or a Ray cluster"
-    )
-    st.add_argument("--address", help="Ray cluster address for --executor ray (default auto; 'local' starts one)")
-    st.add_argument(
-        "--gpus-per-run",
-        type=float,
-        default=0.0,
-        metavar="G",
-        help="GPUs each run asks Ray for (e.g. 1, or 0.5 to pack two per GPU; default 0)",
-    )
-    st.add_argument(
-        "--nproc-per-run",
-        type=int,
-        default=1,
-        metavar="N",
-        help="train each cell's model on N processes (DistributedDataParallel, as train --nproc); on Ray the cell "
-        "reserves N CPUs (with GPUs, give --gpus-per-run N too); default 1",
-    )
-    st.add_argument(
-        "--retrain-stale",
-        action="store_true",
-        help="when a run directory was trained with another config than its cell's, move it aside "
-        "(runs/<id>.stale-N) and train the cell anew; without it that is an error",
-    )
-    st.add_argument("--data-dir", **data_arg)
-    st.set_defaults(func=commands.cmd_study)
-
-
-def _parser_report(add, data_arg: dict) -> None:
-    rp = add("report", "Write figures and an HTML report (report/index.html, summary.md) for a study or a run.")
-    rp.add_argument("target", metavar="STUDY_OR_RUN", help="a study directory, a run directory or a model file")
-    rp.add_argument("--data-dir", **data_arg)
-    rp.add_argument(
-        "--no-classifier",
-        action="store_true",
-        help="leave out the generation scores (which 'vaelab score' computes; the report only reads them)",
-    )
-    rp.add_argument(
-        "--render-only",
-        action="store_true",
-        help="render report/page.json as 'vaelab analyze' left it (no analysis: no model, no data)",
-    )
-    rp.set_defaults(func=commands.cmd_report)
-
-
-def _parser_findings(add, data_arg: dict) -> None:
-    fi = add(
-        "findings",
-        "Test the study's claims on a results.csv (a study directory's, or a committed one) and "
-        "print them as Markdown: no runs, models or data needed.",
-    )
-    fi.add_argument("results", metavar="RESULTS_CSV_OR_STUDY", help="a results.csv, or a study directory holding one")
-    fi.add_argument("--forest", metavar="PNG", help="also draw the effects against their ±δ bands into this PNG")
-    fi.add_argument(
-        "--summary",
-        metavar="SUMMARY_MD",
-        help="also rewrite the Findings section of this summary.md (and its fig/findings_forest.png)",
-    )
-    fi.set_defaults(func=commands.cmd_findings)
-
-
-def _parser_analyze(add, data_arg: dict) -> None:
-    an = add(
-        "analyze",
+COMMANDS = {
+    "train": Command(
+        "Train a VAE into a run directory (then evaluate it on the test set).",
+        commands.cmd_train,
+        (
+            opt("--out", required=True, help="run directory to create (or continue, with --resume)"),
+            opt(
+                "--preset", default="fashion-mnist", choices=sorted(PRESETS), help="base config (default fashion-mnist)"
+            ),
+            opt("--config", help="JSON file of config fields, applied over the preset"),
+            opt("--resume", action="store_true", help="continue the interrupted run in --out"),
+            opt("--no-eval", action="store_true", help="skip the test-set evaluation after training"),
+            opt(
+                "--nproc",
+                type=int,
+                default=1,
+                metavar="N",
+                help="train on N processes of this machine (DistributedDataParallel, as torchrun --nproc-per-node N; "
+                "the same global batch, so the same model within float rounding); default 1",
+            ),
+            DATA_DIR,
+            opt(
+                "--image-size",
+                type=int,
+                default=None,
+                metavar="N",
+                help="folder:PATH datasets: resize (shorter side) and centre-crop to N x N (a multiple of 4; "
+                "default the images' median size); same as folder:PATH?size=N",
+            ),
+            opt(
+                "--image-mode",
+                choices=["auto", "grey", "rgb"],
+                default=None,
+                help="folder:PATH datasets: force grey or colour (default auto: grey when every image is)",
+            ),
+            opt(
+                "--skip-bad-images",
+                action="store_true",
+                help="folder:PATH datasets: leave out files that do not decode (default: the first is an error)",
+            ),
+            opt(
+                "--arch",
+                default=None,
+                metavar="NAME",
+                help="vaelab 0.1's flag: a network (same as --net NAME) or hierarchical (same as --model hierarchical)",
+            ),
+        ),
+        config_flags=True,
+        examples=EXAMPLES.get("train"),
+    ),
+    "evaluate": Command(
+        "Evaluate a trained run on the test set; writes RUN/eval.json.",
+        commands.cmd_evaluate,
+        (
+            RUN,
+            opt(
+                "--test-size",
+                type=int,
+                default=None,
+                help="subsample N test images (default: the run's config, 0 = all)",
+            ),
+            opt(
+                "--iwae-samples",
+                type=int,
+                default=None,
+                help="importance samples K for the IWAE bound (default: config)",
+            ),
+            DEVICE,
+            opt("--json", action="store_true", help="print the metrics as JSON"),
+            opt(
+                "--on",
+                metavar="DATASET",
+                help="test on another dataset of the same shape "
+                "(e.g. cifar10-lossless: real CIFAR-10 pixels); writes RUN/eval-DATASET.json",
+            ),
+            opt(
+                "--raw",
+                action="store_true",
+                help="evaluate the raw latest weights of a run trained with --ema "
+                "or --patience (not its EMA / best epoch); writes RUN/eval[-DATASET]-raw.json",
+            ),
+            opt(
+                "--snapshot",
+                type=float,
+                metavar="FRACTION",
+                default=None,
+                help="evaluate the model kept at this fraction of the budget (train --snapshots); "
+                "writes RUN/snapshots/eval-at-FRACTION.json",
+            ),
+            opt(
+                "--precision",
+                choices=["auto", "bf16", "fp32"],
+                default="fp32",
+                help="the IWAE's decoder passes: fp32 (default); bf16 = bf16 autocast with the output layer and "
+                "likelihood in fp32 (1.4x faster on this CPU, shifts the bound by a few Monte-Carlo standard "
+                "errors: for quick looks); auto = bf16 where the device computes it natively",
+            ),
+            DATA_DIR,
+        ),
+        examples=EXAMPLES.get("evaluate"),
+    ),
+    "sample": Command(
+        "Decode samples from the prior into a PNG grid (RUN/samples.png by default).",
+        commands.cmd_sample,
+        (
+            RUN,
+            opt("--n", type=int, default=64, help="samples to draw (default 64)"),
+            opt("--nrow", type=int, default=8, help="images per row of the grid (default 8)"),
+            opt("--seed", type=int, default=0, help="seed of the draws: the same seed gives the same images"),
+            opt("--stochastic", action="store_true", help="draw pixels from p(x|z) instead of showing its mean"),
+            PNG,
+            opt(
+                "--class",
+                dest="class_name",
+                metavar="NAME",
+                help="generate this class (a CVAE run, or the per-class Gaussian fitted to an ordinary run's codes)",
+            ),
+            opt(
+                "--sampler",
+                choices=["prior", "gmm", "class-gaussian"],
+                default=None,
+                help="where z comes from: the model's prior p(z) (default), a GMM on the aggregate posterior, "
+                "or a class's Gaussian",
+            ),
+            DEVICE,
+            DATA_DIR,
+        ),
+        examples=EXAMPLES.get("sample"),
+    ),
+    "explore": Command(
+        "Latent exploration and conditional generation: figures in RUN/explore/ and latent measures.",
+        commands.cmd_explore,
+        (
+            RUN,
+            opt("--samples", type=int, default=2000, help="samples scored by the reference classifier"),
+            opt(
+                "--no-classifier",
+                action="store_true",
+                help="skip the reference classifier's scores (its first use trains it: minutes on a CPU)",
+            ),
+            DATA_DIR,
+        ),
+        examples=EXAMPLES.get("explore"),
+    ),
+    "reconstruct": Command(
+        "Save test originals (top) and their reconstructions (bottom) as a PNG.",
+        commands.cmd_reconstruct,
+        (
+            RUN,
+            opt("--n", type=int, default=16, help="number of test images"),
+            PNG,
+            DEVICE,
+            DATA_DIR,
+        ),
+        examples=EXAMPLES.get("reconstruct"),
+    ),
+    "study": Command(
+        "Run or resume a comparative study (a grid of runs), or show its status.",
+        commands.cmd_study,
+        (
+            opt(
+                "target",
+                nargs="*",
+                metavar="SPEC | status STUDY",
+                help="a .toml/.yaml/.json study spec, or 'status' and a study directory",
+            ),
+            opt(
+                "--preset",
+                help="a built-in study: quick (minutes on a laptop), standard (the study's span in two hours on "
+                "2 cores), seed (the full study, 40 epochs a run), families (posteriors, priors, "
+                "objectives), architectures (conv, resnet, hierarchical) or disentangle "
+                "(objectives on shapes2d-32)",
+            ),
+            opt("--out", help="study directory (runs/, study.json, results.csv)"),
+            opt(
+                "--together",
+                action="store_true",
+                help="train cells that differ only in seed and beta as one stacked model each (vmap: many small "
+                "runs fill a GPU); same numbers as one by one, within float rounding",
+            ),
+            opt("--jobs", type=int, default=1, help="runs at once on this machine (processes)"),
+            opt(
+                "--threads",
+                type=int,
+                default=None,
+                help="CPU threads per run (default: the cores shared evenly among --jobs); e.g. --jobs 1 "
+                "--threads 1 leaves a core free and gives every run the same compute",
+            ),
+            opt(
+                "--executor",
+                choices=["local", "ray"],
+                default="local",
+                help="local processes (default) or a Ray cluster",
+            ),
+            opt("--address", help="Ray cluster address for --executor ray (default auto; 'local' starts one)"),
+            opt(
+                "--gpus-per-run",
+                type=float,
+                default=0.0,
+                metavar="G",
+                help="GPUs each run asks Ray for (e.g. 1, or 0.5 to pack two per GPU; default 0)",
+            ),
+            opt(
+                "--nproc-per-run",
+                type=int,
+                default=1,
+                metavar="N",
+                help="train each cell's model on N processes (DistributedDataParallel, as train --nproc); on Ray the cell "
+                "reserves N CPUs (with GPUs, give --gpus-per-run N too); default 1",
+            ),
+            opt(
+                "--retrain-stale",
+                action="store_true",
+                help="when a run directory was trained with another config than its cell's, move it aside "
+                "(runs/<id>.stale-N) and train the cell anew; without it that is an error",
+            ),
+            DATA_DIR,
+        ),
+        examples=EXAMPLES.get("study"),
+    ),
+    "report": Command(
+        "Write figures and an HTML report (report/index.html, summary.md) for a study or a run.",
+        commands.cmd_report,
+        (
+            TARGET,
+            DATA_DIR,
+            opt(
+                "--no-classifier",
+                action="store_true",
+                help="leave out the generation scores (which 'vaelab score' computes; the report only reads them)",
+            ),
+            opt(
+                "--render-only",
+                action="store_true",
+                help="render report/page.json as 'vaelab analyze' left it (no analysis: no model, no data)",
+            ),
+        ),
+        examples=EXAMPLES.get("report"),
+    ),
+    "analyze": Command(
         "Compute what a study's or a run's report shows (figures, tables, findings) into "
         "report/page.json and report/fig/, without rendering it.",
-    )
-    an.add_argument("target", metavar="STUDY_OR_RUN", help="a study directory, a run directory or a model file")
-    an.add_argument("--data-dir", **data_arg)
-    an.add_argument("--no-classifier", action="store_true", help="leave out the generation scores")
-    an.set_defaults(func=commands.cmd_analyze)
-
-
-def _parser_serve(add, data_arg: dict) -> None:
-    sv = add(
-        "serve",
-        "Explore a model's latent space in the browser: one slider per latent dimension (by KL), test images' "
-        "codes, samples from the prior, the aggregate posterior or a class, interpolation and latent arithmetic "
-        "(needs vaelab[serve]).",
-    )
-    sv.add_argument("run", help="a run directory or an exported model file")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    sv.add_argument("--data-dir", **data_arg)
-    sv.set_defaults(func=commands.cmd_serve)
-
-
-def _parser_datasets(add, data_arg: dict) -> None:
-    d = add("datasets", "Show each dataset's status and where it was found.")
-    d.add_argument("--data-dir", **data_arg)
-    d.set_defaults(func=commands.cmd_datasets)
-
-
-def _parser_export(add, data_arg: dict) -> None:
-    ex = add(
-        "export",
+        commands.cmd_analyze,
+        (
+            TARGET,
+            DATA_DIR,
+            opt("--no-classifier", action="store_true", help="leave out the generation scores"),
+        ),
+        examples=EXAMPLES.get("analyze"),
+    ),
+    "findings": Command(
+        "Test the study's claims on a results.csv (a study directory's, or a committed one) and "
+        "print them as Markdown: no runs, models or data needed.",
+        commands.cmd_findings,
+        (
+            opt("results", metavar="RESULTS_CSV_OR_STUDY", help="a results.csv, or a study directory holding one"),
+            opt("--forest", metavar="PNG", help="also draw the effects against their ±δ bands into this PNG"),
+            opt(
+                "--summary",
+                metavar="SUMMARY_MD",
+                help="also rewrite the Findings section of this summary.md (and its fig/findings_forest.png)",
+            ),
+        ),
+        examples=EXAMPLES.get("findings"),
+    ),
+    "datasets": Command(
+        "Show each dataset's status and where it was found.",
+        commands.cmd_datasets,
+        (DATA_DIR,),
+        examples=EXAMPLES.get("datasets"),
+    ),
+    "export": Command(
         "Write a run's model to one shareable .safetensors file (weights, config, dataset facts; no "
         "pickle), which vaelab.load(FILE) and vaelab sample FILE read; or, for NAME.onnx, its encoder and decoder "
         "as NAME.encoder.onnx and NAME.decoder.onnx for onnxruntime and other runtimes (needs vaelab[onnx]).",
-    )
-    ex.add_argument("run", help="the run directory to export")
-    ex.add_argument("file", metavar="FILE.safetensors|NAME.onnx", help="the model file to write")
-    ex.add_argument("--force", action="store_true", help="replace the file(s) if they exist")
-    ex.set_defaults(func=commands.cmd_export)
-
-
-def _parser_score(add, data_arg: dict) -> None:
-    sc = add(
-        "score",
+        commands.cmd_export,
+        (
+            opt("run", help="the run directory to export"),
+            opt("file", metavar="FILE.safetensors|NAME.onnx", help="the model file to write"),
+            opt("--force", action="store_true", help="replace the file(s) if they exist"),
+        ),
+        examples=EXAMPLES.get("export"),
+    ),
+    "serve": Command(
+        "Explore a model's latent space in the browser: one slider per latent dimension (by KL), test images' "
+        "codes, samples from the prior, the aggregate posterior or a class, interpolation and latent arithmetic "
+        "(needs vaelab[serve]).",
+        commands.cmd_serve,
+        (
+            RUN,
+            opt("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"),
+            opt("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)"),
+            DATA_DIR,
+        ),
+        examples=EXAMPLES.get("serve"),
+    ),
+    "score": Command(
         "Score generation with the reference classifier (conditional accuracy, Fréchet distance in its "
         "features) for a run, or for the runs a study's report shows; stored in their eval.json.",
-    )
-    sc.add_argument("target", metavar="STUDY_OR_RUN", help="a study directory, a run directory or a model file")
-    sc.add_argument("--samples", type=int, default=2000, help="samples per sampler (default 2000)")
-    sc.add_argument(
-        "--all",
-        action="store_true",
-        help="score every finished run of a study (e.g. to compare families or architectures), not only the report's",
-    )
-    sc.add_argument("--data-dir", **data_arg)
-    sc.set_defaults(func=commands.cmd_score)
-
-
-def _parser_reproduce(add, data_arg: dict) -> None:
-    r = add(
-        "reproduce",
+        commands.cmd_score,
+        (
+            TARGET,
+            opt("--samples", type=int, default=2000, help="samples per sampler (default 2000)"),
+            opt(
+                "--all",
+                action="store_true",
+                help="score every finished run of a study (e.g. to compare families or architectures), not only the report's",
+            ),
+            DATA_DIR,
+        ),
+        examples=EXAMPLES.get("score"),
+    ),
+    "reproduce": Command(
         "Train and score a published VAE likelihood (a row of the literature's tables) over seeds, resumably, into "
         "DIR/reproduction.json beside the published value; --list shows the rows, --ledger DIR the table of a "
         "folder of such files.",
-    )
-    r.add_argument("row", nargs="?", help="the row's id (vaelab reproduce --list)")
-    r.add_argument("--list", action="store_true", help="list the published rows and exit")
-    r.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    r.add_argument("--jobs", type=int, default=1, help="seeds trained at once, in as many processes (default 1)")
-    r.add_argument(
-        "--budget", default=None, help="a reduced training budget (e.g. 2e6images, 50000steps); recorded as reduced"
-    )
-    r.add_argument("--k", type=int, default=None, help="importance samples of the test NLL (default: the paper's)")
-    r.add_argument("--out", default=None, help="the reproduction's directory (default reproductions/ROW)")
-    r.add_argument("--ledger", metavar="DIR", default=None, help="print the ledger table of DIR/*.json")
-    r.add_argument(
-        "--write", metavar="FILE", default=None, help="with --ledger: put the table into FILE (between its markers)"
-    )
-    r.add_argument("--data-dir", **data_arg)
-    r.set_defaults(func=commands.cmd_reproduce)
+        commands.cmd_reproduce,
+        (
+            opt("row", nargs="?", help="the row's id (vaelab reproduce --list)"),
+            opt("--list", action="store_true", help="list the published rows and exit"),
+            opt("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)"),
+            opt("--jobs", type=int, default=1, help="seeds trained at once, in as many processes (default 1)"),
+            opt(
+                "--budget",
+                default=None,
+                help="a reduced training budget (e.g. 2e6images, 50000steps); recorded as reduced",
+            ),
+            opt("--k", type=int, default=None, help="importance samples of the test NLL (default: the paper's)"),
+            opt("--out", default=None, help="the reproduction's directory (default reproductions/ROW)"),
+            opt("--ledger", metavar="DIR", default=None, help="print the ledger table of DIR/*.json"),
+            opt(
+                "--write",
+                metavar="FILE",
+                default=None,
+                help="with --ledger: put the table into FILE (between its markers)",
+            ),
+            DATA_DIR,
+        ),
+        examples=EXAMPLES.get("reproduce"),
+    ),
+    "convert": Command(
+        "Convert a vaelab 0.1 run's pickle checkpoint to the safe format (only if you trust it).",
+        commands.cmd_convert,
+        (
+            opt("run", help="the vaelab 0.1 run directory holding checkpoint.pt"),
+            opt(
+                "--i-trust-this-file",
+                action="store_true",
+                help="required: converting unpickles the old file, which runs any code it holds",
+            ),
+        ),
+        examples=EXAMPLES.get("convert"),
+    ),
+}
 
 
-def _parser_convert(add, data_arg: dict) -> None:
-    c = add("convert", "Convert a vaelab 0.1 run's pickle checkpoint to the safe format (only if you trust it).")
-    c.add_argument("run", help="the vaelab 0.1 run directory holding checkpoint.pt")
-    c.add_argument(
-        "--i-trust-this-file",
-        action="store_true",
-        help="required: converting unpickles the old file, which runs any code it holds",
-    )
-    c.set_defaults(func=commands.cmd_convert)
-
-
-def add_all(add, data_arg: dict) -> None:
-    """Every command's parser, in the order `vaelab --help` lists them."""
-    _parser_train(add, data_arg)
-    _parser_evaluate(add, data_arg)
-    _parser_sample(add, data_arg)
-    _parser_explore(add, data_arg)
-    _parser_reconstruct(add, data_arg)
-    _parser_study(add, data_arg)
-    _parser_report(add, data_arg)
-    _parser_analyze(add, data_arg)
-    _parser_findings(add, data_arg)
-    _parser_datasets(add, data_arg)
-    _parser_export(add, data_arg)
-    _parser_serve(add, data_arg)
-    _parser_score(add, data_arg)
-    _parser_reproduce(add, data_arg)
-    _parser_convert(add, data_arg)
+def add_all(add) -> None:
+    """Every command's parser from the table, in the order `vaelab --help` lists them."""
+    for name, c in COMMANDS.items():
+        p = add(name, c.help, c.examples)
+        for flags, kwargs in c.options:
+            p.add_argument(*flags, **kwargs)
+        if c.config_flags:
+            _add_config_flags(p)
+        p.set_defaults(func=c.func)
