@@ -267,7 +267,9 @@ def test_official_content_hashes_catch_shifted_labels(tmp_path, monkeypatch):
         raw = gzip.decompress(p.read_bytes())
         known[p.name] = (hashlib.sha256(raw).hexdigest(), len(raw))
         p.write_bytes(gzip.compress(raw, compresslevel=1))  # re-compressed: other .gz bytes, same content
-    monkeypatch.setattr(vdata, "FASHION_CONTENT", known)
+    from vaelab.data import checksums
+
+    monkeypatch.setattr(checksums, "FASHION_CONTENT", known)
     assert vdata.verify(folder) == (vdata.VERIFIED, "t10k-images-idx3-ubyte.gz: content matches the official release")
     labels = folder / "t10k-labels-idx1-ubyte.gz"
     raw = gzip.decompress(labels.read_bytes())
