@@ -230,7 +230,8 @@ class _Group:
         self.noise_dtype = torch.bfloat16 if cfg0.bf16 else torch.float32  # the dtype train's posterior draws in
         self.step_fn = vmap(grad_and_value(self._loss, has_aux=True))
         # Adam's hyperparameters exactly as train's optimizer holds them (its defaults)
-        self.adam = {k: make_optimizer(cfg0, runs[0].model).defaults[k] for k in ("betas", "eps", "weight_decay")}
+        defaults = make_optimizer(cfg0, runs[0].model).defaults
+        self.adam = {k: defaults[k] for k in ("betas", "eps", "weight_decay")}
 
     def _loss(self, p, b, x, eps, beta):
         with self.autocast:

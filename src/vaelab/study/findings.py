@@ -235,7 +235,7 @@ def generation(latent: pd.DataFrame) -> list[Finding]:
         head = f"Fréchet distance in the reference classifier's features, N(0, I) → GMM: {pairs}"
         if len(sub) >= MIN_SEEDS and sub["latent_dim"].nunique() == 1:
             eff = paired(sub["fd_prior"] - sub["fd_gmm"])  # two samplers of one model: paired by design
-            delta = 0.01 * float(sub["fd_prior"].mean())
+            delta = DELTA_SHARE * float(sub["fd_prior"].mean())
             text = f"{head}; N(0, I) minus GMM, paired (two samplers of each model): {eff.text()}."
             out += converged([tested(claim, text, [effect_test(eff, +1, delta)], topic=topic, dataset=ds)], sub)
         else:
@@ -269,8 +269,8 @@ def _conditional(ds: str, sub: pd.DataFrame) -> Finding:
         half, twice = paired(acc - 0.5), paired(acc - 2 * chance)
         text = f"{head}; minus one half: {half.text()}; minus twice chance: {twice.text()}."
         tests = [
-            effect_test(half, +1, 0.005, "", 0, "accuracy − ½"),  # δ: 1 % of the level compared (½)
-            effect_test(twice, +1, 0.02 * chance, "", 1, "accuracy − 2 × chance"),
+            effect_test(half, +1, DELTA_SHARE * 0.5, "", 0, "accuracy − ½"),  # δ: of the level compared (½)
+            effect_test(twice, +1, DELTA_SHARE * 2 * chance, "", 1, "accuracy − 2 × chance"),
         ]
         return converged([tested(claim, text, tests, "combine", topic, ds)], sub[sub["latent_dim"] == z])[0]
     a = float(acc.mean())

@@ -7,7 +7,7 @@ import pandas as pd
 from ..config import FIELDS
 from ..losses import OBJECTIVES, objective_entry
 from .stats import MIN_SEEDS, fmt, fmt_p, icc, paired, welch
-from .trends import Trend, trend_findings
+from .trends import DELTA_SHARE, Trend, trend_findings
 from .verdicts import (
     FAILS,
     HOLDS,
@@ -103,7 +103,7 @@ def _family(ds: str, text: str, change: dict, metric: str, sign: int, ref, fam) 
         lean = HOLDS if m * sign > 0 else FAILS if m * sign < 0 else INCONCLUSIVE
         return [means_only(claim, f"{head}{no_stats_note(min(len(a), len(b)))}.", lean, topic, ds)]
     eff = welch(a, b)
-    delta = 0.01 * abs(float(a.mean()))  # 1 % of the reference's level
+    delta = DELTA_SHARE * abs(float(a.mean()))  # of the reference's level
     evidence = (
         f"{head}; reference minus family, unpaired (different models share the data order by seed, not their "
         f"initial weights): {eff.text()}."
@@ -136,7 +136,7 @@ def kl_groups(latent: pd.DataFrame) -> list[Finding]:
         head = f"share of the KL in the finest groups, one per seed: {', '.join(f'{v:.0%}' for v in share)}"
         if len(share) >= MIN_SEEDS:
             eff = paired(share - 0.5, "t-test over seeds")
-            test = effect_test(eff, +1, 0.005, "", 0, "share − ½")  # δ: 1 % of the level compared (½)
+            test = effect_test(eff, +1, DELTA_SHARE * 0.5, "", 0, "share − ½")  # δ: of the level compared (½)
             out += converged(
                 [tested(claim, f"{head}; minus one half: {eff.text()}.", [test], topic=topic, dataset=ds)], sub
             )
@@ -209,7 +209,7 @@ def objective_vs_seed(ds: str, rows: pd.DataFrame) -> list[Finding]:
         head = f"{m}: sd between the {g} settings' means {fmt(between)}; seeds' sd within a setting {fmt(seed_sd)}"
         if k >= MIN_SEEDS:
             eff = icc([grp.to_numpy(float) for _, grp in settings[m]])
-            tests.append(effect_test(eff, +1, 0.005, "", i, f"{m} ICC − ½"))  # δ: 1 % of the level compared (½)
+            tests.append(effect_test(eff, +1, DELTA_SHARE * 0.5, "", i, f"{m} ICC − ½"))  # δ: of the level (½)
             parts.append(
                 f"{head}; share of variance between settings (ICC) {fmt(eff.estimate + 0.5)}, 95 % CI "
                 f"[{fmt(eff.lo + 0.5)}, {fmt(eff.hi + 0.5)}], F-test of ICC = ½ p {fmt_p(eff.p)}"
