@@ -24,9 +24,9 @@ import torch
 from scipy import stats
 
 from stamp import stamp, write
-from vaelab.config import TrainConfig
-from vaelab.evaluate import evaluate
-from vaelab.train import train
+from vaelab.evaluation.evaluate import evaluate
+from vaelab.runs.config import TrainConfig
+from vaelab.training.loop import train
 
 DATASETS = ("fashion-mnist", "cifar10")
 SEEDS = (0, 1, 2)

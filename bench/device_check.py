@@ -31,11 +31,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import synthetic  # noqa: E402
 from vaelab import data as vdata  # noqa: E402
-from vaelab.checkpoint import load_checkpoint, resolve_device  # noqa: E402
-from vaelab.config import TrainConfig  # noqa: E402
-from vaelab.config.presets import PRESETS  # noqa: E402
-from vaelab.evaluate import evaluate  # noqa: E402
-from vaelab.train import train  # noqa: E402
+from vaelab.core.device import resolve_device
+from vaelab.evaluation.evaluate import evaluate  # noqa: E402
+from vaelab.runs.checkpoint import load_checkpoint  # noqa: E402
+from vaelab.runs.config import TrainConfig  # noqa: E402
+from vaelab.runs.presets import PRESETS  # noqa: E402
+from vaelab.training.loop import train  # noqa: E402
 
 
 def _facts() -> dict:

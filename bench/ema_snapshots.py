@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from stamp import stamp, write
-from vaelab.config import TrainConfig
-from vaelab.train import train
+from vaelab.runs.config import TrainConfig
+from vaelab.training.loop import train
 
 RUNS = {  # name: (budget as a share of B, config fields)
     "cosine, raw weights": (1.0, {"cosine": True}),

@@ -1,7 +1,7 @@
 """Seconds of `vaelab evaluate` on the whole Fashion-MNIST test set with K = 100, per IWAE precision; one JSON line.
 
 Trains the reference conv VAE (latent 16, --likelihood, default Bernoulli) for --epochs on Fashion-MNIST (or takes
---run), then times vaelab.evaluate.evaluate (data loading, ELBO terms, KL per dimension, active units, IWAE, PSNR,
+--run), then times vaelab.evaluation.evaluate.evaluate (data loading, ELBO terms, KL per dimension, active units, IWAE, PSNR,
 SSIM, latent probes with their untrained baselines) once per precision, interleaved over --reps. The IWAE values of
 the precisions are reported beside the Monte-Carlo standard error of the test mean (from two fp32 seeds), so that
 a reader sees whether bf16 moves the number beyond noise.
@@ -23,10 +23,10 @@ import time
 import torch
 
 from vaelab import data as vdata
-from vaelab.config import TrainConfig
-from vaelab.evaluate import evaluate, iwae_nll
-from vaelab.run import Run
-from vaelab.train import train
+from vaelab.evaluation.evaluate import evaluate, iwae_nll
+from vaelab.runs.config import TrainConfig
+from vaelab.runs.run import Run
+from vaelab.training.loop import train
 
 
 def mc_standard_error(run_dir: str, ds: vdata.Dataset, k: int, n: int = 2000) -> float:

@@ -1,4 +1,4 @@
-"""Aggregate training images/s of R runs trained together (vaelab.multirun, vmap) vs the same runs one by one; JSON.
+"""Aggregate training images/s of R runs trained together (vaelab.training.multirun, vmap) vs the same runs one by one; JSON.
 
 The Fashion-MNIST reference model (conv, latent 16, Bernoulli), R runs differing in seed and beta, random uint8
 images (throughput does not depend on pixel content). Each way trains every run for --epochs; the rate counts the
@@ -21,10 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import synthetic  # noqa: E402
-from vaelab.checkpoint import load_checkpoint, resolve_device  # noqa: E402
-from vaelab.config import TrainConfig  # noqa: E402
-from vaelab.multirun import train_together  # noqa: E402
-from vaelab.train import train  # noqa: E402
+from vaelab.core.device import resolve_device
+from vaelab.runs.checkpoint import load_checkpoint  # noqa: E402
+from vaelab.runs.config import TrainConfig  # noqa: E402
+from vaelab.training.loop import train  # noqa: E402
+from vaelab.training.multirun import train_together  # noqa: E402
 
 
 def main() -> None:

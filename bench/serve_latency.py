@@ -20,11 +20,11 @@ import time
 import numpy as np
 import torch
 
-from vaelab import serve
-from vaelab.config import TrainConfig
+from vaelab.app import serve
 from vaelab.data import spec
-from vaelab.explorer import Explorer
+from vaelab.exploration.explorer import Explorer
 from vaelab.models import build
+from vaelab.runs.config import TrainConfig
 
 
 def main() -> None:

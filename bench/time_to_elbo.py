@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from vaelab import data as vdata
-from vaelab.config import TrainConfig
 from vaelab.models import VAE
-from vaelab.train import train
-from vaelab.train.epochs import average_terms
+from vaelab.runs.config import TrainConfig
+from vaelab.training.epochs import average_terms
+from vaelab.training.loop import train
 
 
 class Reached(Exception):
@@ -65,7 +65,7 @@ def minimal_loop(ds: vdata.Dataset, test: vdata.Split, target: float, max_epochs
 
 
 def vaelab_recipe(cfg: TrainConfig, ds: vdata.Dataset, test: vdata.Split, target: float) -> dict:
-    from vaelab.run import Run
+    from vaelab.runs.run import Run
 
     seen: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +81,7 @@ def vaelab_recipe(cfg: TrainConfig, ds: vdata.Dataset, test: vdata.Split, target
             reached = False
         except Reached:
             reached = True
-        from vaelab.checkpoint import load_checkpoint
+        from vaelab.runs.checkpoint import load_checkpoint
 
         seconds = sum(h["seconds"] for h in load_checkpoint(tmp)["history"])
     return {"seconds": seconds, "epochs": seen.get("epoch"), "neg_elbo": seen.get("neg_elbo"), "reached": reached}

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vaelab.checkpoint import resolve_device
-from vaelab.config import TrainConfig
+from vaelab.core.device import resolve_device
 from vaelab.data import DATASETS, Dataset
 from vaelab.models import VAE
-from vaelab.train import train
+from vaelab.runs.config import TrainConfig
+from vaelab.training.loop import train
 
 
 def synthetic(name: str, n: int) -> Dataset:

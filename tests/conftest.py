@@ -94,7 +94,7 @@ def real_data_dir() -> Path | None:
 
 
 def tiny_config(**kw):
-    from vaelab.config import TrainConfig
+    from vaelab.runs.config import TrainConfig
 
     base = dict(
         dataset="fashion-mnist",

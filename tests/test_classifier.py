@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import quick_classifier, tiny_config
-from vaelab import classifier, scoring
 from vaelab import data as vdata
-from vaelab.train import train
+from vaelab.evaluation import scoring
+from vaelab.training import classifier
+from vaelab.training.loop import train
 
 
 def test_frechet_distance_known_values():
@@ -62,7 +63,7 @@ def test_a_shipped_classifier_serves_exactly_its_data(tiny_root, tmp_path, monke
 
 def test_the_shipped_classifiers_load():
     """The files in the package are whole networks with their recorded accuracy (weights only: safetensors)."""
-    from vaelab.store import load_tree
+    from vaelab.core.store import load_tree
 
     files = sorted(classifier.SHIPPED.glob("*.safetensors"))
     assert {f.name.split("-")[0] for f in files} == {"fashion", "cifar10"}
@@ -91,8 +92,8 @@ def test_generation_scores(tiny_root, tmp_path, monkeypatch):
 def test_explore_writes_generation_scores_into_eval_json(tiny_root, tmp_path, monkeypatch, capsys):
     import json
 
-    from vaelab.cli import main
-    from vaelab.evaluate import evaluate
+    from vaelab.app.cli import main
+    from vaelab.evaluation.evaluate import evaluate
 
     quick_classifier(monkeypatch)
     ds = vdata.load("fashion-mnist", tiny_root)
@@ -107,7 +108,7 @@ def test_explore_writes_generation_scores_into_eval_json(tiny_root, tmp_path, mo
 def test_score_run_merges_into_eval_json_and_reuses(tiny_root, tmp_path, monkeypatch):
     import json
 
-    from vaelab.evaluate import evaluate
+    from vaelab.evaluation.evaluate import evaluate
 
     quick_classifier(monkeypatch)
     ds = vdata.load("fashion-mnist", tiny_root)

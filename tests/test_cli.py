@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import count
-from vaelab.cli import main
+from vaelab.app.cli import main
 
 TINY = [
     "--epochs",
@@ -113,7 +113,7 @@ def test_missing_data_offline_is_one_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "vaelab.cli",
+            "vaelab",
             "train",
             "--dataset",
             "cifar10",
@@ -199,7 +199,7 @@ def test_convert_needs_trust_and_then_gives_a_safe_checkpoint(tiny_root, tmp_pat
     """A benign vaelab 0.1 checkpoint (same content, pickled) converts only with --i-trust-this-file."""
     import torch
 
-    from vaelab.checkpoint import load_checkpoint
+    from vaelab.runs.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(run), "--data-dir", str(tiny_root), "--no-eval"]) == 0
@@ -308,8 +308,8 @@ def test_every_option_of_every_command_says_what_it_does():
     import argparse
     from dataclasses import fields
 
-    from vaelab.cli import build_parser
-    from vaelab.config import HELP, TrainConfig
+    from vaelab.app.cli import build_parser
+    from vaelab.runs.config import HELP, TrainConfig
 
     assert set(HELP) == {f.name for f in fields(TrainConfig)}
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
@@ -417,11 +417,11 @@ def test_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
 
     class Interrupted(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name == "vaelab.cli":
+            if name == "vaelab.app.cli":
                 raise KeyboardInterrupt
             return None
 
-    monkeypatch.delitem(sys.modules, "vaelab.cli")
+    monkeypatch.delitem(sys.modules, "vaelab.app.cli")
     monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
     assert console() == 130
     err = capsys.readouterr().err.strip().splitlines()

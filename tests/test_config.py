@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from vaelab import VaelabError
-from vaelab.config import TrainConfig, from_dict
-from vaelab.config.presets import PRESETS, preset
+from vaelab.runs.config import TrainConfig, from_dict
+from vaelab.runs.presets import PRESETS, preset
 
 
 def test_frozen_and_replace():

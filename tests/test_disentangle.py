@@ -11,10 +11,10 @@ import torch
 from conftest import TINY_SHAPES, tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
-from vaelab import disentangle as D
-from vaelab.cli import main
+from vaelab.app.cli import main
 from vaelab.data import factors
-from vaelab.losses import OBJECTIVES, TCCritic, objective
+from vaelab.evaluation import disentangle as D
+from vaelab.models.losses import OBJECTIVES, TCCritic, objective
 
 # ---------------------------------------------------------------- shapes2d
 
@@ -249,8 +249,8 @@ def test_the_factor_vae_critic_learns_to_spot_correlated_codes():
 
 @pytest.mark.parametrize("obj", ["elbo", "beta_tcvae", "factor_vae", "dip_vae_i", "dip_vae_ii", "capacity"])
 def test_every_disentangling_objective_trains_on_shapes2d_and_is_scored(tiny_root, tmp_path, obj):
-    from vaelab.evaluate import evaluate
-    from vaelab.train import train
+    from vaelab.evaluation.evaluate import evaluate
+    from vaelab.training.loop import train
 
     cfg = tiny_config(
         dataset="shapes2d", net="conv4", likelihood="bernoulli", objective=obj, val_size=40, latent_dim=4, epochs=1
@@ -278,7 +278,7 @@ def test_a_disentanglement_study_reports_its_metrics_findings_and_traversals(tin
     import pandas as pd
 
     from vaelab import study
-    from vaelab.cli.commands import report
+    from vaelab.app.commands import report
 
     small = D.Sizes(batch=8, beta_train=20, beta_eval=20, factor_train=20, factor_eval=20, variance=200, codes=300)
     monkeypatch.setattr(D, "Sizes", lambda: small)

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from conftest import count, write_fashion
-from vaelab import VaelabError, distributed
-from vaelab.checkpoint import load_checkpoint
+from vaelab import VaelabError
+from vaelab.runs.checkpoint import load_checkpoint
+from vaelab.training import distributed
 
 pytestmark = [
     pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in"),
@@ -171,7 +172,7 @@ def test_ctrl_c_of_two_processes_is_one_line_and_exit_130_and_the_run_resumes(da
 def test_a_failure_names_the_process_that_died_first():
     from types import SimpleNamespace
 
-    from vaelab.distributed import failure_text
+    from vaelab.training.distributed import failure_text
 
     died = {0: SimpleNamespace(exitcode=1, timestamp=100), 1: SimpleNamespace(exitcode=-9, timestamp=100)}
     assert failure_text(died) == "process 1 was killed by signal 9 (then process 0 exited with code 1)"

@@ -11,9 +11,9 @@ import torch
 
 from conftest import tiny_config
 from vaelab import data as vdata
-from vaelab.evaluate import evaluate, evaluate_model, iwae_nll, psnr, ssim
+from vaelab.evaluation.evaluate import evaluate, evaluate_model, iwae_nll, psnr, ssim
 from vaelab.models import VAE
-from vaelab.train import train
+from vaelab.training.loop import train
 
 
 def _constant_model(likelihood="discretized_logistic"):
@@ -56,8 +56,8 @@ class LinearGaussian(torch.nn.Module):
     posterior_sample = VAE.posterior_sample
 
     def __init__(self, exact: bool, shape=(1, 2, 3), latent_dim=2, sigma=0.2, seed=0):
-        from vaelab.losses import Gaussian
         from vaelab.models import GaussianPosterior, StandardNormal
+        from vaelab.models.losses import Gaussian
 
         super().__init__()
         self.prior = StandardNormal(latent_dim)
@@ -247,7 +247,7 @@ def test_cifar_model_on_the_lossless_subset(tmp_path):
 
 def test_active_units_threshold_is_burdas_0_01():
     """Variances just either side of 0.01: the count is 1 only for that threshold."""
-    from vaelab.evaluate import active_units
+    from vaelab.evaluation.evaluate import active_units
 
     base = torch.tensor([-1.0, 1.0]).repeat(500)[:, None]  # unbiased variance 1000/999
     mu = torch.cat(
@@ -260,7 +260,7 @@ def test_active_units_threshold_is_burdas_0_01():
 def test_raw_weights_evaluate_separately_from_the_ema(tiny_root, tmp_path, capsys):
     """With --ema the run's model is the moving average; `evaluate --raw` scores the raw weights into their own
     file and the two differ. A run without separate raw weights says so in one line."""
-    from vaelab.cli import main
+    from vaelab.app.cli import main
 
     train(tiny_config(epochs=1, ema=0.5, train_size=64), tmp_path / "e", data_dir=tiny_root)
     ema = evaluate(tmp_path / "e", data_dir=tiny_root, iwae_samples=2)
@@ -330,7 +330,7 @@ def test_bf16_iwae_stays_within_monte_carlo_noise_of_fp32(likelihood, monkeypatc
 
 def test_precision_auto_follows_the_device_and_is_recorded(tiny_root, tmp_path, monkeypatch):
     from vaelab import VaelabError
-    from vaelab import evaluate as ev
+    from vaelab.evaluation import evaluate as ev
 
     assert ev.iwae_precision("fp32", torch.device("cpu")) == "fp32"
     monkeypatch.setattr(ev, "bf16_native", lambda device: False)

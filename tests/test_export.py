@@ -10,10 +10,10 @@ import torch
 import vaelab
 from conftest import tiny_config
 from vaelab import VaelabError
-from vaelab.cli import main
-from vaelab.run import Run
-from vaelab.store import load_tree, save_tree
-from vaelab.train import train
+from vaelab.app.cli import main
+from vaelab.core.store import load_tree, save_tree
+from vaelab.runs.run import Run
+from vaelab.training.loop import train
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_foreign_or_newer_files_are_refused_in_one_line(tiny_root, tmp_path, cap
 def test_every_command_that_takes_a_run_takes_an_exported_file(tiny_root, tmp_path, capsys):
     """evaluate, reconstruct, explore and report unpack the file once into a run directory under the user cache and
     give the same numbers as on the run itself; training cannot continue from it."""
-    from vaelab.evaluate import evaluate
+    from vaelab.evaluation.evaluate import evaluate
 
     train(tiny_config(epochs=1, train_size=64), tmp_path / "r", data_dir=tiny_root)
     want = evaluate(tmp_path / "r", data_dir=tiny_root, write=False)

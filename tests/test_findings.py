@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vaelab.cli import main
+from vaelab.app.cli import main
 from vaelab.study import findings as F
 from vaelab.study import model_findings as M
 from vaelab.study import stats as S
@@ -819,16 +819,6 @@ def test_findings_without_a_metric_or_with_it_empty_are_drawn_from_the_rest(colu
         table.to_csv(path, index=False)
         assert main(["findings", str(path)]) == 0
         assert "**" in capsys.readouterr().out
-
-
-def test_the_old_module_path_still_imports_for_one_release_and_warns():
-    import importlib
-    import sys
-
-    sys.modules.pop("vaelab.findings", None)
-    with pytest.warns(DeprecationWarning, match="vaelab.study.findings"):
-        old = importlib.import_module("vaelab.findings")
-    assert old.compute is F.compute and old.dataset_complexity is F.dataset_complexity
 
 
 def test_the_glance_rows_and_forest_points_carry_the_verdict_effect_and_delta():

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vaelab.config import TrainConfig
-from vaelab.generate import Sampler
+from vaelab.evaluation.generate import Sampler
 from vaelab.models import HierarchicalVAE, build
 from vaelab.models.hierarchical import gaussian_kl
 from vaelab.models.nets import ResBlock
+from vaelab.runs.config import TrainConfig
 
 
 def _trained_ish(shape=(1, 28, 28), seed=0) -> HierarchicalVAE:
@@ -87,8 +87,8 @@ def test_generation_goes_through_the_top_group_prior():
 
 def test_a_hierarchical_model_trains_and_evaluates_with_active_units_per_group(tiny_root, tmp_path):
     from conftest import tiny_config
-    from vaelab.evaluate import evaluate
-    from vaelab.train import train
+    from vaelab.evaluation.evaluate import evaluate
+    from vaelab.training.loop import train
 
     cfg = tiny_config(
         model="hierarchical",

@@ -8,11 +8,13 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config
-from vaelab import VaelabError, generate, latent
+from vaelab import VaelabError
 from vaelab import data as vdata
-from vaelab.cli import main
+from vaelab.app.cli import main
+from vaelab.evaluation import generate
+from vaelab.exploration import latent
 from vaelab.models import VAE
-from vaelab.train import train
+from vaelab.training.loop import train
 
 
 def clusters(n=200, d=3, seed=0, spread=0.1):
@@ -178,7 +180,7 @@ def test_explore_sample_class_and_cvae(tiny_root, tmp_path, capsys):
 
 
 def test_eval_json_has_latent_organisation(tiny_root, tmp_path):
-    from vaelab.evaluate import evaluate
+    from vaelab.evaluation.evaluate import evaluate
 
     ds = vdata.load("fashion-mnist", tiny_root)
     train(tiny_config(epochs=2), tmp_path / "r", dataset=ds)

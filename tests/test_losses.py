@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from vaelab.losses import (
+from vaelab.models.losses import (
     Bernoulli,
     DiscretizedLogistic,
     Gaussian,
@@ -120,20 +120,20 @@ def test_mean_and_sample_are_images(name):
 
 def test_cyclical_schedule_known_values():
     """Fu et al. 2019: 100 steps, 4 cycles of 25, rising over the first half of each."""
-    from vaelab.losses import cyclical_weight
+    from vaelab.models.losses import cyclical_weight
 
     got = [cyclical_weight(2.0, s / 100, 4, 0.5) for s in (0, 5, 12.5, 13, 24, 25, 30, 99)]
     assert got == pytest.approx([0.0, 0.8, 2.0, 2.0, 2.0, 0.0, 0.8, 2.0])
 
 
 def _cfg(**kw):
-    from vaelab.config import TrainConfig
+    from vaelab.runs.config import TrainConfig
 
     return TrainConfig(**kw)
 
 
 def test_free_bits_floors_each_dimensions_kl_and_is_the_elbo_at_zero():
-    from vaelab.losses import OBJECTIVES
+    from vaelab.models.losses import OBJECTIVES
 
     kl_d = torch.tensor([[0.1, 2.0, 0.0], [0.3, 4.0, 0.0]], requires_grad=True)
     terms = {"recon": torch.tensor([10.0, 20.0]), "kl_per_dim": kl_d, "kl": kl_d.sum(1)}
@@ -148,7 +148,7 @@ def test_free_bits_floors_each_dimensions_kl_and_is_the_elbo_at_zero():
 
 
 def test_capacity_objective_known_value_and_neutral_setting():
-    from vaelab.losses import OBJECTIVES
+    from vaelab.models.losses import OBJECTIVES
 
     terms = {"recon": torch.tensor([10.0, 20.0]), "kl": torch.tensor([4.0, 8.0])}
     cfg = _cfg(objective="capacity", capacity_max=20.0, capacity_gamma=2.0)
@@ -177,7 +177,7 @@ def test_capacity_objective_known_value_and_neutral_setting():
 )
 def test_objective_fields_are_validated(fields, msg):
     from vaelab import VaelabError
-    from vaelab.config import from_dict
+    from vaelab.runs.config import from_dict
 
     with pytest.raises(VaelabError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         from_dict(fields)
@@ -194,7 +194,7 @@ def _gaussian_terms(b=512, d=3, seed=0, correlated=False):
 
 
 def test_tc_decomposition_sums_to_the_kl_estimate_and_sees_dependence():
-    from vaelab.losses import tc_decomposition
+    from vaelab.models.losses import tc_decomposition
 
     t = _gaussian_terms()
     parts = tc_decomposition(t, n_data=60000)
@@ -206,7 +206,7 @@ def test_tc_decomposition_sums_to_the_kl_estimate_and_sees_dependence():
 
 
 def test_beta_tcvae_at_its_neutral_weights_is_the_monte_carlo_elbo():
-    from vaelab.losses import OBJECTIVES
+    from vaelab.models.losses import OBJECTIVES
 
     t = _gaussian_terms()
     cfg = _cfg(objective="beta_tcvae")
@@ -290,10 +290,10 @@ def test_an_objective_is_added_by_registration_alone(tiny_root, tmp_path, monkey
     whether the stacked trainer and the hierarchical model may), and its main weight is what findings sweep."""
     from conftest import tiny_config
     from vaelab import data as vdata
-    from vaelab import multirun
-    from vaelab.losses import OBJECTIVES, Objective, beta_elbo
+    from vaelab.models.losses import OBJECTIVES, Objective, beta_elbo
     from vaelab.study.model_findings import main_weight
-    from vaelab.train import train
+    from vaelab.training import multirun
+    from vaelab.training.loop import train
 
     def elbo_l1(terms, beta, cfg=None, progress=0.0):
         return beta_elbo(terms, beta) + 1e-3 * terms["mu"].abs().sum(1).mean()

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from vaelab.config import TrainConfig
-from vaelab.generate import Sampler
-from vaelab.losses import log_normal
+from vaelab.evaluation.generate import Sampler
 from vaelab.models import VAE
+from vaelab.models.losses import log_normal
+from vaelab.runs.config import TrainConfig
 
 
 @pytest.mark.parametrize("arch", ["conv", "mlp", "mlp_tanh", "mlp_gated", "resnet"])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import tiny_config
-from vaelab import VaelabError, multirun
-from vaelab.checkpoint import load_checkpoint
-from vaelab.train import train
+from vaelab import VaelabError
+from vaelab.runs.checkpoint import load_checkpoint
+from vaelab.training import multirun
+from vaelab.training.loop import train
 
 # Tolerance: the stacked step computes the same sums in another order (batched matmuls and convolutions, Adam's
 # update written out instead of the fused kernel), so gradients differ by float32 rounding. Adam's first steps move
@@ -109,7 +110,7 @@ def test_what_cannot_train_together_is_refused(tiny_root, tmp_path):
 
 def test_study_together_trains_groups_then_evaluates_every_cell(tiny_root, tmp_path, capsys):
     from vaelab import study
-    from vaelab.cli import main
+    from vaelab.app.cli import main
 
     spec = tmp_path / "s.toml"
     spec.write_text(

@@ -7,9 +7,9 @@ import torch
 
 from conftest import tiny_config
 from vaelab import data as vdata
-from vaelab.evaluate import evaluate, evaluate_model
+from vaelab.evaluation.evaluate import evaluate, evaluate_model
 from vaelab.models import VAE
-from vaelab.train import train
+from vaelab.training.loop import train
 
 
 @pytest.mark.realdata

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from vaelab import metrics, study
-from vaelab.cli import main
-from vaelab.cli.commands import report
-from vaelab.losses import OBJECTIVES, Objective, beta_elbo
+from vaelab import study
+from vaelab.app.cli import main
+from vaelab.app.commands import report
+from vaelab.evaluation import metrics
+from vaelab.models.losses import OBJECTIVES, Objective, beta_elbo
 
 
 def elbo_plus_l1(terms, beta, cfg=None, progress=0.0):

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from conftest import count, tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
-from vaelab.cli import main
-from vaelab.config import FIELDS, from_dict
-from vaelab.store import save_tree
+from vaelab.app.cli import main
+from vaelab.core.store import save_tree
+from vaelab.runs.config import FIELDS, from_dict
 from vaelab.study import load_spec, parse_spec
-from vaelab.train import train
+from vaelab.training.loop import train
 
 SETTINGS = settings(
     max_examples=60,
@@ -219,7 +219,7 @@ def _damage(kind: str, run: Path, study_dir: Path, tmp: Path) -> list[str]:
         (run / "checkpoint.safetensors").write_bytes(b"\x08\0\0\0\0\0\0\0{}      ")
         return ["sample", str(run)]
     if kind == "checkpoint-other-architecture":
-        from vaelab.checkpoint import load_checkpoint, save_checkpoint
+        from vaelab.runs.checkpoint import load_checkpoint, save_checkpoint
 
         ck = load_checkpoint(run)
         ck["config"] = {**ck["config"], "latent_dim": 7}
@@ -367,7 +367,7 @@ def test_a_second_study_process_on_the_same_folder_is_refused(tiny_root, tmp_pat
     cmd = [
         sys.executable,
         "-m",
-        "vaelab.cli",
+        "vaelab",
         "study",
         str(tmp_path / "slow.toml"),
         "--out",
@@ -388,7 +388,7 @@ def test_a_second_study_process_on_the_same_folder_is_refused(tiny_root, tmp_pat
                 [
                     sys.executable,
                     "-m",
-                    "vaelab.cli",
+                    "vaelab",
                     "train",
                     "--resume",
                     "--out",
@@ -425,7 +425,7 @@ def _start_parallel_study(tiny_root, tmp_path) -> tuple[subprocess.Popen, Path]:
     spec = tmp_path / "slow.toml"
     spec.write_text(SLOW_SPEC)
     out = tmp_path / "S"
-    cmd = [sys.executable, "-m", "vaelab.cli", "study", str(spec), "--out", str(out), "--jobs", "2"]
+    cmd = [sys.executable, "-m", "vaelab", "study", str(spec), "--out", str(out), "--jobs", "2"]
     proc = subprocess.Popen(
         [*cmd, "--data-dir", str(tiny_root)],
         env=_env(tmp_path),
@@ -455,7 +455,7 @@ def test_one_ctrl_c_stops_a_parallel_study_promptly_and_it_resumes(tiny_root, tm
     for pid in markers:  # the workers are gone, not training on
         assert _gone(pid)
     # Nothing lost: every interrupted run holds a readable checkpoint that a resume continues from.
-    from vaelab.checkpoint import load_checkpoint
+    from vaelab.runs.checkpoint import load_checkpoint
     from vaelab.study import cell_status
 
     runs = [p.parent for p in out.glob("runs/*/checkpoint.safetensors")]

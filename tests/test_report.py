@@ -12,8 +12,8 @@ import pytest
 from conftest import headless_chromium, quick_classifier
 from test_latent import assert_real_figure
 from vaelab import study
-from vaelab.cli import main
-from vaelab.cli.commands import report
+from vaelab.app.cli import main
+from vaelab.app.commands import report
 
 pytestmark = pytest.mark.slow  # a study and its report each: `make test` runs them, `make test-fast` does not
 

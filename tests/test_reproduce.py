@@ -14,14 +14,14 @@ import torch
 
 from conftest import tiny_config, write_fashion
 from vaelab import data as vdata
-from vaelab.cli import main
-from vaelab.config import from_dict
-from vaelab.errors import VaelabError
-from vaelab.losses import iwae, log_normal, log_normal_components, objective
+from vaelab.app.cli import main
+from vaelab.core.errors import VaelabError
 from vaelab.models import build
-from vaelab.run import Run
+from vaelab.models.losses import iwae, log_normal, log_normal_components, objective
+from vaelab.runs.config import from_dict
+from vaelab.runs.run import Run
 from vaelab.study import reproduce as rep
-from vaelab.train import train
+from vaelab.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 LEDGER = ROOT / "docs" / "reproductions"

@@ -10,8 +10,8 @@ import pytest
 from conftest import tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
-from vaelab.run import Run
-from vaelab.train import train
+from vaelab.runs.run import Run
+from vaelab.training.loop import train
 
 
 def test_run_layout_and_model_loaded_once(tiny_root, tmp_path, monkeypatch):
@@ -26,7 +26,7 @@ def test_run_layout_and_model_loaded_once(tiny_root, tmp_path, monkeypatch):
         and run.eval_path("cifar10-lossless").name == "eval-cifar10-lossless.json"
     )
     calls = []
-    import vaelab.run as vrun
+    import vaelab.runs.run as vrun
 
     real = vrun.load_model
     monkeypatch.setattr(vrun, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))

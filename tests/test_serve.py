@@ -19,15 +19,15 @@ from PIL import Image
 from conftest import headless_chromium, tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
-from vaelab.cli import main
-from vaelab.explorer import MAX_BATCH, BadRequest, Explorer
-from vaelab.latent import class_centroids
-from vaelab.run import Run
-from vaelab.train import train
+from vaelab.app.cli import main
+from vaelab.exploration.explorer import MAX_BATCH, BadRequest, Explorer
+from vaelab.exploration.latent import class_centroids
+from vaelab.runs.run import Run
+from vaelab.training.loop import train
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
-from vaelab import serve  # noqa: E402  (after the skip: starlette and uvicorn are optional)
+from vaelab.app import serve  # noqa: E402  (after the skip: starlette and uvicorn are optional)
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,14 @@ import torch
 from conftest import tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
-from vaelab.checkpoint import load_checkpoint, load_snapshot
-from vaelab.cli import main
-from vaelab.config import TrainConfig, snapshot_fractions
-from vaelab.evaluate import evaluate, evaluate_snapshots
-from vaelab.run import Run
+from vaelab.app.cli import main
+from vaelab.evaluation.evaluate import evaluate, evaluate_snapshots
+from vaelab.runs.checkpoint import load_checkpoint, load_snapshot
+from vaelab.runs.config import TrainConfig, snapshot_fractions
+from vaelab.runs.run import Run
 from vaelab.study import verdicts as vf
-from vaelab.train import train
-from vaelab.train.epochs import ema_decay
+from vaelab.training.epochs import ema_decay
+from vaelab.training.loop import train
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ def test_a_finding_untestable_at_a_fraction_is_not_measured_there():
 
 
 def test_snapshot_files_are_named_exactly_and_same_step_fractions_are_refused(tiny_root, tmp_path, capsys):
-    from vaelab.run import snapshot_name
+    from vaelab.runs.run import snapshot_name
 
     assert [snapshot_name(f) for f in (0.25, 0.5, 0.251, 1 / 3)] == ["0.25", "0.50", "0.251", repr(1 / 3)]
     base = ["train", "--dataset", "fashion-mnist", "--latent-dim", "4", "--val-size", "30", "--batch-size", "64"]

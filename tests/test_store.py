@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vaelab import VaelabError
-from vaelab.store import FolderLock, atomic_write_bytes, load_tree, read_safetensors, safetensors_bytes, save_tree
+from vaelab.core.store import FolderLock, atomic_write_bytes, load_tree, read_safetensors, safetensors_bytes, save_tree
 
 
 def test_our_safetensors_files_match_the_reference_library(tmp_path):
@@ -116,7 +116,7 @@ def test_a_real_file_size_limit_is_reported_the_same_way(tmp_path):
     code = (
         "import resource, signal, torch\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "from vaelab.store import save_tree\n"
+        "from vaelab.core.store import save_tree\n"
         f"save_tree(r'{tmp_path}/c.safetensors', {{'w': torch.ones(4)}})\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
         "from vaelab import VaelabError\n"

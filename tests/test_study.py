@@ -15,8 +15,8 @@ import pytest
 
 from conftest import count
 from vaelab import VaelabError, study
-from vaelab.checkpoint import load_checkpoint
-from vaelab.cli import main
+from vaelab.app.cli import main
+from vaelab.runs.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -196,7 +196,7 @@ def test_interrupted_run_resumes_and_finished_is_kept(tiny_root, tmp_path):
     study.run(study.StudySpec(spec.name, spec.base, spec.sweeps, spec.cells[:1]), out, data_dir=str(tiny_root))
     done_ckpt = (out / "runs" / spec.cells[0].run_id / "checkpoint.safetensors").stat().st_mtime_ns
     # simulate a kill after epoch 1 of the second cell: its checkpoint and a stale RUNNING marker remain
-    from vaelab.train import train
+    from vaelab.training.loop import train
 
     cut = out / "runs" / spec.cells[1].run_id
 
@@ -242,7 +242,7 @@ def test_sigkill_mid_study_then_rerun_completes(tiny_root, tmp_path):
         tmp_path, TINY_TOML.replace("epochs = 1", "epochs = 40").replace("train_size = 100", "train_size = 200")
     )
     out = tmp_path / "S"
-    cmd = [sys.executable, "-m", "vaelab.cli", "study", str(spec_path), "--out", str(out), "--data-dir", str(tiny_root)]
+    cmd = [sys.executable, "-m", "vaelab", "study", str(spec_path), "--out", str(out), "--data-dir", str(tiny_root)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = out / "runs" / "latent_dim-2__seed-0" / "checkpoint.safetensors"
     deadline = time.time() + 120
@@ -324,7 +324,7 @@ def test_conditional_vae_runs_in_a_study(tiny_root, tmp_path):
         "latent_dim-2__conditional-True__seed-0",
     ]
     assert study.run(spec, tmp_path / "S", data_dir=str(tiny_root)) == {"done": 2}
-    from vaelab.checkpoint import load_model
+    from vaelab.runs.checkpoint import load_model
 
     _, model, _ = load_model(tmp_path / "S" / "runs" / spec.cells[1].run_id)
     assert model.num_classes == 10
@@ -464,7 +464,7 @@ def test_results_say_how_far_from_convergence_each_run_stopped(tiny_root, tmp_pa
 
 @pytest.mark.slow
 def test_a_study_trained_for_seconds_says_its_cells_depend_on_the_machine(tiny_root, tmp_path):
-    from vaelab.cli.commands import report
+    from vaelab.app.commands import report
 
     spec = study.load_spec(write(tmp_path, TINY_TOML.replace("epochs = 1", 'epochs = 2\ntime_budget = "1h"')))
     out = tmp_path / "S"

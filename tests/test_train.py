@@ -11,10 +11,10 @@ import torch
 from conftest import count, quick_classifier, tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
-from vaelab.checkpoint import load_checkpoint, load_model
 from vaelab.models import VAE, build
-from vaelab.train import train
-from vaelab.train.epochs import TrainingDiverged
+from vaelab.runs.checkpoint import load_checkpoint, load_model
+from vaelab.training.epochs import TrainingDiverged
+from vaelab.training.loop import train
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ def test_conditional_run_trains(ds, tmp_path):
 
 
 def test_gradient_norm_and_clipping_match_torch():
-    from vaelab.train.epochs import _clip, _grad_norm
+    from vaelab.training.epochs import _clip, _grad_norm
 
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
@@ -258,8 +258,8 @@ def test_every_objective_and_schedule_trains(ds, tmp_path, fields, beta_rows):
 def test_perceptual_weight_adds_the_feature_term_and_trains(ds, tmp_path, monkeypatch):
     """DFC-VAE: the feature distance in the reference classifier's features joins the loss (a 1-epoch classifier
     here); the validation ELBO stays the likelihood's own."""
-    from vaelab import classifier
-    from vaelab.losses import perceptual_term
+    from vaelab.models.losses import perceptual_term
+    from vaelab.training import classifier
 
     quick_classifier(monkeypatch, 1)
     clf, _ = classifier.reference_classifier("fashion-mnist", ds=ds)
@@ -276,7 +276,7 @@ def test_perceptual_weight_adds_the_feature_term_and_trains(ds, tmp_path, monkey
 def test_ema_weights_differ_from_the_raw_ones_and_are_what_evaluation_reads(ds, tmp_path):
     """With --ema the checkpoint's "model" is the moving average (validation, evaluation and sampling read it) and
     "train_model" the raw weights training resumes from; the EMA equals the update rule applied by hand."""
-    from vaelab.run import Run
+    from vaelab.runs.run import Run
 
     cfg = tiny_config(epochs=1, ema=0.5, train_size=64)
     last = train(cfg, tmp_path / "e", dataset=ds)
@@ -286,7 +286,7 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_what_evaluation_reads(ds, 
     _, model, _ = Run(tmp_path / "e").load()
     assert all(torch.equal(model.state_dict()[k], ema[k]) for k in ema)
     from vaelab.models import build
-    from vaelab.train.epochs import average_terms
+    from vaelab.training.epochs import average_terms
 
     splits = vdata.make_splits(ds, cfg.val_size, cfg.train_size, cfg.test_size, "cpu")
     torch.manual_seed(0)
@@ -330,7 +330,7 @@ def test_a_time_budget_stops_cleanly_and_counts_time_already_trained(ds, tmp_pat
     """A fake clock: each training step takes 1 s. A 5 s budget stops mid-epoch after 5 steps with a checkpoint
     (the partial epoch marked), the cosine and cyclical KL schedules spread over the budget; a resume with budget left trains on
     only for what is left, and one without any left trains nothing."""
-    import vaelab.train as vtrain
+    import vaelab.training.loop as vtrain
 
     clock = {"t": 0.0}
 
@@ -375,7 +375,7 @@ def test_early_stopping_keeps_the_best_epoch_and_resumes_exactly(ds, tmp_path, m
     """Scripted validation ELBOs 10, 9, 9.5, 9.6, 9.7 with patience 2: the run stops after epoch 4, two epochs
     after its best, and the checkpoint's model is epoch 2's weights; a resume trains nothing more. A margin of
     1 % makes 9.95 no improvement over 10."""
-    import vaelab.train as vtrain
+    import vaelab.training.loop as vtrain
 
     script = iter([10.0, 9.0, 9.5, 9.6, 9.7, 9.8])
     monkeypatch.setattr(vtrain, "average_terms", lambda m, s: {"recon": 1.0, "kl": 1.0, "neg_elbo": next(script)})
@@ -459,7 +459,7 @@ def test_a_run_whose_every_step_is_skipped_for_its_gradient_norm_is_refused_not_
 def test_count_budgets_stop_at_their_step_and_span_the_schedule(ds, tmp_path):
     """3 steps, 70 images (= 3 batches of 32) and a FLOP budget of 3 steps' FLOPs all train exactly 3 steps, the
     cosine schedule spread over them; epochs is only the upper bound."""
-    from vaelab.train.budget import step_flops
+    from vaelab.training.budget import step_flops
 
     cfg = tiny_config(epochs=50, batch_size=32, cosine=True)
     flops = step_flops(
@@ -478,7 +478,7 @@ def test_a_flop_budget_gives_the_same_weights_beside_a_busy_process(ds, tmp_path
     import subprocess
     import sys
 
-    from vaelab.train.budget import step_flops
+    from vaelab.training.budget import step_flops
 
     cfg = tiny_config(epochs=50)
     flops = step_flops(cfg, build(cfg, ds.shape, len(ds.classes)), vdata.make_splits(ds, 40, 0, 0)["train"])

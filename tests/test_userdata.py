@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 from vaelab import VaelabError
 from vaelab import data as vdata
-from vaelab.cli import main
+from vaelab.app.cli import main
 
 
 def _write(path, **arrays):
@@ -80,8 +80,8 @@ def test_a_vae_trains_and_evaluates_on_an_npz_dataset(tmp_path):
     rng = np.random.default_rng(2)
     x = (rng.random((120, 16, 16)) < 0.3).astype(np.uint8) * 255
     name = _write(tmp_path / "blobs.npz", x=x, y=np.arange(120) % 2)
-    from vaelab.evaluate import evaluate
-    from vaelab.train import train
+    from vaelab.evaluation.evaluate import evaluate
+    from vaelab.training.loop import train
 
     train(tiny_config(dataset=name, epochs=1, val_size=20), tmp_path / "r")
     ev = evaluate(tmp_path / "r", iwae_samples=2)
@@ -119,7 +119,7 @@ def test_images_the_conv_net_cannot_halve_twice_get_a_clear_error(tmp_path, caps
 def test_a_study_on_an_npz_reports_from_its_run_directories_after_the_file_is_gone(tmp_path):
     """Reports read run directories: moving the user's data file away must not break the report or its findings."""
     from vaelab import study
-    from vaelab.cli.commands import report
+    from vaelab.app.commands import report
 
     rng = np.random.default_rng(3)
     name = _write(

@@ -1,7 +1,10 @@
 """vaelab: train, evaluate and compare Variational Autoencoders on image data."""
 
-from .errors import VaelabError
-from .version import __version__
+from vaelab.core import moved
+from vaelab.core.errors import VaelabError
+from vaelab.version import __version__
+
+moved.install()  # the paths modules had before 0.3 still import, with a DeprecationWarning
 
 __all__ = ["VaelabError", "__version__", "load"]
 
@@ -10,7 +13,7 @@ def __getattr__(name: str):
     """`vaelab.load`, imported when first asked for: `import vaelab` (and the command's start) stays light, so that
     Ctrl-C while it starts is one line, not a traceback from inside torch's import."""
     if name == "load":
-        from .export import load
+        from vaelab.exports.bundle import load
 
         return load
     raise AttributeError(f"module 'vaelab' has no attribute {name!r}")

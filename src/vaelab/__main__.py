@@ -6,7 +6,7 @@ import sys
 def console() -> int:
     """The `vaelab` command: the CLI, imported here so that Ctrl-C while torch and friends load is one line."""
     try:
-        from .cli import main
+        from vaelab.app.cli import main
     except KeyboardInterrupt:
         print("vaelab: interrupted while starting; nothing was changed", file=sys.stderr)
         return 130

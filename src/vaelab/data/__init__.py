@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import VaelabError
-from ..store import atomic_write_bytes, atomic_write_json, read_json
-from .checksums import check_file, verify
-from .cifar import (
+from vaelab.core.errors import VaelabError
+from vaelab.core.store import atomic_write_bytes, atomic_write_json, read_json
+from vaelab.data.checksums import check_file, verify
+from vaelab.data.cifar import (
     CIFAR_ARCHIVE,
     CIFAR_CLASSES,
     CIFAR_DIR,
@@ -30,7 +30,7 @@ from .cifar import (
     locate_cifar,
     locate_lossless,
 )
-from .factors import (
+from vaelab.data.factors import (
     DSPRITES_FILE,
     FACTOR_NAMES,
     SHAPES,
@@ -41,9 +41,9 @@ from .factors import (
     locate_dsprites,
     locate_shapes2d,
 )
-from .factors import load_npz as load_factor_npz
-from .folder import folder_spec
-from .idx import (
+from vaelab.data.factors import load_npz as load_factor_npz
+from vaelab.data.folder import folder_spec
+from vaelab.data.idx import (
     BINARIZE_SEED,
     FASHION_CLASSES,
     FASHION_FILES,
@@ -58,9 +58,9 @@ from .idx import (
     locate_mnist,
     read_idx,
 )
-from .npz import FOLDER, is_user_dataset
-from .npz import spec as npz_spec
-from .types import (
+from vaelab.data.npz import FOLDER, is_user_dataset
+from vaelab.data.npz import spec as npz_spec
+from vaelab.data.types import (
     CORRUPT,
     SPLIT_SEED,
     UNVERIFIED,

@@ -8,11 +8,11 @@ import struct
 import zlib
 from pathlib import Path
 
-from ..errors import VaelabError
-from ..store import atomic_write_json, read_json
-from .cifar import CIFAR_ARCHIVE, CIFAR_MD5, CIFAR_SIZE
-from .idx import FASHION_CONTENT, FASHION_FILES, MNIST_CONTENT
-from .types import CORRUPT, UNVERIFIED, VERIFIED, cache_dir
+from vaelab.core.errors import VaelabError
+from vaelab.core.store import atomic_write_json, read_json
+from vaelab.data.cifar import CIFAR_ARCHIVE, CIFAR_MD5, CIFAR_SIZE
+from vaelab.data.idx import FASHION_CONTENT, FASHION_FILES, MNIST_CONTENT
+from vaelab.data.types import CORRUPT, UNVERIFIED, VERIFIED, cache_dir
 
 
 def _digest(data: bytes, algo: str) -> str:

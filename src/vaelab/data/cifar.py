@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import VaelabError
-from .types import Dataset, check_labels, download_file
+from vaelab.core.errors import VaelabError
+from vaelab.data.types import Dataset, check_labels, download_file
 
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 

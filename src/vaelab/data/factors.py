@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import VaelabError
-from ..store import atomic_write_bytes
-from .types import SPLIT_SEED, Dataset, held_out
+from vaelab.core.errors import VaelabError
+from vaelab.core.store import atomic_write_bytes
+from vaelab.data.types import SPLIT_SEED, Dataset, held_out
 
 SHAPES2D_FILE, DSPRITES_FILE = "shapes2d_64x64.npz", "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 SHAPES, FACTOR_NAMES = ("square", "ellipse", "heart"), ("shape", "scale", "orientation", "pos_x", "pos_y")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import VaelabError
-from .npz import FOLDER, carve
-from .types import Dataset, DatasetSpec, source_key
+from vaelab.core.errors import VaelabError
+from vaelab.data.npz import FOLDER, carve
+from vaelab.data.types import Dataset, DatasetSpec, source_key
 
 MODES = ("auto", "grey", "rgb")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F", "P;L")  # Pillow modes with one intensity per pixel

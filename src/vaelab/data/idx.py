@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import VaelabError
-from .types import Dataset, check_labels, download_file, find_file
+from vaelab.core.errors import VaelabError
+from vaelab.data.types import Dataset, check_labels, download_file, find_file
 
 FASHION_CLASSES = (
     "T-shirt/top",

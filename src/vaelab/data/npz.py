@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import VaelabError
-from .types import SPLIT_SEED, Dataset, DatasetSpec, held_out  # SPLIT_SEED: the carved test split never moves
+from vaelab.core.errors import VaelabError
+from vaelab.data.types import (  # SPLIT_SEED: the carved test split never moves
+    SPLIT_SEED,
+    Dataset,
+    DatasetSpec,
+    held_out,
+)
 
 PREFIX = "npz:"
 FOLDER = "folder:"

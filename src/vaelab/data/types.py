@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..errors import VaelabError
-from ..store import atomic_write_bytes
+from vaelab.core.errors import VaelabError
+from vaelab.core.store import atomic_write_bytes
 
 SPLIT_SEED = 20240607  # fixed, independent of the training seed: every run sees the same validation set
 

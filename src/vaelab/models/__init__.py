@@ -1,10 +1,10 @@
 """Models as parts: networks (ARCHS), posteriors (POSTERIORS), priors (PRIORS), and the models built from them."""
 
-from .hierarchical import MODELS, HierarchicalVAE
-from .nets import ARCHS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from .posteriors import IAF, MADE, POSTERIORS, GaussianPosterior, IAFPosterior
-from .priors import PRIORS, MixtureOfGaussians, Prior, StandardNormal, VampPrior
-from .vae import VAE
+from vaelab.models.hierarchical import MODELS, HierarchicalVAE
+from vaelab.models.nets import ARCHS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vaelab.models.posteriors import IAF, MADE, POSTERIORS, GaussianPosterior, IAFPosterior
+from vaelab.models.priors import PRIORS, MixtureOfGaussians, Prior, StandardNormal, VampPrior
+from vaelab.models.vae import VAE
 
 
 def build(cfg, shape: tuple[int, int, int], num_classes: int = 10):

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import log_normal, make_likelihood
-from . import noise
-from .nets import ImageModel, ResBlock, fp32_out, need_multiple_of_4, res_stage
-from .stacked import two_layer
+from vaelab.models import noise
+from vaelab.models.losses import log_normal, make_likelihood
+from vaelab.models.nets import ImageModel, ResBlock, fp32_out, need_multiple_of_4, res_stage
+from vaelab.models.stacked import two_layer
 
 
 def gaussian_kl(qm, qlv, pm, plv) -> torch.Tensor:

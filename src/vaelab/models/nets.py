@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import VaelabError
+from vaelab.core.errors import VaelabError
 
 
 def need_multiple_of_4(shape: tuple[int, int, int], network: str) -> None:

@@ -1,5 +1,5 @@
 """The reparameterisation noise of a training forward pass. One process draws it from torch's global stream for its
-batch. When one global batch is split over processes (DistributedDataParallel, vaelab.distributed), each process
+batch. When one global batch is split over processes (DistributedDataParallel, vaelab.training.distributed), each process
 draws the noise of the *whole* global batch from the same stream (every process seeds it alike) and keeps the rows of
 its shard, so N processes give each image the noise one process would: that, with gradients averaged over the
 shards, is what makes an N-process run match a one-process run within float rounding."""

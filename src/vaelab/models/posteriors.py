@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import log_normal
-from . import noise
+from vaelab.models import noise
+from vaelab.models.losses import log_normal
 
 
 class MaskedLinear(nn.Linear):

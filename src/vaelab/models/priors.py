@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..losses import log_normal, log_normal_components
+from vaelab.models.losses import log_normal, log_normal_components
 
 
 class Prior(nn.Module):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..losses import log_normal, make_likelihood
-from . import noise
-from .nets import ImageModel, fp32_out
-from .priors import StandardNormal
+from vaelab.models import noise
+from vaelab.models.losses import log_normal, make_likelihood
+from vaelab.models.nets import ImageModel, fp32_out
+from vaelab.models.priors import StandardNormal
 
 
 class GaussianMLP(nn.Module):

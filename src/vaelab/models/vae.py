@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..losses import kl_per_dim, make_likelihood
-from .nets import ARCHS, ImageModel
-from .posteriors import POSTERIORS
-from .priors import PRIORS, VampPrior
+from vaelab.models.losses import kl_per_dim, make_likelihood
+from vaelab.models.nets import ARCHS, ImageModel
+from vaelab.models.posteriors import POSTERIORS
+from vaelab.models.priors import PRIORS, VampPrior
 
 if TYPE_CHECKING:  # a config builds a model; the model only reads it
-    from ..config import TrainConfig
+    from vaelab.runs.config import TrainConfig
 
 # Checkpoints written before the posterior became a part kept its layers on the VAE itself.
 _LEGACY_KEYS = ("to_mu.", "to_logvar.", "to_context.", "flow.")

@@ -1,9 +1,9 @@
 """The comparative study: a spec of config grids (`spec`), the built-in presets (`presets`), resumable parallel
 execution (`execution`) and what the study directory holds, read back as results and tables (`results`)."""
 
-from .execution import check_datasets, ray_options, run, run_cell, stale_fields
-from .presets import BETA_LATENT, PRESETS, preset_spec
-from .results import (
+from vaelab.study.execution import check_datasets, ray_options, run, run_cell, stale_fields
+from vaelab.study.presets import BETA_LATENT, PRESETS, preset_spec
+from vaelab.study.results import (
     INFO_COLUMNS,
     beta_rows,
     beta_table,
@@ -25,7 +25,7 @@ from .results import (
     varied_keys,
     write_results,
 )
-from .spec import Cell, StudySpec, chain, load_spec, parse_spec, product, run_id, sweep, zipit
+from vaelab.study.spec import Cell, StudySpec, chain, load_spec, parse_spec, product, run_id, sweep, zipit
 
 __all__ = [
     "check_datasets",

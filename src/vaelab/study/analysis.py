@@ -9,16 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import data as vdata
-from .. import latent, plots
-from ..checkpoint import load_checkpoint
-from ..errors import VaelabError
-from ..metrics import computed as registered_metrics
-from ..run import Run, Study
-from . import findings as vfindings
-from . import verdicts
-from .page import SHORT, Page, _reference_table, _table_rows, _write, per_dim_unit
-from .results import (
+from vaelab import data as vdata
+from vaelab.core.errors import VaelabError
+from vaelab.evaluation.metrics import computed as registered_metrics
+from vaelab.exploration import latent, plots
+from vaelab.runs.checkpoint import load_checkpoint
+from vaelab.runs.run import Run
+from vaelab.study import findings as vfindings
+from vaelab.study import verdicts
+from vaelab.study.folders import Study
+from vaelab.study.page import SHORT, Page, _reference_table, _table_rows, _write, per_dim_unit
+from vaelab.study.results import (
     beta_table,
     generation_runs,
     latent_table,
@@ -29,8 +30,8 @@ from .results import (
     varied_keys,
     write_results,
 )
-from .run_figures import _generation_scores, _read_scores, analyze_run, run_figures
-from .sections import (
+from vaelab.study.run_figures import _generation_scores, _read_scores, analyze_run, run_figures
+from vaelab.study.sections import (
     FAMILY_METRICS,
     _architectures_section,
     _convergence_table,

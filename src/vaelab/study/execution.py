@@ -1,5 +1,5 @@
 """Running a study: each cell trained and evaluated once (resumable), on a process pool, a Ray cluster, or stacked
-with vaelab.multirun; stale cells set aside, bad specs refused before any cell starts."""
+with vaelab.training.multirun; stale cells set aside, bad specs refused before any cell starts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -21,22 +20,23 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from .. import data as vdata
-from .. import distributed, multirun
-from ..config import from_dict
-from ..errors import VaelabError
-from ..evaluate import evaluate, evaluate_snapshots
-from ..run import Run, Study
-from ..store import (
+from vaelab import data as vdata
+from vaelab.core.errors import VaelabError
+from vaelab.core.store import (
     FolderLock,
     atomic_write_json,
     ensure_writable_dir,
     remove_stale_temps,
 )
-from ..train import train
-from .presets import preset_spec
-from .results import cell_status, stale_fields, write_results
-from .spec import StudySpec, load_spec
+from vaelab.evaluation.evaluate import evaluate, evaluate_snapshots
+from vaelab.runs.config import from_dict
+from vaelab.runs.run import Run
+from vaelab.study.folders import Study
+from vaelab.study.presets import preset_spec
+from vaelab.study.results import cell_status, stale_fields, write_results
+from vaelab.study.spec import StudySpec, load_spec
+from vaelab.training import multirun, processes
+from vaelab.training.loop import train
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -88,14 +88,9 @@ def run_cell(
 
 
 def _train_on_processes(run: Run, cfg, data_dir: str | None, nproc: int, threads: int | None) -> None:
-    """The cell trained by `vaelab train --nproc` (its config handed over in a temporary file, removed after)."""
-    with tempfile.TemporaryDirectory(prefix="vaelab-cell-") as tmp:
-        config = Path(tmp) / "config.json"
-        atomic_write_json(config, cfg.to_dict())
-        args = ["train", "--config", str(config), "--out", str(run.path), "--no-eval"]
-        args += ["--resume"] if run.holds_run() else []
-        args += ["--data-dir", str(data_dir)] if data_dir else []
-        distributed.launch(args, nproc, threads=max(1, (threads or 1) // nproc) if threads else None)
+    """The cell trained on nproc processes, as `vaelab train --nproc` trains it."""
+    threads = max(1, threads // nproc) if threads else None
+    processes.launch(cfg, run.path, nproc, data_dir=data_dir, resume=run.holds_run(), threads=threads)
 
 
 def check_datasets(spec: StudySpec, data_dir: str | None) -> None:
@@ -147,7 +142,7 @@ def run(
 
     threads: CPU threads each run uses (default: the machine's cores shared evenly among the jobs).
     together: first train the not-yet-started cells that differ only in seed and beta as one stacked model each
-    (vaelab.multirun: small models fill a GPU); every cell is then evaluated (and any other trained) as usual.
+    (vaelab.training.multirun: small models fill a GPU); every cell is then evaluated (and any other trained) as usual.
     nproc_per_run: each cell's one model trained on that many processes (DistributedDataParallel; on Ray the cell
     reserves that many CPUs), `threads` then shared among them.
 

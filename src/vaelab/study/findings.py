@@ -15,12 +15,12 @@ import math
 
 import pandas as pd
 
-from .. import data as vdata
-from ..errors import VaelabError
-from .model_findings import REFERENCE, disentanglement, families, kl_groups, reference_only
-from .stats import MIN_SEEDS, fmt, paired, share_over_seeds
-from .trends import DELTA_SHARE, Trend, smallest_effect, trend_findings
-from .verdicts import (
+from vaelab import data as vdata
+from vaelab.core.errors import VaelabError
+from vaelab.study.model_findings import REFERENCE, disentanglement, families, kl_groups, reference_only
+from vaelab.study.stats import MIN_SEEDS, fmt, paired, share_over_seeds
+from vaelab.study.trends import DELTA_SHARE, Trend, smallest_effect, trend_findings
+from vaelab.study.verdicts import (
     FAILS,
     HOLDS,
     INCONCLUSIVE,

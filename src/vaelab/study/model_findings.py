@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..config import FIELDS
-from ..losses import OBJECTIVES, objective_entry
-from .stats import MIN_SEEDS, fmt, fmt_p, icc, paired, welch
-from .trends import DELTA_SHARE, Trend, trend_findings
-from .verdicts import (
+from vaelab.models.losses import OBJECTIVES, objective_entry
+from vaelab.runs.config import FIELDS
+from vaelab.study.stats import MIN_SEEDS, fmt, fmt_p, icc, paired, welch
+from vaelab.study.trends import DELTA_SHARE, Trend, trend_findings
+from vaelab.study.verdicts import (
     FAILS,
     HOLDS,
     INCONCLUSIVE,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..metrics import METRICS
-from ..store import atomic_write_json
-from . import findings as vfindings
-from . import verdicts
-from .findings import per_dim
-from .results import (
+from vaelab.core.store import atomic_write_json
+from vaelab.evaluation.metrics import METRICS
+from vaelab.study import findings as vfindings
+from vaelab.study import verdicts
+from vaelab.study.findings import per_dim
+from vaelab.study.results import (
     fmt_num,
 )
 

@@ -3,8 +3,8 @@ disentangling objectives."""
 
 from __future__ import annotations
 
-from ..errors import VaelabError
-from .spec import StudySpec, parse_spec
+from vaelab.core.errors import VaelabError
+from vaelab.study.spec import StudySpec, parse_spec
 
 # The study's reference latent size for each dataset's beta sweep.
 BETA_LATENT = {"fashion-mnist": 16, "cifar10": 128}

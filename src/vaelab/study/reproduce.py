@@ -11,14 +11,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import TrainConfig, parse_budget
-from ..errors import VaelabError
-from ..evaluate import evaluate
-from ..run import Reproduction
-from ..store import atomic_write_json, atomic_write_text, read_json_object
-from ..train import train
-from ..version import __version__
-from .execution import _run_pool
+from vaelab.core.errors import VaelabError
+from vaelab.core.store import atomic_write_json, atomic_write_text, read_json_object
+from vaelab.evaluation.evaluate import evaluate
+from vaelab.runs.config import TrainConfig, parse_budget
+from vaelab.study.execution import _run_pool
+from vaelab.study.folders import Reproduction
+from vaelab.training.loop import train
+from vaelab.version import __version__
 
 
 @dataclass(frozen=True)

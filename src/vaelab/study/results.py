@@ -13,13 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..config import TrainConfig, config_diff, from_dict, snapshot_fractions, upgrade
-from ..errors import VaelabError
-from ..metrics import columns as metric_columns
-from ..metrics import computed as registered_metrics
-from ..run import Run, Study
-from ..scoring import score_run
-from ..store import (
+from vaelab.core.errors import VaelabError
+from vaelab.core.store import (
     CONFIG,
     atomic_write_bytes,
     atomic_write_json,
@@ -27,9 +22,15 @@ from ..store import (
     read_json,
     read_jsonl,
 )
-from . import findings as vfindings
-from . import verdicts
-from .spec import _FIELD_ORDER, format_value
+from vaelab.evaluation.metrics import columns as metric_columns
+from vaelab.evaluation.metrics import computed as registered_metrics
+from vaelab.evaluation.scoring import score_run
+from vaelab.runs.config import TrainConfig, config_diff, from_dict, snapshot_fractions, upgrade
+from vaelab.runs.run import Run
+from vaelab.study import findings as vfindings
+from vaelab.study import verdicts
+from vaelab.study.folders import Study
+from vaelab.study.spec import _FIELD_ORDER, format_value
 
 INFO_COLUMNS = ["n_dims", "likelihood_discrete", "iwae_samples"]  # carried into results (units, K), never averaged
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import data as vdata
-from .. import latent, plots
-from ..generate import Sampler, decode_mean
-from ..metrics import columns as metric_columns
-from ..run import Run
-from ..scoring import GENERATION_KEYS, SCORE_KEYS
-from .page import N_MAP, Page, _write, metric_header
+from vaelab import data as vdata
+from vaelab.evaluation.generate import Sampler, decode_mean
+from vaelab.evaluation.metrics import columns as metric_columns
+from vaelab.evaluation.scoring import GENERATION_KEYS, SCORE_KEYS
+from vaelab.exploration import latent, plots
+from vaelab.runs.run import Run
+from vaelab.study.page import N_MAP, Page, _write, metric_header
 
 
 def _test_split(cfg, data_dir, n: int, device="cpu"):

@@ -7,19 +7,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import data as vdata
-from .. import plots
-from ..errors import VaelabError
-from ..generate import Sampler
-from ..run import Study
-from . import model_findings
-from .page import Page, _table_rows
-from .results import (
+from vaelab import data as vdata
+from vaelab.core.errors import VaelabError
+from vaelab.evaluation.generate import Sampler
+from vaelab.exploration import plots
+from vaelab.study import model_findings
+from vaelab.study.folders import Study
+from vaelab.study.page import Page, _table_rows
+from vaelab.study.results import (
     representative,
     summarize,
     varied_keys,
 )
-from .run_figures import _test_split, run_figures
+from vaelab.study.run_figures import _test_split, run_figures
 
 
 @torch.no_grad()
@@ -157,7 +157,7 @@ def _disentanglement_section(page: Page, out: Path, done, fig_dir: Path, data_di
         "text",
         "Each objective at the values of its main weight the study sets (β for the β-VAE and β-TCVAE, γ for "
         "FactorVAE, λ_od for DIP-VAE), on a dataset whose generating factors are known. Scores of the "
-        "posterior mean (vaelab.disentangle, sample sizes in the README): MIG (Chen et al. 2018), DCI "
+        "posterior mean (vaelab.evaluation.disentangle, sample sizes in the README): MIG (Chen et al. 2018), DCI "
         "disentanglement, completeness and informativeness (Eastwood & Williams 2018), SAP (Kumar et al. "
         "2018), BetaVAE (Higgins et al. 2017) and FactorVAE (Kim & Mnih 2018) scores; recon and kl in "
         "nats. Mean ± std over seeds.",

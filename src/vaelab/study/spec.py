@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from ..config import TrainConfig, coerce, from_dict, unknown_key_message, upgrade
-from ..errors import VaelabError
+from vaelab.core.errors import VaelabError
+from vaelab.runs.config import TrainConfig, coerce, from_dict, unknown_key_message, upgrade
 
 _FIELD_ORDER = [f.name for f in fields(TrainConfig)]
 

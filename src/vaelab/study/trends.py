@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .stats import ALPHA, MIN_SEEDS, adjacent_steps, fmt, fmt_p, holm_adjusted, lack_of_fit, seed_slopes
-from .verdicts import (
+from vaelab.study.stats import ALPHA, MIN_SEEDS, adjacent_steps, fmt, fmt_p, holm_adjusted, lack_of_fit, seed_slopes
+from vaelab.study.verdicts import (
     FAILS,
     HOLDS,
     MIXED,

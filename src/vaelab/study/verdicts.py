@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from .stats import ALPHA, MIN_SEEDS, Effect, fmt, fmt_p, holm_adjusted, tost
+from vaelab.study.stats import ALPHA, MIN_SEEDS, Effect, fmt, fmt_p, holm_adjusted, tost
 
 HOLDS, FAILS, MIXED, INCONCLUSIVE, UNKNOWN = "holds", "does not hold", "partly holds", "inconclusive", "not enough data"
 NEGLIGIBLE = "no effect (negligible)"

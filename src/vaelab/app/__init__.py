@@ -1,0 +1,1 @@
+"""The entry points: the command line (cli, parsers, commands) and the explorer's web server (serve)."""

@@ -1,0 +1,1 @@
+"""What every layer stands on: errors, atomic files and locks, devices and memory, moved import paths."""

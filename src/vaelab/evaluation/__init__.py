@@ -1,0 +1,1 @@
+"""Evaluation: ELBO, IWAE, metrics, codes, disentanglement, sampling and generation scores."""

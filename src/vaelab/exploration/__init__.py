@@ -1,0 +1,1 @@
+"""Exploration: latent-space tools, figures and the interactive explorer's answers."""

@@ -1,0 +1,1 @@
+"""One run: its frozen config and presets, its directory (Run), its checkpoint."""

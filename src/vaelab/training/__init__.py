@@ -1,0 +1,1 @@
+"""Training: the loop, its step core and budget, stacked runs, processes, tracking, the reference classifier."""
