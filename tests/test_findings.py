@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from vaelab.app.cli import main
+from vaelab.study import contrasts as C
 from vaelab.study import findings as F
 from vaelab.study import model_findings as M
 from vaelab.study import stats as S
@@ -273,7 +274,10 @@ def test_generation_findings():
         }
     )
     by = {f.claim.split(":")[0] + (" mix" if "mixture" in f.claim else " cond"): f for f in F.generation(lt)}
-    assert verdict_is(by["cifar10 mix"], F.HOLDS, 1) and "50 → 30 (latent_dim 32, seed 0)" in by["cifar10 mix"].evidence
+    assert (
+        verdict_is(by["cifar10 mix"], F.HOLDS, 1)
+        and "latent_dim 32: 50 N(0, I) vs 30 GMM" in by["cifar10 mix"].evidence
+    )
     assert verdict_is(by["fashion-mnist mix"], F.MIXED, 2)  # worse at 8, better at 32: one run each
     assert verdict_is(F.generation(lt.assign(fd_gmm=[60.0, 25.0, 15.0]))[0], F.FAILS, 1)
     # conditional generation rests on one scored run: the lean, no verdict
@@ -829,3 +833,82 @@ def test_the_glance_rows_and_forest_points_carry_the_verdict_effect_and_delta():
     assert row["verdict"] == F.FAILS and row["claim"] == "x" and row["dataset"] == "c" and "(δ ±0.5)" in row["effect"]
     (pt,) = V.forest_points([f])  # claimed negative, measured positive: left of zero, in units of δ
     assert pt["estimate"] == pytest.approx(-4.0) and pt["lo"] < pt["estimate"] < pt["hi"] < -1
+
+
+# ---------------------------------------------------------------- comparison claims as data (study.contrasts)
+
+
+def _contrast_rows(gaps: dict[int, float], settings=(1, 4), level=0.5) -> pd.DataFrame:
+    """One dataset, seeds × β settings: the score `level + gap(seed)`, its baseline `level`."""
+    return pd.DataFrame(
+        [
+            {"dataset": "shapes", "beta": b, "seed": s, "score": level + g + 1e-4 * j, "score_base": level}
+            for s, g in gaps.items()
+            for j, b in enumerate(settings)
+        ]
+    )
+
+
+_SCORE = C.Contrast(
+    topic="the score beats its baseline",
+    text="{ds}: the score beats its baseline.",
+    metric="score",
+    words="model",
+    baselines=(C.Baseline("score_base", "baseline", "the baseline", "model − baseline"),),
+    what="a score",
+    over="beta",
+)
+
+
+@pytest.mark.parametrize(
+    "gaps, verdict",
+    [
+        ({0: 0.10, 1: 0.11, 2: 0.09}, F.HOLDS),
+        ({0: -0.10, 1: -0.11, 2: -0.09}, F.FAILS),
+        ({0: 0.0001, 1: -0.0001, 2: 0.0}, V.NEGLIGIBLE),  # within δ = 1 % of the score's level (0.005)
+        ({0: 0.10, 1: -0.08, 2: 0.01}, F.INCONCLUSIVE),
+    ],
+)
+def test_a_new_contrast_is_one_entry_with_every_outcome(gaps, verdict):
+    """A Contrast over another axis (β) works from its entry alone: the settings are averaged within each seed (n is
+    the number of seeds, not of runs), and δ is 1 % of the metric's level."""
+    (f,) = C.contrast_findings(_SCORE, _contrast_rows(gaps))
+    assert f.verdict == verdict, f.evidence
+    assert "n = 3" in f.evidence and "averaged over beta within each seed" in f.evidence
+    assert "beta 1: " in f.evidence and "beta 4: " in f.evidence and "model minus the baseline" in f.evidence
+
+
+def test_a_contrast_without_enough_seeds_leans_and_without_its_baseline_is_untestable():
+    (f,) = C.contrast_findings(_SCORE, _contrast_rows({0: 0.1}))
+    assert f.verdict == F.UNKNOWN and "lean 'holds'" in f.evidence
+    (f,) = C.contrast_findings(_SCORE, _contrast_rows({0: 0.1, 1: 0.1, 2: 0.1}).drop(columns=["score_base"]))
+    assert f.verdict == F.UNKNOWN and f.evidence == _SCORE.missing
+    assert C.contrast_findings(_SCORE, _contrast_rows({0: 0.1}).drop(columns=["score"])) == []
+
+
+def test_the_studys_comparisons_read_their_axis_from_the_entries():
+    assert C.CONTRASTS["organisation"].over == C.CONDITION == F.TRENDS["latent_size"].axis == "latent_dim"
+    assert [b.column for b in C.CONTRASTS["organisation"].baselines] == [
+        "probe_accuracy_untrained",
+        "probe_accuracy_pca",
+    ]
+
+
+def _runs(prefix: str, images: int, values: list[float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"run_id": [f"{prefix}{s}" for s in range(len(values))], "images_seen": images, "bpd_iwae": values}
+    )
+
+
+def test_equal_compute_comparisons_also_show_equal_images_where_the_kept_models_have_them():
+    ref, fam = _runs("r", 100_000, [3.0, 3.1, 3.05]), _runs("f", 26_000, [3.4, 3.5, 3.45])
+    quarter = _runs("r", 100_000, [3.6, 3.7, 3.65]).assign(fraction=0.25)  # the reference after 25,000 images
+    text = M.equal_images(ref, fam, quarter, "bpd_iwae")
+    assert "Images seen: reference 100,000, family 26,000 (3.8×)" in text, text
+    assert "at equal images (reference at 0.25 of its budget, family at 1: about 25,000 images)" in text
+    assert "reference minus family: 0.2, 95 % CI" in text and "not in it" in text
+    # without models kept along training the data have no such point, and say so
+    assert text.split(";")[0] in M.equal_images(ref, fam, None, "bpd_iwae")
+    assert "the data have no equal-epoch comparison" in M.equal_images(ref, fam, None, "bpd_iwae")
+    # the same images at the end: nothing to add
+    assert M.equal_images(ref, _runs("f", 95_000, [3.4, 3.5, 3.45]), quarter, "bpd_iwae") == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from vaelab.models.losses import OBJECTIVES, objective_entry
@@ -73,10 +75,11 @@ def family_rows(done: pd.DataFrame, change: dict) -> pd.DataFrame:
     return done[mask]
 
 
-def families(done: pd.DataFrame) -> list[Finding]:
+def families(done: pd.DataFrame, along: pd.DataFrame | None = None) -> list[Finding]:
     """Each family against the reference VAE within a dataset: the ELBO-IWAE gap, the NLL, the active units. Runs
     that differ in nothing else than the family's own fields are compared, unpaired (Welch): runs of one seed share
-    the data order but not their initial weights, since the models' parameters differ."""
+    the data order but not their initial weights, since the models' parameters differ. `along` (the models kept
+    along training) gives the comparison at equal images seen where budgets of equal compute differ in epochs."""
     if done is None or len(done) == 0 or not any(k in done for k in REFERENCE):
         return []
     done = done.assign(elbo_gap=done["neg_elbo"] - done["iwae_nll"]) if "iwae_nll" in done else done
@@ -86,11 +89,12 @@ def families(done: pd.DataFrame) -> list[Finding]:
         if fam.empty or metric not in done:
             continue
         for ds in sorted(set(fam["dataset"])):
-            out += _family(ds, text, change, metric, sign, ref[ref["dataset"] == ds], fam[fam["dataset"] == ds])
+            pair = ref[ref["dataset"] == ds], fam[fam["dataset"] == ds]
+            out += _family(ds, text, change, metric, sign, *pair, equal_images(*pair, along, metric))
     return out
 
 
-def _family(ds: str, text: str, change: dict, metric: str, sign: int, ref, fam) -> list[Finding]:
+def _family(ds: str, text: str, change: dict, metric: str, sign: int, ref, fam, epochs: str = "") -> list[Finding]:
     claim, topic = f"{ds}: {text}.", text.split(" (")[0]
     a, b = ref[metric].dropna(), fam[metric].dropna()
     if a.empty or b.empty:
@@ -101,15 +105,58 @@ def _family(ds: str, text: str, change: dict, metric: str, sign: int, ref, fam) 
     if min(len(a), len(b)) < MIN_SEEDS:
         m = float(a.mean() - b.mean())
         lean = HOLDS if m * sign > 0 else FAILS if m * sign < 0 else INCONCLUSIVE
-        return [means_only(claim, f"{head}{no_stats_note(min(len(a), len(b)))}.", lean, topic, ds)]
+        return [means_only(claim, f"{head}{no_stats_note(min(len(a), len(b)))}.{epochs}", lean, topic, ds)]
     eff = welch(a, b)
     delta = DELTA_SHARE * abs(float(a.mean()))  # of the reference's level
     evidence = (
         f"{head}; reference minus family, unpaired (different models share the data order by seed, not their "
-        f"initial weights): {eff.text()}."
+        f"initial weights): {eff.text()}.{epochs}"
     )
     rows = pd.concat([ref.loc[a.index], fam.loc[b.index]])
     return converged([tested(claim, evidence, [effect_test(eff, sign, delta)], topic=topic, dataset=ds)], rows)
+
+
+EQUAL_IMAGES = 0.10  # two points of training saw "the same images" within 10 %
+
+
+def _points(rows: pd.DataFrame, along: pd.DataFrame | None, metric: str) -> dict[float, tuple[float, pd.Series]]:
+    """{fraction of the budget: (images seen, the metric's values)} of these runs: their end, and each model kept
+    along training (a snapshot at fraction f of the steps has seen f × the images of the end)."""
+    points = {1.0: rows}
+    if along is not None and "run_id" in rows and {"run_id", "fraction"} <= set(along.columns):
+        kept = along[along["run_id"].isin(rows["run_id"]) & (along["fraction"] < 1)]
+        points.update({float(f): g for f, g in kept.groupby("fraction")})
+    return {f: (f * float(g["images_seen"].mean()), g[metric].dropna()) for f, g in points.items() if metric in g}
+
+
+def equal_images(ref: pd.DataFrame, fam: pd.DataFrame, along: pd.DataFrame | None, metric: str) -> str:
+    """Where the reference and a family saw different numbers of images (equal FLOPs, not equal epochs), the same
+    comparison at a point where both had seen the same images, if the kept models give one ('' when they saw the
+    same images anyway)."""
+    if "images_seen" not in ref or "images_seen" not in fam or ref.empty or fam.empty:
+        return ""
+    ia, ib = float(ref["images_seen"].mean()), float(fam["images_seen"].mean())
+    if not (ia > 0 and ib > 0) or abs(ia / ib - 1) <= EQUAL_IMAGES:
+        return ""
+    head = f" Images seen: reference {fmt(ia)}, family {fmt(ib)} ({ia / ib:.2g}×) — equal compute, not equal epochs"
+    pa, pb = _points(ref, along, metric), _points(fam, along, metric)
+    near = [
+        (abs(math.log(a[0] / b[0])), fa, fb)
+        for fa, a in pa.items()
+        for fb, b in pb.items()
+        if len(a[1]) and len(b[1]) and a[0] > 0 and b[0] > 0
+    ]
+    best = min(near, default=None)
+    if best is None or best[0] > math.log(1 + EQUAL_IMAGES):
+        return (
+            f"{head}; no kept model of each saw the same images (within 10 %): the data have no equal-epoch comparison."
+        )
+    _, fa, fb = best
+    a, b = pa[fa][1], pb[fb][1]
+    at = f"at equal images (reference at {fa:g} of its budget, family at {fb:g}: about {fmt(pa[fa][0])} images)"
+    if min(len(a), len(b)) < MIN_SEEDS:
+        return f"{head}; {at}: {fmt(float(a.mean()))} vs {fmt(float(b.mean()))}{no_stats_note(min(len(a), len(b)))}."
+    return f"{head}; {at}, reference minus family: {welch(a, b).text()} (beside the verdict, not in it)."
 
 
 def reference_only(rows: pd.DataFrame | None) -> pd.DataFrame | None:

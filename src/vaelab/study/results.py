@@ -117,8 +117,8 @@ def check_table(df: pd.DataFrame, path) -> pd.DataFrame:
     return df
 
 
-def _findings_of(df) -> list:
-    return vfindings.compute(latent_rows(df), beta_rows(df), df[df["status"] == "done"])
+def _findings_of(df, along=None) -> list:
+    return vfindings.compute(latent_rows(df), beta_rows(df), df[df["status"] == "done"], along)
 
 
 IWAE_COLUMNS = ("iwae_nll", "bpd_iwae")  # their value depends on K: fractions and the end compare at equal K only
@@ -141,7 +141,8 @@ def study_findings(df, along=None) -> tuple[list, list]:
     only where the fraction was scored at the same K) and the ½ → end change of its cells."""
     if along is not None and len(along) and ("half_change" not in df or df["half_change"].isna().all()):
         df = df.assign(half_change=half_change(df, along))
-    testable, untestable = verdicts.split_testable(_findings_of(df))
+    kept = _same_k(along, df) if along is not None and len(along) else None
+    testable, untestable = verdicts.split_testable(_findings_of(df, kept))
     if along is not None and len(along):
         earlier = {  # what the grid cannot test at a fraction (no generation scores there) counts as not measured
             float(fr): verdicts.split_testable(_findings_of(_same_k(rows.drop(columns="fraction"), df)))[0]
