@@ -3,7 +3,7 @@ reference step's FLOPs (torch.utils.flop_counter) and achieved FLOP/s in both pr
 time goes (torch.profiler, by kind of operator); one JSON line.
 
 Usage: python bench/roofline.py [--device auto|cpu|cuda] [--steps 40] [--batch-size 128] [--latent-dim 16]
-       [--likelihood bernoulli] [--threads N] [--out FILE]
+       [--likelihood bernoulli] [--channels-last] [--threads N] [--out FILE]
 The reference step is the project's reference VAE (Fashion-MNIST shape, conv, Bernoulli, latent 16, batch 128):
 vaelab's model forward (named terms), its objective, backward and its fused Adam — the compute of one
 `vaelab train` step without the data path. Run it on an otherwise idle machine.
@@ -63,8 +63,10 @@ def reference_step(args, device: torch.device):
         dataset="fashion-mnist", latent_dim=args.latent_dim, batch_size=args.batch_size, likelihood=args.likelihood
     )
     model = build(cfg, (1, 28, 28)).to(device)
-    opt = make_optimizer(cfg, model)
     x = torch.randint(0, 256, (args.batch_size, 1, 28, 28), dtype=torch.uint8, device=device)
+    if args.channels_last:  # as `vaelab train --channels-last`
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    opt = make_optimizer(cfg, model)
 
     def step(bf16: bool) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -121,6 +123,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--likelihood", default="bernoulli")
+    p.add_argument("--channels-last", action="store_true")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="")
     args = p.parse_args()
@@ -130,6 +133,7 @@ def main() -> None:
     step = reference_step(args, device)
     flops = step_flops(step)
     result = {**stamp(), "device": str(device), "threads": torch.get_num_threads(), "step_mflops": flops / 1e6}
+    result["channels_last"] = args.channels_last
     result["gemm_peak_gflops"] = {"fp32": gemm_peak(torch.float32, device), "bf16": gemm_peak(torch.bfloat16, device)}
     seconds = {p: step_seconds(step, p == "bf16", args.steps, device) for p in ("fp32", "bf16")}
     result["train_gflops"] = {p: flops / s / 1e9 for p, s in seconds.items()}

@@ -311,7 +311,8 @@ class _Trainer:
         if not self.core.guard(ok=ok, epoch=epoch):  # NaN/inf guard (as in vdvae): skip; a run of them diverges
             ep.bad += 1
             return False
-        if float(grad_norm) > self.skip_above:  # a rare huge gradient (VDVAE's skip_threshold): no update
+        # a rare huge gradient (VDVAE's skip_threshold): no update; read only when the threshold is on (a host sync)
+        if self.skip_above < math.inf and float(grad_norm) > self.skip_above:
             ep.skipped_large += 1
             return False
         self._update(done, terms)
