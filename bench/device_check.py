@@ -36,6 +36,7 @@ from vaelab.evaluation.evaluate import evaluate  # noqa: E402
 from vaelab.runs.checkpoint import load_checkpoint  # noqa: E402
 from vaelab.runs.config import TrainConfig  # noqa: E402
 from vaelab.runs.presets import PRESETS  # noqa: E402
+from vaelab.training import guard
 from vaelab.training.loop import train  # noqa: E402
 
 
@@ -79,7 +80,23 @@ def throughput(args) -> dict:
                 key = f"{name}_batch{batch}_{'bf16' if bf16 else 'fp32'}"
                 rows[key] = _train_rate(cfg.replace(bf16=bf16, batch_size=batch), ds)
                 print(key, rows[key], file=sys.stderr, flush=True)
-    return {"images_per_epoch": n, "epochs": 2, "rate_of": "the second (warm) epoch", "results": rows}
+    # the step with the non-finite guard read on the host every step, as before 2026-12-03 (training.guard)
+    cfg, images = models["conv_fashion-mnist_latent16_bernoulli"]
+    saved = dict(guard.HOST_READ_EVERY)
+    guard.HOST_READ_EVERY.update(cuda=1, default=1)
+    try:
+        key = "conv_fashion-mnist_latent16_bernoulli_batch128_fp32_guard_read_every_step"
+        rows[key] = _train_rate(cfg.replace(batch_size=128), synthetic(cfg.dataset, images + 10))
+    finally:
+        guard.HOST_READ_EVERY.clear()
+        guard.HOST_READ_EVERY.update(saved)
+    return {
+        "images_per_epoch": n,
+        "epochs": 2,
+        "rate_of": "the second (warm) epoch",
+        "guard_read_every": saved,
+        "results": rows,
+    }
 
 
 def multirun(args) -> dict:

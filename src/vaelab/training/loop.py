@@ -41,9 +41,11 @@ from vaelab.training.epochs import (
     _set_rng_state,
     average_terms,
     checkpoint_record,
+    diverged,
     ema_decay,
     write_metrics,
 )
+from vaelab.training.guard import DeviceGuard, read_every
 from vaelab.training.optim import make_optimizer
 from vaelab.training.tracking import Tracker
 
@@ -195,6 +197,7 @@ class _Trainer:
             self.skip_above = cfg.skip_grad_norm if cfg.skip_grad_norm > 0 else math.inf
             self.params = [p for p in self.model.parameters() if p.requires_grad]
             self.pairs = (list(self.ema.parameters()), list(self.model.parameters())) if self.ema is not None else None
+            self.guard = self._device_guard()
             show = show and self.dist.main  # one progress bar, rank 0's
             for epoch in range(self.start_epoch, cfg.epochs):
                 ep = self._epoch(epoch, show)
@@ -211,6 +214,8 @@ class _Trainer:
     def _out_of_time(self, ep: _Epoch) -> bool:
         """The budget is spent: its steps (images, FLOPs) taken, or its seconds trained."""
         if self.budget_steps:
+            if self.step >= self.budget_steps and self.guard is not None:
+                self._settle(ep, len(self.history))  # count the skipped steps first: a budget counts updates
             return self.step >= self.budget_steps
         return bool(self.cfg.time_budget) and self._clock(ep) >= self.cfg.time_budget
 
@@ -251,6 +256,9 @@ class _Trainer:
         if not self.snapshots_due:
             return
         done = _progress(self.cfg, self.step, self.total_steps, self._clock(ep))
+        if self.guard is not None and done >= self.snapshots_due[0]:  # the moment counts updates: read the guard
+            self._settle(ep, epoch)
+            done = _progress(self.cfg, self.step, self.total_steps, self._clock(ep))
         while self.snapshots_due and done >= self.snapshots_due[0]:
             fraction = self.snapshots_due.pop(0)
             self._sync_ema_buffers()
@@ -304,6 +312,8 @@ class _Trainer:
         (loss * (b * self.dist.world / len(idx)) if self.dist.on else loss).backward()
         grad_norm = _grad_norm(self.params)
         ep.steps += 1
+        if self.guard is not None:  # the guard on the device: no host read in this step
+            return self._step_on_device(loss, terms, grad_norm, b, ep, done, epoch)
         # One host sync per step: a non-finite loss or gradient skips the update (in every process alike).
         ok = bool(torch.isfinite(distributed.total(loss.detach(), self.dist)) & torch.isfinite(grad_norm))
         if ok and self.clip < math.inf:
@@ -322,8 +332,47 @@ class _Trainer:
         ep.sums += torch.stack([loss.detach() * b, terms["recon"].detach().sum(), terms["kl"].detach().sum()]).double()
         return True
 
-    def _update(self, done: float, terms: dict) -> None:
-        """The optimiser step at the scheduled learning rate, then the critic's step and the EMA's."""
+    def _device_guard(self) -> DeviceGuard | None:
+        """The guard on the device where the host reads it less often than every step (guard.HOST_READ_EVERY) and
+        the step allows it: a fused optimiser (it skips an update on the device), no critic, no per-step tracker."""
+        every = read_every(self.device)
+        fused = getattr(self.opt, "_step_supports_amp_scaling", False)
+        if every <= 1 or not fused or self.critic is not None or self.tracker is not None:
+            return None
+        return DeviceGuard(self.device, self.core.bad_in_row, every)
+
+    def _step_on_device(self, loss, terms, grad_norm, b: int, ep: _Epoch, done: float, epoch: int) -> bool:
+        """The step with the guard on the device: a skipped step is an update the fused optimiser does not apply
+        (found_inf) and an EMA step of weight 0; the host counts it when it next reads the guard (_settle)."""
+        finite = torch.isfinite(distributed.total(loss.detach(), self.dist)) & torch.isfinite(grad_norm)
+        apply = self.guard.step(finite, finite & (grad_norm > self.skip_above), b)
+        if self.clip < math.inf:  # scales by min(1, clip / norm): no host read; a skipped step's NaN is never applied
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.opt.found_inf = (~apply).float()
+        self._update(done, terms, apply)
+        terms_sum = torch.stack([loss.detach() * b, terms["recon"].detach().sum(), terms["kl"].detach().sum()])
+        ep.sums += torch.where(apply, terms_sum, 0.0).double()
+        if self.guard.due():
+            self._settle(ep, epoch)
+        return True
+
+    def _settle(self, ep: _Epoch, epoch: int) -> None:
+        """Read the device's guard: its skipped steps leave the step count (as if counted each step), its tallies
+        join the epoch's, and a run of max_bad_steps non-finite steps in a row ends the run as diverged (`epoch`
+        counts from 0)."""
+        if self.guard is None or self.guard.since == 0:
+            return
+        s = self.guard.read()
+        self.step -= s.bad + s.large
+        ep.bad, ep.skipped_large, ep.seen = ep.bad + s.bad, ep.skipped_large + s.large, ep.seen + s.seen
+        self.core.bad_in_row = s.in_row
+        if s.worst >= self.cfg.max_bad_steps:
+            why = f"{self.cfg.max_bad_steps} non-finite steps in a row"
+            raise diverged(epoch + 1, why, self.core.ckpt_path, None)
+
+    def _update(self, done: float, terms: dict, apply: torch.Tensor | None = None) -> None:
+        """The optimiser step at the scheduled learning rate, then the critic's step and the EMA's (with `apply`,
+        the device guard's verdict, an EMA step of weight 0 when the update was skipped)."""
         for group in self.opt.param_groups:
             group["lr"] = self.core.lr_at(done)
         self.opt.step()
@@ -333,13 +382,18 @@ class _Trainer:
             critic_loss.backward()
             distributed.average_grads(self.critic.parameters(), self.dist)
             self.critic_opt.step()
-        if self.ema is not None:  # ema += (1 - decay) * (w - ema), one fused pass
+        if self.ema is not None and apply is not None:  # ema += apply * (1 - decay) * (w - ema), on the device
+            diff = torch._foreach_sub(self.pairs[1], self.pairs[0])
+            torch._foreach_mul_(diff, apply * (1.0 - ema_decay(self.cfg.ema, self.step)))
+            torch._foreach_add_(self.pairs[0], diff)
+        elif self.ema is not None:  # ema += (1 - decay) * (w - ema), one fused pass
             torch._foreach_lerp_(*self.pairs, 1.0 - ema_decay(self.cfg.ema, self.step))
         self.step += 1
 
     def _end_epoch(self, epoch: int, ep: _Epoch) -> dict:
         """Check the epoch, validate, write its history row and checkpoint (StepCore); returns the row."""
         cfg = self.cfg
+        self._settle(ep, epoch - 1)  # the device guard's last steps, before the epoch is checked
         seconds = distributed.from_main(time.perf_counter() - ep.t0, self.dist, self.device)
         if self.dist.on:  # the epoch's tallies over every process's shards
             ep.sums = distributed.total(ep.sums, self.dist)
