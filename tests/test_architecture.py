@@ -80,3 +80,17 @@ def test_no_function_is_longer_than_60_lines(tmp_path):
     assert _long_functions(ROOT / "src" / "vaelab") == []
     (tmp_path / "m.py").write_text("def f():\n" + "    x = 1\n" * 60)  # 61 lines: found
     assert _long_functions(tmp_path) == ["m.py:1 f (61)"]
+
+
+def test_modules_read_in_one_sitting_and_say_what_they_hold():
+    """Every module ≤ 500 lines with a docstring; the top of the package holds at most six modules (the rest are
+    the layer packages)."""
+    src = ROOT / "src" / "vaelab"
+    long = [f"{p.relative_to(src)} ({n})" for p in src.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500]
+    assert long == []
+    import ast
+
+    silent = [str(p.relative_to(src)) for p in src.rglob("*.py") if not ast.get_docstring(ast.parse(p.read_text()))]
+    assert silent == []
+    top = sorted(p.name for p in src.glob("*.py"))
+    assert len(top) <= 6, top
