@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,11 @@ ROOT = Path(__file__).parent.parent
 def _fresh(name: str):
     for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
         sys.modules.pop(key)
+    parent = name.rsplit(".", 1)[0]
+    if parent in MOVED:  # an old package's own warning is its own test's
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            importlib.import_module(parent)
     return importlib.import_module(name)
 
 
@@ -82,3 +88,13 @@ def test_changelog_lists_every_move():
     changelog = (ROOT / "CHANGELOG.md").read_text()
     missing = [f"{old} → {MOVED[old][0]}" for old in MOVED if f"`{old}` → `{MOVED[old][0]}`" not in changelog]
     assert not missing, missing
+
+
+def test_the_old_report_function_still_imports_from_the_renderer_and_warns():
+    from vaelab import report as renderer
+    from vaelab.app.commands import report
+
+    with pytest.warns(DeprecationWarning, match="vaelab.report.report moved to vaelab.app.commands.report"):
+        assert renderer.report is report
+    with pytest.raises(AttributeError):
+        renderer.nope  # noqa: B018

@@ -4,7 +4,9 @@ model, no data, no fit."""
 
 from __future__ import annotations
 
+import importlib
 import time
+import warnings
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -31,3 +33,17 @@ def render(target: str | Path) -> Path:
     atomic_write_text(rep / "index.html", _ENV.get_template("report.html.j2").render(page=page, made=made))
     atomic_write_text(rep / "summary.md", _ENV.get_template("summary.md.j2").render(page=page))
     return rep / "index.html"
+
+
+def __getattr__(name: str):
+    """`vaelab.report.report` (analysis, then rendering) moved to `vaelab.app.commands.report` in 0.3; the old name
+    still works for one release and warns. It is the one reference from a layer to one above it, looked up by name
+    when the deprecated name is used (the renderer itself never imports the analysis); it goes in vaelab 0.4."""
+    if name != "report":
+        raise AttributeError(f"module 'vaelab.report' has no attribute {name!r}")
+    warnings.warn(
+        "vaelab.report.report moved to vaelab.app.commands.report; the old path goes in vaelab 0.4",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return importlib.import_module("vaelab.app.commands").report
