@@ -426,3 +426,19 @@ def test_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
     assert console() == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["vaelab: interrupted while starting; nothing was changed"]
+
+
+def test_every_actionable_error_is_one_line_whatever_its_filename():
+    from vaelab.core.errors import VaelabError, describe
+
+    assert (
+        describe(OSError(28, "No space left on device", "/d/ckpt")) == "vaelab: error: /d/ckpt: No space left on device"
+    )
+    assert describe(OSError(9, "Bad file descriptor", 3)) == "vaelab: error: 3: Bad file descriptor"  # an fd, not a str
+    assert describe(OSError("disk gone")) == "vaelab: error: disk gone"
+    assert describe(PermissionError(13, "Permission denied", "/r")) == "vaelab: error: /r: permission denied"
+    assert describe(VaelabError("bad\n  value")) == "vaelab: error: bad value"
+    assert describe(RuntimeError("CUDA out of memory")).endswith(
+        "use smaller sizes (--batch-size, --latent-dim, --n, --iwae-samples)"
+    )
+    assert describe(RuntimeError("a bug")) is None and describe(ValueError("x")) is None

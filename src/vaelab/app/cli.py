@@ -8,7 +8,7 @@ import sys
 import threading
 
 from vaelab.app import parsers
-from vaelab.core.errors import Terminated, describe
+from vaelab.core.errors import Terminated, describe, on_sigterm
 from vaelab.version import __version__
 
 
@@ -49,16 +49,12 @@ def _resume_hint(args) -> str:
     return "nothing was changed"
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     # Python's default SIGTERM ends the process at once: a study's worker processes would train on as orphans.
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
     try:
         return _dispatch(args)
     finally:

@@ -86,7 +86,7 @@ def cmd_train(args) -> int:
         raise VaelabError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1 and not distributed.from_env().on:  # launch N processes here, as torchrun would
         processes.launch(cfg, out, args.nproc, data_dir=args.data_dir, resume=args.resume)
-        _report_trained(cfg, out, load_checkpoint(out)["history"][-1])
+        _report_trained(cfg, out)  # the processes trained it: the checkpoint's last row
     else:
         d = distributed.init(cfg.device)
         try:
@@ -105,9 +105,11 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _report_trained(cfg: TrainConfig, out: Path, last: dict) -> None:
+def _report_trained(cfg: TrainConfig, out: Path, last: dict | None = None) -> None:
+    history = load_checkpoint(out)["history"]
+    last = history[-1] if last is None else last
     val = f"val_neg_elbo={last['val_neg_elbo']:.4g}" if "val_neg_elbo" in last else "no validation set (val_size 0)"
-    trained_s = sum(h["seconds"] for h in load_checkpoint(out)["history"])
+    trained_s = sum(h["seconds"] for h in history)
     why = (
         f", stopped early (best epoch {last['best_epoch']})"
         if last.get("stopped_early")

@@ -10,6 +10,12 @@ class Terminated(KeyboardInterrupt):
     atomic checkpoints, a study ending its worker processes — does so on SIGTERM too; the exit code is 143."""
 
 
+def on_sigterm(signum, frame):
+    """A SIGTERM handler: raise Terminated, so the process stops as it stops on Ctrl-C (Python's default SIGTERM ends
+    it at once: workers would train on as orphans, checkpoints half done)."""
+    raise Terminated()
+
+
 OUT_OF_MEMORY = "out of memory; use smaller sizes (--batch-size, --latent-dim, --n, --iwae-samples)"
 
 
@@ -23,7 +29,7 @@ def describe(e: BaseException) -> str | None:
     elif isinstance(e, MemoryError):
         text = OUT_OF_MEMORY
     elif isinstance(e, OSError):  # disk full, I/O errors: name the file when the OS does
-        text = f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
+        text = (f"{e.filename}: " if e.filename else "") + str(e.strerror or e)
     elif isinstance(e, RuntimeError) and ("alloc" in str(e).lower() or "out of memory" in str(e).lower()):
         text = OUT_OF_MEMORY  # torch's allocator, CPU or CUDA
     else:

@@ -141,12 +141,12 @@ def study_findings(df, along=None) -> tuple[list, list]:
     only where the fraction was scored at the same K) and the ½ → end change of its cells."""
     if along is not None and len(along) and ("half_change" not in df or df["half_change"].isna().all()):
         df = df.assign(half_change=half_change(df, along))
-    kept = _same_k(along, df) if along is not None and len(along) else None
+    kept = _same_k(along, df) if along is not None and len(along) else None  # IWAE columns only at the end's K
     testable, untestable = verdicts.split_testable(_findings_of(df, kept))
-    if along is not None and len(along):
+    if kept is not None:
         earlier = {  # what the grid cannot test at a fraction (no generation scores there) counts as not measured
-            float(fr): verdicts.split_testable(_findings_of(_same_k(rows.drop(columns="fraction"), df)))[0]
-            for fr, rows in along.groupby("fraction")
+            float(fr): verdicts.split_testable(_findings_of(rows.drop(columns="fraction")))[0]
+            for fr, rows in kept.groupby("fraction")
             if fr < 1
         }
         testable = verdicts.along_training(testable, earlier)

@@ -329,7 +329,7 @@ class _Trainer:
         if self.tracker is not None:
             self.tracker.step(self.step, loss.detach(), terms, beta_t, self.opt.param_groups[0]["lr"])
         ep.seen += b
-        ep.sums += torch.stack([loss.detach() * b, terms["recon"].detach().sum(), terms["kl"].detach().sum()]).double()
+        ep.sums += _sums(loss, terms, b).double()
         return True
 
     def _device_guard(self) -> DeviceGuard | None:
@@ -350,8 +350,7 @@ class _Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.opt.found_inf = (~apply).float()
         self._update(done, terms, apply)
-        terms_sum = torch.stack([loss.detach() * b, terms["recon"].detach().sum(), terms["kl"].detach().sum()])
-        ep.sums += torch.where(apply, terms_sum, 0.0).double()
+        ep.sums += torch.where(apply, _sums(loss, terms, b), 0.0).double()
         if self.guard.due():
             self._settle(ep, epoch)
         return True
@@ -458,6 +457,11 @@ class _Trainer:
             self.ds,
             **extra,
         )
+
+
+def _sums(loss: torch.Tensor, terms: dict, b: int) -> torch.Tensor:
+    """A step's contribution to the epoch's sums of loss, reconstruction and KL over its b images."""
+    return torch.stack([loss.detach() * b, terms["recon"].detach().sum(), terms["kl"].detach().sum()])
 
 
 def _progress(cfg: TrainConfig, step: int, total_steps: int, trained_seconds: float) -> float:

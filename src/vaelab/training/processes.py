@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vaelab.core.errors import Terminated, describe
+from vaelab.core.errors import Terminated, describe, on_sigterm
 from vaelab.core.store import atomic_write_json, read_json
 from vaelab.runs.config import TrainConfig, from_dict
 from vaelab.training import distributed
@@ -39,10 +39,6 @@ def launch(
         distributed.run_processes(argv, nproc, threads)
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
 def _interrupt_once(signum, frame):
     """Ctrl-C reaches a process twice (the terminal, the launcher): it stops at the first and ignores the rest while
     it unwinds."""
@@ -59,7 +55,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--data-dir")
     args = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, _interrupt_once)
     try:
         cfg = from_dict(read_json(Path(args.config)))
@@ -73,7 +69,8 @@ def main(argv: list[str]) -> int:
     except Exception as e:
         line = describe(e)
         if line is None and isinstance(e, RuntimeError):  # a peer's death breaks this process's collectives
-            line = f"vaelab: error: process {distributed.from_env().rank}: {str(e).splitlines()[0] or type(e).__name__}"
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            line = f"vaelab: error: process {distributed.from_env().rank}: {first}"
         if line is None:
             raise
         print(line, file=sys.stderr)
