@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -362,3 +364,15 @@ ARCHS: dict[str, Arch] = {
     "resnet": Arch(ResNetEncoder, ResNetDecoder, sized=True),
     "conv4": Arch(Conv4Encoder, Conv4Decoder),
 }
+
+
+def he_normal(module: nn.Module) -> None:
+    """Every linear layer's weights drawn from N(0, 2 / fan_in), biases as torch made them: the `he_init` of Tomczak &
+    Welling's code (jmtomczak/vae_vampprior, utils/nn.py; He et al. 2015, eq. 10)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / m.in_features))
+
+
+# how a vae's encoder, posterior and decoder start (the config's `init`); "torch" leaves torch's initialisation
+INITS: dict[str, Callable[[nn.Module], None] | None] = {"torch": None, "he": he_normal}

@@ -96,6 +96,18 @@ class GaussianPosterior(nn.Module):
         return self.to_mu(h)
 
 
+class HardtanhGaussianPosterior(GaussianPosterior):
+    """The Gaussian with its log-variance through a hard tanh to [-6, 2] and its KL estimated from the one sample
+    (log q(z|x) - log p(z)), as Tomczak & Welling's code has it (jmtomczak/vae_vampprior, models/VAE.py): the
+    posterior's standard deviation stays within [e^-3, e]."""
+
+    analytic_kl = False
+    LOGVAR_RANGE = (-6.0, 2.0)
+
+    def gaussian(self, h):
+        return self.to_mu(h), F.hardtanh(self.to_logvar(h), *self.LOGVAR_RANGE)
+
+
 class IAFPosterior(GaussianPosterior):
     """The Gaussian's sample pushed through `steps` IAF steps with a context from the encoder (Kingma et al. 2016):
     log q(z_T|x) = log N(z_0; mu, sigma^2) - sum_t log|det dz_t/dz_(t-1)|."""
@@ -117,4 +129,8 @@ class IAFPosterior(GaussianPosterior):
         return self.flow(self.to_mu(h), self.to_context(h))[0]
 
 
-POSTERIORS: dict[str, type[GaussianPosterior]] = {"gaussian": GaussianPosterior, "iaf": IAFPosterior}
+POSTERIORS: dict[str, type[GaussianPosterior]] = {
+    "gaussian": GaussianPosterior,
+    "gaussian_hardtanh": HardtanhGaussianPosterior,
+    "iaf": IAFPosterior,
+}

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vaelab.models.losses import kl_per_dim, make_likelihood
-from vaelab.models.nets import ARCHS, ImageModel
+from vaelab.models.nets import ARCHS, INITS, ImageModel
 from vaelab.models.posteriors import POSTERIORS
 from vaelab.models.priors import PRIORS, VampPrior
 
@@ -43,6 +43,7 @@ class VAE(ImageModel):
         width: int = 64,
         depth: int = 2,
         components: int = 10,
+        init: str = "torch",
     ):
         super().__init__()
         self.shape, self.latent_dim, self.num_classes = tuple(shape), latent_dim, num_classes
@@ -54,6 +55,9 @@ class VAE(ImageModel):
         self.decoder = net.decoder(
             self.shape, latent_dim + num_classes, self.likelihood.channels(self.shape[0]), **size
         )
+        if INITS[init] is not None:  # before the prior: a VampPrior's pseudo-inputs keep their own initialisation
+            for part in (self.encoder, self.posterior, self.decoder):
+                INITS[init](part)
         # Built last, so that adding a prior leaves the other parts' initial weights (and old checkpoints) as they were.
         self.prior = PRIORS[prior](latent_dim, prior_components, self.shape)
         if isinstance(self.prior, VampPrior):
@@ -82,6 +86,7 @@ class VAE(ImageModel):
             width=cfg.width,
             depth=cfg.depth,
             components=cfg.likelihood_components,
+            init=cfg.init,
         )
 
     @property

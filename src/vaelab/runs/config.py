@@ -13,7 +13,7 @@ from vaelab.core.errors import VaelabError
 from vaelab.data import DATASETS, is_user_dataset
 from vaelab.models.hierarchical import MODELS
 from vaelab.models.losses import KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, objective_entry
-from vaelab.models.nets import ARCHS
+from vaelab.models.nets import ARCHS, INITS
 from vaelab.models.posteriors import POSTERIORS
 from vaelab.models.priors import PRIORS
 
@@ -41,6 +41,7 @@ class TrainConfig:
     flow_hidden: int = 128  # width of each IAF step's MADE, and of the encoder's context for it
     prior: str = "standard"  # p(z): standard N(0, I), mog (learned Gaussian mixture) or vamp (VampPrior)
     prior_components: int = 10  # K of the mog and vamp priors
+    init: str = "torch"  # the vae's linear layers start as torch makes them, or he: N(0, 2 / fan_in) (models.INITS)
     # objective (losses.OBJECTIVES): elbo = recon + beta_t * KL; free_bits floors each dimension's KL at free_bits
     # nats; capacity = recon + capacity_gamma * |KL - C|, C rising to capacity_max; beta_tcvae = recon +
     # tc_alpha * MI + beta_t * TC + tc_gamma * dimension-wise KL; factor_vae and dip_vae_i/ii add factor_gamma * TC
@@ -133,7 +134,8 @@ HELP: dict[str, str] = {
     "latent_groups": "hierarchical: latent groups at each resolution",
     "temperature": "hierarchical: prior temperature of the lower groups when generating",
     "conditional": "a conditional VAE: the label enters encoder and decoder",
-    "posterior": "q(z|x): gaussian or iaf (inverse autoregressive flow)",
+    "posterior": "q(z|x): gaussian, gaussian_hardtanh (log-variance in [-6, 2], one-sample KL) or iaf (inverse "
+    "autoregressive flow)",
     "flow_steps": "iaf: flow steps",
     "flow_hidden": "iaf: width of each step's MADE",
     "prior": "p(z): standard, mog (learned mixture) or vamp (VampPrior)",
@@ -156,7 +158,10 @@ HELP: dict[str, str] = {
     "epochs": "training epochs (an upper bound under a time budget)",
     "batch_size": "images per step",
     "lr": "learning rate",
-    "optimizer": "adam or adamw",
+    "init": "initial weights of the vae's linear layers: torch (its default) or he (N(0, 2 / fan_in) weights, as "
+    "Tomczak & Welling's code)",
+    "optimizer": "adam, adamw, or adam_normgrad (each gradient tensor scaled to unit norm first, as Tomczak & "
+    "Welling 2018 trained)",
     "weight_decay": "weight decay (decoupled for adamw)",
     "cosine": "cosine-anneal the learning rate to 0 over training",
     "grad_clip": "clip the gradient norm to this (0 = off)",
@@ -185,7 +190,11 @@ HELP: dict[str, str] = {
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 _TYPES = {f.name: type(f.default) for f in fields(TrainConfig)}
 
-OPTIMIZERS = ("adam", "adamw")
+OPTIMIZERS = {  # what each is; training.optim builds them
+    "adam": "Adam (Kingma & Ba 2015)",
+    "adamw": "Adam with decoupled weight decay (Loshchilov & Hutter 2019)",
+    "adam_normgrad": "Adam on each parameter's gradient scaled to unit L2 norm (Tomczak & Welling's AdamNormGrad)",
+}
 TRACKERS = ("", "tensorboard")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -372,6 +381,7 @@ def _check_parts(cfg: TrainConfig) -> None:
     _known("likelihood", cfg.likelihood, LIKELIHOODS)
     _known("prior", cfg.prior, PRIORS)
     _known("posterior", cfg.posterior, POSTERIORS)
+    _known("init", cfg.init, INITS)
     _known("objective", cfg.objective, OBJECTIVES)
     _known("kl_schedule", cfg.kl_schedule, KL_SCHEDULES)
     _known("optimizer", cfg.optimizer, OPTIMIZERS)
@@ -390,6 +400,10 @@ def _check_combinations(cfg: TrainConfig) -> None:
     _need(
         cfg.model == "vae" or cfg.net == FIELDS["net"].default,
         f"the {cfg.model} model has its own network: leave --net at its default",
+    )
+    _need(
+        cfg.model == "vae" or cfg.init == FIELDS["init"].default,
+        f"the {cfg.model} model initialises its own layers: leave --init at its default",
     )
     if cfg.model == "hierarchical":  # its posteriors and priors are the per-group Gaussians of the top-down pass
         _need(

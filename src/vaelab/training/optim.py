@@ -19,9 +19,31 @@ def fused_optimizer(cls: type[torch.optim.Optimizer], params, **kwargs) -> torch
         return cls(params, **kwargs)
 
 
+def normalize_gradients(opt: torch.optim.Optimizer, args, kwargs) -> None:
+    """Each parameter's gradient divided by its L2 norm (+ 1e-7) before the step: Tomczak & Welling's AdamNormGrad
+    (jmtomczak/vae_vampprior, utils/optimizer.py), the optimiser behind their published likelihoods."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                p.grad.div_(torch.linalg.vector_norm(p.grad) + 1e-7)
+
+
+def _adam_normgrad(params, **kwargs) -> torch.optim.Optimizer:
+    opt = fused_optimizer(torch.optim.Adam, params, **kwargs)
+    opt.register_step_pre_hook(normalize_gradients)
+    return opt
+
+
+# runs.config.OPTIMIZERS names them (and says what each is); here each is built
+_BUILD = {
+    "adam": lambda params, **kw: fused_optimizer(torch.optim.Adam, params, **kw),
+    "adamw": lambda params, **kw: fused_optimizer(torch.optim.AdamW, params, **kw),
+    "adam_normgrad": _adam_normgrad,
+}
+
+
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return fused_optimizer(cls, model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return _BUILD[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(cfg: TrainConfig, progress: float) -> float:

@@ -1,0 +1,102 @@
+"""The parts of Tomczak & Welling's code as entries: AdamNormGrad, the hard-tanh posterior, He-normal weights."""
+
+import math
+
+import pytest
+import torch
+
+from vaelab.core.errors import VaelabError
+from vaelab.models import VAE, build
+from vaelab.models.losses import log_normal
+from vaelab.runs.config import TrainConfig
+from vaelab.training.optim import make_optimizer
+
+PAPER = dict(dataset="binarized-mnist", likelihood="bernoulli", net="mlp_gated", latent_dim=4)
+
+
+def _adam_step(p0: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor:
+    """One Adam step from zero moments (Kingma & Ba 2015, algorithm 1): p - lr * g / (|g| + eps) elementwise."""
+    return p0 - lr * grad / (grad.abs() + 1e-8)
+
+
+def test_adam_normgrad_steps_on_the_gradient_scaled_to_unit_norm_per_tensor():
+    cfg = TrainConfig(**PAPER, optimizer="adam_normgrad", lr=0.1)
+    model = torch.nn.Linear(3, 2)
+    opt = make_optimizer(cfg, model)
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    gw = torch.tensor([[3.0, 0.0, -4.0], [0.0, 0.0, 0.0]])
+    gb = torch.tensor([0.0, -2.0])
+    model.weight.grad, model.bias.grad = gw.clone(), gb.clone()
+    opt.step()
+    # the gradients the step saw: each tensor divided by its norm (5 and 2), and the moments hold those
+    assert torch.allclose(model.weight.grad, gw / (5 + 1e-7))
+    assert torch.allclose(opt.state[model.weight]["exp_avg"], 0.1 * gw / 5, atol=1e-7)
+    assert torch.allclose(opt.state[model.bias]["exp_avg_sq"], 0.001 * (gb / 2) ** 2, atol=1e-9)
+    assert torch.allclose(model.weight, _adam_step(w0, gw / 5, 0.1), atol=1e-6)
+    assert torch.allclose(model.bias, _adam_step(b0, gb / 2, 0.1), atol=1e-6)
+
+
+def test_adam_normgrad_second_step_ignores_the_gradients_scale():
+    """Two steps whose gradients differ only by a factor of 1,000 leave the same weights as two equal ones: the
+    normalisation removes the scale Adam's moments would otherwise average over."""
+    out = []
+    for scale in (1.0, 1000.0):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        opt = make_optimizer(TrainConfig(**PAPER, optimizer="adam_normgrad", lr=0.01), model)
+        for s in (1.0, scale):
+            model.weight.grad = s * torch.arange(6.0).view(2, 3)
+            model.bias.grad = s * torch.ones(2)
+            opt.step()
+        out.append(model.weight.detach().clone())
+    assert torch.allclose(out[0], out[1], atol=1e-6)
+    plain = []
+    for scale in (1.0, 1000.0):  # plain Adam does feel it
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        opt = make_optimizer(TrainConfig(**PAPER, optimizer="adam", lr=0.01), model)
+        for s in (1.0, scale):
+            model.weight.grad, model.bias.grad = s * torch.arange(6.0).view(2, 3), s * torch.ones(2)
+            opt.step()
+        plain.append(model.weight.detach().clone())
+    assert not torch.allclose(plain[0], plain[1], atol=1e-6)
+
+
+def test_hardtanh_posterior_bounds_the_log_variance_and_estimates_the_kl_by_its_sample():
+    torch.manual_seed(0)
+    model = VAE.from_config(TrainConfig(**PAPER, posterior="gaussian_hardtanh"), (1, 28, 28))
+    with torch.no_grad():
+        model.posterior.to_logvar.bias.copy_(torch.tensor([-50.0, 50.0, 0.0, -3.0]))
+        model.posterior.to_logvar.weight.zero_()
+    x = torch.randint(0, 2, (5, 1, 28, 28), dtype=torch.uint8) * 255
+    t = model(x)
+    assert torch.equal(t["logvar"][0], torch.tensor([-6.0, 2.0, 0.0, -3.0]))
+    assert "kl_per_dim" not in t  # one sample, as the paper's code: KL = log q(z|x) - log p(z) at that z
+    want = log_normal(t["z"], t["mu"], t["logvar"]) - log_normal(t["z"])
+    assert torch.allclose(t["kl"], want, atol=1e-5)
+    assert not model.analytic_kl
+
+
+def test_he_init_draws_every_linear_weight_with_variance_two_over_fan_in_and_is_seeded():
+    torch.manual_seed(1)
+    model = build(TrainConfig(**{**PAPER, "latent_dim": 40}, init="he"), (1, 28, 28))
+    for name, p in model.named_parameters():
+        if p.ndim == 2:
+            assert abs(p.std().item() * math.sqrt(p.shape[1] / 2) - 1) < 0.05, name
+    torch.manual_seed(1)
+    again = build(TrainConfig(**{**PAPER, "latent_dim": 40}, init="he"), (1, 28, 28))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    torch.manual_seed(1)
+    default = build(TrainConfig(**{**PAPER, "latent_dim": 40}), (1, 28, 28))
+    # the gated layers are He-normal already; the heads start as torch makes them: std 1/sqrt(3 fan_in)
+    w = default.posterior.to_mu.weight
+    assert abs(w.std().item() * math.sqrt(3 * w.shape[1]) - 1) < 0.05
+
+
+def test_unknown_parts_and_init_on_a_model_with_its_own_layers_are_refused():
+    with pytest.raises(VaelabError, match="unknown optimizer 'adam_norm'"):
+        TrainConfig(**PAPER, optimizer="adam_norm")
+    with pytest.raises(VaelabError, match="unknown init 'xavier'"):
+        TrainConfig(**PAPER, init="xavier")
+    with pytest.raises(VaelabError, match="initialises its own layers"):
+        TrainConfig(dataset="binarized-mnist", model="hierarchical", init="he")
