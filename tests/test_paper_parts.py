@@ -1,5 +1,6 @@
 """The parts of Tomczak & Welling's code as entries: AdamNormGrad, the hard-tanh posterior, He-normal weights."""
 
+import json
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from vaelab.runs.config import TrainConfig
 from vaelab.training.optim import make_optimizer
 
 PAPER = dict(dataset="binarized-mnist", likelihood="bernoulli", net="mlp_gated", latent_dim=4)
+HVAE = dict(dataset="binarized-mnist", likelihood="bernoulli", model="hvae")  # its own networks
 
 
 def _adam_step(p0: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor:
@@ -100,3 +102,97 @@ def test_unknown_parts_and_init_on_a_model_with_its_own_layers_are_refused():
         TrainConfig(**PAPER, init="xavier")
     with pytest.raises(VaelabError, match="initialises its own layers"):
         TrainConfig(dataset="binarized-mnist", model="hierarchical", init="he")
+
+
+# ---------------------------------------------------------------- their two-level HVAE
+
+
+def _hvae(prior: str = "standard", latent_dim: int = 3):
+    torch.manual_seed(0)
+    cfg = TrainConfig(**HVAE, latent_dim=latent_dim, prior=prior, prior_components=7)
+    return build(cfg, (1, 6, 6))
+
+
+def test_hvae_terms_log_weights_and_bound_agree():
+    model = _hvae()
+    x = (torch.rand(5, 1, 6, 6) < 0.4).to(torch.uint8) * 255
+    t = model(x)
+    assert t["recon"].shape == t["kl"].shape == (5,) and t["mu"].shape == t["z"].shape == (5, 3)
+    assert torch.allclose(t["elbo"], -(t["recon"] + t["kl"]))
+    assert t["logvar"].min() >= -6 and t["logvar"].max() <= 2
+    torch.manual_seed(1)
+    k_terms = model(x, k=6)
+    torch.manual_seed(1)
+    log_w = model.log_weights(x, None, 6)  # one chunk: the same noise stream
+    assert torch.allclose(k_terms["log_px"] + k_terms["log_ratio"], log_w, atol=1e-4)
+    with torch.no_grad():  # the IWAE bound tightens with K in expectation (Burda et al. 2016, theorem 1)
+        w = model.log_weights(x, None, 2000)
+    bounds = [(torch.logsumexp(w.view(5, -1, k), 2) - math.log(k)).mean().item() for k in (1, 10, 2000)]
+    assert bounds[0] < bounds[1] < bounds[2]
+    assert model.reconstruct(x).shape == x.shape and model.decode(torch.zeros(2, 3)).shape == (2, 1, 6, 6)
+
+
+def test_hvae_log_ratio_is_the_four_densities_of_its_draw():
+    """log p(z2) + log p(z1|z2) - log q(z1|x, z2) - log q(z2|x), written out from the networks at the same noise."""
+    model = _hvae()
+    x = (torch.rand(4, 1, 6, 6) < 0.4).to(torch.uint8) * 255
+    torch.manual_seed(3)
+    _, log_ratio, z2, _, m2, lv2 = model._draws(x, 1)
+    torch.manual_seed(3)
+    eps2, eps1 = torch.randn(4, 1, 3), torch.randn(4, 1, 3)
+    xf = x.flatten(1).float() / 255
+    z2_want = m2[:, None] + torch.exp(0.5 * lv2[:, None]) * eps2
+    assert torch.allclose(z2, z2_want, atol=1e-6)
+    m1, lv1 = model.q1(model.q1_net.joint(torch.cat([model.q1_net.a(xf)[:, None], model.q1_net.b(z2_want)], -1)))
+    z1 = m1 + torch.exp(0.5 * lv1) * eps1
+    pm1, plv1 = model.p1(model.p1_net(z2_want))
+    want = log_normal(z2_want) + log_normal(z1, pm1, plv1) - log_normal(z1, m1, lv1)
+    want = want - log_normal(z2_want, m2[:, None], lv2[:, None])
+    assert torch.allclose(log_ratio, want, atol=1e-4)
+
+
+def test_hvae_vampprior_is_the_mixture_of_q_z2_over_its_pseudo_inputs():
+    model = _hvae("vamp")
+    z = torch.randn(5, 3)
+    mu, logvar = model.q2(model.q2_net(torch.sigmoid(model.prior.pseudo).flatten(1)))
+    want = torch.logsumexp(torch.stack([log_normal(z, m, lv) for m, lv in zip(mu, logvar)], -1), -1) - math.log(7)
+    assert torch.allclose(model.prior.log_prob(z), want, atol=1e-5)
+    x = (torch.rand(3, 1, 6, 6) < 0.4).to(torch.uint8) * 255
+    (-model(x)["elbo"].mean()).backward()
+    assert model.prior.pseudo.grad is not None and model.prior.pseudo.grad.abs().sum() > 0
+
+
+def test_hvae_refuses_parts_it_does_not_have():
+    with pytest.raises(VaelabError, match="hvae model has its own Gaussian layers"):
+        TrainConfig(**HVAE, prior="mog")
+    with pytest.raises(VaelabError, match="hvae model trains with the elbo or iwae"):
+        TrainConfig(**HVAE, objective="beta_tcvae")
+
+
+def test_hvae_trains_and_is_evaluated_from_the_cli(tmp_path):
+    from conftest import write_fashion
+    from vaelab.app.cli import main
+
+    write_fashion(tmp_path / "data" / "mnist", n_train=120, n_test=20, seed=3)
+    out = tmp_path / "r"
+    argv = ["train", "--dataset", "binarized-mnist", "--model", "hvae", "--prior", "vamp", "--prior-components", "5"]
+    argv += ["--likelihood", "bernoulli", "--latent-dim", "4", "--epochs", "2", "--val-size", "20"]
+    argv += ["--iwae-samples", "5", "--optimizer", "adam_normgrad", "--out", str(out)]
+    assert main([*argv, "--data-dir", str(tmp_path / "data")]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["iwae_nll"] <= ev["neg_elbo"] + 1.0 and ev["latent_dim"] == 4 and ev["kl_estimator"] == "monte carlo"
+
+
+def test_the_hvae_row_is_their_recipe():
+    from vaelab.study.reproduce import ROWS
+
+    cfg = ROWS["tomczak2018-hvae-vampprior"].config
+    assert (cfg.model, cfg.prior, cfg.prior_components, cfg.optimizer) == ("hvae", "vamp", 500, "adam_normgrad")
+    assert (cfg.batch_size, cfg.lr, cfg.warmup_epochs, cfg.patience, cfg.val_size) == (100, 5e-4, 100, 50, 10_000)
+    vae = ROWS["tomczak2018-vae"].config
+    assert (vae.optimizer, vae.posterior, vae.init, vae.net) == (
+        "adam_normgrad",
+        "gaussian_hardtanh",
+        "he",
+        "mlp_gated",
+    )

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaelab.models import noise
+from vaelab.models.hvae import gated_hvae
 from vaelab.models.losses import log_normal, make_likelihood
 from vaelab.models.nets import ImageModel, ResBlock, fp32_out, need_multiple_of_4, res_stage
 from vaelab.models.stacked import two_layer
@@ -237,4 +238,4 @@ def _hierarchical(cfg, shape, num_classes):
 
 
 # Models other than the flat VAE, by `model` (models.build); model "vae" is the flat VAE with the network `net`.
-MODELS = {"hierarchical": _hierarchical, "two_layer": two_layer}
+MODELS = {"hierarchical": _hierarchical, "two_layer": two_layer, "hvae": gated_hvae}

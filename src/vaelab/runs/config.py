@@ -122,7 +122,8 @@ HELP: dict[str, str] = {
     "npz:PATH or folder:PATH",
     "train_size": "training images to use (0 = all left after the validation split)",
     "val_size": "validation images carved from the training split (fixed, whatever the seed)",
-    "model": "the whole model: vae (the flat VAE), hierarchical (a top-down hierarchical VAE) or two_layer (two "
+    "model": "the whole model: vae (the flat VAE), hierarchical (a top-down hierarchical VAE), hvae (Tomczak & "
+    "Welling's two gated levels) or two_layer (two "
     "stochastic layers of dense units, Burda et al. 2016)",
     "net": "the vae's encoder/decoder network: conv (the study's), mlp, mlp_tanh, mlp_gated, resnet or conv4",
     "latent_dim": "latent dimensions (per group for the hierarchical model)",
@@ -447,17 +448,19 @@ def _check_combinations(cfg: TrainConfig) -> None:
 
 
 def _check_two_layer(cfg: TrainConfig) -> None:
-    """The two_layer model has its own Gaussian layers, N(0, I) on top; its KL is a one-draw estimate."""
-    if cfg.model != "two_layer":
+    """The two-stochastic-layer models have their own Gaussian layers and a one-draw KL: two_layer with N(0, I) on
+    top, hvae with N(0, I) or the VampPrior."""
+    if cfg.model not in ("two_layer", "hvae"):
         return
+    priors = ("standard", "vamp") if cfg.model == "hvae" else ("standard",)
     _need(
-        cfg.posterior == "gaussian" and cfg.prior == "standard" and not cfg.conditional,
-        "the two_layer model has its own Gaussian layers: use it with the default --posterior and --prior, "
-        "without --conditional",
+        cfg.posterior == "gaussian" and cfg.prior in priors and not cfg.conditional,
+        f"the {cfg.model} model has its own Gaussian layers: use it with the default --posterior, --prior "
+        f"{' or '.join(priors)}, without --conditional",
     )
     _need(
         cfg.objective in ("elbo", "iwae") and cfg.likelihood != "dmol",
-        "the two_layer model trains with the elbo or iwae objective and a one-parameter or two-parameter "
+        f"the {cfg.model} model trains with the elbo or iwae objective and a one-parameter or two-parameter "
         "likelihood (not dmol)",
     )
 
