@@ -11,8 +11,9 @@ from torch import nn
 
 from vaelab.models import noise
 from vaelab.models.losses import log_normal, make_likelihood
-from vaelab.models.nets import GatedDense, ImageModel, fp32_out, he_normal
+from vaelab.models.nets import GatedDense, fp32_out, he_normal
 from vaelab.models.priors import PRIORS, VampPrior
+from vaelab.models.stacked import TwoStochasticLayers
 
 HIDDEN = 300
 LOGVAR_RANGE = (-6.0, 2.0)  # their NonLinear(..., activation=Hardtanh(-6, 2)) on every log-variance
@@ -45,14 +46,12 @@ def _stack(d_in: int) -> nn.Sequential:
     return nn.Sequential(GatedDense(d_in, HIDDEN), GatedDense(HIDDEN, HIDDEN))
 
 
-class GatedHVAE(ImageModel):
+class GatedHVAE(TwoStochasticLayers):
     """z2 (`latent_dim` units, the code) on top with the prior p(z2) (N(0, I) or the VampPrior over q(z2|u_k)), z1
     (`latent_dim` units) below it. Offers what the flat VAE offers: named terms (the KL as the one-draw
     log q(z1, z2|x) - log p(z1, z2), as their code estimates it), K draws for the iwae objective, `log_weights`,
     `encode` (q(z2|x)), `decode` (a z2 code, z1 drawn from p(z1|z2) at `temperature`; 0: its mean) and
     `reconstruct` (both posterior means decoded)."""
-
-    analytic_kl = False
 
     def __init__(
         self,
@@ -106,19 +105,6 @@ class GatedHVAE(ImageModel):
             - log_normal(z2f, m2[:, None].float(), lv2[:, None].float())
         )
         return log_px, log_ratio, z2, params, m2, lv2
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, k: int | None = None) -> dict:
-        log_px, log_ratio, z2, params, mu, logvar = self._draws(x, k or 1)
-        recon, kl = -log_px.mean(1), -log_ratio.mean(1)
-        terms = dict(mu=mu, logvar=logvar, z=z2[:, 0], params=params[:: (k or 1)], recon=recon, kl=kl)
-        terms["elbo"] = -(recon + kl)
-        return {**terms, "log_px": log_px, "log_ratio": log_ratio} if k is not None else terms
-
-    def log_weights(self, x: torch.Tensor, y: torch.Tensor | None, k: int, max_batch: int = 4096) -> torch.Tensor:
-        """K importance log-weights per image over both layers (Burda et al. 2016, eq. 8): (B, K)."""
-        chunk = max(1, max_batch // x.shape[0])
-        parts = [self._draws(x, min(chunk, k - s))[:2] for s in range(0, k, chunk)]
-        return torch.cat([log_px + log_ratio for log_px, log_ratio in parts], 1)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z2|x): the code maps and probes read."""

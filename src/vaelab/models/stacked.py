@@ -25,14 +25,37 @@ class GaussianMLP(nn.Module):
         return self.mu(h), self.logvar(h).clamp(-12, 8)
 
 
-class TwoLayerVAE(ImageModel):
+class TwoStochasticLayers(ImageModel):
+    """What a model of two stochastic layers offers from its `_draws(x, k)` (K ancestral draws from q per image:
+    log p(x|z), log p(z) - log q(z|x) each (B, K), the code's draws (B, K, D), the decoder's params (B*K, ...) and the
+    code posterior's mean and log-variance): named terms with the KL as the draws' log q - log p, and the importance
+    log-weights."""
+
+    analytic_kl = False
+
+    def _draws(self, x: torch.Tensor, k: int) -> tuple:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, k: int | None = None) -> dict:
+        log_px, log_ratio, z2, params, mu, logvar = self._draws(x, k or 1)
+        recon, kl = -log_px.mean(1), -log_ratio.mean(1)
+        terms = dict(mu=mu, logvar=logvar, z=z2[:, 0], params=params[:: (k or 1)], recon=recon, kl=kl)
+        terms["elbo"] = -(recon + kl)
+        return {**terms, "log_px": log_px, "log_ratio": log_ratio} if k is not None else terms
+
+    def log_weights(self, x: torch.Tensor, y: torch.Tensor | None, k: int, max_batch: int = 4096) -> torch.Tensor:
+        """K importance log-weights per image over both layers (Burda et al. 2016, eq. 8): (B, K)."""
+        chunk = max(1, max_batch // x.shape[0])
+        parts = [self._draws(x, min(chunk, k - s))[:2] for s in range(0, k, chunk)]
+        return torch.cat([log_px + log_ratio for log_px, log_ratio in parts], 1)
+
+
+class TwoLayerVAE(TwoStochasticLayers):
     """Burda et al.'s two-stochastic-layer VAE: x -> 200-200 tanh -> z1 (2 latent_dim units) -> 100-100 tanh -> z2
     (latent_dim units, the code), and the generative model mirrored, p(z2) = N(0, I). Offers what the flat VAE
     offers: named terms (KL as the one-draw log q(z1, z2|x) - log p(z1, z2)), K draws for the iwae objective,
     `log_weights`, `encode` (z2's posterior from z1's mean), `decode` (a z2 code, z1 drawn at `temperature`; 0: its
     mean) and `reconstruct` (z1's posterior mean decoded)."""
-
-    analytic_kl = False
 
     def __init__(self, shape, latent_dim: int = 50, likelihood: str = "bernoulli", temperature: float = 1.0):
         super().__init__()
@@ -74,20 +97,6 @@ class TwoLayerVAE(ImageModel):
             - log_normal(z2f, m2.float(), lv2.float())
         )
         return log_px, log_ratio, z2, params, m2[:, 0], lv2[:, 0]
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, k: int | None = None) -> dict:
-        log_px, log_ratio, z2, params, mu, logvar = self._draws(x, k or 1)
-        recon, kl = -log_px.mean(1), -log_ratio.mean(1)
-        terms = dict(mu=mu, logvar=logvar, z=z2[:, 0], params=params[:: (k or 1)], recon=recon, kl=kl)
-        terms["elbo"] = -(recon + kl)
-        return {**terms, "log_px": log_px, "log_ratio": log_ratio} if k is not None else terms
-
-    def log_weights(self, x: torch.Tensor, y: torch.Tensor | None, k: int, max_batch: int = 4096) -> torch.Tensor:
-        """K importance log-weights per image over both layers (Burda et al. 2016, eq. 8): (B, K)."""
-        b = x.shape[0]
-        chunk = max(1, max_batch // b)
-        parts = [self._draws(x, min(chunk, k - s))[:2] for s in range(0, k, chunk)]
-        return torch.cat([log_px + log_ratio for log_px, log_ratio in parts], 1)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z2 | z1 = the mean of q(z1|x)): the code maps and probes read."""
