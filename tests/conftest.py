@@ -93,6 +93,31 @@ def real_data_dir() -> Path | None:
     return Path(REAL_DATA) if REAL_DATA and Path(REAL_DATA).is_dir() else None
 
 
+def check_two_stochastic_layers(model, latent_dim: int = 3) -> dict:
+    """What a two-stochastic-layer model must offer on 6x6 binary images: the flat VAE's named terms, log-weights
+    that are its K-draw terms at the same noise, and an IWAE bound that tightens with K; returns the one-draw terms."""
+    import math
+
+    import torch
+
+    x = (torch.rand(5, 1, 6, 6) < 0.4).to(torch.uint8) * 255
+    t = model(x)
+    assert t["recon"].shape == t["kl"].shape == (5,) and t["mu"].shape == t["z"].shape == (5, latent_dim)
+    assert torch.allclose(t["elbo"], -(t["recon"] + t["kl"]))
+    torch.manual_seed(1)
+    k_terms = model(x, k=6)
+    torch.manual_seed(1)
+    log_w = model.log_weights(x, None, 6)  # one chunk: the same noise stream
+    assert torch.allclose(k_terms["log_px"] + k_terms["log_ratio"], log_w, atol=1e-4)
+    with torch.no_grad():  # the IWAE bound tightens with K in expectation (Burda et al. 2016, theorem 1)
+        w = model.log_weights(x, None, 2000)
+    bounds = [(torch.logsumexp(w.view(5, -1, k), 2) - math.log(k)).mean().item() for k in (1, 10, 2000)]
+    assert bounds[0] < bounds[1] < bounds[2]
+    assert model.reconstruct(x).shape == x.shape
+    assert model.decode(torch.zeros(2, latent_dim)).shape == (2, 1, 6, 6)
+    return t
+
+
 def tiny_config(**kw):
     from vaelab.runs.config import TrainConfig
 

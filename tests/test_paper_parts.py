@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import check_two_stochastic_layers
 from vaelab.core.errors import VaelabError
 from vaelab.models import VAE, build
 from vaelab.models.losses import log_normal
@@ -114,22 +115,8 @@ def _hvae(prior: str = "standard", latent_dim: int = 3):
 
 
 def test_hvae_terms_log_weights_and_bound_agree():
-    model = _hvae()
-    x = (torch.rand(5, 1, 6, 6) < 0.4).to(torch.uint8) * 255
-    t = model(x)
-    assert t["recon"].shape == t["kl"].shape == (5,) and t["mu"].shape == t["z"].shape == (5, 3)
-    assert torch.allclose(t["elbo"], -(t["recon"] + t["kl"]))
+    t = check_two_stochastic_layers(_hvae())
     assert t["logvar"].min() >= -6 and t["logvar"].max() <= 2
-    torch.manual_seed(1)
-    k_terms = model(x, k=6)
-    torch.manual_seed(1)
-    log_w = model.log_weights(x, None, 6)  # one chunk: the same noise stream
-    assert torch.allclose(k_terms["log_px"] + k_terms["log_ratio"], log_w, atol=1e-4)
-    with torch.no_grad():  # the IWAE bound tightens with K in expectation (Burda et al. 2016, theorem 1)
-        w = model.log_weights(x, None, 2000)
-    bounds = [(torch.logsumexp(w.view(5, -1, k), 2) - math.log(k)).mean().item() for k in (1, 10, 2000)]
-    assert bounds[0] < bounds[1] < bounds[2]
-    assert model.reconstruct(x).shape == x.shape and model.decode(torch.zeros(2, 3)).shape == (2, 1, 6, 6)
 
 
 def test_hvae_log_ratio_is_the_four_densities_of_its_draw():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config, write_fashion
+from conftest import check_two_stochastic_layers, tiny_config, write_fashion
 from vaelab import data as vdata
 from vaelab.app.cli import main
 from vaelab.core.errors import VaelabError
@@ -267,21 +267,7 @@ def test_the_ledger_is_generated_into_its_page_between_markers(tmp_path, capsys)
 def test_the_two_layer_model_offers_the_flat_vaes_terms_and_a_valid_bound():
     cfg = from_dict({"model": "two_layer", "latent_dim": 3, "likelihood": "bernoulli"})
     torch.manual_seed(0)
-    model = build(cfg, (1, 6, 6))
-    x = (torch.rand(5, 1, 6, 6) < 0.4).to(torch.uint8) * 255
-    t = model(x)
-    assert t["recon"].shape == t["kl"].shape == (5,) and t["mu"].shape == t["z"].shape == (5, 3)
-    assert torch.allclose(t["elbo"], -(t["recon"] + t["kl"]))
-    torch.manual_seed(1)
-    k_terms = model(x, k=6)
-    torch.manual_seed(1)
-    log_w = model.log_weights(x, None, 6)  # one chunk: the same noise stream
-    assert torch.allclose(k_terms["log_px"] + k_terms["log_ratio"], log_w, atol=1e-4)
-    with torch.no_grad():  # the IWAE bound tightens with K in expectation (Burda et al. 2016, theorem 1)
-        w = model.log_weights(x, None, 2000)
-    bounds = [(torch.logsumexp(w.view(5, -1, k), 2) - math.log(k)).mean().item() for k in (1, 10, 2000)]
-    assert bounds[0] < bounds[1] < bounds[2]
-    assert model.reconstruct(x).shape == x.shape and model.decode(torch.zeros(2, 3)).shape == (2, 1, 6, 6)
+    check_two_stochastic_layers(build(cfg, (1, 6, 6)))
     with pytest.raises(VaelabError, match="two_layer model"):
         from_dict({"model": "two_layer", "prior": "vamp"})
 
