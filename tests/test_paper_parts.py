@@ -183,3 +183,11 @@ def test_the_hvae_row_is_their_recipe():
         "he",
         "mlp_gated",
     )
+
+
+def test_runs_with_adam_normgrad_train_one_by_one_not_stacked():
+    from vaelab.training.multirun import unsupported
+
+    base = dict(dataset="fashion-mnist", likelihood="bernoulli", epochs=1)
+    assert unsupported(TrainConfig(**base)) is None
+    assert unsupported(TrainConfig(**base, optimizer="adam_normgrad")) == "optimizer adam_normgrad"

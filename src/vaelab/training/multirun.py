@@ -47,7 +47,8 @@ def unsupported(cfg: TrainConfig) -> str | None:
             not (cfg.ema or cfg.patience or cfg.time_budget or cfg.budget or cfg.snapshots),
             "ema, patience, a budget or snapshots",
         ),
-        (not cfg.compile and not cfg.channels_last and cfg.optimizer == "adam", "compile, channels_last or adamw"),
+        (not cfg.compile and not cfg.channels_last, "compile or channels_last"),
+        (cfg.optimizer == "adam", f"optimizer {cfg.optimizer}"),
         (cfg.skip_grad_norm == 0 and cfg.weight_decay == 0, "skip_grad_norm or weight_decay"),
         (not vdata.binarized(cfg.dataset), f"the dynamically binarized {cfg.dataset}"),
     ]
