@@ -130,9 +130,11 @@ def test_hvae_log_ratio_is_the_four_densities_of_its_draw():
     xf = x.flatten(1).float() / 255
     z2_want = m2[:, None] + torch.exp(0.5 * lv2[:, None]) * eps2
     assert torch.allclose(z2, z2_want, atol=1e-6)
-    m1, lv1 = model.q1(model.q1_net.joint(torch.cat([model.q1_net.a(xf)[:, None], model.q1_net.b(z2_want)], -1)))
+    m1, lv1 = model.q1.gaussian(
+        model.q1_net.joint(torch.cat([model.q1_net.a(xf)[:, None], model.q1_net.b(z2_want)], -1))
+    )
     z1 = m1 + torch.exp(0.5 * lv1) * eps1
-    pm1, plv1 = model.p1(model.p1_net(z2_want))
+    pm1, plv1 = model.p1.gaussian(model.p1_net(z2_want))
     want = log_normal(z2_want) + log_normal(z1, pm1, plv1) - log_normal(z1, m1, lv1)
     want = want - log_normal(z2_want, m2[:, None], lv2[:, None])
     assert torch.allclose(log_ratio, want, atol=1e-4)
@@ -141,7 +143,7 @@ def test_hvae_log_ratio_is_the_four_densities_of_its_draw():
 def test_hvae_vampprior_is_the_mixture_of_q_z2_over_its_pseudo_inputs():
     model = _hvae("vamp")
     z = torch.randn(5, 3)
-    mu, logvar = model.q2(model.q2_net(torch.sigmoid(model.prior.pseudo).flatten(1)))
+    mu, logvar = model.q2.gaussian(model.q2_net(torch.sigmoid(model.prior.pseudo).flatten(1)))
     want = torch.logsumexp(torch.stack([log_normal(z, m, lv) for m, lv in zip(mu, logvar)], -1), -1) - math.log(7)
     assert torch.allclose(model.prior.log_prob(z), want, atol=1e-5)
     x = (torch.rand(3, 1, 6, 6) < 0.4).to(torch.uint8) * 255

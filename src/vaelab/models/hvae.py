@@ -6,28 +6,18 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vaelab.models import noise
 from vaelab.models.losses import log_normal, make_likelihood
 from vaelab.models.nets import GatedDense, fp32_out, he_normal
+from vaelab.models.posteriors import HardtanhGaussianPosterior
 from vaelab.models.priors import PRIORS, VampPrior
 from vaelab.models.stacked import TwoStochasticLayers
 
 HIDDEN = 300
-LOGVAR_RANGE = (-6.0, 2.0)  # their NonLinear(..., activation=Hardtanh(-6, 2)) on every log-variance
-
-
-class GaussianHead(nn.Module):
-    """The mean and the (hard-tanh bounded) log-variance of a diagonal Gaussian, linear in the features."""
-
-    def __init__(self, features: int, dim: int):
-        super().__init__()
-        self.mu, self.logvar = nn.Linear(features, dim), nn.Linear(features, dim)
-
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mu(h), F.hardtanh(self.logvar(h), *LOGVAR_RANGE)
+# every Gaussian of theirs has its log-variance through Hardtanh(-6, 2): the gaussian_hardtanh posterior's head
+Head = HardtanhGaussianPosterior
 
 
 class Joint(nn.Module):
@@ -67,9 +57,9 @@ class GatedHVAE(TwoStochasticLayers):
         self.temperature = temperature
         n_pix = math.prod(self.shape)
         self.likelihood = make_likelihood(likelihood, 0.0, 10)
-        self.q2_net, self.q2 = _stack(n_pix), GaussianHead(HIDDEN, latent_dim)
-        self.q1_net, self.q1 = Joint(n_pix, latent_dim), GaussianHead(HIDDEN, latent_dim)
-        self.p1_net, self.p1 = _stack(latent_dim), GaussianHead(HIDDEN, latent_dim)
+        self.q2_net, self.q2 = _stack(n_pix), Head(HIDDEN, latent_dim)
+        self.q1_net, self.q1 = Joint(n_pix, latent_dim), Head(HIDDEN, latent_dim)
+        self.p1_net, self.p1 = _stack(latent_dim), Head(HIDDEN, latent_dim)
         self.px_net = Joint(latent_dim, latent_dim)
         self.out = nn.Linear(HIDDEN, self.likelihood.channels(self.shape[0]) * n_pix // self.shape[0])
         he_normal(self)  # their code: every linear layer He-normal; the pseudo-inputs keep their own start
@@ -78,7 +68,7 @@ class GatedHVAE(TwoStochasticLayers):
             self.prior.attach(self._q2_of_intensities)
 
     def _q2_of_intensities(self, x: torch.Tensor, y=None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.q2(self.q2_net(x.flatten(1)))
+        return self.q2.gaussian(self.q2_net(x.flatten(1)))
 
     def _params(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         c = self.likelihood.channels(self.shape[0])
@@ -89,12 +79,12 @@ class GatedHVAE(TwoStochasticLayers):
         z2 draws (B, K, D), the decoder's params (B*K, ...) and q(z2|x)'s mean and log-variance."""
         b, d = x.shape[0], self.latent_dim
         xf = x.flatten(1).float() / 255.0
-        m2, lv2 = self.q2(self.q2_net(xf))
+        m2, lv2 = self._q2_of_intensities(xf)
         z2 = m2[:, None] + torch.exp(0.5 * lv2[:, None]) * noise.normal((b, k, d), m2)
         hx = self.q1_net.a(xf)[:, None].expand(-1, k, -1)  # x's features once for the K draws
-        m1, lv1 = self.q1(self.q1_net(hx, z2))
+        m1, lv1 = self.q1.gaussian(self.q1_net(hx, z2))
         z1 = m1 + torch.exp(0.5 * lv1) * noise.normal((b, k, d), m1)
-        pm1, plv1 = self.p1(self.p1_net(z2))
+        pm1, plv1 = self.p1.gaussian(self.p1_net(z2))
         params = self._params(z1.reshape(b * k, d), z2.reshape(b * k, d))
         log_px = self.likelihood.log_prob(params, x.repeat_interleave(k, dim=0)).view(b, k)
         z1f, z2f = z1.float(), z2.float()
@@ -112,7 +102,7 @@ class GatedHVAE(TwoStochasticLayers):
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """A z2 code -> the likelihood's parameters, z1 drawn from p(z1|z2) at `temperature` (0: its mean)."""
-        pm1, plv1 = self.p1(self.p1_net(z))
+        pm1, plv1 = self.p1.gaussian(self.p1_net(z))
         z1 = pm1 + self.temperature * torch.exp(0.5 * plv1) * torch.randn_like(pm1) if self.temperature else pm1
         return self._params(z1, z)
 
@@ -120,8 +110,8 @@ class GatedHVAE(TwoStochasticLayers):
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x -> the posterior means of z2, then of z1 given it -> p(x|z1, z2)'s mean."""
         xf = x.flatten(1).float() / 255.0
-        m2 = self.q2(self.q2_net(xf))[0]
-        m1 = self.q1(self.q1_net(self.q1_net.a(xf), m2))[0]
+        m2 = self._q2_of_intensities(xf)[0]
+        m1 = self.q1.gaussian(self.q1_net(self.q1_net.a(xf), m2))[0]
         return self.likelihood.mean(self._params(m1, m2))
 
 
