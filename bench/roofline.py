@@ -3,7 +3,8 @@ reference step's FLOPs (torch.utils.flop_counter) and achieved FLOP/s in both pr
 time goes (torch.profiler, by kind of operator); one JSON line.
 
 Usage: python bench/roofline.py [--device auto|cpu|cuda] [--steps 40] [--batch-size 128] [--latent-dim 16]
-       [--likelihood bernoulli] [--channels-last] [--threads N] [--out FILE]
+       [--likelihood bernoulli] [--channels-last] [--threads N] [--bf16] [--out FILE]
+bf16 is measured where the device computes it natively (core.device.bf16_native), or with --bf16.
 The reference step is the project's reference VAE (Fashion-MNIST shape, conv, Bernoulli, latent 16, batch 128):
 vaelab's model forward (named terms), its objective, backward and its fused Adam — the compute of one
 `vaelab train` step without the data path. Run it on an otherwise idle machine.
@@ -21,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stamp import stamp
-from vaelab.core.device import resolve_device
+from vaelab.core.device import bf16_native, resolve_device
 from vaelab.models import build
 from vaelab.models.losses import draws, objective
 from vaelab.runs.config import TrainConfig
@@ -125,6 +126,7 @@ def main() -> None:
     p.add_argument("--likelihood", default="bernoulli")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="measure bf16 also where it is emulated")
     p.add_argument("--out", default="")
     args = p.parse_args()
     if args.threads:
@@ -134,12 +136,18 @@ def main() -> None:
     flops = step_flops(step)
     result = {**stamp(), "device": str(device), "threads": torch.get_num_threads(), "step_mflops": flops / 1e6}
     result["channels_last"] = args.channels_last
-    result["gemm_peak_gflops"] = {"fp32": gemm_peak(torch.float32, device), "bf16": gemm_peak(torch.bfloat16, device)}
-    seconds = {p: step_seconds(step, p == "bf16", args.steps, device) for p in ("fp32", "bf16")}
+    # bf16 where the device computes it natively: emulated (an AVX2-only CPU) its GEMMs take minutes and say nothing
+    # about a recipe anyone would run there (a step 10-17x its fp32 time, 2026-12-08)
+    precisions = ("fp32", "bf16") if bf16_native(device) or args.bf16 else ("fp32",)
+    result["bf16_native"] = bf16_native(device)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    result["gemm_peak_gflops"] = {p: gemm_peak(dtypes[p], device) for p in precisions}
+    seconds = {p: step_seconds(step, p == "bf16", args.steps, device) for p in precisions}
     result["train_gflops"] = {p: flops / s / 1e9 for p, s in seconds.items()}
     result["share_of_peak"] = {p: result["train_gflops"][p] / result["gemm_peak_gflops"][p] for p in seconds}
     result["images_per_s"] = {p: args.batch_size / s for p, s in seconds.items()}
-    result["bf16_time_by_kind"] = breakdown(step, True, device)
+    if "bf16" in precisions:
+        result["bf16_time_by_kind"] = breakdown(step, True, device)
     result["fp32_time_by_kind"] = breakdown(step, False, device)
     line = json.dumps(
         {k: (({kk: round(vv, 3) for kk, vv in v.items()}) if isinstance(v, dict) else v) for k, v in result.items()}

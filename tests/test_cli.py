@@ -334,6 +334,16 @@ def test_train_takes_a_count_budget_and_refuses_a_bare_number(tiny_root, tmp_pat
     assert "not a budget: '3000'" in err and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
+def test_bf16_where_it_is_emulated_is_one_warning_line(tiny_root, tmp_path, capsys, monkeypatch):
+    from vaelab.training import budget
+
+    monkeypatch.setattr(budget, "bf16_native", lambda device: False)
+    argv = ["train", *TINY, "--budget", "2steps", "--bf16", "--no-eval", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--data-dir", str(tiny_root)]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == [budget.EMULATED_BF16.format(device="cpu").join(["vaelab: warning: ", ""])]
+
+
 def test_findings_from_a_results_csv_alone(tmp_path, capsys):
     """`vaelab findings` tests the claims on a committed results.csv: no runs, models or data."""
     from pathlib import Path

@@ -421,6 +421,25 @@ def test_bf16_autocast_trains_on_the_cpu_close_to_fp32(ds, tmp_path):
     assert b["val_neg_elbo"] == pytest.approx(a["val_neg_elbo"], rel=0.02)
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_device_that_emulates_it_warns_once_and_trains_as_asked(ds, tmp_path, monkeypatch, native):
+    """Where bf16 is emulated (an AVX2-only CPU: steps 10-17x slower), asking for it warns, naming the way out;
+    where it is native, nothing is said. Either way the run trains what its config says."""
+    import warnings
+
+    from vaelab.training import budget
+
+    monkeypatch.setattr(budget, "bf16_native", lambda device: native)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train(tiny_config(batch_size=200, bf16=True), tmp_path / "r", dataset=ds)
+    emulated = [w for w in seen if issubclass(w.category, budget.EmulatedBf16Warning)]
+    assert len(emulated) == (0 if native else 1)
+    if not native:
+        assert "--no-bf16" in str(emulated[0].message) and "cpu" in str(emulated[0].message)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["bf16"] is True
+
+
 def test_tensorboard_tracker_writes_what_metrics_jsonl_says(ds, tmp_path):
     """Read the event files back: per-step training curves, per-epoch validation equal to metrics.jsonl, the KL per
     dimension as a histogram, reconstructions and samples as images, and the config."""

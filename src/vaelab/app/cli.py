@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+import warnings
 
 from vaelab.app import parsers
 from vaelab.core.errors import Terminated, describe, on_sigterm
@@ -56,10 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
     try:
-        return _dispatch(args)
+        with warnings.catch_warnings():  # a warning is one line, as an error is (not Python's file:line and source)
+            warnings.showwarning = _show_warning
+            return _dispatch(args)
     finally:
         if previous is not None:  # None: not on the main thread, or a handler installed outside Python
             signal.signal(signal.SIGTERM, previous)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"vaelab: warning: {message}", file=file or sys.stderr)
 
 
 def _dispatch(args) -> int:

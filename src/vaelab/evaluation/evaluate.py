@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vaelab import data as vdata
-from vaelab.core.device import check_fits, resolve_device
+from vaelab.core.device import bf16_native, check_fits, resolve_device
 from vaelab.core.errors import VaelabError
 from vaelab.core.store import atomic_write_json, check_run_dir
 from vaelab.data import FactorGrid
@@ -31,18 +31,6 @@ WEIGHT_LABELS = {(False, False): "last", (True, False): "ema", (False, True): "b
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether bf16 matrix products run natively here: a CUDA GPU that supports them, or a CPU with avx512_bf16 or
-    AMX (elsewhere bf16 is emulated and slower than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def iwae_precision(precision: str, device: torch.device) -> str:

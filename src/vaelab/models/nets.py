@@ -122,10 +122,16 @@ class ConvDecoder(nn.Module):
         super().__init__()
         c, h, w = shape
         self.grid = (64, h // 4, w // 4)
+        # in-place ReLUs: each follows a layer whose backward does not read its output, and the IWAE (its decoder
+        # passes are most of evaluation) ran 1.17x faster without the copies: 28.6 s -> 24.4 s for 2,000 test images
+        # at K = 100, medians of 3 interleaved, the same value (2026-12-08, 2-core AMD EPYC, AVX2, fp32)
         self.fc = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 64 * (h // 4) * (w // 4)), nn.ReLU()
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, 64 * (h // 4) * (w // 4)),
+            nn.ReLU(inplace=True),
         )
-        self.deconv = nn.Sequential(UpConv(64, 32), nn.ReLU(), UpConv(32, out_channels))
+        self.deconv = nn.Sequential(UpConv(64, 32), nn.ReLU(inplace=True), UpConv(32, out_channels))
 
     def forward(self, z):
         h = self.deconv[:-1](self.fc(z).view(-1, *self.grid))

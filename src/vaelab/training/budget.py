@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vaelab import data as vdata
-from vaelab.core.device import check_fits, resolve_device
+from vaelab.core.device import bf16_native, check_fits, resolve_device
 from vaelab.core.errors import VaelabError
 from vaelab.core.store import (
     check_can_create,
@@ -21,6 +22,16 @@ from vaelab.runs.config import TrainConfig, config_diff, from_dict, parse_budget
 from vaelab.runs.run import Run
 
 
+class EmulatedBf16Warning(UserWarning):
+    """bf16 autocast asked of a device that emulates bf16: the run trains as asked, much slower than in fp32."""
+
+
+EMULATED_BF16 = (
+    "bf16 autocast on a {device} without native bf16 (no avx512_bf16 or AMX): bf16 is emulated here and a step "
+    "can take 10x its fp32 time; --no-bf16 trains in fp32"
+)
+
+
 def check_start(cfg: TrainConfig, out: Path, data_dir=None, resume: bool = False, dataset=None) -> tuple:
     """What can fail on bad input before training writes anything: the directory, device, data, splits and memory.
     Returns (device, dataset, splits)."""
@@ -28,6 +39,8 @@ def check_start(cfg: TrainConfig, out: Path, data_dir=None, resume: bool = False
         raise VaelabError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     check_can_create(out)
     device = resolve_device(cfg.device)
+    if cfg.bf16 and not bf16_native(device):
+        warnings.warn(EMULATED_BF16.format(device=device.type), EmulatedBf16Warning, stacklevel=3)
     ds = dataset if dataset is not None else vdata.load(cfg.dataset, data_dir)
     splits = vdata.make_splits(ds, cfg.val_size, cfg.train_size, cfg.test_size, device)
     check_snapshot_steps(cfg, planned_steps(cfg, len(splits["train"])))
