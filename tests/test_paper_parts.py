@@ -15,6 +15,7 @@ from vaelab.training.optim import make_optimizer
 
 PAPER = dict(dataset="binarized-mnist", likelihood="bernoulli", net="mlp_gated", latent_dim=4)
 HVAE = dict(dataset="binarized-mnist", likelihood="bernoulli", model="hvae")  # its own networks
+SHAPE = (1, 28, 28)
 
 
 def _adam_step(p0: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor:
@@ -151,6 +152,43 @@ def test_hvae_vampprior_is_the_mixture_of_q_z2_over_its_pseudo_inputs():
     assert model.prior.pseudo.grad is not None and model.prior.pseudo.grad.abs().sum() > 0
 
 
+def test_hardtanh_vampprior_clips_its_pseudo_inputs_and_mixes_the_posteriors_of_them():
+    """Their code's pseudo-inputs: parameters clipped to [0, 1] by a hard tanh, started at N(0.05, 0.01^2), the same
+    start in every run; p(z) the mixture of q(z|u_k); every pixel has a gradient at the start, none once clipped."""
+    model = build(
+        TrainConfig(**PAPER, posterior="gaussian_hardtanh", prior="vamp_hardtanh", prior_components=50), SHAPE
+    )
+    u = model.prior.pseudo.detach()
+    assert u.shape == (50, 1, 28, 28) and abs(u.mean().item() - 0.05) < 1e-3 and abs(u.std().item() - 0.01) < 1e-3
+    torch.manual_seed(7)  # another run's seed: other weights, the same pseudo-inputs
+    again = build(
+        TrainConfig(**PAPER, posterior="gaussian_hardtanh", prior="vamp_hardtanh", prior_components=50), SHAPE
+    )
+    assert torch.equal(again.prior.pseudo, model.prior.pseudo)
+    z = torch.randn(6, 4)
+    mu, logvar = model.encode_float(u)
+    want = torch.logsumexp(torch.stack([log_normal(z, m, lv) for m, lv in zip(mu, logvar)], -1), -1) - math.log(50)
+    assert torch.allclose(model.prior.log_prob(z), want, atol=1e-5)
+    model.prior.log_prob(z).sum().backward()
+    assert (model.prior.pseudo.grad != 0).all()
+    with torch.no_grad():
+        model.prior.pseudo[0, 0, 0, :3] = torch.tensor([-0.5, 0.5, 1.5])
+    assert model.prior.pseudo_inputs()[0, 0, 0, :3].tolist() == [0.0, 0.5, 1.0]
+    model.prior.pseudo.grad = None
+    model.prior.log_prob(z).sum().backward()
+    g = model.prior.pseudo.grad[0, 0, 0, :3]
+    assert g[0] == 0 and g[1] != 0 and g[2] == 0
+
+
+def test_priors_built_from_the_encoder_share_their_rules():
+    for prior in ("vamp", "vamp_hardtanh"):
+        with pytest.raises(VaelabError, match=f"the {prior} prior mixes Gaussian posteriors"):
+            TrainConfig(**PAPER, posterior="iaf", prior=prior)
+        with pytest.raises(VaelabError, match=f"the {prior} prior needs an unconditional model"):
+            TrainConfig(**PAPER, prior=prior, conditional=True)
+        assert TrainConfig(**HVAE, prior=prior).prior == prior
+
+
 def test_hvae_refuses_parts_it_does_not_have():
     with pytest.raises(VaelabError, match="hvae model has its own Gaussian layers"):
         TrainConfig(**HVAE, prior="mog")
@@ -176,7 +214,13 @@ def test_the_hvae_row_is_their_recipe():
     from vaelab.study.reproduce import ROWS
 
     cfg = ROWS["tomczak2018-hvae-vampprior"].config
-    assert (cfg.model, cfg.prior, cfg.prior_components, cfg.optimizer) == ("hvae", "vamp", 500, "adam_normgrad")
+    assert (cfg.model, cfg.prior, cfg.prior_components, cfg.optimizer) == (
+        "hvae",
+        "vamp_hardtanh",
+        500,
+        "adam_normgrad",
+    )
+    assert ROWS["tomczak2018-vampprior"].config.prior == "vamp_hardtanh"
     assert (cfg.batch_size, cfg.lr, cfg.warmup_epochs, cfg.patience, cfg.val_size) == (100, 5e-4, 100, 50, 10_000)
     vae = ROWS["tomczak2018-vae"].config
     assert (vae.optimizer, vae.posterior, vae.init, vae.net) == (

@@ -12,9 +12,12 @@ from vaelab.models.losses import log_normal, log_normal_components
 
 class Prior(nn.Module):
     """p(z): a log-density and a sampler. `analytic_kl` says whether KL(q || p) has a closed form for a diagonal
-    Gaussian q (then the ELBO uses it; otherwise a one-sample Monte-Carlo estimate)."""
+    Gaussian q (then the ELBO uses it; otherwise a one-sample Monte-Carlo estimate). `uses_encoder` says whether it
+    is built from the model's own encoder (a VampPrior: then the posterior must be Gaussian and the model
+    unconditional)."""
 
     analytic_kl = False
+    uses_encoder = False
 
     def __init__(self, latent_dim: int, components: int = 1, shape: tuple[int, int, int] = (1, 1, 1)):
         super().__init__()
@@ -70,6 +73,8 @@ class VampPrior(Prior):
     """VampPrior (Tomczak & Welling 2018, eq. 9): p(z) = 1/K sum_k q(z | u_k), the aggregate posterior of K learned
     pseudo-inputs u_k (images in [0, 1], through a sigmoid). The VAE hands it its encoder via `attach`."""
 
+    uses_encoder = True
+
     def __init__(self, latent_dim: int, components: int = 10, shape=(1, 28, 28)):
         super().__init__(latent_dim)
         g = torch.Generator().manual_seed(0)
@@ -79,8 +84,12 @@ class VampPrior(Prior):
     def attach(self, encode_float) -> None:
         object.__setattr__(self, "_encode", encode_float)  # a function, not a submodule: no double registration
 
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The K pseudo-inputs as images in [0, 1]."""
+        return torch.sigmoid(self.pseudo)
+
     def components(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._encode(torch.sigmoid(self.pseudo))
+        return self._encode(self.pseudo_inputs())
 
     def log_prob(self, z):
         mu, logvar = self.components()
@@ -94,4 +103,26 @@ class VampPrior(Prior):
         return mu[k] + torch.exp(0.5 * logvar[k]) * eps
 
 
-PRIORS: dict[str, type[Prior]] = {"standard": StandardNormal, "mog": MixtureOfGaussians, "vamp": VampPrior}
+class HardtanhVampPrior(VampPrior):
+    """The VampPrior as Tomczak & Welling's code builds it (jmtomczak/vae_vampprior, models/Model.py and
+    utils/load_data.py): each pseudo-input's pixels are parameters clipped to [0, 1] by a hard tanh, started at
+    N(0.05, 0.01^2) (near-black images, inside the hard tanh's slope so that every pixel has a gradient)."""
+
+    MEAN, STD = 0.05, 0.01
+
+    def __init__(self, latent_dim: int, components: int = 10, shape=(1, 28, 28)):
+        super().__init__(latent_dim, components, shape)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.pseudo.copy_(self.MEAN + self.STD * torch.randn(components, *shape, generator=g))
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        return nn.functional.hardtanh(self.pseudo, 0.0, 1.0)
+
+
+PRIORS: dict[str, type[Prior]] = {
+    "standard": StandardNormal,
+    "mog": MixtureOfGaussians,
+    "vamp": VampPrior,
+    "vamp_hardtanh": HardtanhVampPrior,
+}

@@ -39,7 +39,7 @@ class TrainConfig:
     posterior: str = "gaussian"  # q(z|x): gaussian (diagonal), or iaf (the Gaussian through flow_steps IAF steps)
     flow_steps: int = 2
     flow_hidden: int = 128  # width of each IAF step's MADE, and of the encoder's context for it
-    prior: str = "standard"  # p(z): standard N(0, I), mog (learned Gaussian mixture) or vamp (VampPrior)
+    prior: str = "standard"  # p(z): standard N(0, I), mog (learned Gaussian mixture), vamp or vamp_hardtanh (VampPrior)
     prior_components: int = 10  # K of the mog and vamp priors
     init: str = "torch"  # the vae's linear layers start as torch makes them, or he: N(0, 2 / fan_in) (models.INITS)
     # objective (losses.OBJECTIVES): elbo = recon + beta_t * KL; free_bits floors each dimension's KL at free_bits
@@ -139,7 +139,8 @@ HELP: dict[str, str] = {
     "autoregressive flow)",
     "flow_steps": "iaf: flow steps",
     "flow_hidden": "iaf: width of each step's MADE",
-    "prior": "p(z): standard, mog (learned mixture) or vamp (VampPrior)",
+    "prior": "p(z): standard, mog (learned mixture), vamp (VampPrior) or vamp_hardtanh (its pseudo-inputs clipped to "
+    "[0, 1], as Tomczak & Welling's code)",
     "prior_components": "mog and vamp: mixture components",
     "objective": "elbo, free_bits, capacity, beta_tcvae, factor_vae, dip_vae_i, dip_vae_ii or iwae",
     "beta": "weight of the KL term (of the total correlation for beta_tcvae)",
@@ -425,8 +426,8 @@ def _check_combinations(cfg: TrainConfig) -> None:
     )
     _need(1 <= cfg.flow_steps <= 64 and 1 <= cfg.flow_hidden <= 65536, "flow_steps must be in 1..64, flow_hidden >= 1")
     _need(
-        not (cfg.posterior == "iaf" and cfg.prior == "vamp"),
-        "the vamp prior mixes Gaussian posteriors: use it with --posterior gaussian",
+        not (cfg.posterior == "iaf" and PRIORS[cfg.prior].uses_encoder),
+        f"the {cfg.prior} prior mixes Gaussian posteriors: use it with --posterior gaussian",
     )
     _need(cfg.capacity_max >= 0 and cfg.capacity_gamma >= 0, "capacity_max and capacity_gamma must be >= 0")
     _need(
@@ -442,7 +443,8 @@ def _check_combinations(cfg: TrainConfig) -> None:
     )
     _need(cfg.factor_gamma >= 0 and cfg.dip_lambda >= 0, "factor_gamma and dip_lambda must be >= 0")
     _need(
-        not (cfg.prior == "vamp" and cfg.conditional), "the vamp prior needs an unconditional model (no --conditional)"
+        not (PRIORS[cfg.prior].uses_encoder and cfg.conditional),
+        f"the {cfg.prior} prior needs an unconditional model (no --conditional)",
     )
     _need(not cfg.patience or cfg.val_size > 0, "early stopping (patience) needs a validation set (val_size > 0)")
 
@@ -452,7 +454,7 @@ def _check_two_layer(cfg: TrainConfig) -> None:
     top, hvae with N(0, I) or the VampPrior."""
     if cfg.model not in ("two_layer", "hvae"):
         return
-    priors = ("standard", "vamp") if cfg.model == "hvae" else ("standard",)
+    priors = ("standard", *(p for p, c in PRIORS.items() if c.uses_encoder)) if cfg.model == "hvae" else ("standard",)
     _need(
         cfg.posterior == "gaussian" and cfg.prior in priors and not cfg.conditional,
         f"the {cfg.model} model has its own Gaussian layers: use it with the default --posterior, --prior "
