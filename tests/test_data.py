@@ -170,6 +170,23 @@ def test_make_splits_are_uint8_tensors(tiny_root):
     assert len(s["val"]) == 40 and len(s["test"]) == 20
 
 
+def test_a_split_of_a_read_only_array_is_its_own_copy_and_warns_nothing(tiny_root):
+    """A dataset's arrays may be read-only (np.frombuffer of the file); a split taken whole must not share them with
+    a tensor torch would let anyone write (torch warns about exactly that)."""
+    import warnings
+
+    x = np.arange(2 * 4, dtype=np.uint8).reshape(2, 1, 2, 2)
+    y = np.array([0, 1])
+    x.setflags(write=False)
+    y.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split = vdata.to_split(x, y, "cpu")
+        whole = vdata.make_splits(vdata.load("fashion-mnist", tiny_root), 40, 0, 0)["test"]
+    split.x[0, 0, 0, 0] = 99
+    assert x[0, 0, 0, 0] == 0 and split.y.tolist() == [0, 1] and len(whole) == 60
+
+
 def test_minibatches_cover_each_index_once():
     g = torch.Generator().manual_seed(0)
     idx = torch.cat(list(vdata.minibatches(103, 10, g)))

@@ -373,7 +373,14 @@ def test_indices(n_test: int, test_size: int = 0) -> np.ndarray:
 
 
 def to_split(x: np.ndarray, y: np.ndarray, device: torch.device | str) -> Split:
-    return Split(torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(y).to(device))
+    return Split(_tensor(x).to(device), _tensor(y).to(device))
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor of its own: a read-only array (a loaded dataset's, shared by every split taken whole) is copied, as
+    torch cannot guard one and warns."""
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
 def binarized(name: str) -> bool:
