@@ -247,7 +247,9 @@ def test_model_parts_train_evaluate_and_sample_from_the_command_line(tiny_root, 
     assert main(["report", str(run), "--no-classifier", "--data-dir", str(tiny_root)]) == 0
     capsys.readouterr()
     assert main(["train", "--prior", "flow", "--out", str(tmp_path / "x"), "--data-dir", str(tiny_root)]) == 2
-    assert "unknown prior 'flow' (known: standard, mog, vamp)" in capsys.readouterr().err
+    from vaelab.models.priors import PRIORS
+
+    assert f"unknown prior 'flow' (known: {', '.join(PRIORS)})" in capsys.readouterr().err
 
 
 def test_resume_where_there_is_no_run_is_refused_and_creates_nothing(tmp_path, capsys):
