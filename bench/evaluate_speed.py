@@ -65,7 +65,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     ds = vdata.load("fashion-mnist", args.data_dir)
     # bf16 only where native: emulated, it is slower than fp32 and no one would evaluate in it
-    precisions = ("fp32", "bf16") if bf16_native(torch.device("cpu")) else ("fp32",)
+    native = bf16_native(torch.device("cpu"))
+    precisions = ("fp32", "bf16") if native else ("fp32",)
     rows: dict[str, list[dict]] = {p: [] for p in precisions}
     epochs: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,7 +103,7 @@ def main() -> None:
         "target_eval_over_epoch": 2.0,
         "iwae_mc_standard_error": se,
         "threads": torch.get_num_threads(),
-        "bf16_native": bf16_native(torch.device("cpu")),
+        "bf16_native": native,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if "bf16" in rows:

@@ -138,8 +138,8 @@ def main() -> None:
     result["channels_last"] = args.channels_last
     # bf16 where the device computes it natively: emulated (an AVX2-only CPU) its GEMMs take minutes and say nothing
     # about a recipe anyone would run there (a step 10-17x its fp32 time, 2026-12-08)
-    precisions = ("fp32", "bf16") if bf16_native(device) or args.bf16 else ("fp32",)
-    result["bf16_native"] = bf16_native(device)
+    result["bf16_native"] = native = bf16_native(device)
+    precisions = ("fp32", "bf16") if native or args.bf16 else ("fp32",)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     result["gemm_peak_gflops"] = {p: gemm_peak(dtypes[p], device) for p in precisions}
     seconds = {p: step_seconds(step, p == "bf16", args.steps, device) for p in precisions}

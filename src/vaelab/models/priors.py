@@ -77,9 +77,14 @@ class VampPrior(Prior):
 
     def __init__(self, latent_dim: int, components: int = 10, shape=(1, 28, 28)):
         super().__init__(latent_dim)
-        g = torch.Generator().manual_seed(0)
-        self.pseudo = nn.Parameter(0.1 * torch.randn(components, *shape, generator=g))  # sigmoid(0) = mid-grey
+        g = torch.Generator().manual_seed(0)  # the same start in every run, whatever its seed
+        self.pseudo = nn.Parameter(self.start(torch.randn(components, *shape, generator=g)))
         self._encode = None
+
+    @staticmethod
+    def start(noise: torch.Tensor) -> torch.Tensor:
+        """The pseudo-inputs' parameters at the start, from standard-normal noise: near 0, sigmoid(0) = mid-grey."""
+        return 0.1 * noise
 
     def attach(self, encode_float) -> None:
         object.__setattr__(self, "_encode", encode_float)  # a function, not a submodule: no double registration
@@ -108,13 +113,9 @@ class HardtanhVampPrior(VampPrior):
     utils/load_data.py): each pseudo-input's pixels are parameters clipped to [0, 1] by a hard tanh, started at
     N(0.05, 0.01^2) (near-black images, inside the hard tanh's slope so that every pixel has a gradient)."""
 
-    MEAN, STD = 0.05, 0.01
-
-    def __init__(self, latent_dim: int, components: int = 10, shape=(1, 28, 28)):
-        super().__init__(latent_dim, components, shape)
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            self.pseudo.copy_(self.MEAN + self.STD * torch.randn(components, *shape, generator=g))
+    @staticmethod
+    def start(noise: torch.Tensor) -> torch.Tensor:
+        return 0.05 + 0.01 * noise
 
     def pseudo_inputs(self) -> torch.Tensor:
         return nn.functional.hardtanh(self.pseudo, 0.0, 1.0)

@@ -27,8 +27,8 @@ class EmulatedBf16Warning(UserWarning):
 
 
 EMULATED_BF16 = (
-    "bf16 autocast on a {device} without native bf16 (no avx512_bf16 or AMX): bf16 is emulated here and a step "
-    "can take 10x its fp32 time; --no-bf16 trains in fp32"
+    "bf16 autocast on a {device} without native bf16 (a CPU without avx512_bf16 or AMX, a GPU without bf16 support): "
+    "bf16 is emulated here and a step can take 10x its fp32 time; --no-bf16 trains in fp32"
 )
 
 
